@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.conf import LazySettings
+from PIL import Image as PILImage
+
+from ml.testing import make_tiny_checkpoint
+from webportal.cases import services
+from webportal.cases.models import ModelVersion
+from tests.factories import CaseFactory, MembershipFactory
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
+TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings: LazySettings, tmp_path: Path) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def tiny_model(db: None, tmp_path: Path) -> ModelVersion:
+    """A randomly initialised, fast checkpoint registered as the newest model."""
+    path = make_tiny_checkpoint(tmp_path / "tiny.pt", TINY_CLASSES)
+    return services.register_model(checkpoint_path=path, name="tiny")
+
+
+@pytest.fixture
+def member(db: None):  # type: ignore[no-untyped-def]
+    return MembershipFactory()
+
+
+@pytest.fixture
+def case(member):  # type: ignore[no-untyped-def]
+    return CaseFactory(lab=member.lab)
+
+
+def png_bytes(size: tuple[int, int] = (48, 48), colour: tuple[int, int, int] = (200, 80, 120)) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noisy_jpeg_bytes(size: tuple[int, int] = (48, 48)) -> bytes:
+    """A JPEG of random noise: no two calls give the same file, so none is a duplicate."""
+    image = PILImage.effect_noise(size, 40).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

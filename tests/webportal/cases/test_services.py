@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.db import IntegrityError
+
+from ml.testing import make_tiny_checkpoint
+from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
+from tests.factories import CaseFactory, LabFactory
+from webportal.cases import services
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+def _submit(case, count: int = 3) -> Batch:  # type: ignore[no-untyped-def]
+    files = [(f"cell-{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(count)]
+    return services.submit_batch(case=case, created_by=None, files=files)
+
+
+def test_registering_the_same_checkpoint_twice_returns_one_version(tmp_path: Path) -> None:
+    path = make_tiny_checkpoint(tmp_path / "m.pt", TINY_CLASSES)
+    first = services.register_model(checkpoint_path=path)
+    again = services.register_model(checkpoint_path=path)
+    assert first.pk == again.pk
+    assert first.classes == TINY_CLASSES
+    assert ModelVersion.objects.count() == 1
+
+
+def test_registering_a_missing_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(services.ServiceError, match="No checkpoint file at"):
+        services.register_model(checkpoint_path=tmp_path / "absent.pt")
+
+
+def test_a_case_needs_an_accession_number_unique_in_its_lab() -> None:
+    lab = LabFactory()
+    services.create_case(lab=lab, created_by=None, accession_number="A-1")
+    with pytest.raises(services.ServiceError, match="already exists"):
+        services.create_case(lab=lab, created_by=None, accession_number=" A-1 ")
+    # Another lab may use the same number.
+    services.create_case(lab=LabFactory(), created_by=None, accession_number="A-1")
+    with pytest.raises(services.ServiceError, match="required"):
+        services.create_case(lab=lab, created_by=None, accession_number="  ")
+
+
+def test_submitting_stores_images_and_cells_and_queues_the_batch(
+    tiny_model: ModelVersion, case, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks() as callbacks:
+        batch = _submit(case, count=3)
+    assert batch.status == Batch.Status.QUEUED
+    assert batch.model_version == tiny_model
+    assert (batch.total_images, batch.rejected_files) == (3, 0)
+    assert Cell.objects.filter(image__batch=batch).count() == 3
+    for image in batch.images.all():
+        assert image.file.name.endswith(".png")
+        assert image.original_name.startswith("cell-")
+        assert len(image.sha256) == 64
+    assert len(callbacks) == 1  # the task is sent after the commit, not before
+
+
+def test_a_batch_with_no_acceptable_image_fails_with_a_reason_and_is_not_queued(
+    tiny_model: ModelVersion, case, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks() as callbacks:
+        batch = services.submit_batch(
+            case=case, created_by=None, files=[("a.jpg", io.BytesIO(b"not an image"))]
+        )
+    assert batch.status == Batch.Status.FAILED
+    assert "No file" in batch.error
+    assert batch.images.get().status == Image.Status.REJECTED
+    assert callbacks == []
+
+
+def test_submitting_without_any_registered_model_explains_how_to_register_one(case) -> None:
+    with pytest.raises(services.ServiceError, match="register_model"):
+        _submit(case)
+
+
+def test_processing_writes_one_prediction_per_cell_and_a_report(tiny_model: ModelVersion, case) -> None:
+    batch = _submit(case, count=5)
+    services.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    assert batch.processed_images == 5
+    assert Prediction.objects.filter(cell__image__batch=batch).count() == 5
+    assert batch.reports.get().total_cells == 5
+
+
+def test_processing_again_adds_no_second_prediction(tiny_model: ModelVersion, case) -> None:
+    batch = _submit(case, count=3)
+    services.process_batch(batch_id=batch.pk)
+    # A redelivered message for a batch still marked processing does only what is missing.
+    Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.PROCESSING)
+    services.process_batch(batch_id=batch.pk)
+    assert Prediction.objects.filter(cell__image__batch=batch).count() == 3
+
+
+def test_the_database_refuses_a_second_prediction_from_the_same_model(
+    tiny_model: ModelVersion, case
+) -> None:
+    batch = _submit(case, count=1)
+    services.process_batch(batch_id=batch.pk)
+    prediction = Prediction.objects.get(cell__image__batch=batch)
+    with pytest.raises(IntegrityError):
+        Prediction.objects.create(
+            cell=prediction.cell,
+            model_version=tiny_model,
+            label="monocyte",
+            confidence=0.5,
+            probabilities={},
+        )
+
+
+def test_a_cancelled_batch_is_not_processed(tiny_model: ModelVersion, case) -> None:
+    batch = _submit(case, count=2)
+    assert services.cancel_batch(batch_id=batch.pk) is True
+    services.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+    assert not Prediction.objects.filter(cell__image__batch=batch).exists()
+    assert services.cancel_batch(batch_id=batch.pk) is False
+
+
+def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) -> None:
+    services._classifiers.clear()
+    Path(tiny_model.checkpoint_path).write_bytes(b"tampered")
+    batch = _submit(case, count=1)
+    with pytest.raises(services.ServiceError, match="does not match"):
+        services.process_batch(batch_id=batch.pk)
+
+
+def test_users_see_only_cases_of_their_own_labs(member) -> None:
+    own = CaseFactory(lab=member.lab)
+    CaseFactory()  # another lab's
+    assert list(services.cases_visible_to(user=member.user)) == [own]

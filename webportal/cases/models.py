@@ -1,0 +1,173 @@
+"""Clinical records: cases, batches of images, cells and the model's predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+
+class ModelVersion(models.Model):
+    """A registered classifier checkpoint; classes come from the checkpoint, never from code."""
+
+    name = models.CharField(max_length=200)
+    architecture = models.CharField(max_length=100)
+    classes = models.JSONField()
+    checkpoint_path = models.CharField(max_length=500)
+    checkpoint_sha256 = models.CharField(max_length=64, unique=True)
+    input_size = models.PositiveIntegerField()
+    mean = models.JSONField()
+    std = models.JSONField()
+    temperature = models.FloatField(default=1.0)
+    # Below this calibrated confidence a cell counts as "unidentified" until a human looks.
+    threshold = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.checkpoint_sha256[:12]})"
+
+
+class Patient(models.Model):
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="patients")
+    external_id = models.CharField("patient id / MRN", max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["lab", "external_id"], name="patient_id_unique_per_lab")
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Case(models.Model):
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="cases")
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="cases"
+    )
+    accession_number = models.CharField(max_length=100)
+    clinical_note = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lab", "accession_number"], name="accession_number_unique_per_lab"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.accession_number
+
+
+class Batch(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Priority(models.TextChoices):
+        ROUTINE = "routine", "Routine"
+        STAT = "stat", "STAT"
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="batches")
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.ROUTINE)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    total_images = models.PositiveIntegerField(default=0)
+    processed_images = models.PositiveIntegerField(default=0)
+    rejected_files = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"Batch {self.pk} of {self.case}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.DONE, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.total_images:
+            return 100 if self.is_finished else 0
+        return round(100 * self.processed_images / self.total_images)
+
+
+def image_upload_path(instance: Any, filename: str) -> str:
+    # Generated names only: nothing a user typed reaches the file system.
+    return f"batches/{instance.batch_id}/{filename}"
+
+
+class Image(models.Model):
+    class Status(models.TextChoices):
+        OK = "ok", "Accepted"
+        REJECTED = "rejected", "Rejected"
+
+    batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="images")
+    original_name = models.CharField(max_length=500)
+    file = models.FileField(upload_to=image_upload_path, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    source_format = models.CharField(max_length=10, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    reject_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+
+class Cell(models.Model):
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="cells")
+    # (x, y, width, height) in image pixels; None means the whole image is one cell.
+    box = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Cell {self.pk} of {self.image}"
+
+
+class Prediction(models.Model):
+    """The model's word on a cell: written once, never updated; a new model adds a new row."""
+
+    cell = models.ForeignKey(Cell, on_delete=models.PROTECT, related_name="predictions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    label = models.CharField(max_length=100)
+    confidence = models.FloatField()
+    probabilities = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cell", "model_version"], name="one_prediction_per_cell_and_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.confidence:.2f})"

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from webportal.cases import views
+
+app_name = "cases"
+
+urlpatterns = [
+    path("", views.case_list, name="case_list"),
+    path("cases/<int:case_id>/", views.case_detail, name="case_detail"),
+    path("batches/<int:batch_id>/", views.batch_detail, name="batch_detail"),
+    path("batches/<int:batch_id>/status.json", views.batch_status, name="batch_status"),
+    path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch_cancel"),
+    path("images/<int:image_id>/", views.image_file, name="image_file"),
+]

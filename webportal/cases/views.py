@@ -1,0 +1,139 @@
+"""Portal pages for cases and batches: thin, they call services and render."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from webportal.accounts.services import labs_of
+from webportal.cases import services
+from webportal.cases.forms import BatchUploadForm, CaseForm
+from webportal.cases.models import Batch, Image, Prediction
+from webportal.reports.services import UNIDENTIFIED, compute_differential, label_for
+
+
+@require_http_methods(["GET", "POST"])
+def case_list(request: HttpRequest) -> HttpResponse:
+    labs = labs_of(user=request.user)  # type: ignore[arg-type]
+    form = CaseForm(request.POST or None, labs=labs)
+    if request.method == "POST" and form.is_valid():
+        try:
+            case = services.create_case(
+                lab=form.cleaned_data["lab"],
+                created_by=request.user,  # type: ignore[arg-type]
+                accession_number=form.cleaned_data["accession_number"],
+                patient_external_id=form.cleaned_data["patient_external_id"],
+                clinical_note=form.cleaned_data["clinical_note"],
+            )
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("cases:case_detail", case_id=case.pk)
+    cases = services.cases_visible_to(user=request.user)[:200]  # type: ignore[arg-type]
+    return render(request, "cases/case_list.html", {"cases": cases, "form": form, "labs": labs})
+
+
+@require_http_methods(["GET", "POST"])
+def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
+    case = get_object_or_404(services.cases_visible_to(user=request.user), pk=case_id)  # type: ignore[arg-type]
+    form = BatchUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            batch = services.submit_batch(
+                case=case,
+                created_by=request.user,  # type: ignore[arg-type]
+                files=[(upload.name or "unnamed", upload) for upload in form.cleaned_data["files"]],
+                priority=form.cleaned_data["priority"],
+            )
+        except services.ServiceError as exc:
+            form.add_error(None, str(exc))
+        else:
+            if batch.rejected_files:
+                messages.warning(
+                    request,
+                    f"{batch.rejected_files} file(s) were not accepted; the reasons are listed "
+                    "below. The other images are being classified.",
+                )
+            return redirect("cases:batch_detail", batch_id=batch.pk)
+    batches = case.batches.select_related("model_version")
+    return render(
+        request, "cases/case_detail.html", {"case": case, "batches": batches, "form": form}
+    )
+
+
+@require_GET
+def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    images = batch.images.all()
+    rejected = [image for image in images if image.status == Image.Status.REJECTED]
+    predictions = (
+        Prediction.objects.filter(cell__image__batch=batch, model_version=batch.model_version)
+        .select_related("cell", "cell__image")
+        .order_by("cell_id")
+    )
+    cells = [
+        {
+            "image": prediction.cell.image,
+            "prediction": prediction,
+            "label": label_for(prediction=prediction, model_version=batch.model_version),
+        }
+        for prediction in predictions
+    ]
+    differential = compute_differential(batch=batch) if batch.status == Batch.Status.DONE else []
+    report = batch.reports.first()
+    max_count = max((row.count for row in differential), default=0)
+    return render(
+        request,
+        "cases/batch_detail.html",
+        {
+            "batch": batch,
+            "case": batch.case,
+            "cells": cells,
+            "rejected": rejected,
+            "differential": differential,
+            "max_count": max_count,
+            "report": report,
+            "unidentified": UNIDENTIFIED,
+        },
+    )
+
+
+@require_GET
+def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
+    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    return JsonResponse(
+        {
+            "id": batch.pk,
+            "status": batch.status,
+            "total_images": batch.total_images,
+            "processed_images": batch.processed_images,
+            "progress_percent": batch.progress_percent,
+            "finished": batch.is_finished,
+            "error": batch.error,
+        }
+    )
+
+
+@require_GET
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+    """Images are served only here, after the lab check; there is no public media URL."""
+    image = get_object_or_404(
+        Image.objects.filter(batch__case__lab__memberships__user=request.user), pk=image_id
+    )
+    if not image.file:
+        raise Http404("This file was rejected and not stored.")
+    response = FileResponse(image.file.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_POST
+def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    if services.cancel_batch(batch_id=batch.pk):
+        messages.info(request, "Batch cancelled.")
+    else:
+        messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
+    return redirect("cases:batch_detail", batch_id=batch.pk)
