@@ -8,9 +8,9 @@ from django.conf import LazySettings
 from PIL import Image as PILImage
 
 from ml.testing import make_tiny_checkpoint
+from tests.factories import CaseFactory, MembershipFactory
 from webportal.cases import services
 from webportal.cases.models import ModelVersion
-from tests.factories import CaseFactory, MembershipFactory
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
 TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
@@ -29,16 +29,18 @@ def tiny_model(db: None, tmp_path: Path) -> ModelVersion:
 
 
 @pytest.fixture
-def member(db: None):  # type: ignore[no-untyped-def]
-    return MembershipFactory()
+def member(db: None):
+    return MembershipFactory.create()
 
 
 @pytest.fixture
-def case(member):  # type: ignore[no-untyped-def]
-    return CaseFactory(lab=member.lab)
+def case(member):
+    return CaseFactory.create(lab=member.lab)
 
 
-def png_bytes(size: tuple[int, int] = (48, 48), colour: tuple[int, int, int] = (200, 80, 120)) -> bytes:
+def png_bytes(
+    size: tuple[int, int] = (48, 48), colour: tuple[int, int, int] = (200, 80, 120)
+) -> bytes:
     buffer = io.BytesIO()
     PILImage.new("RGB", size, colour).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-import factory
-from django.contrib.auth import get_user_model
+import factory.django
+from factory.declarations import Sequence, SubFactory
+
+from django.contrib.auth.models import User
 
 from webportal.accounts.models import Lab, Membership, Role
 from webportal.cases.models import Case
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
-        model = get_user_model()
+        model = User
         django_get_or_create = ("username",)
 
-    username = factory.Sequence(lambda n: f"user{n}")
+    username = Sequence(lambda n: f"user{n}")
     password = factory.django.Password("a-long-test-password-42")
 
 
-class LabFactory(factory.django.DjangoModelFactory):
+class LabFactory(factory.django.DjangoModelFactory[Lab]):
     class Meta:
         model = Lab
 
-    name = factory.Sequence(lambda n: f"Lab {n}")
+    name = Sequence(lambda n: f"Lab {n}")
 
 
-class MembershipFactory(factory.django.DjangoModelFactory):
+class MembershipFactory(factory.django.DjangoModelFactory[Membership]):
     class Meta:
         model = Membership
 
-    user = factory.SubFactory(UserFactory)
-    lab = factory.SubFactory(LabFactory)
+    user = SubFactory(UserFactory)
+    lab = SubFactory(LabFactory)
     role = Role.STAFF
 
 
-class CaseFactory(factory.django.DjangoModelFactory):
+class CaseFactory(factory.django.DjangoModelFactory[Case]):
     class Meta:
         model = Case
 
-    lab = factory.SubFactory(LabFactory)
-    accession_number = factory.Sequence(lambda n: f"ACC-{n:05d}")
+    lab = SubFactory(LabFactory)
+    accession_number = Sequence(lambda n: f"ACC-{n:05d}")

@@ -40,8 +40,8 @@ def use_broker(broker_url: str, folder: Path) -> None:
     )
     # Drop this app's handles only: kombu's shared pools are keyed by URL and options, so a
     # later use_broker back to the old broker finds its pool intact.
-    app._pool = None
-    app.amqp._producer_pool = None
+    app._pool = None  # type: ignore[attr-defined]
+    app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
 def _configure() -> None:

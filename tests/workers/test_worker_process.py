@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(params=["filesystem", "redis"])
-def broker(request: pytest.FixtureRequest, tmp_path: Path, settings: LazySettings) -> Iterator[tuple[str, Path]]:
+def broker(
+    request: pytest.FixtureRequest, tmp_path: Path, settings: LazySettings
+) -> Iterator[tuple[str, Path]]:
     folder = tmp_path / "broker"
     if request.param == "redis":
         parsed = urlparse(REDIS_URL)
@@ -40,7 +42,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path, settings: LazySetting
     use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
 
 
-def _worker(broker: tuple[str, Path], tmp_path: Path, settings: LazySettings):  # type: ignore[no-untyped-def]
+def _worker(broker: tuple[str, Path], tmp_path: Path, settings: LazySettings):
     return celery_worker(
         broker_url=broker[0],
         broker_folder=broker[1],
@@ -110,7 +112,7 @@ def test_bad_files_get_reasons_while_the_good_ones_are_classified_through_the_po
         with _worker(broker, tmp_path, settings):
             response = client.post(
                 reverse("cases:case_detail", args=[case.pk]),
-                {"files": uploads, "priority": "routine"},
+                {"images": uploads, "priority": "routine"},
             )
             assert response.status_code == 302, response.content.decode()[:2000]
             batch = Batch.objects.get(case=case)
@@ -120,9 +122,16 @@ def test_bad_files_get_reasons_while_the_good_ones_are_classified_through_the_po
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE, batch.error
     assert (batch.total_images, batch.rejected_files) == (4, 3)
-    reasons = dict(batch.images.filter(status=Image.Status.REJECTED).values_list("original_name", "reject_reason"))
+    reasons = dict(
+        batch.images.filter(status=Image.Status.REJECTED).values_list(
+            "original_name", "reject_reason"
+        )
+    )
     assert set(reasons) == {"truncated.jpg", "notes.jpg", "huge.png"}
-    assert "truncated" in reasons["truncated.jpg"].lower() or "corrupt" in reasons["truncated.jpg"].lower()
+    assert (
+        "truncated" in reasons["truncated.jpg"].lower()
+        or "corrupt" in reasons["truncated.jpg"].lower()
+    )
     assert "not an image" in reasons["notes.jpg"].lower()
     assert "64,000,000" in reasons["huge.png"] or "8000" in reasons["huge.png"]
     assert Prediction.objects.filter(cell__image__batch=batch).count() == 4

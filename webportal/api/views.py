@@ -9,13 +9,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from webportal.accounts.services import authenticated_user
 from webportal.api.serializers import BatchCreateSerializer, BatchSerializer
 from webportal.cases import services
 
 
 class BatchDetail(APIView):
     def get(self, request: Request, batch_id: int) -> Response:
-        batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)
+        batch = get_object_or_404(
+            services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        )
         return Response(BatchSerializer(batch).data)
 
 
@@ -23,13 +26,15 @@ class CaseBatches(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     def post(self, request: Request, case_id: int) -> Response:
-        case = get_object_or_404(services.cases_visible_to(user=request.user), pk=case_id)
+        case = get_object_or_404(
+            services.cases_visible_to(user=authenticated_user(request)), pk=case_id
+        )
         serializer = BatchCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
             batch = services.submit_batch(
                 case=case,
-                created_by=request.user,
+                created_by=authenticated_user(request),
                 files=[(f.name or "unnamed", f) for f in serializer.validated_data["files"]],
                 priority=serializer.validated_data["priority"],
             )

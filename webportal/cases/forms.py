@@ -45,5 +45,5 @@ class MultipleFileField(forms.FileField):
 
 
 class BatchUploadForm(forms.Form):
-    files = MultipleFileField(label="Images or .zip archives")
+    images = MultipleFileField(label="Images or .zip archives")
     priority = forms.ChoiceField(choices=Batch.Priority.choices, initial=Batch.Priority.ROUTINE)

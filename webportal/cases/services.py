@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import QuerySet
@@ -107,11 +106,11 @@ def preload_classifiers() -> None:
 # --- cases ----------------------------------------------------------------------------------
 
 
-def cases_visible_to(*, user: AbstractBaseUser) -> QuerySet[Case]:
+def cases_visible_to(*, user: User) -> QuerySet[Case]:
     return Case.objects.filter(lab__memberships__user=user).select_related("lab", "patient")
 
 
-def batches_visible_to(*, user: AbstractBaseUser) -> QuerySet[Batch]:
+def batches_visible_to(*, user: User) -> QuerySet[Batch]:
     return Batch.objects.filter(case__lab__memberships__user=user).select_related(
         "case", "case__lab", "model_version"
     )
@@ -120,7 +119,7 @@ def batches_visible_to(*, user: AbstractBaseUser) -> QuerySet[Batch]:
 def create_case(
     *,
     lab: Lab,
-    created_by: AbstractBaseUser | None,
+    created_by: User | None,
     accession_number: str,
     patient_external_id: str = "",
     clinical_note: str = "",
@@ -154,7 +153,7 @@ def upload_limits() -> UploadLimits:
 def submit_batch(
     *,
     case: Case,
-    created_by: AbstractBaseUser | None,
+    created_by: User | None,
     files: Iterable[tuple[str, BinaryIO]],
     priority: str = Batch.Priority.ROUTINE,
 ) -> Batch:
@@ -190,7 +189,7 @@ def submit_batch(
             batch.finished_at = timezone.now()
         batch.save()
         if accepted:
-            process_batch.delay_on_commit(batch.pk)
+            process_batch.delay_on_commit(batch.pk)  # type: ignore[attr-defined]
     return batch
 
 
@@ -243,7 +242,9 @@ def process_batch(*, batch_id: int) -> None:
         if not cells:
             break
         predictions = classifier.predict([_open_cell(cell) for cell in cells])
-        _save_predictions(batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions)
+        _save_predictions(
+            batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
+        )
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch_id)
         if batch.status != Batch.Status.PROCESSING:
@@ -255,13 +256,12 @@ def process_batch(*, batch_id: int) -> None:
 
 
 def _open_cell(cell: Cell) -> PILImage.Image:
-    with cell.image.file.open("rb") as handle:
-        picture = PILImage.open(handle)
-        picture.load()
+    with cell.image.file.open("rb") as handle, PILImage.open(handle) as stored:
+        picture = stored.convert("RGB")
     if cell.box is not None:
         x, y, width, height = cell.box
         picture = picture.crop((x, y, x + width, y + height))
-    return picture.convert("RGB")
+    return picture
 
 
 def _save_predictions(

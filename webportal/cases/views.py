@@ -7,7 +7,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from webportal.accounts.services import labs_of
+from webportal.accounts.services import authenticated_user, labs_of
 from webportal.cases import services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Batch, Image, Prediction
@@ -16,13 +16,13 @@ from webportal.reports.services import UNIDENTIFIED, compute_differential, label
 
 @require_http_methods(["GET", "POST"])
 def case_list(request: HttpRequest) -> HttpResponse:
-    labs = labs_of(user=request.user)  # type: ignore[arg-type]
+    labs = labs_of(user=authenticated_user(request))
     form = CaseForm(request.POST or None, labs=labs)
     if request.method == "POST" and form.is_valid():
         try:
             case = services.create_case(
                 lab=form.cleaned_data["lab"],
-                created_by=request.user,  # type: ignore[arg-type]
+                created_by=authenticated_user(request),
                 accession_number=form.cleaned_data["accession_number"],
                 patient_external_id=form.cleaned_data["patient_external_id"],
                 clinical_note=form.cleaned_data["clinical_note"],
@@ -31,20 +31,24 @@ def case_list(request: HttpRequest) -> HttpResponse:
             form.add_error(None, str(exc))
         else:
             return redirect("cases:case_detail", case_id=case.pk)
-    cases = services.cases_visible_to(user=request.user)[:200]  # type: ignore[arg-type]
+    cases = services.cases_visible_to(user=authenticated_user(request))[:200]
     return render(request, "cases/case_list.html", {"cases": cases, "form": form, "labs": labs})
 
 
 @require_http_methods(["GET", "POST"])
 def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
-    case = get_object_or_404(services.cases_visible_to(user=request.user), pk=case_id)  # type: ignore[arg-type]
+    case = get_object_or_404(
+        services.cases_visible_to(user=authenticated_user(request)), pk=case_id
+    )
     form = BatchUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
             batch = services.submit_batch(
                 case=case,
-                created_by=request.user,  # type: ignore[arg-type]
-                files=[(upload.name or "unnamed", upload) for upload in form.cleaned_data["files"]],
+                created_by=authenticated_user(request),
+                files=[
+                    (upload.name or "unnamed", upload) for upload in form.cleaned_data["images"]
+                ],
                 priority=form.cleaned_data["priority"],
             )
         except services.ServiceError as exc:
@@ -65,7 +69,9 @@ def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
 
 @require_GET
 def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
-    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    batch = get_object_or_404(
+        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+    )
     images = batch.images.all()
     rejected = [image for image in images if image.status == Image.Status.REJECTED]
     predictions = (
@@ -102,7 +108,9 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
 
 @require_GET
 def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
-    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    batch = get_object_or_404(
+        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+    )
     return JsonResponse(
         {
             "id": batch.pk,
@@ -120,7 +128,8 @@ def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     """Images are served only here, after the lab check; there is no public media URL."""
     image = get_object_or_404(
-        Image.objects.filter(batch__case__lab__memberships__user=request.user), pk=image_id
+        Image.objects.filter(batch__case__lab__memberships__user=authenticated_user(request)),
+        pk=image_id,
     )
     if not image.file:
         raise Http404("This file was rejected and not stored.")
@@ -131,7 +140,9 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
 
 @require_POST
 def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
-    batch = get_object_or_404(services.batches_visible_to(user=request.user), pk=batch_id)  # type: ignore[arg-type]
+    batch = get_object_or_404(
+        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+    )
     if services.cancel_batch(batch_id=batch.pk):
         messages.info(request, "Batch cancelled.")
     else:

@@ -33,8 +33,7 @@ def compute_differential(*, batch: Batch) -> list[DifferentialRow]:
         cell__image__batch=batch, model_version=model_version
     ).only("label", "confidence")
     counts = Counter(
-        label_for(prediction=prediction, model_version=model_version)
-        for prediction in predictions
+        label_for(prediction=prediction, model_version=model_version) for prediction in predictions
     )
     total = sum(counts.values())
     labels = [*model_version.classes, UNIDENTIFIED]

@@ -15,7 +15,7 @@ from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 pytestmark = pytest.mark.django_db
 
 
-def _submit(case, count: int = 3) -> Batch:  # type: ignore[no-untyped-def]
+def _submit(case, count: int = 3) -> Batch:
     files = [(f"cell-{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(count)]
     return services.submit_batch(case=case, created_by=None, files=files)
 
@@ -35,12 +35,12 @@ def test_registering_a_missing_checkpoint_says_where_it_looked(tmp_path: Path) -
 
 
 def test_a_case_needs_an_accession_number_unique_in_its_lab() -> None:
-    lab = LabFactory()
+    lab = LabFactory.create()
     services.create_case(lab=lab, created_by=None, accession_number="A-1")
     with pytest.raises(services.ServiceError, match="already exists"):
         services.create_case(lab=lab, created_by=None, accession_number=" A-1 ")
     # Another lab may use the same number.
-    services.create_case(lab=LabFactory(), created_by=None, accession_number="A-1")
+    services.create_case(lab=LabFactory.create(), created_by=None, accession_number="A-1")
     with pytest.raises(services.ServiceError, match="required"):
         services.create_case(lab=lab, created_by=None, accession_number="  ")
 
@@ -55,7 +55,7 @@ def test_submitting_stores_images_and_cells_and_queues_the_batch(
     assert (batch.total_images, batch.rejected_files) == (3, 0)
     assert Cell.objects.filter(image__batch=batch).count() == 3
     for image in batch.images.all():
-        assert image.file.name.endswith(".png")
+        assert str(image.file.name).endswith(".png")
         assert image.original_name.startswith("cell-")
         assert len(image.sha256) == 64
     assert len(callbacks) == 1  # the task is sent after the commit, not before
@@ -79,7 +79,9 @@ def test_submitting_without_any_registered_model_explains_how_to_register_one(ca
         _submit(case)
 
 
-def test_processing_writes_one_prediction_per_cell_and_a_report(tiny_model: ModelVersion, case) -> None:
+def test_processing_writes_one_prediction_per_cell_and_a_report(
+    tiny_model: ModelVersion, case
+) -> None:
     batch = _submit(case, count=5)
     services.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
@@ -133,6 +135,6 @@ def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) ->
 
 
 def test_users_see_only_cases_of_their_own_labs(member) -> None:
-    own = CaseFactory(lab=member.lab)
-    CaseFactory()  # another lab's
+    own = CaseFactory.create(lab=member.lab)
+    CaseFactory.create()  # another lab's
     assert list(services.cases_visible_to(user=member.user)) == [own]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def client_of(member) -> Client:  # type: ignore[no-untyped-def]
+def client_of(member) -> Client:
     client = Client()
     client.force_login(member.user)
     return client
@@ -42,11 +42,12 @@ def test_creating_a_case_from_the_case_list(client_of: Client, member) -> None:
     case = Case.objects.get(accession_number="H-77")
     assert response.status_code == 302
     assert case.lab == member.lab
-    assert case.patient is not None and case.patient.external_id == "MRN9"
+    assert case.patient is not None
+    assert case.patient.external_id == "MRN9"
 
 
 def test_a_user_cannot_create_a_case_in_a_lab_they_do_not_belong_to(client_of: Client) -> None:
-    other = MembershipFactory().lab
+    other = MembershipFactory.create().lab
     response = client_of.post(
         reverse("cases:case_list"), {"lab": other.pk, "accession_number": "X-1"}
     )
@@ -55,7 +56,7 @@ def test_a_user_cannot_create_a_case_in_a_lab_they_do_not_belong_to(client_of: C
 
 
 def test_another_labs_case_batch_and_image_are_not_found(client_of: Client, tiny_model) -> None:
-    foreign_case = CaseFactory()
+    foreign_case = CaseFactory.create()
     batch = services.submit_batch(
         case=foreign_case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
@@ -80,7 +81,7 @@ def test_the_batch_page_shows_every_cell_and_the_differential_when_done(
     assert 'id="differential"' in page
     for label in tiny_model.classes:
         assert label in page
-    image = batch.images.first()
+    image = batch.images.all()[0]
     assert client_of.get(reverse("cases:image_file", args=[image.pk])).status_code == 200
 
 

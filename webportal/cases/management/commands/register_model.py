@@ -1,4 +1,7 @@
-"""Register a classifier checkpoint: `python manage.py register_model ml/weights/pbc8-mobilenetv2.pt`."""
+"""Register a classifier checkpoint as a model version.
+
+python manage.py register_model ml/weights/pbc8-mobilenetv2.pt
+"""
 
 from __future__ import annotations
 
@@ -20,9 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            version = services.register_model(
-                checkpoint_path=options["path"], name=options["name"]
-            )
+            version = services.register_model(checkpoint_path=options["path"], name=options["name"])
         except (services.ServiceError, ValueError, KeyError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(

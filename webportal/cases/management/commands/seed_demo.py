@@ -46,11 +46,15 @@ class Command(BaseCommand):
                 accession_number=DEMO_ACCESSION,
                 clinical_note="Demo: single-cell images from the PBC dataset (CC BY 4.0).",
             )
-            paths = sorted(p for p in options["samples"].iterdir() if p.is_file() and p.suffix != ".md")
+            paths = sorted(
+                p for p in options["samples"].iterdir() if p.is_file() and p.suffix != ".md"
+            )
             handles = [path.open("rb") for path in paths]
             try:
                 batch = services.submit_batch(
-                    case=case, created_by=user, files=[(p.name, h) for p, h in zip(paths, handles, strict=True)]
+                    case=case,
+                    created_by=user,
+                    files=[(p.name, h) for p, h in zip(paths, handles, strict=True)],
                 )
             finally:
                 for handle in handles:
