@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-never-used-in-production")
 
-from webportal.settings import *  # noqa: E402, F403
+from webportal.settings import *  # noqa: F403
 
 # The test client speaks plain HTTP; production keeps the redirect.
 SECURE_SSL_REDIRECT = False

@@ -22,12 +22,13 @@ def broker_transport_options(broker_url: str, folder: Path) -> dict[str, Any]:
     """Options for the broker; the filesystem transport needs its folders to exist."""
     if not broker_url.startswith("filesystem://"):
         return {}
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
         "store_processed": False,
     }
 
