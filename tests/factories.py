@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import factory.django
-from factory.declarations import Sequence, SubFactory
-
 from django.contrib.auth.models import User
+from factory.declarations import Sequence, SubFactory
 
 from webportal.accounts.models import Lab, Membership, Role
 from webportal.cases.models import Case

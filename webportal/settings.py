@@ -181,7 +181,28 @@ UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 50_000_000)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_FOLDER = Path(env_str("CELERY_BROKER_FOLDER", str(VAR_DIR / "broker")))
 CELERY_TASK_ALWAYS_EAGER = False
+# Images per forward pass: tens on a CPU, hundreds on a GPU.
 INFERENCE_CHUNK_SIZE = env_int("INFERENCE_CHUNK_SIZE", 32)
+INFERENCE_CHUNK_SIZE_GPU = env_int("INFERENCE_CHUNK_SIZE_GPU", 256)
+# Intra-op threads per worker process; 0 leaves PyTorch's default (all cores).
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)
+# A task works on a batch for this long, then sends itself to the back of the queue: tasks
+# stay short (time limits and the broker's visibility timeout mean something) and a STAT
+# batch never waits behind a whole routine batch.
+BATCH_TIME_SLICE_SECONDS = env_int("BATCH_TIME_SLICE_SECONDS", 60)
+TASK_SOFT_TIME_LIMIT_SECONDS = env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 300)
+TASK_TIME_LIMIT_SECONDS = env_int("TASK_TIME_LIMIT_SECONDS", 360)
+# The sweeper: a processing batch with no progress for this long is re-queued; a queued batch
+# not claimed for this long has its message sent again (a broker without persistence may have
+# lost it); after this many deliveries without progress a batch fails with the reason.
+BATCH_STUCK_AFTER_SECONDS = env_int("BATCH_STUCK_AFTER_SECONDS", 600)
+BATCH_RESEND_AFTER_SECONDS = env_int("BATCH_RESEND_AFTER_SECONDS", 900)
+BATCH_MAX_STALLED_ATTEMPTS = env_int("BATCH_MAX_STALLED_ATTEMPTS", 5)
+SWEEP_INTERVAL_SECONDS = env_int("SWEEP_INTERVAL_SECONDS", 60)
+# Redis redelivers an unacknowledged message after this; longer than the longest task.
+BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
+    "BROKER_VISIBILITY_TIMEOUT_SECONDS", 2 * TASK_TIME_LIMIT_SECONDS
+)
 
 # The model a lab gets until its admin picks another; registered by `manage.py register_model`.
 DEFAULT_MODEL_PATH = Path(

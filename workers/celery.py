@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
@@ -18,8 +19,17 @@ app = Celery("hematovision")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
-def broker_transport_options(broker_url: str, folder: Path) -> dict[str, Any]:
+# Workers consume `-Q stat,housekeeping,routine`; with Redis, the "priority" order strategy
+# always looks at the queues in that order, so a STAT batch overtakes a routine backlog.
+QUEUES = ("stat", "housekeeping", "routine")
+
+
+def broker_transport_options(
+    broker_url: str, folder: Path, visibility_timeout: int = 720
+) -> dict[str, Any]:
     """Options for the broker; the filesystem transport needs its folders to exist."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": visibility_timeout, "queue_order_strategy": "priority"}
     if not broker_url.startswith("filesystem://"):
         return {}
     for sub in ("queue", "processed", "control"):
@@ -35,9 +45,13 @@ def broker_transport_options(broker_url: str, folder: Path) -> dict[str, Any]:
 
 def use_broker(broker_url: str, folder: Path) -> None:
     """Point this process's producer at a broker; drops pooled connections to the old one."""
+    from django.conf import settings
+
     app.conf.update(
         broker_url=broker_url,
-        broker_transport_options=broker_transport_options(broker_url, folder),
+        broker_transport_options=broker_transport_options(
+            broker_url, folder, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS
+        ),
     )
     # Drop this app's handles only: kombu's shared pools are keyed by URL and options, so a
     # later use_broker back to the old broker finds its pool intact.
@@ -50,9 +64,23 @@ def _configure() -> None:
 
     app.conf.update(
         broker_transport_options=broker_transport_options(
-            settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER
+            settings.CELERY_BROKER_URL,
+            settings.CELERY_BROKER_FOLDER,
+            settings.BROKER_VISIBILITY_TIMEOUT_SECONDS,
         ),
         broker_connection_retry_on_startup=True,
+        task_default_queue="routine",
+        # Declared, so a plain `celery worker` consumes all three, in this order.
+        task_queues=[Queue(name) for name in QUEUES],
+        task_routes={"workers.tasks.sweep_batches": {"queue": "housekeeping"}},
+        beat_schedule={
+            "sweep-batches": {
+                "task": "workers.tasks.sweep_batches",
+                "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+            }
+        },
+        task_soft_time_limit=settings.TASK_SOFT_TIME_LIMIT_SECONDS,
+        task_time_limit=settings.TASK_TIME_LIMIT_SECONDS,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

@@ -87,6 +87,11 @@ class Batch(models.Model):
     processed_images = models.PositiveIntegerField(default=0)
     rejected_files = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # Delivery bookkeeping for the queue: when the last message was sent, when a worker last
+    # showed progress, and how many deliveries in a row made none (poison batches stop there).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stalled_attempts = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -97,6 +102,7 @@ class Batch(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "batches"
+        indexes = [models.Index(fields=["status", "priority"], name="batch_status_priority")]
 
     def __str__(self) -> str:
         return f"Batch {self.pk} of {self.case}"
@@ -104,6 +110,10 @@ class Batch(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {self.Status.DONE, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def queue(self) -> str:
+        return "stat" if self.priority == self.Priority.STAT else "routine"
 
     @property
     def progress_percent(self) -> int:

@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+import torch
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from PIL import Image as PILImage
 
 from ml.checkpoint import read_metadata, sha256_of
-from ml.inference import CellPrediction, Classifier
+from ml.inference import Classifier
 from webportal.accounts.models import Lab
-from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Prediction
+from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
 from webportal.cases.uploads import AcceptedImage, UploadLimits, inspect_uploads
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def load_classifier(*, model_version: ModelVersion) -> Classifier:
 
 def preload_classifiers() -> None:
     """Load every model a lab would use now, so the first batch does not wait for it."""
+    if settings.INFERENCE_THREADS:
+        torch.set_num_threads(settings.INFERENCE_THREADS)
     wanted = {lab.active_model for lab in Lab.objects.select_related("active_model")}
     wanted.discard(None)
     newest = ModelVersion.objects.order_by("-created_at", "-id").first()
@@ -161,7 +163,7 @@ def submit_batch(
 
     A bad file becomes a rejected Image with its reason; the good files go on regardless.
     """
-    from workers.tasks import process_batch  # the task calls back into this module
+    from webportal.cases.processing import enqueue_on_commit  # processing imports this module
 
     model_version = active_model_for(lab=case.lab)
     with transaction.atomic():
@@ -189,7 +191,7 @@ def submit_batch(
             batch.finished_at = timezone.now()
         batch.save()
         if accepted:
-            process_batch.delay_on_commit(batch.pk)  # type: ignore[attr-defined]
+            enqueue_on_commit(batch=batch)
     return batch
 
 
@@ -206,103 +208,3 @@ def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage) -> None:
     image.file.save(f"{uuid.uuid4().hex}.png", ContentFile(accepted.content), save=False)
     image.save()
     Cell.objects.create(image=image, box=None)
-
-
-# --- the job --------------------------------------------------------------------------------
-
-
-def process_batch(*, batch_id: int) -> None:
-    """Classify every cell of a batch still without a prediction, then write the report.
-
-    Safe to run twice: the claim is a conditional update, a redelivered run only does the
-    cells still missing, and the unique constraint refuses a second prediction.
-    """
-    from webportal.reports.services import write_preliminary_report
-
-    Batch.objects.filter(pk=batch_id, status=Batch.Status.QUEUED).update(
-        status=Batch.Status.PROCESSING, started_at=timezone.now()
-    )
-    batch = Batch.objects.select_related("model_version").get(pk=batch_id)
-    if batch.status != Batch.Status.PROCESSING:
-        logger.info("batch %s is %s: nothing to do", batch_id, batch.status)
-        return
-    model_version = batch.model_version
-    classifier = load_classifier(model_version=model_version)
-    chunk_size = settings.INFERENCE_CHUNK_SIZE
-    while True:
-        if Batch.objects.filter(pk=batch_id, status=Batch.Status.CANCELLED).exists():
-            logger.info("batch %s was cancelled", batch_id)
-            return
-        cells = list(
-            Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
-            .exclude(predictions__model_version=model_version)
-            .select_related("image")
-            .order_by("id")[:chunk_size]
-        )
-        if not cells:
-            break
-        predictions = classifier.predict([_open_cell(cell) for cell in cells])
-        _save_predictions(
-            batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
-        )
-    with transaction.atomic():
-        batch = Batch.objects.select_for_update().get(pk=batch_id)
-        if batch.status != Batch.Status.PROCESSING:
-            return
-        write_preliminary_report(batch=batch)
-        batch.status = Batch.Status.DONE
-        batch.finished_at = timezone.now()
-        batch.save(update_fields=["status", "finished_at"])
-
-
-def _open_cell(cell: Cell) -> PILImage.Image:
-    with cell.image.file.open("rb") as handle, PILImage.open(handle) as stored:
-        picture = stored.convert("RGB")
-    if cell.box is not None:
-        x, y, width, height = cell.box
-        picture = picture.crop((x, y, x + width, y + height))
-    return picture
-
-
-def _save_predictions(
-    *,
-    batch_id: int,
-    model_version: ModelVersion,
-    cells: Sequence[Cell],
-    predictions: Sequence[CellPrediction],
-) -> None:
-    with transaction.atomic():
-        Prediction.objects.bulk_create(
-            [
-                Prediction(
-                    cell=cell,
-                    model_version=model_version,
-                    label=prediction.label,
-                    confidence=prediction.confidence,
-                    probabilities=prediction.probabilities,
-                )
-                for cell, prediction in zip(cells, predictions, strict=True)
-            ],
-            ignore_conflicts=True,
-        )
-        done = Prediction.objects.filter(
-            cell__image__batch_id=batch_id, model_version=model_version
-        ).count()
-        Batch.objects.filter(pk=batch_id).update(processed_images=done)
-
-
-def mark_batch_failed(*, batch_id: int, reason: str) -> None:
-    with transaction.atomic():
-        Batch.objects.filter(pk=batch_id).exclude(
-            status__in=[Batch.Status.DONE, Batch.Status.CANCELLED]
-        ).update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
-
-
-def cancel_batch(*, batch_id: int) -> bool:
-    """Cancel a queued or processing batch; False when it had already finished."""
-    with transaction.atomic():
-        return bool(
-            Batch.objects.filter(
-                pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
-            ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
-        )

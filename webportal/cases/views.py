@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts.services import authenticated_user, labs_of
-from webportal.cases import services
+from webportal.cases import processing, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Batch, Image, Prediction
 from webportal.reports.services import UNIDENTIFIED, compute_differential, label_for
@@ -143,7 +143,7 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
         services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
-    if services.cancel_batch(batch_id=batch.pk):
+    if processing.cancel_batch(batch_id=batch.pk):
         messages.info(request, "Batch cancelled.")
     else:
         messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")

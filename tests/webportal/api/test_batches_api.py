@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import CaseFactory
-from webportal.cases import services
+from webportal.cases import processing, services
 from webportal.cases.models import Batch, ModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +59,7 @@ def test_an_integrator_submits_a_batch_with_a_token_and_reads_the_reasons(
     assert body["rejected"][0]["reject_reason"]
     assert body["differential"] is None
 
-    services.process_batch(batch_id=body["id"])
+    processing.process_batch(batch_id=body["id"])
     done = api.get(reverse("api_batch_detail", args=[body["id"]])).json()
     assert done["status"] == "done"
     assert sum(row["count"] for row in done["differential"]) == 2

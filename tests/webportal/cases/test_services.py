@@ -9,7 +9,7 @@ from django.db import IntegrityError
 from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
 from tests.factories import CaseFactory, LabFactory
-from webportal.cases import services
+from webportal.cases import processing, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +83,7 @@ def test_processing_writes_one_prediction_per_cell_and_a_report(
     tiny_model: ModelVersion, case
 ) -> None:
     batch = _submit(case, count=5)
-    services.process_batch(batch_id=batch.pk)
+    processing.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.processed_images == 5
@@ -93,10 +93,10 @@ def test_processing_writes_one_prediction_per_cell_and_a_report(
 
 def test_processing_again_adds_no_second_prediction(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=3)
-    services.process_batch(batch_id=batch.pk)
+    processing.process_batch(batch_id=batch.pk)
     # A redelivered message for a batch still marked processing does only what is missing.
     Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.PROCESSING)
-    services.process_batch(batch_id=batch.pk)
+    processing.process_batch(batch_id=batch.pk)
     assert Prediction.objects.filter(cell__image__batch=batch).count() == 3
 
 
@@ -104,7 +104,7 @@ def test_the_database_refuses_a_second_prediction_from_the_same_model(
     tiny_model: ModelVersion, case
 ) -> None:
     batch = _submit(case, count=1)
-    services.process_batch(batch_id=batch.pk)
+    processing.process_batch(batch_id=batch.pk)
     prediction = Prediction.objects.get(cell__image__batch=batch)
     with pytest.raises(IntegrityError):
         Prediction.objects.create(
@@ -118,12 +118,12 @@ def test_the_database_refuses_a_second_prediction_from_the_same_model(
 
 def test_a_cancelled_batch_is_not_processed(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=2)
-    assert services.cancel_batch(batch_id=batch.pk) is True
-    services.process_batch(batch_id=batch.pk)
+    assert processing.cancel_batch(batch_id=batch.pk) is True
+    processing.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
     assert not Prediction.objects.filter(cell__image__batch=batch).exists()
-    assert services.cancel_batch(batch_id=batch.pk) is False
+    assert processing.cancel_batch(batch_id=batch.pk) is False
 
 
 def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) -> None:
@@ -131,7 +131,7 @@ def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) ->
     Path(tiny_model.checkpoint_path).write_bytes(b"tampered")
     batch = _submit(case, count=1)
     with pytest.raises(services.ServiceError, match="does not match"):
-        services.process_batch(batch_id=batch.pk)
+        processing.process_batch(batch_id=batch.pk)
 
 
 def test_users_see_only_cases_of_their_own_labs(member) -> None:

@@ -1,0 +1,279 @@
+"""The batch job: queueing, claiming, classifying in chunks, sweeping and cancelling.
+
+Every function here is safe to run twice. The database is the source of truth; a broker
+message only says "look at batch N": a claim is a conditional UPDATE, a redelivered message
+does only the cells still without a prediction, and the unique constraint on (cell, model
+version) refuses a second prediction even when two deliveries race.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from ml.inference import CellPrediction, Classifier
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.cases.services import load_classifier
+
+logger = logging.getLogger(__name__)
+
+
+# --- queueing -------------------------------------------------------------------------------
+
+
+def send_batch(*, batch_id: int, queue: str) -> None:
+    """Mark the batch queued and send its message now.
+
+    "processing" means a worker is on it at this moment; a batch sent again (the rest of a
+    time slice, or rescued from a dead worker) waits in the queue as "queued" like any other.
+    Callers inside a transaction use enqueue_on_commit instead.
+    """
+    from workers.tasks import process_batch  # the task calls back into this module
+
+    Batch.objects.filter(
+        pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+    ).update(status=Batch.Status.QUEUED, enqueued_at=timezone.now())
+    process_batch.apply_async(args=(batch_id,), queue=queue)
+
+
+def enqueue_on_commit(*, batch: Batch) -> None:
+    """Queue the batch once the surrounding transaction has committed its rows."""
+    batch_id, queue = batch.pk, batch.queue
+    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue))
+
+
+# --- the job --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    classified: int  # cells classified by this call
+    remaining: int  # cells still without a prediction when it returned
+
+
+def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome:
+    """Classify the cells of a batch still without a prediction, within a time budget.
+
+    When the budget runs out with work left, the batch goes back to the end of its queue;
+    when every cell is done, the report is written and the batch is marked done.
+    """
+    budget = settings.BATCH_TIME_SLICE_SECONDS if time_budget is None else time_budget
+    batch = _claim(batch_id=batch_id)
+    if batch is None:
+        status = Batch.objects.filter(pk=batch_id).values_list("status", flat=True).first()
+        logger.info("batch %s is %s: nothing to do", batch_id, status)
+        return Outcome(status=status or "missing", classified=0, remaining=0)
+    if batch.stalled_attempts > settings.BATCH_MAX_STALLED_ATTEMPTS:
+        reason = (
+            f"Gave up after {batch.stalled_attempts - 1} deliveries that made no progress; "
+            "the batch may contain an image that stops the worker."
+        )
+        mark_batch_failed(batch_id=batch_id, reason=reason)
+        return Outcome(status=Batch.Status.FAILED, classified=0, remaining=0)
+
+    model_version = batch.model_version
+    classifier = load_classifier(model_version=model_version)
+    missing = list(
+        Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
+        .exclude(predictions__model_version=model_version)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    chunk_size = (
+        settings.INFERENCE_CHUNK_SIZE_GPU
+        if classifier.device.type == "cuda"
+        else settings.INFERENCE_CHUNK_SIZE
+    )
+    deadline = time.monotonic() + budget
+    classified = 0
+    for cells, tensor in _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier):
+        if _is_cancelled(batch_id):
+            logger.info("batch %s was cancelled", batch_id)
+            return Outcome(Batch.Status.CANCELLED, classified, len(missing) - classified)
+        predictions = classifier.predict_tensor(tensor)
+        _save_predictions(
+            batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
+        )
+        classified += len(cells)
+        if time.monotonic() > deadline and classified < len(missing):
+            send_batch(batch_id=batch_id, queue=batch.queue)
+            return Outcome(Batch.Status.PROCESSING, classified, len(missing) - classified)
+    return _finish(batch_id=batch_id, classified=classified)
+
+
+def _claim(*, batch_id: int) -> Batch | None:
+    """Take the batch for this delivery: queued or (redelivered) processing, else None."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Batch.objects.filter(
+            pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+        ).update(
+            status=Batch.Status.PROCESSING,
+            heartbeat_at=now,
+            stalled_attempts=F("stalled_attempts") + 1,
+        )
+        Batch.objects.filter(pk=batch_id, started_at__isnull=True).update(started_at=now)
+    if not claimed:
+        return None
+    return Batch.objects.select_related("model_version").get(pk=batch_id)
+
+
+def _is_cancelled(batch_id: int) -> bool:
+    return Batch.objects.filter(pk=batch_id, status=Batch.Status.CANCELLED).exists()
+
+
+def _prefetched_chunks(
+    cell_ids: Sequence[int], *, chunk_size: int, classifier: Classifier
+) -> Iterator[tuple[list[Cell], torch.Tensor]]:
+    """Chunks of cells with their input tensor, the next one decoded while this one runs.
+
+    Decoding and resizing in a thread overlaps with the forward pass (both release the GIL).
+    The database is only touched from this thread: a Django connection belongs to its thread.
+    """
+    chunks = [cell_ids[i : i + chunk_size] for i in range(0, len(cell_ids), chunk_size)]
+
+    def fetch(ids: Sequence[int]) -> list[Cell]:
+        return list(Cell.objects.filter(id__in=ids).select_related("image").order_by("id"))
+
+    def decode(cells: list[Cell]) -> torch.Tensor:
+        return classifier.preprocess([_open_cell(cell) for cell in cells])
+
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        cells = fetch(chunks[0])
+        upcoming: Future[torch.Tensor] = pool.submit(decode, cells)
+        for index in range(len(chunks)):
+            current_cells, current = cells, upcoming
+            if index + 1 < len(chunks):
+                cells = fetch(chunks[index + 1])
+                upcoming = pool.submit(decode, cells)
+            yield current_cells, current.result()
+
+
+def _open_cell(cell: Cell) -> PILImage.Image:
+    with cell.image.file.open("rb") as handle, PILImage.open(handle) as stored:
+        picture = stored.convert("RGB")
+    if cell.box is not None:
+        x, y, width, height = cell.box
+        picture = picture.crop((x, y, x + width, y + height))
+    return picture
+
+
+def _save_predictions(
+    *,
+    batch_id: int,
+    model_version: ModelVersion,
+    cells: Sequence[Cell],
+    predictions: Sequence[CellPrediction],
+) -> None:
+    with transaction.atomic():
+        Prediction.objects.bulk_create(
+            [
+                Prediction(
+                    cell=cell,
+                    model_version=model_version,
+                    label=prediction.label,
+                    confidence=prediction.confidence,
+                    probabilities=prediction.probabilities,
+                )
+                for cell, prediction in zip(cells, predictions, strict=True)
+            ],
+            ignore_conflicts=True,
+        )
+        done = Prediction.objects.filter(
+            cell__image__batch_id=batch_id, model_version=model_version
+        ).count()
+        Batch.objects.filter(pk=batch_id).update(
+            processed_images=done, heartbeat_at=timezone.now(), stalled_attempts=0
+        )
+
+
+def _finish(*, batch_id: int, classified: int) -> Outcome:
+    from webportal.reports.services import write_preliminary_report
+
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().select_related("model_version").get(pk=batch_id)
+        if batch.status != Batch.Status.PROCESSING:
+            return Outcome(batch.status, classified, 0)
+        write_preliminary_report(batch=batch)
+        batch.status = Batch.Status.DONE
+        batch.finished_at = timezone.now()
+        batch.stalled_attempts = 0
+        batch.save(update_fields=["status", "finished_at", "stalled_attempts"])
+    return Outcome(Batch.Status.DONE, classified, 0)
+
+
+def mark_batch_failed(*, batch_id: int, reason: str) -> None:
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch_id).exclude(
+            status__in=[Batch.Status.DONE, Batch.Status.CANCELLED]
+        ).update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
+
+
+def cancel_batch(*, batch_id: int) -> bool:
+    """Cancel a queued or processing batch; False when it had already finished."""
+    with transaction.atomic():
+        return bool(
+            Batch.objects.filter(
+                pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+            ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
+        )
+
+
+# --- the sweeper ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    requeued_stuck: list[int]
+    resent_queued: list[int]
+    failed: list[int]
+
+
+def sweep_batches() -> SweepReport:
+    """Rescue batches whose worker died or whose message the broker lost.
+
+    A processing batch with no heartbeat for BATCH_STUCK_AFTER_SECONDS is sent again; a queued
+    batch unclaimed for BATCH_RESEND_AFTER_SECONDS has its message sent again. A duplicate
+    message is harmless (the claim and the unique constraint see to that), a lost one is not.
+    """
+    now = timezone.now()
+    stuck_before = now - timedelta(seconds=settings.BATCH_STUCK_AFTER_SECONDS)
+    resend_before = now - timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS)
+    requeued: list[int] = []
+    resent: list[int] = []
+    failed: list[int] = []
+    stuck = Batch.objects.filter(status=Batch.Status.PROCESSING, heartbeat_at__lt=stuck_before)
+    for batch in stuck.only("id", "priority", "stalled_attempts"):
+        if batch.stalled_attempts >= settings.BATCH_MAX_STALLED_ATTEMPTS:
+            mark_batch_failed(
+                batch_id=batch.pk,
+                reason=(
+                    f"Gave up after {batch.stalled_attempts} deliveries that made no progress; "
+                    "the worker stopped each time."
+                ),
+            )
+            failed.append(batch.pk)
+            continue
+        send_batch(batch_id=batch.pk, queue=batch.queue)
+        requeued.append(batch.pk)
+    lost = Batch.objects.filter(status=Batch.Status.QUEUED, enqueued_at__lt=resend_before)
+    for batch in lost.only("id", "priority"):
+        send_batch(batch_id=batch.pk, queue=batch.queue)
+        resent.append(batch.pk)
+    if requeued or resent or failed:
+        logger.warning("sweep: requeued %s, resent %s, failed %s", requeued, resent, failed)
+    return SweepReport(requeued_stuck=requeued, resent_queued=resent, failed=failed)
