@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from ml.testing import make_tiny_checkpoint
 from tests.factories import CaseFactory, MembershipFactory
 from webportal.cases import services
 from webportal.cases.models import ModelVersion
+from workers.celery import use_broker
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
 TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
@@ -19,6 +21,14 @@ TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
 @pytest.fixture(autouse=True)
 def _media_in_tmp(settings: LazySettings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _broker_in_tmp(settings: LazySettings, tmp_path: Path) -> Iterator[None]:
+    """Messages a test sends land in its own folder, never in the developer's var/broker."""
+    use_broker("filesystem://", tmp_path / "broker")
+    yield
+    use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
 
 
 @pytest.fixture

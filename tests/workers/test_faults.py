@@ -1,0 +1,183 @@
+"""Fault injection with real worker processes: `pytest -m faults`.
+
+Each test crashes something real (the worker, the broker, the database connection) in the
+middle of a batch and then checks the database: every batch done, every accepted image with
+exactly one prediction from the batch's model version, nothing missing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import LazySettings
+from django.db import connection
+
+from ml.testing import make_tiny_checkpoint
+from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
+from tests.services import (
+    IN_CI,
+    RedisServer,
+    TcpProxy,
+    celery_worker,
+    database_url,
+    kill_worker,
+    wait_until,
+)
+from webportal.cases import services
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from workers.celery import use_broker
+
+pytestmark = [pytest.mark.faults, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+# Short deadlines so a rescue happens within seconds, not the production minutes.
+FAST_RESCUE = {
+    "BROKER_VISIBILITY_TIMEOUT_SECONDS": "5",
+    "BATCH_STUCK_AFTER_SECONDS": "4",
+    "BATCH_RESEND_AFTER_SECONDS": "4",
+    "SWEEP_INTERVAL_SECONDS": "1",
+    "BATCH_TIME_SLICE_SECONDS": "2",
+    "INFERENCE_CHUNK_SIZE": "8",
+}
+
+
+@pytest.fixture
+def slow_model(db: None, tmp_path: Path) -> ModelVersion:
+    """Random weights at 160 px: slow enough on one thread to be caught mid-batch."""
+    path = make_tiny_checkpoint(tmp_path / "slow.pt", TINY_CLASSES, input_size=160)
+    return services.register_model(checkpoint_path=path, name="slow")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path, settings: LazySettings) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    use_broker(server.url, tmp_path / "broker")
+    yield server
+    server.crash()
+
+
+def _submit(case, count: int, priority: str = "routine") -> Batch:
+    files = [(f"cell-{i}.jpg", io.BytesIO(noisy_jpeg_bytes((96, 96)))) for i in range(count)]
+    return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
+
+
+def _predicted(batch: Batch) -> int:
+    return Prediction.objects.filter(cell__image__batch=batch).count()
+
+
+def _status(batch: Batch) -> str:
+    return Batch.objects.values_list("status", flat=True).get(pk=batch.pk)
+
+
+def _assert_exactly_once(batch: Batch, model_version: ModelVersion, log: Path) -> None:
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE, f"{batch.status}: {batch.error}\n{log.read_text()}"
+    cells = Cell.objects.filter(image__batch=batch, image__status=Image.Status.OK)
+    assert cells.count() == batch.total_images
+    for cell in cells:
+        assert Prediction.objects.filter(cell=cell, model_version=model_version).count() == 1
+    assert batch.processed_images == batch.total_images
+    assert batch.reports.first().total_cells == batch.total_images
+
+
+def _worker_kwargs(tmp_path: Path, settings: LazySettings, broker_url: str, **extra):
+    return {
+        "broker_url": broker_url,
+        "broker_folder": tmp_path / "broker",
+        "database": extra.pop("database", database_url(connection.settings_dict)),
+        "media_root": Path(settings.MEDIA_ROOT),
+        "log_path": tmp_path / "worker.log",
+        "extra_env": {**FAST_RESCUE, **extra.pop("extra_env", {})},
+        "beat": True,
+        **extra,
+    }
+
+
+def test_killing_workers_mid_batch_loses_and_duplicates_nothing(
+    redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
+) -> None:
+    seed = int(os.environ.get("FAULT_SEED", time.time()))
+    rng = random.Random(seed)
+    batch = _submit(case, count=200)
+    kwargs = _worker_kwargs(tmp_path, settings, redis_server.url)
+    killed_mid_batch = 0
+    for _ in range(3):
+        before = _predicted(batch)
+        with celery_worker(**kwargs) as worker:
+            wait_until(
+                lambda b=before: _predicted(batch) > b or _status(batch) == "done",
+                timeout=90,
+                what=f"progress past {before} (seed {seed})",
+            )
+            time.sleep(rng.uniform(0.0, 1.5))
+            kill_worker(worker)
+        if _status(batch) != "done":
+            killed_mid_batch += 1
+    with celery_worker(**kwargs):
+        wait_until(lambda: _status(batch) == "done", timeout=180, what=f"the batch (seed {seed})")
+    assert killed_mid_batch >= 1, f"no kill landed mid-batch (seed {seed})"
+    _assert_exactly_once(batch, slow_model, tmp_path / "worker.log")
+
+
+def test_a_broker_restart_that_loses_the_queue_loses_no_batch(
+    redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
+) -> None:
+    batch = _submit(case, count=120)
+    waiting = _submit(case, count=8)  # still queued when the broker forgets it
+    with celery_worker(**_worker_kwargs(tmp_path, settings, redis_server.url)):
+        wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
+        redis_server.crash()
+        time.sleep(1)
+        redis_server.start()  # empty: nothing was kept on disk
+        for item in (batch, waiting):
+            wait_until(lambda b=item: _status(b) == "done", timeout=180, what=f"batch {item.pk}")
+    for item in (batch, waiting):
+        _assert_exactly_once(item, slow_model, tmp_path / "worker.log")
+
+
+def test_a_brief_database_outage_is_retried_until_the_batch_completes(
+    redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
+) -> None:
+    database = connection.settings_dict
+    if not database["ENGINE"].endswith("postgresql"):
+        message = "the database outage test needs PostgreSQL (set DATABASE_URL)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    proxy = TcpProxy(database.get("HOST") or "127.0.0.1", int(database.get("PORT") or 5432))
+    through_proxy = database_url({**database, "HOST": "127.0.0.1", "PORT": proxy.port})
+    batch = _submit(case, count=160)
+    log = tmp_path / "worker.log"
+    try:
+        with celery_worker(
+            **_worker_kwargs(tmp_path, settings, redis_server.url, database=through_proxy)
+        ):
+            wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
+            proxy.cut()
+            time.sleep(4)
+            proxy.restore()
+            wait_until(lambda: _status(batch) == "done", timeout=180, what="the batch")
+    finally:
+        proxy.close()
+    assert "Retry in" in log.read_text(), "the outage never reached the worker"
+    _assert_exactly_once(batch, slow_model, log)
+
+
+def test_a_stat_batch_overtakes_a_routine_backlog(
+    redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
+) -> None:
+    routine = _submit(case, count=200)
+    with celery_worker(**_worker_kwargs(tmp_path, settings, redis_server.url)):
+        wait_until(lambda: _predicted(routine) > 0, timeout=90, what="the routine batch")
+        stat = _submit(case, count=8, priority="stat")
+        wait_until(lambda: _status(stat) == "done", timeout=120, what="the STAT batch")
+        assert _status(routine) != "done", "the routine batch finished first"
+        wait_until(lambda: _status(routine) == "done", timeout=180, what="the routine batch")
+    _assert_exactly_once(stat, slow_model, tmp_path / "worker.log")
+    _assert_exactly_once(routine, slow_model, tmp_path / "worker.log")
