@@ -209,6 +209,9 @@ DEFAULT_MODEL_PATH = Path(
     env_str("DEFAULT_MODEL_PATH", str(BASE_DIR / "ml" / "weights" / "pbc8-mobilenetv2.pt"))
 )
 
+# Bearer token for Prometheus scraping /metrics; empty means staff sessions only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 REST_FRAMEWORK = {
     # Token first, so an unauthenticated call gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [

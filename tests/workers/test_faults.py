@@ -83,7 +83,7 @@ def _assert_exactly_once(batch: Batch, model_version: ModelVersion, log: Path) -
     for cell in cells:
         assert Prediction.objects.filter(cell=cell, model_version=model_version).count() == 1
     assert batch.processed_images == batch.total_images
-    assert batch.reports.first().total_cells == batch.total_images
+    assert batch.reports.latest("version").total_cells == batch.total_images
 
 
 def _worker_kwargs(tmp_path: Path, settings: LazySettings, broker_url: str, **extra):

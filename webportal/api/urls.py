@@ -12,6 +12,11 @@ urlpatterns = [
         name="api_batch_detail",
     ),
     path(
+        "batches/<int:batch_id>/cancel/",
+        login_not_required(views.BatchCancel.as_view()),
+        name="api_batch_cancel",
+    ),
+    path(
         "cases/<int:case_id>/batches/",
         login_not_required(views.CaseBatches.as_view()),
         name="api_case_batches",

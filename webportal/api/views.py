@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from webportal.accounts.services import authenticated_user
 from webportal.api.serializers import BatchCreateSerializer, BatchSerializer
-from webportal.cases import services
+from webportal.cases import processing, services
 
 
 class BatchDetail(APIView):
@@ -41,3 +41,17 @@ class CaseBatches(APIView):
         except services.ServiceError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(BatchSerializer(batch).data, status=status.HTTP_201_CREATED)
+
+
+class BatchCancel(APIView):
+    def post(self, request: Request, batch_id: int) -> Response:
+        batch = get_object_or_404(
+            services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        )
+        if not processing.cancel_batch(batch_id=batch.pk):
+            return Response(
+                {"detail": f"Batch {batch.pk} is already {batch.status}; nothing to cancel."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        batch.refresh_from_db()
+        return Response(BatchSerializer(batch).data)

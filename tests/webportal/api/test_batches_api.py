@@ -86,3 +86,17 @@ def test_another_labs_case_and_batch_are_not_found_through_the_api(
     )
     assert response.status_code == 404
     assert Batch.objects.filter(case=foreign).count() == 1
+
+
+def test_cancelling_through_the_api_and_again_is_a_conflict(
+    api: APIClient, case, tiny_model: ModelVersion
+) -> None:
+    batch = services.submit_batch(
+        case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    )
+    response = api.post(reverse("api_batch_cancel", args=[batch.pk]))
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    again = api.post(reverse("api_batch_cancel", args=[batch.pk]))
+    assert again.status_code == 409
+    assert "already cancelled" in again.json()["detail"]

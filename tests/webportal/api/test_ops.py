@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.conf import LazySettings
+from django.test import Client
+from django.urls import reverse
+
+from tests.conftest import noisy_jpeg_bytes
+from tests.factories import UserFactory
+from webportal.cases import processing, services
+from webportal.cases.models import ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+def test_health_answers_ok_when_database_and_broker_answer() -> None:
+    response = Client().get(reverse("healthz"))
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": True, "broker": True}
+
+
+def test_health_answers_503_naming_the_broker_when_it_is_down(settings: LazySettings) -> None:
+    from workers.celery import use_broker
+
+    use_broker("redis://127.0.0.1:1/0", settings.CELERY_BROKER_FOLDER)  # nothing listens there
+    response = Client().get(reverse("healthz"))
+    assert response.status_code == 503
+    assert response.json()["broker"] is False
+    assert response.json()["database"] is True
+
+
+def test_metrics_are_refused_without_staff_login_or_token(member) -> None:
+    client = Client()
+    assert client.get(reverse("metrics")).status_code == 403
+    client.force_login(member.user)
+    assert client.get(reverse("metrics")).status_code == 403
+    assert Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+
+
+def test_metrics_count_queue_depth_batches_and_predictions(
+    case, tiny_model: ModelVersion, settings: LazySettings
+) -> None:
+    settings.METRICS_TOKEN = "scrape-me"
+
+    def submit(count: int, priority: str):  # type: ignore[no-untyped-def]
+        files = [(f"c{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(count)]
+        return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
+
+    done = submit(2, "routine")
+    processing.process_batch(batch_id=done.pk)
+    submit(3, "stat")
+    submit(4, "routine")
+    body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    assert 'hematovision_batches{status="queued"} 2' in body
+    assert 'hematovision_batches{status="done"} 1' in body
+    assert 'hematovision_queue_depth_images{queue="stat"} 3' in body
+    assert 'hematovision_queue_depth_images{queue="routine"} 4' in body
+    assert "hematovision_predictions_total 2" in body
+    staff = UserFactory.create(is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    assert client.get(reverse("metrics")).status_code == 200

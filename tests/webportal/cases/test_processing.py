@@ -1,0 +1,121 @@
+"""The job's bookkeeping without a worker: time slices, the sweeper, poison batches."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import LazySettings
+from django.utils import timezone
+
+from tests.conftest import noisy_jpeg_bytes
+from webportal.cases import processing, services
+from webportal.cases.models import Batch, ModelVersion, Prediction
+
+pytestmark = pytest.mark.django_db
+
+
+def _submit(case, count: int, priority: str = "routine") -> Batch:
+    files = [(f"c{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(count)]
+    return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
+
+
+def _messages(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "broker" / "queue").glob("*"))
+
+
+def test_a_spent_time_slice_saves_its_work_and_queues_the_rest(
+    tiny_model: ModelVersion, case, settings: LazySettings, tmp_path: Path
+) -> None:
+    settings.INFERENCE_CHUNK_SIZE = 2
+    batch = _submit(case, count=5)
+    outcome = processing.process_batch(batch_id=batch.pk, time_budget=0)
+    batch.refresh_from_db()
+    assert (outcome.classified, outcome.remaining) == (2, 3)
+    assert batch.status == Batch.Status.QUEUED  # waiting in the queue again, not "processing"
+    assert batch.processed_images == 2
+    assert len(_messages(tmp_path)) == 1
+    processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    assert Prediction.objects.filter(cell__image__batch=batch).count() == 5
+
+
+def test_the_sweeper_requeues_a_batch_whose_worker_stopped(
+    tiny_model: ModelVersion, case, settings: LazySettings, tmp_path: Path
+) -> None:
+    batch = _submit(case, count=1, priority="stat")
+    stale = timezone.now() - timedelta(seconds=settings.BATCH_STUCK_AFTER_SECONDS + 1)
+    Batch.objects.filter(pk=batch.pk).update(
+        status=Batch.Status.PROCESSING, heartbeat_at=stale, stalled_attempts=1
+    )
+    report = processing.sweep_batches()
+    batch.refresh_from_db()
+    assert report.requeued_stuck == [batch.pk]
+    assert batch.status == Batch.Status.QUEUED
+    assert len(_messages(tmp_path)) == 1
+    assert b'"stat"' in _messages(tmp_path)[0].read_bytes()  # back on its own queue
+
+
+def test_the_sweeper_resends_a_queued_batch_the_broker_lost(
+    tiny_model: ModelVersion, case, settings: LazySettings, tmp_path: Path
+) -> None:
+    batch = _submit(case, count=1)
+    fresh = _submit(case, count=1)
+    old = timezone.now() - timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS + 1)
+    Batch.objects.filter(pk__in=[batch.pk, fresh.pk]).update(enqueued_at=old)
+    Batch.objects.filter(pk=fresh.pk).update(enqueued_at=timezone.now())
+    report = processing.sweep_batches()
+    assert report.resent_queued == [batch.pk]
+    assert report.requeued_stuck == []
+
+
+def test_the_sweeper_fails_a_batch_that_keeps_stopping_its_worker(
+    tiny_model: ModelVersion, case, settings: LazySettings
+) -> None:
+    batch = _submit(case, count=1)
+    stale = timezone.now() - timedelta(seconds=settings.BATCH_STUCK_AFTER_SECONDS + 1)
+    Batch.objects.filter(pk=batch.pk).update(
+        status=Batch.Status.PROCESSING,
+        heartbeat_at=stale,
+        stalled_attempts=settings.BATCH_MAX_STALLED_ATTEMPTS,
+    )
+    report = processing.sweep_batches()
+    batch.refresh_from_db()
+    assert report.failed == [batch.pk]
+    assert batch.status == Batch.Status.FAILED
+    assert "no progress" in batch.error
+
+
+def test_a_delivery_after_too_many_stalled_ones_fails_the_batch_with_the_reason(
+    tiny_model: ModelVersion, case, settings: LazySettings
+) -> None:
+    batch = _submit(case, count=1)
+    Batch.objects.filter(pk=batch.pk).update(stalled_attempts=settings.BATCH_MAX_STALLED_ATTEMPTS)
+    outcome = processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert outcome.status == Batch.Status.FAILED
+    assert "Gave up" in batch.error
+
+
+def test_progress_resets_the_stalled_count(tiny_model: ModelVersion, case) -> None:
+    batch = _submit(case, count=2)
+    Batch.objects.filter(pk=batch.pk).update(stalled_attempts=3)
+    processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    assert batch.stalled_attempts == 0
+
+
+def test_finished_and_cancelled_batches_are_never_sent_back_to_work(
+    tiny_model: ModelVersion, case, settings: LazySettings
+) -> None:
+    batch = _submit(case, count=1)
+    processing.cancel_batch(batch_id=batch.pk)
+    stale = timezone.now() - timedelta(days=1)
+    Batch.objects.filter(pk=batch.pk).update(heartbeat_at=stale, enqueued_at=stale)
+    report = processing.sweep_batches()
+    assert report == processing.SweepReport(requeued_stuck=[], resent_queued=[], failed=[])
+    assert processing.process_batch(batch_id=batch.pk).status == Batch.Status.CANCELLED
