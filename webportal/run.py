@@ -23,9 +23,13 @@ def main() -> int:
     subprocess.run([*manage, "migrate", "--noinput"], check=True)
     subprocess.run([*manage, "seed_demo"], check=True)
 
+    from django.conf import settings
+
+    # One worker process with the sweeper's scheduler (beat) embedded: enough for one machine.
     worker = subprocess.Popen(
         [python, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
-         "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+         "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "--beat", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")]
     )  # fmt: skip
     portal = subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"])
     children = [portal, worker]

@@ -141,3 +141,27 @@ def test_bad_files_get_reasons_while_the_good_ones_are_classified_through_the_po
         assert name in page
         assert reason.split(":")[0] in page
     assert "Differential" in page
+
+
+def test_the_whole_bad_input_corpus_leaves_the_worker_standing_and_the_batch_done(
+    tiny_model: ModelVersion, case, tmp_path: Path, settings: LazySettings
+) -> None:
+    from tests.badfiles import bad_file_corpus, edge_case_corpus
+
+    bad = bad_file_corpus()
+    edge = edge_case_corpus()
+    files = [(name, io.BytesIO(content)) for name, content, _ in bad]
+    files += [(case_.name, io.BytesIO(case_.content)) for case_ in edge]
+    broker = ("filesystem://", tmp_path / "broker")
+    use_broker(*broker)
+    with _worker(broker, tmp_path, settings) as worker:
+        batch = services.submit_batch(case=case, created_by=None, files=files)
+        wait_until(lambda: _finished(batch.pk), timeout=180, what="the batch to finish")
+        assert worker.poll() is None, "the worker died"
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE, batch.error
+    rejected = batch.images.filter(status=Image.Status.REJECTED)
+    assert {image.original_name.split("/")[0] for image in rejected} >= {n for n, _, _ in bad}
+    assert all(image.reject_reason.strip() for image in rejected)
+    assert batch.total_images == len(edge)
+    assert Prediction.objects.filter(cell__image__batch=batch).count() == len(edge)
