@@ -475,7 +475,9 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> tuple[bytes, int, in
             del image, rotated
             rgb.info = {}
             out = io.BytesIO()
-            rgb.save(out, format="PNG", icc_profile=None, exif=b"")
+            # Level 1, not the default 6: validating PBC cells went from 16 to 42 images/s on
+            # two cores for files about 20% larger; upload speed is what a lab waits on.
+            rgb.save(out, format="PNG", compress_level=1, icc_profile=None, exif=b"")
             return out.getvalue(), rgb.width, rgb.height
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return (
