@@ -24,9 +24,11 @@ def _media_in_tmp(settings: LazySettings, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _broker_in_tmp(settings: LazySettings, tmp_path: Path) -> Iterator[None]:
+def _broker_in_tmp(
+    settings: LazySettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Messages a test sends land in its own folder, never in the developer's var/broker."""
-    use_broker("filesystem://", tmp_path / "broker")
+    use_broker("filesystem://", tmp_path_factory.mktemp("broker"))
     yield
     use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
 

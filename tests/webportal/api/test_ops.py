@@ -44,7 +44,7 @@ def test_metrics_count_queue_depth_batches_and_predictions(
 ) -> None:
     settings.METRICS_TOKEN = "scrape-me"
 
-    def submit(count: int, priority: str):  # type: ignore[no-untyped-def]
+    def submit(count: int, priority: str):
         files = [(f"c{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(count)]
         return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
 

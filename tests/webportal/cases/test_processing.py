@@ -22,8 +22,11 @@ def _submit(case, count: int, priority: str = "routine") -> Batch:
     return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
 
 
-def _messages(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "broker" / "queue").glob("*"))
+def _messages() -> list[Path]:
+    from workers.celery import app
+
+    folder = Path(app.conf.broker_transport_options["data_folder_out"])
+    return sorted(folder.glob("*"))
 
 
 def test_a_spent_time_slice_saves_its_work_and_queues_the_rest(
@@ -36,7 +39,7 @@ def test_a_spent_time_slice_saves_its_work_and_queues_the_rest(
     assert (outcome.classified, outcome.remaining) == (2, 3)
     assert batch.status == Batch.Status.QUEUED  # waiting in the queue again, not "processing"
     assert batch.processed_images == 2
-    assert len(_messages(tmp_path)) == 1
+    assert len(_messages()) == 1
     processing.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
@@ -55,8 +58,8 @@ def test_the_sweeper_requeues_a_batch_whose_worker_stopped(
     batch.refresh_from_db()
     assert report.requeued_stuck == [batch.pk]
     assert batch.status == Batch.Status.QUEUED
-    assert len(_messages(tmp_path)) == 1
-    assert b'"stat"' in _messages(tmp_path)[0].read_bytes()  # back on its own queue
+    assert len(_messages()) == 1
+    assert b'"stat"' in _messages()[0].read_bytes()  # back on its own queue
 
 
 def test_the_sweeper_resends_a_queued_batch_the_broker_lost(
