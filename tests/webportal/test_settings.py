@@ -43,3 +43,20 @@ def test_without_a_secret_key_production_settings_refuse_to_start(tmp_path: Path
     result = _manage("check", env={"HEMATOVISION_VAR_DIR": str(tmp_path)})
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_setting_a_bucket_moves_media_to_s3_compatible_storage(tmp_path: Path) -> None:
+    result = _manage(
+        "shell",
+        "-c",
+        "from django.core.files.storage import storages; s = storages['default']; "
+        "print(type(s).__name__, s.bucket_name, s.endpoint_url)",
+        env={
+            "DEBUG": "true",
+            "HEMATOVISION_VAR_DIR": str(tmp_path),
+            "S3_BUCKET": "smears",
+            "S3_ENDPOINT_URL": "http://minio:9000",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["S3Storage", "smears", "http://minio:9000"]
