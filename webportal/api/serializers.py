@@ -5,7 +5,6 @@ from typing import Any
 from rest_framework import serializers
 
 from webportal.cases.models import Batch, Image
-from webportal.reports.services import compute_differential
 
 
 class RejectedFileSerializer(serializers.ModelSerializer[Image]):
@@ -43,14 +42,6 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
         return list(RejectedFileSerializer(rejected, many=True).data)
 
     def get_differential(self, batch: Batch) -> list[dict[str, Any]] | None:
-        if batch.status != Batch.Status.DONE:
-            return None
-        return [
-            {"label": row.label, "count": row.count, "percent": row.percent}
-            for row in compute_differential(batch=batch)
-        ]
-
-
-class BatchCreateSerializer(serializers.Serializer[Any]):
-    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), min_length=1)
-    priority = serializers.ChoiceField(choices=Batch.Priority.choices, default="routine")
+        """The latest report's snapshot; None until the batch has one."""
+        report = batch.reports.order_by("-version").first()
+        return list(report.differential) if report is not None else None

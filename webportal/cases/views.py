@@ -10,8 +10,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webportal.accounts.services import authenticated_user, labs_of
 from webportal.cases import processing, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
-from webportal.cases.models import Batch, Image, Prediction
-from webportal.reports.services import UNIDENTIFIED, compute_differential, label_for
+from webportal.cases.models import Image, Prediction
+from webportal.reports.services import UNIDENTIFIED, DifferentialRow, label_for
 
 
 @require_http_methods(["GET", "POST"])
@@ -87,8 +87,11 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
         }
         for prediction in predictions
     ]
-    differential = compute_differential(batch=batch) if batch.status == Batch.Status.DONE else []
+    # The page shows the report's snapshot: what was recorded, not a recount.
     report = batch.reports.first()
+    differential = (
+        [DifferentialRow(**row) for row in report.differential] if report is not None else []
+    )
     max_count = max((row.count for row in differential), default=0)
     return render(
         request,
