@@ -45,3 +45,8 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
         """The latest report's snapshot; None until the batch has one."""
         report = batch.reports.order_by("-version").first()
         return list(report.differential) if report is not None else None
+
+
+class BatchCreateSerializer(serializers.Serializer[Any]):
+    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), min_length=1)
+    priority = serializers.ChoiceField(choices=Batch.Priority.choices, default="routine")
