@@ -1,0 +1,84 @@
+"""Evaluate a checkpoint on a folder with one sub-folder per class.
+
+    python -m ml.evaluate --model ml/weights/pbc8-mobilenetv2.pt --data DIR --json OUT.json
+
+Folder names are matched to the model's classes case-insensitively; images in a folder that
+matches no class count as wrong and the folder is reported. Prints the report and writes the
+JSON (keys: n, accuracy, macro_f1, per_class, confusion, ece, threshold, coverage,
+accuracy_above_threshold, images_per_second, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ml.data import ImageList, list_samples
+from ml.inference import Classifier
+from ml.metrics import format_report, summarize
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint written by ml.train")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: in-process)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return p
+
+
+def evaluate_folder(
+    clf: Classifier, data: str | Path, *, batch_size: int = 64, workers: int = 2
+) -> dict[str, Any]:
+    found = list_samples(data)
+    known = {c.lower(): i for i, c in enumerate(clf.classes)}
+    unknown = sorted({c for _, c in found if c not in known})
+    index = {**known, **{c: len(clf.classes) + k for k, c in enumerate(unknown)}}
+    dataset = ImageList([(p, index[c]) for p, c in found], clf.transform)
+    # DataLoader workers decode and resize the next batches while the model runs on this one.
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=clf.device.type == "cuda",
+    )
+    probs, labels = [], []
+    t0 = time.perf_counter()
+    for x, y in loader:
+        probs.append(torch.softmax(clf.predict_logits(x), dim=1).cpu())
+        labels.append(y)
+    elapsed = time.perf_counter() - t0
+    n_cls = len(clf.classes)
+    p = torch.cat(probs).numpy() if probs else torch.zeros(0, n_cls).numpy()
+    y = torch.cat(labels).numpy() if labels else torch.zeros(0, dtype=torch.long).numpy()
+    report = summarize(p, y, clf.classes, clf.threshold, extra_labels=unknown)
+    report["images_per_second"] = len(y) / elapsed if elapsed > 0 else 0.0
+    report["unmatched_folders"] = unknown
+    report["model_classes"] = list(clf.classes)
+    return report
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    clf = Classifier.load(args.model, device=args.device)
+    report = evaluate_folder(clf, args.data, batch_size=args.batch_size, workers=args.workers)
+    report["model"] = str(args.model)
+    report["data"] = str(args.data)
+    print(format_report(report))
+    print(f"{report['images_per_second']:.1f} images/s on {clf.device}")
+    if report["unmatched_folders"]:
+        print(f"folders with no matching class (counted wrong): {report['unmatched_folders']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

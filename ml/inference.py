@@ -1,0 +1,111 @@
+"""Batched cell classification from a self-describing checkpoint (used by the portal's workers).
+
+clf = Classifier.load("ml/weights/pbc8-mobilenetv2.pt")
+preds = clf.predict([PIL.Image.open("cell.jpg")])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ml.checkpoint import load_checkpoint
+from ml.transforms import eval_transform
+
+
+@dataclass(frozen=True)
+class CellPrediction:
+    label: str
+    confidence: float  # max calibrated probability
+    probabilities: dict[str, float]  # class -> probability, all classes
+
+
+class Classifier:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        classes: Sequence[str],
+        arch: str,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        temperature: float = 1.0,
+        threshold: float | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.classes = list(classes)
+        self.arch = arch
+        self.input_size = input_size
+        self.temperature = temperature
+        self.threshold = threshold
+        self.device = device or torch.device("cpu")
+        self.transform = eval_transform(input_size, mean, std)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None
+    ) -> Classifier:
+        """Load a checkpoint onto `device` (default: CUDA if available, else CPU)."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, meta = load_checkpoint(path)
+        return cls(
+            model,
+            classes=meta.classes,
+            arch=meta.arch,
+            input_size=meta.input_size,
+            mean=meta.mean,
+            std=meta.std,
+            temperature=meta.temperature,
+            threshold=meta.threshold,
+            device=torch.device(device),
+        )
+
+    @torch.inference_mode()
+    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits (divided by the temperature) for a normalised N x 3 x S x S batch."""
+        x = batch.to(self.device, non_blocking=True)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # fp16 autocast on GPU only: on CPU it is slower and gains nothing.
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=cuda):
+            logits = self.model(x)
+        out: torch.Tensor = logits.float() / self.temperature
+        return out
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The N x 3 x S x S input batch for `images` (safe to run in another thread)."""
+        return torch.stack([self.transform(img.convert("RGB")) for img in images])
+
+    def predict_tensor(self, batch: torch.Tensor) -> list[CellPrediction]:
+        """Predictions for a batch made by `preprocess`, in one forward pass."""
+        probs = torch.softmax(self.predict_logits(batch), dim=1).cpu()
+        out: list[CellPrediction] = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(
+                CellPrediction(
+                    label=self.classes[best],
+                    confidence=row[best],
+                    probabilities=dict(zip(self.classes, row, strict=True)),
+                )
+            )
+        return out
+
+    def predict(
+        self, images: Sequence[Image.Image], *, batch_size: int = 64
+    ) -> list[CellPrediction]:
+        out: list[CellPrediction] = []
+        for s in range(0, len(images), batch_size):
+            out.extend(self.predict_tensor(self.preprocess(images[s : s + batch_size])))
+        return out

@@ -1,0 +1,424 @@
+"""Train a blood-cell classifier by transfer learning from ImageNet weights.
+
+    python -m ml.train --data ../shared/data/pbc/dev --arch mobilenet_v2 \
+        --weights ../shared/weights/mobilenet_v2_imagenet1k.pth --out ml/weights/pbc8-mobilenetv2.pt
+
+The recipe is shaped for a small CPU, where fine-tuning the whole network for many epochs is too
+slow, but it runs unchanged (and faster) on a GPU:
+
+1. Split DATA into train/val, stratified by class and grouped so near-copies stay on one side.
+2. Run the frozen trunk (features[:K]) once over --views augmented copies of every training image
+   and once over the eval view of every val image, and keep the activations in memory (float16).
+   The trunk costs most of the compute; caching it makes an epoch ~5x cheaper.
+3. Train the head alone for --head-epochs (the new layer must settle before its gradients reach
+   pretrained weights), then fine-tune the tail (features[K:] + head), drawing one cached view
+   per image per epoch. ReduceLROnPlateau on val loss, early stopping on val accuracy.
+4. Reload the best epoch, run the full model on the val images, fit temperature scaling, choose
+   the confidence threshold, and write the checkpoint with metrics JSON, report and plots.
+
+Each epoch writes <out stem>.last.pt; --resume continues from it (the cache is rebuilt, exactly,
+from the seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ml.checkpoint import atomic_save, save_checkpoint
+from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
+from ml.metrics import choose_threshold, fit_temperature, format_report, summarize
+from ml.model import build_model, default_weights, split_trunk_tail
+from ml.plots import plot_confusion, plot_curves
+from ml.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class")
+    p.add_argument("--out", required=True, help="checkpoint path, e.g. ml/weights/NAME.pt")
+    p.add_argument("--arch", default="mobilenet_v2")
+    p.add_argument(
+        "--weights",
+        default=default_weights(),
+        help="ImageNet state_dict file, 'download', or 'none' "
+        "(default: $HEMATOVISION_IMAGENET_WEIGHTS, else 'download')",
+    )
+    p.add_argument("--epochs", type=int, default=20, help="maximum epochs, head epochs included")
+    p.add_argument("--head-epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--input-size", type=int, default=192)
+    p.add_argument(
+        "--trunk-blocks", type=int, default=14, help="K: features[:K] stay frozen and are cached"
+    )
+    p.add_argument("--views", type=int, default=3, help="augmented views cached per train image")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument(
+        "--group-by",
+        choices=["file", "dhash"],
+        default="file",
+        help="'dhash' groups near-duplicate images (Kaggle set) before splitting",
+    )
+    p.add_argument("--lr-patience", type=int, default=2)
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
+    p.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.995,
+        help="accuracy required above the 'unidentified' threshold",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--print-freq", type=int, default=20)
+    p.add_argument("--resume", action="store_true", help="continue from <out stem>.last.pt")
+    p.add_argument("--limit", type=int, default=0, help="use only N images (smoke tests)")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def cache_activations(
+    trunk: nn.Module,
+    dataset: ImageList,
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trunk outputs (float16, on CPU) and labels for every item of dataset, in order."""
+    trunk.eval()
+    cuda = device.type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda)
+    chunks, labels = [], []
+    t0 = time.time()
+    for i, (x, y) in enumerate(loader):
+        x = x.to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            chunks.append(trunk(x).to(torch.float16).cpu().contiguous())
+        labels.append(y)
+        if i % 20 == 0:
+            done = sum(len(c) for c in chunks)
+            print(
+                f"{desc} [{done}/{len(dataset)}] {done / (time.time() - t0):.1f} img/s", flush=True
+            )
+    return torch.cat(chunks), torch.cat(labels)
+
+
+def cached_batches(
+    acts: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        yield acts[idx].float(), labels[idx]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    n_batches: int,
+    device: torch.device,
+    epoch: int,
+    scaler: torch.amp.GradScaler,
+    print_freq: int,
+) -> tuple[float, float]:
+    """One pass of SGD; returns (mean loss, accuracy) on the training batches."""
+    cuda = device.type == "cuda"
+    total_loss, correct, seen, t0 = 0.0, 0, 0, time.time()
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if i % print_freq == 0 or i == n_batches - 1:
+            print(
+                f"epoch {epoch} [{i + 1}/{n_batches}] loss {total_loss / seen:.4f} "
+                f"acc {correct / seen:.4f} {seen / (time.time() - t0):.0f} img/s",
+                flush=True,
+            )
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, criterion: nn.Module, batches: Batches, device: torch.device
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """(mean loss, accuracy, logits, labels) over batches, in eval mode."""
+    model.eval()
+    cuda = device.type == "cuda"
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            all_logits.append(model(x).float().cpu())
+        all_labels.append(y)
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    loss = float(criterion(logits, labels))
+    acc = float((logits.argmax(1) == labels).float().mean())
+    return loss, acc, logits, labels
+
+
+def set_phase(tail: nn.Module, head_only: bool) -> None:
+    """Head phase: tail blocks frozen and in eval mode (keep their BatchNorm statistics)."""
+    tail.train()
+    for p in tail.blocks.parameters():  # type: ignore[union-attr]
+        p.requires_grad_(not head_only)
+    if head_only:
+        tail.blocks.eval()  # type: ignore[union-attr]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    last_path = out.with_suffix(".last.pt")
+
+    # Data and split ------------------------------------------------------------------------
+    found = list_samples(args.data)
+    if args.limit:
+        rng = random.Random(args.seed)  # noqa: S311 - a reproducible subset, not a secret
+        found = [found[i] for i in sorted(rng.sample(range(len(found)), args.limit))]
+    classes = sorted({c for _, c in found})
+    samples = [(p, classes.index(c)) for p, c in found]
+    labels = [y for _, y in samples]
+    if args.group_by == "dhash":
+        groups = near_duplicate_groups([p for p, _ in samples])
+    else:
+        groups = list(range(len(samples)))
+    train_idx, val_idx = grouped_stratified_split(labels, groups, args.val_fraction, args.seed)
+    print(
+        f"{len(classes)} classes {classes}; train {len(train_idx)}, val {len(val_idx)}, "
+        f"{len(set(groups))} groups",
+        flush=True,
+    )
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    train_set = ImageList(
+        [samples[i] for i in train_idx], train_transform(args.input_size, mean, std)
+    )
+    val_set = ImageList([samples[i] for i in val_idx], eval_transform(args.input_size, mean, std))
+
+    # Model ---------------------------------------------------------------------------------
+    weights = None if args.weights == "none" else args.weights
+    model = build_model(args.arch, len(classes), pretrained=weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    trunk, tail = split_trunk_tail(model, args.arch, args.trunk_blocks)
+    trunk.requires_grad_(False)
+
+    # Optimisation ----------------------------------------------------------------------------
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(tail.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=0.2, patience=args.lr_patience
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    start_epoch, history, state = 0, [], None
+    best: dict[str, Any] = {"key": (-1.0, 0.0), "epoch": -1, "state": None}
+    since_best = 0
+    if args.resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, since_best = state["epoch"], state["history"], state["since_best"]
+        best = {
+            "key": tuple(state["best_key"]),
+            "epoch": state["best_epoch"],
+            "state": state["best_state"],
+        }
+        print(f"resumed from {last_path} at epoch {start_epoch}", flush=True)
+
+    # Cache trunk activations (skipped when a resumed run has no epochs left) -----------------
+    bs, n_train = args.batch_size, len(train_idx)
+    if start_epoch < args.epochs:
+        views = []
+        for v in range(args.views):
+            acts, train_y = cache_activations(
+                trunk,
+                train_set,
+                batch_size=bs,
+                workers=args.workers,
+                device=device,
+                desc=f"cache view {v + 1}/{args.views}",
+            )
+            views.append(acts)
+        train_acts = torch.cat(views)  # view-major: row v * N + i is view v of image i
+        del views
+        val_acts, val_y = cache_activations(
+            trunk, val_set, batch_size=bs, workers=args.workers, device=device, desc="cache val"
+        )
+        print(
+            f"cached {train_acts.shape} + {val_acts.shape} float16 "
+            f"({(train_acts.numel() + val_acts.numel()) * 2 / 2**20:.0f} MiB) "
+            f"in {time.time() - t_start:.0f}s",
+            flush=True,
+        )
+
+    if state is not None:
+        # Restored only now, so the cache above draws the same augmentations as the first run.
+        torch.set_rng_state(state["rng"])
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    for epoch in range(start_epoch, args.epochs):
+        head_only = epoch < args.head_epochs
+        set_phase(tail, head_only)
+        # The generator is re-seeded per epoch so a resumed run draws the same batches.
+        g.manual_seed(args.seed * 1000 + epoch)
+        order = torch.randperm(n_train, generator=g)
+        order = order + n_train * torch.randint(args.views, (n_train,), generator=g)
+        n_batches = (n_train + bs - 1) // bs
+        train_loss, train_acc = train_one_epoch(
+            tail,
+            criterion,
+            optimizer,
+            cached_batches(train_acts, train_y.repeat(args.views), order, bs),
+            n_batches,
+            device,
+            epoch,
+            scaler,
+            args.print_freq,
+        )
+        val_loss, val_acc, _, _ = evaluate(
+            tail, criterion, cached_batches(val_acts, val_y, torch.arange(len(val_y)), bs), device
+        )
+        if not head_only:
+            scheduler.step(val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        history.append(
+            {
+                "epoch": epoch,
+                "phase": "head" if head_only else "finetune",
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lr,
+                "seconds": time.time() - t_start,
+            }
+        )
+        key = (val_acc, -val_loss)
+        if key > best["key"]:
+            best = {"key": key, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            since_best = 0
+        else:
+            since_best += 1
+        print(
+            f"epoch {epoch} done: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | "
+            f"best {best['key'][0]:.4f} @ {best['epoch']} | {time.time() - t_start:.0f}s",
+            flush=True,
+        )
+        atomic_save(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "since_best": since_best,
+                "best_key": list(best["key"]),
+                "best_epoch": best["epoch"],
+                "best_state": best["state"],
+                "rng": torch.get_rng_state(),
+            },
+            last_path,
+        )
+        if not head_only and since_best >= args.patience:
+            print(f"early stop: no val improvement for {since_best} epochs", flush=True)
+            break
+
+    # Final: full model on val images, calibration, reports ------------------------------------
+    model.load_state_dict(best["state"])
+    model = model.float()
+    loader = DataLoader(val_set, batch_size=bs, num_workers=args.workers)
+    val_loss, val_acc, logits, y = evaluate(model, criterion, loader, device)
+    temperature = fit_temperature(logits, y)
+    probs = torch.softmax(logits / temperature, dim=1)
+    confidence = probs.max(1).values.numpy()
+    correct = (probs.argmax(1) == y).numpy()
+    threshold = choose_threshold(confidence, correct, args.target_accuracy)
+    summary = summarize(probs.numpy(), y.numpy(), classes, threshold)
+    raw = torch.softmax(logits, dim=1)
+    raw_summary = summarize(raw.numpy(), y.numpy(), classes, None)
+    metrics = {
+        "split": "val",
+        **summary,
+        "loss": val_loss,
+        "temperature": temperature,
+        "ece_uncalibrated": raw_summary["ece"],
+        "nll_calibrated": float(nn.functional.cross_entropy(logits / temperature, y)),
+        "target_accuracy": args.target_accuracy,
+        "best_epoch": best["epoch"],
+        "n_train": n_train,
+        "n_val": len(val_idx),
+        "train_seconds": round(time.time() - t_start, 1),
+        "device": str(device),
+        "history": history,
+    }
+    recipe = {k: v for k, v in vars(args).items()}
+    save_checkpoint(
+        out,
+        model,
+        arch=args.arch,
+        classes=classes,
+        input_size=args.input_size,
+        mean=mean,
+        std=std,
+        recipe=recipe,
+        metrics={k: v for k, v in metrics.items() if k != "history"},
+        temperature=temperature,
+        threshold=threshold,
+    )
+    stem = out.parent / out.stem
+    Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    Path(f"{stem}.report.txt").write_text(format_report(summary) + "\n")
+    plot_curves(history, f"{stem}.curves.png")
+    plot_confusion(
+        summary["confusion"]["matrix"], summary["confusion"]["labels"], f"{stem}.confusion.png"
+    )
+    print(format_report(summary), flush=True)
+    print(f"temperature {temperature:.3f}; wrote {out} in {time.time() - t_start:.0f}s", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ml.checkpoint import load_checkpoint
+from ml.inference import Classifier
+from ml.testing import make_tiny_checkpoint
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(1)
+    rgb = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in [(40, 40), (30, 50), (64, 33)]
+    ]
+    # Greyscale and RGBA uploads must work too.
+    return [*rgb, rgb[0].convert("L"), rgb[1].convert("RGBA")]
+
+
+def test_classifier_predicts_every_image_with_probabilities_summing_to_one(tmp_path, images):
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b", "c"]), device="cpu")
+
+    preds = clf.predict(images, batch_size=2)
+
+    assert len(preds) == len(images)
+    for p in preds:
+        assert set(p.probabilities) == {"a", "b", "c"}
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.label == max(p.probabilities, key=p.probabilities.__getitem__)
+        assert p.confidence == pytest.approx(p.probabilities[p.label])
+
+
+def test_save_load_predict_round_trip_gives_identical_outputs(tmp_path, images):
+    path = make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"], seed=3)
+    first = Classifier.load(path, device="cpu").predict(images)
+    second = Classifier.load(path, device="cpu").predict(images, batch_size=1)
+    assert [p.label for p in first] == [p.label for p in second]
+    for p, q in zip(first, second, strict=True):
+        for c in p.probabilities:
+            assert p.probabilities[c] == pytest.approx(q.probabilities[c], abs=1e-6)
+
+
+def test_temperature_divides_the_logits_before_softmax(tmp_path, images):
+    path = make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b", "c"])
+    model, meta = load_checkpoint(path)
+    clf = Classifier(
+        model,
+        classes=meta.classes,
+        arch=meta.arch,
+        input_size=meta.input_size,
+        mean=meta.mean,
+        std=meta.std,
+        temperature=2.0,
+    )
+    x = torch.stack([clf.transform(images[0].convert("RGB"))])
+    with torch.no_grad():
+        expected = torch.softmax(model(x) / 2.0, dim=1)[0]
+    got = clf.predict(images[:1])[0]
+    assert [got.probabilities[c] for c in meta.classes] == pytest.approx(
+        expected.tolist(), abs=1e-6
+    )
+
+
+def test_classifier_returns_nothing_for_no_images(tmp_path):
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"]), device="cpu")
+    assert clf.predict([]) == []

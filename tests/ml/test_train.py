@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from ml import train
+from ml.checkpoint import read_metadata
+from ml.inference import Classifier
+
+
+def test_one_training_step_lowers_the_loss():
+    torch.manual_seed(0)
+    # No BatchNorm, so the eval-mode loss before and after compares like with like.
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before, _, _, _ = train.evaluate(model, criterion, [(x, y)], torch.device("cpu"))
+
+    model.train()
+    train.train_one_epoch(
+        model, criterion, optimizer, [(x, y)], 1, torch.device("cpu"), 0, scaler, print_freq=10
+    )
+    after, _, _, _ = train.evaluate(model, criterion, [(x, y)], torch.device("cpu"))
+
+    assert after < before
+
+
+def test_train_writes_a_self_describing_checkpoint_and_reports_then_resumes(tmp_path, image_folder):
+    out = tmp_path / "w" / "tiny.pt"
+    argv = [
+        "--data",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--weights",
+        "none",
+        "--input-size",
+        "32",
+        "--views",
+        "2",
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.34",
+        "--workers",
+        "0",
+    ]
+    metrics = train.main(train.get_args_parser().parse_args(argv))
+
+    meta = read_metadata(out)
+    assert meta.classes == ["alpha", "beta", "gamma"]
+    assert meta.input_size == 32
+    assert meta.temperature > 0
+    assert meta.recipe["views"] == 2
+    assert meta.metrics["n"] == metrics["n_val"] == 6
+    saved = json.loads((out.parent / "tiny.metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "ece", "threshold", "coverage", "history"} <= set(saved)
+    assert len(saved["history"]) == 2
+    for name in ("tiny.curves.png", "tiny.confusion.png", "tiny.report.txt", "tiny.last.pt"):
+        assert (out.parent / name).exists()
+    assert len(Classifier.load(out, device="cpu").classes) == 3
+
+    # Resuming with a larger epoch budget continues after the last finished epoch.
+    # argparse keeps the last --epochs given.
+    resumed = [*argv, "--epochs", "3", "--resume"]
+    metrics = train.main(train.get_args_parser().parse_args(resumed))
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
