@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
@@ -70,8 +70,9 @@ def _configure() -> None:
         ),
         broker_connection_retry_on_startup=True,
         task_default_queue="routine",
-        # Declared, so a plain `celery worker` consumes all three, in this order.
-        task_queues=[Queue(name) for name in QUEUES],
+        # Declared, so a plain `celery worker` consumes all three, in this order; each has its
+        # own exchange and key, so a message lands in exactly one queue.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_routes={"workers.tasks.sweep_batches": {"queue": "housekeeping"}},
         beat_schedule={
             "sweep-batches": {

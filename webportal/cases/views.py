@@ -84,6 +84,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "image": prediction.cell.image,
             "prediction": prediction,
             "label": label_for(prediction=prediction, model_version=batch.model_version),
+            "confidence_percent": f"{100 * prediction.confidence:.1f}",
         }
         for prediction in predictions
     ]
