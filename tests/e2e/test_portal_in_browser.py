@@ -31,15 +31,18 @@ def browser() -> Iterator[Browser]:
             pytest.fail(message)
         pytest.skip(message)
     # Playwright's own event loop runs in this thread; the ORM calls the test makes around
-    # it are synchronous and safe.
+    # it are synchronous and safe. Only for these tests: the deploy check refuses the flag.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            yield browser
+            browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture
