@@ -58,9 +58,9 @@ def celery_worker(
     *,
     broker_url: str,
     broker_folder: Path,
-    database: str,
-    media_root: Path,
     log_path: Path,
+    database: str | None = None,
+    media_root: Path | None = None,
     extra_env: dict[str, str] | None = None,
     beat: bool = False,
     queues: str = "stat,housekeeping,routine",
@@ -68,8 +68,14 @@ def celery_worker(
     """A real `celery worker` process (prefork, one child), stopped when the block ends.
 
     It leads its own process group, so `kill_worker` can take down the parent and its pool
-    child at once, as a crash of the machine or container would.
+    child at once, as a crash of the machine or container would. By default it uses this
+    test's database and media folder.
     """
+    from django.conf import settings
+    from django.db import connection
+
+    database = database or database_url(connection.settings_dict)
+    media_root = media_root or Path(settings.MEDIA_ROOT)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import LazySettings
-from django.db import connection
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.services import IN_CI, celery_worker, database_url
+from tests.services import IN_CI, celery_worker
 from webportal.cases.models import ModelVersion
 from workers.celery import use_broker
 
@@ -74,11 +73,7 @@ def test_a_technologist_uploads_a_batch_and_sees_the_differential(
 
     try:
         with celery_worker(
-            broker_url=broker[0],
-            broker_folder=broker[1],
-            database=database_url(connection.settings_dict),
-            media_root=Path(settings.MEDIA_ROOT),
-            log_path=tmp_path / "worker.log",
+            broker_url=broker[0], broker_folder=broker[1], log_path=tmp_path / "worker.log"
         ):
             page.goto(live_server.url)
             expect(page).to_have_url(f"{live_server.url}/login/?next=/")

@@ -90,8 +90,6 @@ def _worker_kwargs(tmp_path: Path, settings: LazySettings, broker_url: str, **ex
     return {
         "broker_url": broker_url,
         "broker_folder": tmp_path / "broker",
-        "database": extra.pop("database", database_url(connection.settings_dict)),
-        "media_root": Path(settings.MEDIA_ROOT),
         "log_path": tmp_path / "worker.log",
         "extra_env": {**FAST_RESCUE, **extra.pop("extra_env", {})},
         "beat": True,

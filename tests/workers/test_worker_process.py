@@ -10,13 +10,12 @@ from urllib.parse import urlparse
 import pytest
 import redis
 from django.conf import LazySettings
-from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
-from tests.services import REDIS_URL, celery_worker, database_url, require_service, wait_until
+from tests.services import REDIS_URL, celery_worker, require_service, wait_until
 from webportal.cases import services
 from webportal.cases.models import Batch, Image, ModelVersion, Prediction
 from webportal.reports.services import UNIDENTIFIED
@@ -44,11 +43,7 @@ def broker(
 
 def _worker(broker: tuple[str, Path], tmp_path: Path, settings: LazySettings):
     return celery_worker(
-        broker_url=broker[0],
-        broker_folder=broker[1],
-        database=database_url(connection.settings_dict),
-        media_root=Path(settings.MEDIA_ROOT),
-        log_path=tmp_path / "worker.log",
+        broker_url=broker[0], broker_folder=broker[1], log_path=tmp_path / "worker.log"
     )
 
 
