@@ -1,0 +1,156 @@
+"""Run both benchmarks in one run, print the figures and ratios, write them as JSON.
+
+    .venv/bin/python -m bench --json var/bench.json [--images 512] [--model PATH] [--data DIR]
+
+Pipeline: the raw model in-process against the whole system (upload, filesystem broker, real
+celery workers, SQLite) on --images real cells, with one worker and with two. Engine: eager fp32
+against the CPU engines of ml.engine on the model's held-out validation images. Details and the
+last measured figures: bench/README.md. A full run takes several minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import engine as engine_bench
+from bench import pipeline
+from bench.data import pipeline_images
+from bench.machine import machine_info, wait_for_quiet
+from bench.report import EngineRun, ModelRun, PipelineRun, build_report, format_summary, write_json
+from ml.checkpoint import sha256_of
+from ml.engine import ENGINES
+from ml.inference import Classifier
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "ml" / "weights" / "pbc8-mobilenetv2.pt"
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc" / "dev"
+# The worker's settings.INFERENCE_CHUNK_SIZE default; read from settings in the system run.
+CHUNK_SIZE = 32
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", required=True, type=Path, help="write the report here")
+    p.add_argument("--images", type=int, default=512, help="real images for the pipeline runs")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint (ml.train)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
+    p.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help="comma-separated engines of ml.engine to compare with eager (default: all)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for the engines")
+    p.add_argument(
+        "--val-limit", type=int, default=0, help="stratified subset of the val split (0: all)"
+    )
+    p.add_argument("--calibration", type=int, default=256, help="training images for int8")
+    p.add_argument(
+        "--profile-images", type=int, default=128, help="images in the profiled worker batch"
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for other processes to leave the CPUs (shared machine)",
+    )
+    p.add_argument("--only", choices=["all", "pipeline", "engine"], default="all")
+    p.add_argument("--workdir", type=Path, help="keep the system's files here (default: temp)")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.images < 2:
+        raise SystemExit("--images must be at least 2 (the two-worker run splits them)")
+    started = time.time()
+    machine = machine_info()
+    if args.wait_quiet > 0:
+        print("waiting for the other processes to leave the CPUs...", flush=True)
+        machine["wait_for_quiet"] = wait_for_quiet(args.wait_quiet)
+    model_runs: list[ModelRun] = []
+    pipeline_runs: list[PipelineRun] = []
+    engine_runs: list[EngineRun] = []
+    extra: dict[str, Any] = {}
+    if args.only in {"all", "pipeline"}:
+        model_runs, pipeline_runs, extra["worker_profile"] = run_pipeline(args)
+    if args.only in {"all", "engine"}:
+        engine_runs, extra["engine_held_out"], extra["engines_skipped"] = run_engine(args)
+    config = {
+        "model": str(args.model),
+        "model_sha256": sha256_of(args.model),
+        "data": str(args.data),
+        "images": args.images,
+        "chunk_size": CHUNK_SIZE,
+        "engine_batch_size": CHUNK_SIZE,
+        "engine_threads": args.threads,
+        "model_threads": [run.threads for run in model_runs],
+        "worker_threads": 1,
+        "two_worker_split": "two batches of half the images each, queued by one commit",
+        "command": " ".join(sys.argv),
+        "seconds": round(time.time() - started, 1),
+    }
+    report = build_report(
+        model_runs=model_runs,
+        pipeline_runs=pipeline_runs,
+        engine_runs=engine_runs,
+        machine=machine,
+        config=config,
+        extra=extra,
+    )
+    write_json(report, args.json)
+    print(format_summary(report))
+    print(f"\nwrote {args.json} ({config['seconds']:.0f}s)")
+    return report
+
+
+def run_pipeline(
+    args: argparse.Namespace,
+) -> tuple[list[ModelRun], list[PipelineRun], dict[str, Any]]:
+    samples = pipeline_images(args.data, args.images)
+    classifier = Classifier.load(args.model, device="cpu")
+    chunks = pipeline.decode_images(classifier, samples, CHUNK_SIZE)
+    model_runs = []
+    for threads in (1, 2):
+        print(f"raw model, {threads} thread(s)...", flush=True)
+        model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
+    del chunks, classifier
+    with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
+        system = pipeline.setup_system(args.workdir or Path(temp), args.model)
+        runs = []
+        for workers in (1, 2):
+            print(f"whole system, {workers} worker(s)...", flush=True)
+            runs.append(pipeline.run_system(system, samples, workers=workers))
+        print("profiling the worker's job in-process...", flush=True)
+        profile = pipeline.profile_worker(system, samples[: args.profile_images])
+    return model_runs, runs, profile
+
+
+def run_engine(args: argparse.Namespace) -> tuple[list[EngineRun], dict[str, Any], dict[str, str]]:
+    classifier = Classifier.load(args.model, device="cpu")
+    held_out = engine_bench.load_held_out(
+        classifier,
+        args.model,
+        args.data,
+        batch_size=CHUNK_SIZE,
+        val_limit=args.val_limit,
+        calibration_count=args.calibration,
+    )
+    engines = [name.strip() for name in args.engines.split(",") if name.strip()]
+    runs, skipped = engine_bench.run_engines(
+        classifier, held_out, engines=engines, threads=args.threads
+    )
+    return runs, held_out.description, skipped
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return main(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    run()

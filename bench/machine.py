@@ -1,0 +1,142 @@
+"""The machine a benchmark ran on, and how much of its CPU other processes took meanwhile.
+
+On a shared 2-core machine another process's work slows a run down as much as our own code
+does: every timed run records the CPU time of the whole machine (/proc/stat) against the CPU
+time of our own processes (this one's process group and the worker processes' groups, children
+that finished included), and reports the difference as `other_cores`: the cores that other
+processes used on average while the run was timed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_default_threads": torch.get_num_threads(),
+        "packages": {name: _version(name) for name in ("torchvision", "onnxruntime", "onnx")},
+    }
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float
+    machine_busy: float  # CPU seconds all processes have used since boot
+    own: float  # CPU seconds of our process groups, their waited-for children included
+
+
+def cpu_sample(groups: Iterable[int] = ()) -> CpuSample:
+    """A sample for this process's group plus `groups` (e.g. worker processes' own groups).
+
+    A process of those groups must live through the interval, or its CPU time leaves the sum.
+    """
+    wanted = {os.getpgid(0), *groups}
+    return CpuSample(wall=time.monotonic(), machine_busy=_machine_busy(), own=_group_cpu(wanted))
+
+
+def cpu_usage(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Average cores busy over the interval: all, ours, and everybody else's."""
+    wall = after.wall - before.wall
+    if wall <= 0:
+        return {"seconds": 0.0, "busy_cores": 0.0, "own_cores": 0.0, "other_cores": 0.0}
+    busy = (after.machine_busy - before.machine_busy) / wall
+    own = (after.own - before.own) / wall
+    return {
+        "seconds": wall,
+        "busy_cores": busy,
+        "own_cores": own,
+        # Clamped: accounting granularity can make it slightly negative on an idle machine.
+        "other_cores": max(0.0, busy - own),
+    }
+
+
+@contextmanager
+def metered(into: dict[str, float], groups: Iterable[int] = ()) -> Iterator[None]:
+    """Fill `into` with cpu_usage over the block."""
+    groups = list(groups)
+    before = cpu_sample(groups)
+    try:
+        yield
+    finally:
+        into.update(cpu_usage(before, cpu_sample(groups)))
+
+
+def _group_cpu(groups: set[int]) -> float:
+    """CPU seconds of every live process in `groups`, with their waited-for children's."""
+    total_ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        # Fields after the command name (which may hold spaces): state ppid pgrp ... utime
+        # stime cutime cstime are fields 3, 4, 5, ..., 14-17 of proc(5).
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[2]) in groups:
+            total_ticks += sum(int(value) for value in fields[11:15])
+    return total_ticks / CLOCK_TICKS
+
+
+def _machine_busy() -> float:
+    """CPU seconds spent not idle, summed over all CPUs (first line of /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest and guest_nice (fields 9, 10) are already counted in user and nice.
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def wait_for_quiet(
+    max_wait: float, *, threshold: float = 0.25, window: float = 5.0
+) -> dict[str, float]:
+    """Wait (at most max_wait seconds) for a window in which other processes use < threshold
+    cores; returns how long it waited and the last window's figure. The run goes on either way.
+    """
+    start = time.monotonic()
+    while True:
+        usage: dict[str, float] = {}
+        with metered(usage):
+            time.sleep(window)
+        waited = time.monotonic() - start
+        if usage["other_cores"] < threshold or waited >= max_wait:
+            return {"waited_seconds": waited, "other_cores": usage["other_cores"]}

@@ -1,0 +1,288 @@
+"""CPU inference engines: the same trained classifier, run faster on a CPU.
+
+    from ml.engine import optimise_for_cpu
+    clf = Classifier.load("ml/weights/pbc8-mobilenetv2.pt", device="cpu")
+    clf.model = optimise_for_cpu(clf.model, input_size=clf.input_size)  # default engine
+
+Every engine returns an `nn.Module` whose forward takes the normalised N x 3 x S x S float batch
+that `Classifier.preprocess` makes and returns N x C float32 logits, so it drops into
+`Classifier.model` unchanged (temperature, softmax and labels stay where they are).
+
+The engines, fastest first on a 2-core AVX-512 Xeon at one thread (figures: bench/README.md):
+
+- "ort-int8": ONNX Runtime with static int8 quantisation (QDQ, per-channel weights; the first
+  convolution and the classifier stay fp32), calibrated on real cells. Fastest, but it changes
+  some answers and needs calibration images when it is built: right only for a model whose
+  accuracy delta on held-out images was measured (bench/engine.py) and accepted, and best built
+  once, offline, with the result kept beside the checkpoint.
+- "ort-fp32": ONNX Runtime, fp32. Same maths as eager up to float rounding (ORT folds the
+  BatchNorms into the convolutions and runs its own kernels), so it is safe for any checkpoint.
+  Needs the optional packages `onnxruntime` and `onnx` (the exporter writes the graph with them);
+  the session is built in memory, in about a second.
+- "fused-channels-last": pure PyTorch: BatchNorm folded into the convolutions (torch.fx) and
+  NHWC memory layout, which oneDNN's depthwise convolutions need to be fast. fp32, no new
+  dependency; the best choice when ONNX Runtime is not installed.
+- "fx-int8": PyTorch FX graph-mode static int8 (x86 backend). Changes answers like "ort-int8",
+  and torch.ao.quantization is deprecated upstream in favour of torchao.
+- "inductor": torch.compile (inductor, freezing) on NHWC. Needs a C++ compiler and a long
+  first call (tens of seconds per process and per batch shape) for no gain over the above.
+- "channels-last": NHWC layout only.
+- "eager": the model as trained, NCHW: what `Classifier` does on a CPU today.
+
+Threads: every engine uses `torch.get_num_threads()` unless `threads` is given, so a worker that
+sets its intra-op threads before building the engine gets the same count in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from torch import nn
+
+FP32_ENGINES: Final = ("eager", "channels-last", "fused-channels-last", "inductor", "ort-fp32")
+INT8_ENGINES: Final = ("fx-int8", "ort-int8")
+ENGINES: Final = FP32_ENGINES + INT8_ENGINES
+DEFAULT_ENGINE: Final = "ort-fp32"
+# ONNX opset of the exported graph; 17 is read by every ONNX Runtime release of recent years.
+OPSET: Final = 17
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine needs something this installation lacks (a package, a compiler)."""
+
+
+def available_engines() -> list[str]:
+    """The engines whose packages are installed here (inductor is assumed to have a compiler)."""
+    has_ort = _has_module("onnxruntime") and _has_module("onnx")
+    return [name for name in ENGINES if has_ort or not name.startswith("ort-")]
+
+
+def needs_calibration(engine: str) -> bool:
+    return engine in INT8_ENGINES
+
+
+def optimise_for_cpu(
+    model: nn.Module,
+    *,
+    input_size: int,
+    engine: str = DEFAULT_ENGINE,
+    calibration: torch.Tensor | None = None,
+    threads: int | None = None,
+) -> nn.Module:
+    """The model run by `engine`, for CPU inference only (never train the result).
+
+    calibration: for the int8 engines, a few hundred preprocessed real images (N x 3 x S x S)
+    that the quantisation ranges are measured on; cells like the ones the worker will see,
+    ideally training images. Ignored by the fp32 engines.
+    threads: intra-op threads (default: torch.get_num_threads()).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
+    if needs_calibration(engine) and (calibration is None or len(calibration) == 0):
+        raise ValueError(f"{engine} needs calibration images")
+    threads = threads or torch.get_num_threads()
+    # A copy, so the caller's eager model stays usable as the reference.
+    source = copy.deepcopy(model).cpu().eval()
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "eager": lambda: source,
+        "channels-last": lambda: ChannelsLast(source),
+        "fused-channels-last": lambda: ChannelsLast(fold_batchnorm(source)),
+        "inductor": lambda: _inductor(source),
+        "fx-int8": lambda: _fx_int8(source, _required(calibration)),
+        "ort-fp32": lambda: OnnxRuntimeModel(export_onnx(source, input_size), threads=threads),
+        "ort-int8": lambda: OnnxRuntimeModel(
+            quantise_onnx(export_onnx(source, input_size), _required(calibration)),
+            threads=threads,
+        ),
+    }
+    return builders[engine]()
+
+
+# --- pure PyTorch ---------------------------------------------------------------------------
+
+
+class ChannelsLast(nn.Module):
+    """Runs `model` in NHWC layout: oneDNN's fast depthwise kernels want it, NCHW falls back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x.contiguous(memory_format=torch.channels_last))
+        return out
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A traced copy with every Conv+BatchNorm pair folded into one Conv (eval maths only)."""
+    from torch.fx.experimental.optimization import fuse
+
+    fused: nn.Module = fuse(model.eval())
+    return fused
+
+
+def _inductor(model: nn.Module) -> nn.Module:
+    # freezing turns the weights into constants, which lets inductor fold BatchNorm and
+    # pre-pack the convolution weights for oneDNN; without it the compiled model is slower.
+    compiled = torch.compile(ChannelsLast(model), options={"freezing": True})
+    return _Compiled(compiled)
+
+
+class _Compiled(nn.Module):
+    """Holds a torch.compile'd callable as a module (what torch.compile returns is typed Any)."""
+
+    def __init__(self, compiled: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled(x)
+
+
+def _fx_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    quantization = importlib.import_module("torch.ao.quantization")
+    quantize_fx = importlib.import_module("torch.ao.quantization.quantize_fx")
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it is deprecated (in favour of torchao) on import
+        # and on every observer; the API still works on this torch, and the warning is known.
+        warnings.simplefilter("ignore")
+        prepared = quantize_fx.prepare_fx(
+            model, quantization.get_default_qconfig_mapping("x86"), (calibration[:1],)
+        )
+        with torch.inference_mode():
+            for start in range(0, len(calibration), 32):
+                prepared(calibration[start : start + 32])
+        converted: nn.Module = quantize_fx.convert_fx(prepared)
+    return converted
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------
+
+
+def export_onnx(model: nn.Module, input_size: int) -> bytes:
+    """The model as an ONNX graph (any batch size), serialised in memory."""
+    _require("onnx")
+    example = torch.zeros(1, 3, input_size, input_size)
+    with tempfile.TemporaryDirectory(prefix="hv-onnx-") as folder, warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of the torch.export one, which
+        # needs the onnxscript package as well; this one exports MobileNetV2 completely.
+        warnings.simplefilter("ignore")
+        path = Path(folder) / "model.onnx"
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+        )
+        return path.read_bytes()
+
+
+def quantise_onnx(
+    onnx_model: bytes, calibration: torch.Tensor, *, chunk: int = 32, keep_ends_fp32: bool = True
+) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
+
+    keep_ends_fp32: leave the first convolution (raw pixels in) and the classifier (logits
+    out) in fp32. They are the layers most sensitive to rounding and a small share of the work;
+    on the PBC model, quantising them too cost 0.24 accuracy points instead of 0.08 on its
+    1263 validation images (256 calibration images either way; bench/README.md).
+    """
+    quantization = _require("onnxruntime.quantization")
+    shape_inference = _require("onnxruntime.quantization.shape_inference")
+    onnx = _require("onnx")
+    batches = [calibration[i : i + chunk].numpy() for i in range(0, len(calibration), chunk)]
+    base: Any = quantization.CalibrationDataReader
+
+    class Reader(base):  # type: ignore[misc]  # onnxruntime is untyped
+        def __init__(self) -> None:
+            self.pending = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self.pending, None)
+            return None if batch is None else {"input": batch}
+
+    # The quantiser works on files only.
+    with tempfile.TemporaryDirectory(prefix="hv-onnx-") as folder:
+        raw, pre, out = (Path(folder) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        raw.write_bytes(onnx_model)
+        # Shape inference and graph clean-up first, as ONNX Runtime's docs ask before quantising.
+        shape_inference.quant_pre_process(str(raw), str(pre))
+        nodes = [(n.name, n.op_type) for n in onnx.load(str(pre)).graph.node]
+        excluded = _end_layers(nodes) if keep_ends_fp32 else []
+        quantization.quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            nodes_to_exclude=excluded,
+        )
+        return out.read_bytes()
+
+
+def _end_layers(nodes: list[tuple[str, str]]) -> list[str]:
+    """Names of the first convolution and the last fully connected layer of a graph."""
+    convs = [name for name, op in nodes if op == "Conv"]
+    dense = [name for name, op in nodes if op in {"Gemm", "MatMul"}]
+    return convs[:1] + dense[-1:]
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX Runtime CPU session behind the nn.Module interface of the model it replaces."""
+
+    def __init__(self, onnx_model: bytes, *, threads: int = 1) -> None:
+        super().__init__()
+        ort = _require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads spin by default; in a worker they would take CPU from the thread
+        # that decodes the next chunk.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.input_name: str = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _required(calibration: torch.Tensor | None) -> torch.Tensor:
+    if calibration is None:  # pragma: no cover - optimise_for_cpu checks first
+        raise ValueError("calibration images are required")
+    return calibration.detach().to("cpu", torch.float32).contiguous()
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _require(name: str) -> Any:
+    """Import an optional package (typed Any: onnxruntime ships no type information)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise EngineUnavailable(
+            f"{name} is not installed: pip install onnxruntime onnx (see bench/README.md)"
+        ) from exc
