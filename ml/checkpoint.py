@@ -32,6 +32,7 @@ class CheckpointMeta:
     std: list[float]
     temperature: float = 1.0
     threshold: float | None = None
+    resize: str = "crop"  # ml.transforms.eval_transform mode; absent in older files = "crop"
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +50,7 @@ def save_checkpoint(
     metrics: dict[str, Any],
     temperature: float = 1.0,
     threshold: float | None = None,
+    resize: str = "crop",
 ) -> None:
     ckpt = {
         "format_version": FORMAT_VERSION,
@@ -60,6 +62,7 @@ def save_checkpoint(
         "std": [float(s) for s in std],
         "temperature": float(temperature),
         "threshold": None if threshold is None else float(threshold),
+        "resize": str(resize),
         "recipe": dict(recipe),
         "metrics": dict(metrics),
     }
@@ -94,6 +97,7 @@ def _meta(ckpt: dict[str, Any]) -> CheckpointMeta:
         std=[float(s) for s in ckpt["std"]],
         temperature=float(ckpt.get("temperature", 1.0)),
         threshold=ckpt.get("threshold"),
+        resize=str(ckpt.get("resize", "crop")),
         recipe=dict(ckpt.get("recipe", {})),
         metrics=dict(ckpt.get("metrics", {})),
     )

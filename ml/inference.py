@@ -38,6 +38,7 @@ class Classifier:
         temperature: float = 1.0,
         threshold: float | None = None,
         device: torch.device | None = None,
+        resize: str = "crop",
     ) -> None:
         self.classes = list(classes)
         self.arch = arch
@@ -45,7 +46,8 @@ class Classifier:
         self.temperature = temperature
         self.threshold = threshold
         self.device = device or torch.device("cpu")
-        self.transform = eval_transform(input_size, mean, std)
+        self.resize = resize
+        self.transform = eval_transform(input_size, mean, std, resize)
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -68,6 +70,7 @@ class Classifier:
             temperature=meta.temperature,
             threshold=meta.threshold,
             device=torch.device(device),
+            resize=meta.resize,
         )
 
     @torch.inference_mode()

@@ -41,7 +41,13 @@ from ml.data import ImageList, grouped_stratified_split, list_samples, near_dupl
 from ml.metrics import choose_threshold, fit_temperature, format_report, summarize
 from ml.model import build_model, default_weights, split_trunk_tail
 from ml.plots import plot_confusion, plot_curves
-from ml.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from ml.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_MODES,
+    eval_transform,
+    train_transform,
+)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="for the training loss only")
     p.add_argument("--input-size", type=int, default=192)
     p.add_argument(
         "--trunk-blocks", type=int, default=14, help="K: features[:K] stay frozen and are cached"
@@ -70,9 +77,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument(
         "--group-by",
-        choices=["file", "dhash"],
+        choices=["file", "near-duplicate", "dhash"],
         default="file",
-        help="'dhash' groups near-duplicate images (Kaggle set) before splitting",
+        help="'near-duplicate' groups near-copies of one cell (Kaggle set) before splitting "
+        "(ml.data.near_duplicate_groups); 'dhash' is its former name",
+    )
+    p.add_argument(
+        "--naive-holdout",
+        type=float,
+        default=0.0,
+        help="leak report: also hold out this fraction of the training side's images at random "
+        "(image level, so their near-copies stay in training) and score the final model on them",
+    )
+    p.add_argument(
+        "--resize",
+        choices=list(RESIZE_MODES),
+        default="crop",
+        help="'crop': shorter side + centre crop; 'pad': pad to square first (4:3 frames)",
     )
     p.add_argument("--lr-patience", type=int, default=2)
     p.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
@@ -220,21 +241,34 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     classes = sorted({c for _, c in found})
     samples = [(p, classes.index(c)) for p, c in found]
     labels = [y for _, y in samples]
-    if args.group_by == "dhash":
-        groups = near_duplicate_groups([p for p, _ in samples])
+    if args.group_by in ("near-duplicate", "dhash"):
+        t0 = time.time()
+        groups = near_duplicate_groups([p for p, _ in samples], labels)
+        print(f"near-duplicate groups in {time.time() - t0:.0f}s", flush=True)
     else:
         groups = list(range(len(samples)))
     train_idx, val_idx = grouped_stratified_split(labels, groups, args.val_fraction, args.seed)
+    naive_idx: list[int] = []
+    if args.naive_holdout > 0:
+        # Image-level holdout inside the training side: what a naive random split would score.
+        side = [labels[i] for i in train_idx]
+        keep, held = grouped_stratified_split(
+            side, list(range(len(side))), args.naive_holdout, args.seed + 1
+        )
+        naive_idx = [train_idx[i] for i in held]
+        train_idx = [train_idx[i] for i in keep]
+    n_groups = len(set(groups))
     print(
         f"{len(classes)} classes {classes}; train {len(train_idx)}, val {len(val_idx)}, "
-        f"{len(set(groups))} groups",
+        f"naive holdout {len(naive_idx)}, {n_groups} groups",
         flush=True,
     )
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    size, rz = args.input_size, args.resize
     train_set = ImageList(
-        [samples[i] for i in train_idx], train_transform(args.input_size, mean, std)
+        [samples[i] for i in train_idx], train_transform(size, mean, std, resize=rz)
     )
-    val_set = ImageList([samples[i] for i in val_idx], eval_transform(args.input_size, mean, std))
+    val_set = ImageList([samples[i] for i in val_idx], eval_transform(size, mean, std, rz))
 
     # Model ---------------------------------------------------------------------------------
     weights = None if args.weights == "none" else args.weights
@@ -246,6 +280,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # Optimisation ----------------------------------------------------------------------------
     criterion = nn.CrossEntropyLoss()
+    train_criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = torch.optim.AdamW(tail.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=0.2, patience=args.lr_patience
@@ -308,7 +343,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         n_batches = (n_train + bs - 1) // bs
         train_loss, train_acc = train_one_epoch(
             tail,
-            criterion,
+            train_criterion,
             optimizer,
             cached_batches(train_acts, train_y.repeat(args.views), order, bs),
             n_batches,
@@ -379,6 +414,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(probs.numpy(), y.numpy(), classes, threshold)
     raw = torch.softmax(logits, dim=1)
     raw_summary = summarize(raw.numpy(), y.numpy(), classes, None)
+    naive: dict[str, Any] | None = None
+    if naive_idx:
+        naive_set = ImageList([samples[i] for i in naive_idx], val_set.transform)
+        loader = DataLoader(naive_set, batch_size=bs, num_workers=args.workers)
+        _, _, n_logits, n_y = evaluate(model, criterion, loader, device)
+        n_sum = summarize(
+            torch.softmax(n_logits / temperature, 1).numpy(), n_y.numpy(), classes, threshold
+        )
+        naive = {k: n_sum[k] for k in ("n", "accuracy", "macro_f1", "coverage")}
+        print(
+            f"leak report: naive image-level holdout accuracy {naive['accuracy']:.4f} vs "
+            f"grouped val {summary['accuracy']:.4f}",
+            flush=True,
+        )
     metrics = {
         "split": "val",
         **summary,
@@ -390,6 +439,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "best_epoch": best["epoch"],
         "n_train": n_train,
         "n_val": len(val_idx),
+        "group_by": args.group_by,
+        "n_groups": n_groups,
+        "naive_holdout": naive,
         "train_seconds": round(time.time() - t_start, 1),
         "device": str(device),
         "history": history,
@@ -407,6 +459,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         metrics={k: v for k, v in metrics.items() if k != "history"},
         temperature=temperature,
         threshold=threshold,
+        resize=args.resize,
     )
     stem = out.parent / out.stem
     Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

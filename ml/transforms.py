@@ -18,10 +18,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def eval_transform(input_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+RESIZE_MODES = ("crop", "pad")
+
+
+def eval_transform(
+    input_size: int, mean: Sequence[float], std: Sequence[float], resize: str = "crop"
+) -> T.Compose:
+    """resize="crop": shorter side to input_size, centre crop (PBC: nearly square crops).
+    resize="pad": pad to a square with black first, keeping the whole frame (Kaggle: 320x240
+    frames whose cell may sit off-centre, and whose rotated copies already have black corners).
+    """
     return T.Compose(
         [
             T.Lambda(_to_rgb),
+            *_square(resize),
             T.Resize(input_size),
             T.CenterCrop(input_size),
             T.ToTensor(),
@@ -36,10 +46,12 @@ def train_transform(
     std: Sequence[float],
     *,
     scale: tuple[float, float] = (0.75, 1.0),
+    resize: str = "crop",
 ) -> T.Compose:
     return T.Compose(
         [
             T.Lambda(_to_rgb),
+            *_square(resize),
             # Mild scale/aspect jitter only: the cell must stay in the crop.
             T.RandomResizedCrop(input_size, scale=scale, ratio=(0.9, 1.1), antialias=True),
             # A cell on a slide has no up or left: the 8 rotations/flips of the square are all
@@ -61,6 +73,23 @@ class RandomRot90(torch.nn.Module):
             return img
         ops = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
         return img.transpose(ops[k - 1])
+
+
+def _square(resize: str) -> list[T.Lambda]:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, not {resize!r}")
+    return [T.Lambda(pad_to_square)] if resize == "pad" else []
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    """Centre img on a black square whose side is its longer side."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side))
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -68,3 +68,37 @@ def test_temperature_divides_the_logits_before_softmax(tmp_path, images):
 def test_classifier_returns_nothing_for_no_images(tmp_path):
     clf = Classifier.load(make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"]), device="cpu")
     assert clf.predict([]) == []
+
+
+def test_pad_transform_keeps_the_whole_4_3_frame_and_crop_keeps_the_centre():
+    from ml.transforms import eval_transform, pad_to_square
+
+    img = Image.new("RGB", (40, 30), (255, 255, 255))
+    img.paste((255, 0, 0), (0, 0, 4, 30))  # a red band at the left edge
+
+    padded = pad_to_square(img)
+    assert padded.size == (40, 40)
+    assert padded.getpixel((0, 0)) == (0, 0, 0)  # black bands above and below
+    assert padded.getpixel((1, 20)) == (255, 0, 0)  # the edge band survives
+    ident = ([0.0] * 3, [1.0] * 3)
+    pad = eval_transform(40, *ident, "pad")(img)
+    crop = eval_transform(30, *ident, "crop")(img)
+    assert pad.shape == (3, 40, 40)
+    assert crop.shape == (3, 30, 30)
+    assert pad[0, 20, 1] == 1.0
+    assert pad[1, 20, 1] == 0.0
+    assert crop[1, 15, 0] == 1.0  # cropped away by crop: white at the new left edge
+    with pytest.raises(ValueError, match="resize"):
+        eval_transform(32, *ident, "stretch")
+
+
+def test_checkpoint_resize_mode_reaches_the_classifier_and_old_files_default_to_crop(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"])
+    assert Classifier.load(path, device="cpu").resize == "crop"
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["resize"] = "pad"
+    torch.save(ckpt, path)
+    clf = Classifier.load(path, device="cpu")
+    assert clf.resize == "pad"
+    assert clf.preprocess([Image.new("RGB", (50, 30))]).shape == (1, 3, 32, 32)

@@ -17,8 +17,11 @@ def test_build_model_loads_a_local_imagenet_file_strictly_then_replaces_the_head
 
     model = build_model("mobilenet_v2", 5, pretrained=path)
 
-    assert model.classifier[-1].out_features == 5
-    assert torch.equal(model.features[0][0].weight, imagenet.features[0][0].weight)
+    head, conv = model.get_submodule("classifier.1"), model.get_submodule("features.0.0")
+    assert isinstance(head, torch.nn.Linear)
+    assert isinstance(conv, torch.nn.Conv2d)
+    assert head.out_features == 5
+    assert torch.equal(conv.weight, imagenet.features[0][0].weight)
 
 
 def test_build_model_rejects_a_weights_file_for_another_architecture(tmp_path):
