@@ -35,7 +35,11 @@ CHUNK_SIZE = 32
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--json", required=True, type=Path, help="write the report here")
     p.add_argument("--images", type=int, default=512, help="real images for the pipeline runs")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint (ml.train)")
@@ -46,6 +50,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated engines of ml.engine to compare with eager (default: all)",
     )
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for the engines")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of each raw-model and whole-system setting, alternated; the fastest counts",
+    )
     p.add_argument(
         "--val-limit", type=int, default=0, help="stratified subset of the val split (0: all)"
     )
@@ -61,13 +71,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="first wait up to this long for other processes to leave the CPUs (shared machine)",
     )
     p.add_argument("--only", choices=["all", "pipeline", "engine"], default="all")
-    p.add_argument("--workdir", type=Path, help="keep the system's files here (default: temp)")
+    p.add_argument(
+        "--workdir", type=Path, help="an empty folder to keep the system's files in (default: temp)"
+    )
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     if args.images < 2:
         raise SystemExit("--images must be at least 2 (the two-worker run splits them)")
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        raise SystemExit(f"--workdir {args.workdir} is not empty: the run needs a fresh database")
     started = time.time()
     machine = machine_info()
     if args.wait_quiet > 0:
@@ -92,6 +108,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "model_threads": [run.threads for run in model_runs],
         "worker_threads": 1,
         "two_worker_split": "two batches of half the images each, queued by one commit",
+        "repeats": args.repeats,
+        "engine_images_per_second": "batch size / median batch time (mean kept beside it)",
         "command": " ".join(sys.argv),
         "seconds": round(time.time() - started, 1),
     }
@@ -116,16 +134,20 @@ def run_pipeline(
     classifier = Classifier.load(args.model, device="cpu")
     chunks = pipeline.decode_images(classifier, samples, CHUNK_SIZE)
     model_runs = []
-    for threads in (1, 2):
-        print(f"raw model, {threads} thread(s)...", flush=True)
-        model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
+    # Settings alternate (1, 2, 1, 2...) so that a burst of load elsewhere hits one run of a
+    # setting, not all of them.
+    for repeat in range(args.repeats):
+        for threads in (1, 2):
+            print(f"raw model, {threads} thread(s), run {repeat + 1}...", flush=True)
+            model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
     del chunks, classifier
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
         system = pipeline.setup_system(args.workdir or Path(temp), args.model)
         runs = []
-        for workers in (1, 2):
-            print(f"whole system, {workers} worker(s)...", flush=True)
-            runs.append(pipeline.run_system(system, samples, workers=workers))
+        for repeat in range(args.repeats):
+            for workers in (1, 2):
+                print(f"whole system, {workers} worker(s), run {repeat + 1}...", flush=True)
+                runs.append(pipeline.run_system(system, samples, workers=workers))
         print("profiling the worker's job in-process...", flush=True)
         profile = pipeline.profile_worker(system, samples[: args.profile_images])
     return model_runs, runs, profile

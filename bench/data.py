@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml.data import grouped_stratified_split, list_samples, near_duplicate_groups
+from ml.data import grouped_stratified_split, list_samples
 
 Sample = tuple[Path, str]  # (image path, lower-cased class folder name)
 
@@ -44,7 +44,7 @@ class Split:
 
 
 def training_split(data: Path, recipe: dict[str, Any]) -> Split:
-    """The train/val split `ml.train` made with this recipe (val_fraction, seed, limit, group_by).
+    """The train/val split `ml.train` made with this recipe (val_fraction, seed, limit).
 
     Replays ml.train.main's steps exactly, so the val images are ones the model never trained on.
     """
@@ -57,10 +57,12 @@ def training_split(data: Path, recipe: dict[str, Any]) -> Split:
         found = [found[i] for i in sorted(rng.sample(range(len(found)), limit))]
     classes = sorted({c for _, c in found})
     labels = [classes.index(c) for _, c in found]
-    if recipe.get("group_by") == "dhash":
-        groups = near_duplicate_groups([p for p, _ in found])
-    else:
-        groups = list(range(len(found)))
+    group_by = recipe.get("group_by", "file")
+    if group_by != "file":
+        # Near-duplicate grouping is being reworked in ml.data; replaying an old grouping with
+        # new code could put training images in "val". PBC models are split per file.
+        raise ValueError(f"only group_by='file' splits can be replayed, not {group_by!r}")
+    groups = list(range(len(found)))
     train_idx, val_idx = grouped_stratified_split(labels, groups, val_fraction, seed)
     return Split(train=[found[i] for i in train_idx], val=[found[i] for i in val_idx])
 

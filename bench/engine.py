@@ -137,7 +137,7 @@ def _run_engine(
     build_seconds = time.perf_counter() - start
     cpu: dict[str, float] = {}
     with metered(cpu):
-        seconds, padded_predictions = _timed_pass(module, held_out.batches)
+        batch_seconds, padded_predictions = _timed_pass(module, held_out.batches)
     predictions = padded_predictions[: len(held_out.labels)]
     correct = int((predictions == held_out.labels).sum())
     agree = len(predictions) if baseline is None else int((predictions == baseline).sum())
@@ -147,7 +147,7 @@ def _run_engine(
         batch_size=len(held_out.batches[0]),
         images=len(predictions),
         timed_images=len(padded_predictions),
-        seconds=seconds,
+        batch_seconds=batch_seconds,
         build_seconds=build_seconds,
         correct=correct,
         agree_with_baseline=agree,
@@ -157,13 +157,15 @@ def _run_engine(
 
 
 @torch.inference_mode()
-def _timed_pass(module: nn.Module, batches: Sequence[torch.Tensor]) -> tuple[float, torch.Tensor]:
-    seconds = 0.0
+def _timed_pass(
+    module: nn.Module, batches: Sequence[torch.Tensor]
+) -> tuple[list[float], torch.Tensor]:
+    seconds = []
     predictions = []
     for batch in batches:
         start = time.perf_counter()
         logits = module(batch)
-        seconds += time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
         predictions.append(logits.argmax(dim=1))
     return seconds, torch.cat(predictions)
 

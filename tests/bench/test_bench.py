@@ -48,10 +48,10 @@ def engine(name: str, *, seconds: float, correct: int, images: int = 1000) -> En
     return EngineRun(
         engine=name,
         threads=1,
-        batch_size=32,
+        batch_size=100,
         images=images,
         timed_images=images,
-        seconds=seconds,
+        batch_seconds=[seconds / (images // 100)] * (images // 100),  # batches of 100
         build_seconds=1.0,
         correct=correct,
         agree_with_baseline=images,
@@ -120,6 +120,34 @@ def test_contract_keys_are_none_for_a_benchmark_not_run():
     assert "n/a" in format_summary(out)
 
 
+def test_the_fastest_run_of_each_setting_is_used_and_marked():
+    slower = ModelRun(threads=1, batch_size=32, images=64, batch_seconds=[2.0, 2.0])
+    disturbed = PipelineRun(
+        workers=1,
+        batches=1,
+        images=64,
+        upload_seconds=3.0,
+        queue_to_done_seconds=5.0,
+        queue_to_claim_seconds=0.5,
+    )
+
+    out = report(model_runs=[slower, *MODEL_RUNS], pipeline_runs=[*PIPELINE_RUNS[:1], disturbed])
+
+    assert out["model_images_per_second"] == pytest.approx(32.0)
+    assert out["pipeline_images_per_second"] == pytest.approx(25.6)
+    assert [run["used"] for run in out["model_runs"]] == [False, True, True]
+    assert [run["used"] for run in out["pipeline_runs"]] == [True, False]
+    assert out["two_vs_one_worker"] is None  # no two-worker run given
+
+
+def test_engine_speed_is_the_median_batch_rate_so_one_disturbed_batch_does_not_count():
+    steady = engine("x", seconds=1.0, correct=1, images=300)  # 3 batches of 100 in 1/3 s each
+    disturbed = EngineRun(**{**steady.__dict__, "batch_seconds": [1 / 3, 1 / 3, 30.0]})
+
+    assert disturbed.images_per_second == pytest.approx(steady.images_per_second)
+    assert disturbed.mean_images_per_second < steady.mean_images_per_second
+
+
 def test_choose_engine_falls_back_to_eager_when_nothing_else_is_accurate_enough():
     runs = [engine("eager", seconds=50.0, correct=980), engine("x", seconds=1.0, correct=900)]
 
@@ -156,3 +184,23 @@ def test_stratified_subset_keeps_class_proportions():
     assert sum(1 for _, label in subset if label == "a") == 15
     assert sum(1 for _, label in subset if label == "b") == 5
     assert stratified_subset(samples, 0) == samples
+
+
+def test_training_split_replays_ml_train_and_refuses_groupings_it_cannot_replay(tmp_path: Path):
+    from PIL import Image
+
+    from bench.data import training_split
+
+    for label, count in (("b", 12), ("a", 8)):
+        (tmp_path / label).mkdir()
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(tmp_path / label / f"{i}.png")
+
+    split = training_split(tmp_path, {"val_fraction": 0.25, "seed": 3, "group_by": "file"})
+
+    assert len(split.val) == 5  # 2 of "a", 3 of "b": a quarter of each class
+    assert not set(split.val) & set(split.train)
+    assert len(split.train) + len(split.val) == 20
+    assert split == training_split(tmp_path, {"val_fraction": 0.25, "seed": 3})
+    with pytest.raises(ValueError, match="group_by"):
+        training_split(tmp_path, {"group_by": "near-duplicate"})
