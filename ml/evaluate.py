@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader
 
 from ml.data import ImageList, list_samples
 from ml.inference import Classifier
-from ml.metrics import format_report, summarize
+from ml.metrics import coverage_curve, format_report, summarize
+from ml.plots import plot_coverage
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,14 +32,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with one sub-folder per class")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: in-process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (0: in-process); default 0 on <= 2 CPUs, else 2",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--coverage-png", help="also draw the coverage/accuracy curve here")
     return p
 
 
+def default_workers() -> int:
+    """Decoding processes worth starting: none on <= 2 CPUs.
+
+    Measured on 2 cores (docs/MODELS.md, "Evaluation speed"): decoding costs ~10% of the
+    forward pass, and worker processes competing with the model's 2 threads made evaluation
+    slower (2 workers: 80% of the raw model's speed; in-process: ~96%).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else 2
+
+
 def evaluate_folder(
-    clf: Classifier, data: str | Path, *, batch_size: int = 64, workers: int = 2
+    clf: Classifier, data: str | Path, *, batch_size: int = 64, workers: int | None = None
 ) -> dict[str, Any]:
+    if workers is None:
+        workers = default_workers()
     found = list_samples(data)
     known = {c.lower(): i for i, c in enumerate(clf.classes)}
     unknown = sorted({c for _, c in found if c not in known})
@@ -61,6 +85,9 @@ def evaluate_folder(
     y = torch.cat(labels).numpy() if labels else torch.zeros(0, dtype=torch.long).numpy()
     report = summarize(p, y, clf.classes, clf.threshold, extra_labels=unknown)
     report["images_per_second"] = len(y) / elapsed if elapsed > 0 else 0.0
+    report["coverage_curve"] = (
+        coverage_curve(p.max(axis=1), p.argmax(axis=1) == y) if len(y) else []
+    )
     report["unmatched_folders"] = unknown
     report["model_classes"] = list(clf.classes)
     return report
@@ -75,6 +102,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{report['images_per_second']:.1f} images/s on {clf.device}")
     if report["unmatched_folders"]:
         print(f"folders with no matching class (counted wrong): {report['unmatched_folders']}")
+    if args.coverage_png:
+        plot_coverage(report["coverage_curve"], args.coverage_png, threshold=clf.threshold)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

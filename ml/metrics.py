@@ -72,6 +72,30 @@ def choose_threshold(
     return float(conf[good[-1]]) if len(good) else None
 
 
+def coverage_curve(
+    confidence: np.ndarray, correct: np.ndarray, points: int = 50
+) -> list[dict[str, float]]:
+    """Accuracy of the accepted cells against the share accepted, as the threshold rises.
+
+    Up to `points` entries {threshold, coverage, accuracy}, coverage from 1 down, cut only
+    between distinct confidences (as `choose_threshold`).
+    """
+    n = len(confidence)
+    if n == 0:
+        return []
+    order = np.argsort(-confidence, kind="stable")
+    conf, ok = confidence[order], correct[order].astype(float)
+    acc = np.cumsum(ok) / np.arange(1, n + 1)
+    cuts = np.nonzero(np.r_[conf[1:] != conf[:-1], True])[0]  # last index of each tie
+    picks = cuts[
+        np.unique(np.linspace(0, len(cuts) - 1, min(points, len(cuts))).round().astype(int))
+    ]
+    return [
+        {"threshold": float(conf[k]), "coverage": (k + 1) / n, "accuracy": float(acc[k])}
+        for k in picks[::-1]
+    ]
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
     """Temperature T minimising the NLL of softmax(logits / T) (Guo et al., 2017)."""
     log_t = torch.zeros(1, requires_grad=True)  # optimise log T so T stays positive

@@ -47,3 +47,30 @@ def plot_confusion(
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_coverage(
+    curve: Sequence[dict[str, float]],
+    path: str | os.PathLike[str],
+    *,
+    threshold: float | None = None,
+    target: float | None = None,
+) -> None:
+    """Accuracy of auto-accepted cells against coverage (from `ml.metrics.coverage_curve`)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], marker=".")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target:.3f}")
+    if threshold is not None:
+        chosen = [p for p in curve if p["threshold"] >= threshold]
+        if chosen:
+            c = min(chosen, key=lambda p: p["threshold"])
+            ax.plot([c["coverage"]], [c["accuracy"]], "o", color="red", label=f"t={threshold:.3f}")
+    ax.set(xlabel="coverage (share auto-accepted)", ylabel="accuracy of accepted cells")
+    ax.set(title="Coverage / accuracy")
+    ax.grid(alpha=0.3)
+    if target is not None or threshold is not None:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

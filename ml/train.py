@@ -38,9 +38,15 @@ from torch.utils.data import DataLoader
 
 from ml.checkpoint import atomic_save, save_checkpoint
 from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
-from ml.metrics import choose_threshold, fit_temperature, format_report, summarize
+from ml.metrics import (
+    choose_threshold,
+    coverage_curve,
+    fit_temperature,
+    format_report,
+    summarize,
+)
 from ml.model import build_model, default_weights, split_trunk_tail
-from ml.plots import plot_confusion, plot_curves
+from ml.plots import plot_confusion, plot_coverage, plot_curves
 from ml.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -444,6 +450,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "naive_holdout": naive,
         "train_seconds": round(time.time() - t_start, 1),
         "device": str(device),
+        "coverage_curve": coverage_curve(confidence, correct),
         "history": history,
     }
     recipe = {k: v for k, v in vars(args).items()}
@@ -456,7 +463,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         mean=mean,
         std=std,
         recipe=recipe,
-        metrics={k: v for k, v in metrics.items() if k != "history"},
+        metrics={k: v for k, v in metrics.items() if k not in ("history", "coverage_curve")},
         temperature=temperature,
         threshold=threshold,
         resize=args.resize,
@@ -467,6 +474,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     plot_curves(history, f"{stem}.curves.png")
     plot_confusion(
         summary["confusion"]["matrix"], summary["confusion"]["labels"], f"{stem}.confusion.png"
+    )
+    plot_coverage(
+        metrics["coverage_curve"],
+        f"{stem}.coverage.png",
+        threshold=threshold,
+        target=args.target_accuracy,
     )
     print(format_report(summary), flush=True)
     print(f"temperature {temperature:.3f}; wrote {out} in {time.time() - t_start:.0f}s", flush=True)

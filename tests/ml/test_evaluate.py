@@ -43,6 +43,8 @@ def test_evaluate_json_has_contract_keys_and_correct_numbers_on_a_hand_made_case
             "5",
             "--workers",
             "0",
+            "--coverage-png",
+            str(tmp_path / "coverage.png"),
         ]
     )
 
@@ -71,3 +73,7 @@ def test_evaluate_json_has_contract_keys_and_correct_numbers_on_a_hand_made_case
     assert report["threshold"] is None
     assert report["coverage"] == 1.0
     assert report["images_per_second"] > 0
+    # Full coverage first, at the overall accuracy; the plot is written.
+    assert report["coverage_curve"][0]["coverage"] == 1.0
+    assert report["coverage_curve"][0]["accuracy"] == pytest.approx(report["accuracy"])
+    assert (tmp_path / "coverage.png").stat().st_size > 0

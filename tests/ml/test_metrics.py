@@ -63,3 +63,16 @@ def test_summary_numbers_on_a_hand_made_case():
     assert s["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
     assert s["coverage"] == 0.5  # 0.9 and 0.8 are >= 0.75
     assert s["accuracy_above_threshold"] == 1.0
+
+
+def test_coverage_curve_runs_from_full_coverage_to_the_most_confident_cells():
+    from ml.metrics import coverage_curve
+
+    conf = np.array([0.9, 0.8, 0.8, 0.6, 0.5])
+    ok = np.array([True, True, False, True, False])
+    curve = coverage_curve(conf, ok)
+    # Thresholds at each distinct confidence; the 0.8 tie is never split.
+    assert [p["threshold"] for p in curve] == [0.5, 0.6, 0.8, 0.9]
+    assert [p["coverage"] for p in curve] == [1.0, 0.8, 0.6, 0.2]
+    assert [p["accuracy"] for p in curve] == pytest.approx([3 / 5, 3 / 4, 2 / 3, 1.0])
+    assert coverage_curve(np.zeros(0), np.zeros(0, dtype=bool)) == []

@@ -66,7 +66,13 @@ def test_train_writes_a_self_describing_checkpoint_and_reports_then_resumes(tmp_
     saved = json.loads((out.parent / "tiny.metrics.json").read_text())
     assert {"accuracy", "macro_f1", "ece", "threshold", "coverage", "history"} <= set(saved)
     assert len(saved["history"]) == 2
-    for name in ("tiny.curves.png", "tiny.confusion.png", "tiny.report.txt", "tiny.last.pt"):
+    for name in (
+        "tiny.curves.png",
+        "tiny.confusion.png",
+        "tiny.coverage.png",
+        "tiny.report.txt",
+        "tiny.last.pt",
+    ):
         assert (out.parent / name).exists()
     assert len(Classifier.load(out, device="cpu").classes) == 3
 
