@@ -1,33 +1,37 @@
 """CPU inference engines: the same trained classifier, run faster on a CPU.
 
-    from ml.engine import optimise_for_cpu
+    from ml.engine import best_fp32_engine, optimise_for_cpu
     clf = Classifier.load("ml/weights/pbc8-mobilenetv2.pt", device="cpu")
-    clf.model = optimise_for_cpu(clf.model, input_size=clf.input_size)  # default engine
+    clf.model = optimise_for_cpu(clf.model, input_size=clf.input_size, engine=best_fp32_engine())
 
 Every engine returns an `nn.Module` whose forward takes the normalised N x 3 x S x S float batch
 that `Classifier.preprocess` makes and returns N x C float32 logits, so it drops into
 `Classifier.model` unchanged (temperature, softmax and labels stay where they are).
 
-The engines, fastest first on a 2-core AVX-512 Xeon at one thread (figures: bench/README.md):
+The engines, in the order to reach for them. Images/s: one run on a 2-core AVX-512 Xeon, one
+thread, batch 32, the PBC MobileNetV2 at 192 px, 1263 held-out images (bench/README.md).
 
-- "ort-int8": ONNX Runtime with static int8 quantisation (QDQ, per-channel weights; the first
-  convolution and the classifier stay fp32), calibrated on real cells. Fastest, but it changes
-  some answers and needs calibration images when it is built: right only for a model whose
-  accuracy delta on held-out images was measured (bench/engine.py) and accepted, and best built
-  once, offline, with the result kept beside the checkpoint.
-- "ort-fp32": ONNX Runtime, fp32. Same maths as eager up to float rounding (ORT folds the
-  BatchNorms into the convolutions and runs its own kernels), so it is safe for any checkpoint.
-  Needs the optional packages `onnxruntime` and `onnx` (the exporter writes the graph with them);
-  the session is built in memory, in about a second.
-- "fused-channels-last": pure PyTorch: BatchNorm folded into the convolutions (torch.fx) and
-  NHWC memory layout, which oneDNN's depthwise convolutions need to be fast. fp32, no new
-  dependency; the best choice when ONNX Runtime is not installed.
-- "fx-int8": PyTorch FX graph-mode static int8 (x86 backend). Changes answers like "ort-int8",
-  and torch.ao.quantization is deprecated upstream in favour of torchao.
-- "inductor": torch.compile (inductor, freezing) on NHWC. Needs a C++ compiler and a long
-  first call (tens of seconds per process and per batch shape) for no gain over the above.
-- "channels-last": NHWC layout only.
-- "eager": the model as trained, NCHW: what `Classifier` does on a CPU today.
+- "ort-fp32" (DEFAULT_ENGINE; 171 images/s, 6.7x eager, every prediction the same): ONNX
+  Runtime, fp32. Eager's maths up to float rounding (ORT folds the BatchNorms into the
+  convolutions and runs its own kernels), so it is safe for any checkpoint with no per-model
+  check. Needs the optional packages `onnxruntime` and `onnx` (the exporter writes the graph
+  with `onnx`); the session is built in memory in about a second, once per process.
+- "fused-channels-last" (92 images/s, 3.6x, every prediction the same): pure PyTorch:
+  BatchNorm folded into the convolutions (torch.fx) and NHWC layout, which oneDNN's depthwise
+  convolutions need to be fast. No new dependency: the choice where ONNX Runtime is missing
+  (`best_fp32_engine` picks between the two).
+- "ort-int8" (283 images/s, 11x, but 0.32 accuracy points lower): ONNX Runtime static int8
+  (QDQ, per-channel weights; the first convolution and the classifier stay fp32), calibrated
+  on real cells. It changes answers, by an amount that moves with the calibration images, and
+  it needs those images when it is built: only for a model whose delta on held-out images was
+  measured and accepted, and best built once, offline, and kept beside the checkpoint.
+- "fx-int8" (194 images/s, 1.11 points lower): PyTorch FX graph-mode static int8 (x86
+  backend); torch.ao.quantization is deprecated upstream in favour of torchao.
+- "inductor" (83 images/s): torch.compile (inductor, freezing) on NHWC. Needs a C++ compiler
+  and compiles on the first call of each process and batch shape (39 s cold on 2 cores): no
+  gain over "fused-channels-last".
+- "channels-last" (45 images/s): NHWC layout only.
+- "eager" (25.5 images/s): the model as trained, NCHW: what `Classifier` runs on a CPU today.
 
 Threads: every engine uses `torch.get_num_threads()` unless `threads` is given, so a worker that
 sets its intra-op threads before building the engine gets the same count in ONNX Runtime.
@@ -63,6 +67,11 @@ def available_engines() -> list[str]:
     """The engines whose packages are installed here (inductor is assumed to have a compiler)."""
     has_ort = _has_module("onnxruntime") and _has_module("onnx")
     return [name for name in ENGINES if has_ort or not name.startswith("ort-")]
+
+
+def best_fp32_engine() -> str:
+    """The fastest engine installed here that gives eager's answers: ort-fp32, else pure PyTorch."""
+    return DEFAULT_ENGINE if DEFAULT_ENGINE in available_engines() else "fused-channels-last"
 
 
 def needs_calibration(engine: str) -> bool:
@@ -197,8 +206,9 @@ def quantise_onnx(
 
     keep_ends_fp32: leave the first convolution (raw pixels in) and the classifier (logits
     out) in fp32. They are the layers most sensitive to rounding and a small share of the work;
-    on the PBC model, quantising them too cost 0.24 accuracy points instead of 0.08 on its
-    1263 validation images (256 calibration images either way; bench/README.md).
+    on the PBC model, with one set of 256 calibration images, quantising them too cost 0.24
+    accuracy points instead of 0.08 on its 1263 validation images. The delta moves by a few
+    tenths of a point with the calibration set (bench/README.md): measure it per model.
     """
     quantization = _require("onnxruntime.quantization")
     shape_inference = _require("onnxruntime.quantization.shape_inference")

@@ -19,6 +19,7 @@ from ml.engine import (
     FP32_ENGINES,
     INT8_ENGINES,
     available_engines,
+    best_fp32_engine,
     needs_calibration,
     optimise_for_cpu,
 )
@@ -190,3 +191,4 @@ def test_pure_pytorch_engines_are_always_available():
 
     assert {"eager", "channels-last", "fused-channels-last", "fx-int8"} <= set(names)
     assert ("ort-fp32" in names) == HAS_ORT
+    assert best_fp32_engine() == ("ort-fp32" if HAS_ORT else "fused-channels-last")
