@@ -40,6 +40,8 @@ def broker_transport_options(
         "processed_folder": str(folder / "processed"),
         "control_folder": str(folder / "control"),
         "store_processed": False,
+        # kombu polls the folder once a second by default: up to a second lost per message.
+        "polling_interval": 0.1,
     }
 
 
