@@ -468,17 +468,21 @@ def profile_worker(
 def decode_costs(
     classifier: Classifier, samples: Sequence[Sample], batch_id: int
 ) -> dict[str, float]:
-    """Milliseconds per image to turn a file into model input, for what the worker reads today
-    (the stored PNG), the uploaded JPEG, and a PNG stored already at the model's input size."""
+    """Milliseconds per image to turn a file into model input: what the worker reads (the copy
+    fitted to the model at upload), against the stored full-size PNG and the uploaded JPEG."""
     from django.conf import settings
 
     from webportal.cases.models import Image
 
-    stored = Image.objects.filter(batch_id=batch_id).order_by("id").values_list("file", flat=True)
-    png_paths = [Path(settings.MEDIA_ROOT) / name for name in stored]
+    media = Path(settings.MEDIA_ROOT)
+    rows = Image.objects.filter(batch_id=batch_id).order_by("id").values_list("file", "model_input")
+    png_paths = [media / name for name, _ in rows]
+    fitted_paths = [media / fitted for _, fitted in rows if fitted]
     originals = [path for path, _ in samples]
-    model_size = [_model_size_png(classifier, path) for path in png_paths]
     return {
+        "fitted_png_decode_preprocess": _ms_per_image(
+            lambda: classifier.preprocess([_open_rgb(p) for p in fitted_paths])
+        ),
         "stored_png_decode": _ms_per_image(lambda: [_open_rgb(p) for p in png_paths]),
         "stored_png_decode_preprocess": _ms_per_image(
             lambda: classifier.preprocess([_open_rgb(p) for p in png_paths])
@@ -487,30 +491,20 @@ def decode_costs(
         "original_jpeg_decode_preprocess": _ms_per_image(
             lambda: classifier.preprocess([_open_rgb(p) for p in originals])
         ),
-        "model_size_png_decode_preprocess": _ms_per_image(
-            lambda: classifier.preprocess([_open_rgb(io.BytesIO(b)) for b in model_size])
-        ),
-        "stored_png_bytes": sum(p.stat().st_size for p in png_paths) / max(1, len(png_paths)),
-        "original_jpeg_bytes": sum(p.stat().st_size for p in originals) / max(1, len(originals)),
-        "model_size_png_bytes": sum(len(b) for b in model_size) / max(1, len(model_size)),
+        "fitted_png_bytes": _mean_size(fitted_paths),
+        "stored_png_bytes": _mean_size(png_paths),
+        "original_jpeg_bytes": _mean_size(originals),
     }
+
+
+def _mean_size(paths: Sequence[Path]) -> float:
+    return sum(p.stat().st_size for p in paths) / max(1, len(paths))
 
 
 def _ms_per_image(work: Callable[[], Sized]) -> float:
     start = time.perf_counter()
     done = len(work())
     return 1000 * (time.perf_counter() - start) / max(1, done)
-
-
-def _model_size_png(classifier: Classifier, path: Path) -> bytes:
-    """The image resized and centre-cropped as the eval transform does, as a level-1 PNG."""
-    from torchvision.transforms import CenterCrop, Resize
-
-    size = classifier.input_size
-    picture = CenterCrop(size)(Resize(size)(_open_rgb(path)))
-    out = io.BytesIO()
-    picture.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
 
 
 def _open_rgb(path: Path | BinaryIO) -> PILImage.Image:

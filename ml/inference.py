@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import load_checkpoint
-from ml.transforms import eval_transform
+from ml.transforms import eval_geometry, eval_transform, geometry_key
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Classifier:
         self.device = device or torch.device("cpu")
         self.resize = resize
         self.transform = eval_transform(input_size, mean, std, resize)
+        self.fit_to_input = eval_geometry(input_size, resize)
+        self.geometry = geometry_key(input_size, resize)
         self.model = model.to(self.device).eval()
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
         # CUDA only (on a CPU it gains nothing); forcing it on a CPU tests the same code path.

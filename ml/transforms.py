@@ -21,22 +21,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("crop", "pad")
 
 
+def eval_geometry(input_size: int, resize: str = "crop") -> T.Compose:
+    """The PIL part of the eval transform: any image to the model's input_size square, RGB.
+
+    resize="crop": shorter side to input_size, centre crop (PBC: nearly square crops).
+    resize="pad": pad to a square with black first, keeping the whole frame (Kaggle: 320x240
+    frames whose cell may sit off-centre, and whose rotated copies already have black corners).
+    Applying it to its own output changes nothing, so an image stored already fitted (the
+    portal keeps such a copy of every upload) gives the same tensor as the original.
+    """
+    return T.Compose(
+        [T.Lambda(_to_rgb), *_square(resize), T.Resize(input_size), T.CenterCrop(input_size)]
+    )
+
+
+def geometry_key(input_size: int, resize: str) -> str:
+    """A short name for an eval geometry, e.g. "192-crop": images fitted alike share it."""
+    return f"{input_size}-{resize}"
+
+
 def eval_transform(
     input_size: int, mean: Sequence[float], std: Sequence[float], resize: str = "crop"
 ) -> T.Compose:
-    """resize="crop": shorter side to input_size, centre crop (PBC: nearly square crops).
-    resize="pad": pad to a square with black first, keeping the whole frame (Kaggle: 320x240
-    frames whose cell may sit off-centre, and whose rotated copies already have black corners).
-    """
     return T.Compose(
-        [
-            T.Lambda(_to_rgb),
-            *_square(resize),
-            T.Resize(input_size),
-            T.CenterCrop(input_size),
-            T.ToTensor(),
-            T.Normalize(list(mean), list(std)),
-        ]
+        [eval_geometry(input_size, resize), T.ToTensor(), T.Normalize(list(mean), list(std))]
     )
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,19 @@ def test_checkpoint_resize_mode_reaches_the_classifier_and_old_files_default_to_
     clf = Classifier.load(path, device="cpu")
     assert clf.resize == "pad"
     assert clf.preprocess([Image.new("RGB", (50, 30))]).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+def test_an_image_fitted_and_stored_as_png_gives_the_same_tensor_as_the_original(resize):
+    from ml.transforms import eval_geometry, eval_transform
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (53, 71, 3), dtype=torch.uint8, generator=generator)
+    original = Image.fromarray(pixels.numpy())
+    stored = io.BytesIO()
+    eval_geometry(24, resize)(original).save(stored, format="PNG", compress_level=1)
+    fitted = Image.open(io.BytesIO(stored.getvalue()))
+
+    assert fitted.size == (24, 24)
+    transform = eval_transform(24, [0.5] * 3, [0.25] * 3, resize)
+    assert torch.equal(transform(fitted), transform(original))

@@ -17,6 +17,8 @@ class ModelVersion(models.Model):
     checkpoint_path = models.CharField(max_length=500)
     checkpoint_sha256 = models.CharField(max_length=64, unique=True)
     input_size = models.PositiveIntegerField()
+    # How an image is fitted to input_size (ml.transforms.eval_geometry): "crop" or "pad".
+    resize = models.CharField(max_length=10, default="crop")
     mean = models.JSONField()
     std = models.JSONField()
     temperature = models.FloatField(default=1.0)
@@ -135,6 +137,10 @@ class Image(models.Model):
     batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="images")
     original_name = models.CharField(max_length=500)
     file = models.FileField(upload_to=image_upload_path, blank=True)
+    # The image already fitted to its batch's model input (a small PNG the worker reads instead
+    # of `file`), and that geometry (ml.transforms.geometry_key); empty for older uploads.
+    model_input = models.FileField(upload_to=image_upload_path, blank=True)
+    model_input_geometry = models.CharField(max_length=20, blank=True)
     sha256 = models.CharField(max_length=64, blank=True)
     source_format = models.CharField(max_length=10, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)

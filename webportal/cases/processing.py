@@ -148,7 +148,9 @@ def _prefetched_chunks(
         return list(Cell.objects.filter(id__in=ids).select_related("image").order_by("id"))
 
     def decode(cells: list[Cell]) -> torch.Tensor:
-        return classifier.preprocess([_open_cell(cell) for cell in cells])
+        return classifier.preprocess(
+            [_open_cell(cell, geometry=classifier.geometry) for cell in cells]
+        )
 
     if not chunks:
         return
@@ -163,8 +165,17 @@ def _prefetched_chunks(
             yield current_cells, current.result()
 
 
-def _open_cell(cell: Cell) -> PILImage.Image:
-    with cell.image.file.open("rb") as handle, PILImage.open(handle) as stored:
+def _open_cell(cell: Cell, *, geometry: str) -> PILImage.Image:
+    """The cell's pixels: the copy fitted at upload when it suits this model, else the original.
+
+    The fitted copy gives the same input tensor (the model's geometry changes nothing in an image
+    it has fitted already) at a third of the decoding cost.
+    """
+    image = cell.image
+    if cell.box is None and image.model_input and image.model_input_geometry == geometry:
+        with image.model_input.open("rb") as handle, PILImage.open(handle) as fitted:
+            return fitted.convert("RGB")
+    with image.file.open("rb") as handle, PILImage.open(handle) as stored:
         picture = stored.convert("RGB")
     if cell.box is not None:
         x, y, width, height = cell.box

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from ml.checkpoint import read_metadata, sha256_of
 from ml.inference import Classifier
+from ml.transforms import eval_geometry, geometry_key
 from webportal.accounts.models import Lab
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
 from webportal.cases.uploads import AcceptedImage, UploadLimits, inspect_uploads
@@ -52,6 +53,7 @@ def register_model(*, checkpoint_path: Path, name: str = "") -> ModelVersion:
             checkpoint_path=str(checkpoint_path.resolve()),
             checkpoint_sha256=digest,
             input_size=meta.input_size,
+            resize=meta.resize,
             mean=list(meta.mean),
             std=list(meta.std),
             temperature=meta.temperature,
@@ -171,9 +173,11 @@ def submit_batch(
             case=case, priority=priority, model_version=model_version, created_by=created_by
         )
         accepted = rejected = 0
-        for result in inspect_uploads(files, limits=upload_limits()):
+        fit = eval_geometry(model_version.input_size, model_version.resize)
+        geometry = geometry_key(model_version.input_size, model_version.resize)
+        for result in inspect_uploads(files, limits=upload_limits(), fit=fit):
             if isinstance(result, AcceptedImage):
-                _store_accepted_image(batch=batch, accepted=result)
+                _store_accepted_image(batch=batch, accepted=result, geometry=geometry)
                 accepted += 1
             else:
                 Image.objects.create(
@@ -195,7 +199,7 @@ def submit_batch(
     return batch
 
 
-def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage) -> None:
+def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage, geometry: str) -> None:
     image = Image(
         batch=batch,
         original_name=accepted.name,
@@ -205,6 +209,12 @@ def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage) -> None:
         height=accepted.height,
         status=Image.Status.OK,
     )
-    image.file.save(f"{uuid.uuid4().hex}.png", ContentFile(accepted.content), save=False)
+    stem = uuid.uuid4().hex
+    image.file.save(f"{stem}.png", ContentFile(accepted.content), save=False)
+    if accepted.model_input is not None:
+        image.model_input.save(
+            f"{stem}.{geometry}.png", ContentFile(accepted.model_input), save=False
+        )
+        image.model_input_geometry = geometry
     image.save()
     Cell.objects.create(image=image, box=None)

@@ -32,7 +32,7 @@ import struct
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Final, cast
 
@@ -42,11 +42,15 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "DEFAULT_LIMITS",
     "AcceptedImage",
+    "Fit",
     "RejectedFile",
     "UploadLimits",
     "UploadResult",
     "inspect_uploads",
 ]
+
+# Turns an accepted image into the model's input geometry (ml.transforms.eval_geometry).
+Fit = Callable[[Image.Image], Image.Image]
 
 ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "TIFF", "BMP")
 
@@ -90,6 +94,9 @@ class AcceptedImage:
     width: int
     height: int
     source_format: str  # "JPEG", "PNG", "TIFF" or "BMP"
+    # The image already fitted to the model's input (PNG), when inspect_uploads was given `fit`:
+    # the worker then decodes a few kB instead of the whole picture.
+    model_input: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,10 @@ _FTYP_BRANDS: Final[tuple[tuple[frozenset[bytes], str, str], ...]] = (
 
 
 def inspect_uploads(
-    files: Iterable[tuple[str, IO[bytes]]], *, limits: UploadLimits = DEFAULT_LIMITS
+    files: Iterable[tuple[str, IO[bytes]]],
+    *,
+    limits: UploadLimits = DEFAULT_LIMITS,
+    fit: Fit | None = None,
 ) -> Iterator[UploadResult]:
     """Yield one result per uploaded file, or per member of an uploaded ZIP archive, in order.
 
@@ -205,7 +215,8 @@ def inspect_uploads(
     that stores each result before asking for the next keeps memory bounded by one file.
     ``files`` may be any iterable of ``(name, binary stream)``, e.g. Django ``UploadedFile``s; the
     name is used only for display.  A later file whose original bytes equal an accepted earlier
-    one in the same call is rejected as a duplicate.
+    one in the same call is rejected as a duplicate.  With ``fit``, each accepted image also
+    carries ``model_input``, the fitted copy, made from the pixels already decoded.
     """
     seen: dict[str, str] = {}
     for raw_name, stream in files:
@@ -214,9 +225,9 @@ def inspect_uploads(
         if isinstance(data, str):
             yield RejectedFile(name, data)
         elif _is_zip(data):
-            yield from _inspect_zip(name, data, limits, seen)
+            yield from _inspect_zip(name, data, limits, seen, fit)
         else:
-            yield _inspect_payload(name, data, limits, seen, in_archive=False)
+            yield _inspect_payload(name, data, limits, seen, fit, in_archive=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +424,13 @@ def _nested_reason(description: str) -> str:
 
 
 def _inspect_payload(
-    name: str, data: bytes, limits: UploadLimits, seen: dict[str, str], *, in_archive: bool
+    name: str,
+    data: bytes,
+    limits: UploadLimits,
+    seen: dict[str, str],
+    fit: Fit | None,
+    *,
+    in_archive: bool,
 ) -> UploadResult:
     """Check one file's bytes (a plain upload or a ZIP member) and re-encode it if acceptable."""
     if not data:
@@ -431,10 +448,10 @@ def _inspect_payload(
         return RejectedFile(
             name, f"Duplicate of {first} in this upload; only the first copy is kept."
         )
-    decoded = _decode(data, fmt, limits)
+    decoded = _decode(data, fmt, limits, fit)
     if isinstance(decoded, str):
         return RejectedFile(name, decoded)
-    content, width, height = decoded
+    content, width, height, model_input = decoded
     seen[digest] = name
     return AcceptedImage(
         name=name,
@@ -443,11 +460,14 @@ def _inspect_payload(
         width=width,
         height=height,
         source_format=fmt,
+        model_input=model_input,
     )
 
 
-def _decode(data: bytes, fmt: str, limits: UploadLimits) -> tuple[bytes, int, int] | str:
-    """Decode, normalise and re-encode; return (png, width, height) or a rejection reason."""
+def _decode(
+    data: bytes, fmt: str, limits: UploadLimits, fit: Fit | None
+) -> tuple[bytes, int, int, bytes | None] | str:
+    """Decode, normalise and re-encode; (png, width, height, fitted png) or a rejection reason."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # A programming/configuration error elsewhere: truncated files would pass silently.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for uploads")
@@ -478,7 +498,8 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> tuple[bytes, int, in
             # Level 1, not the default 6: validating PBC cells went from 16 to 42 images/s on
             # two cores for files about 20% larger; upload speed is what a lab waits on.
             rgb.save(out, format="PNG", compress_level=1, icc_profile=None, exif=b"")
-            return out.getvalue(), rgb.width, rgb.height
+            fitted = None if fit is None else _png(fit(rgb))
+            return out.getvalue(), rgb.width, rgb.height, fitted
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return (
             "Image is too large to process safely: its header declares more pixels than "
@@ -494,6 +515,12 @@ def _decode(data: bytes, fmt: str, limits: UploadLimits) -> tuple[bytes, int, in
             f"Truncated or corrupt {fmt} image: the image data ends early or is damaged "
             f"({_detail(exc)})."
         )
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def _check_header(img: ImageFile.ImageFile, fmt: str, limits: UploadLimits) -> str | None:
@@ -587,7 +614,7 @@ class _CountingReader(io.BytesIO):
 
 
 def _inspect_zip(
-    name: str, data: bytes, limits: UploadLimits, seen: dict[str, str]
+    name: str, data: bytes, limits: UploadLimits, seen: dict[str, str], fit: Fit | None
 ) -> Iterator[UploadResult]:
     declared = _declared_entry_count(data)
     if declared is not None and declared > limits.max_zip_members:
@@ -633,7 +660,7 @@ def _inspect_zip(
             if isinstance(payload, str):
                 yield RejectedFile(member_name, payload)
             else:
-                yield _inspect_payload(member_name, payload, limits, seen, in_archive=True)
+                yield _inspect_payload(member_name, payload, limits, seen, fit, in_archive=True)
                 del payload
 
 

@@ -138,3 +138,42 @@ def test_users_see_only_cases_of_their_own_labs(member) -> None:
     own = CaseFactory.create(lab=member.lab)
     CaseFactory.create()  # another lab's
     assert list(services.cases_visible_to(user=member.user)) == [own]
+
+
+def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
+    tiny_model: ModelVersion, case
+) -> None:
+    batch = _submit(case, count=1)
+    cell = Cell.objects.select_related("image").get(image__batch=batch)
+    image = cell.image
+    geometry = f"{tiny_model.input_size}-{tiny_model.resize}"
+    assert image.model_input_geometry == geometry
+    assert str(image.model_input.name).endswith(f".{geometry}.png")
+
+    fitted = processing._open_cell(cell, geometry=geometry)
+    original = processing._open_cell(cell, geometry="999-pad")  # another model: not its copy
+    assert fitted.size == (tiny_model.input_size, tiny_model.input_size)
+    assert original.size == (image.width, image.height)
+
+
+def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
+    tiny_model: ModelVersion, case
+) -> None:
+    jpegs = [noisy_jpeg_bytes((60, 45)) for _ in range(4)]
+    with_copies = services.submit_batch(
+        case=case, created_by=None, files=[(f"{i}.jpg", io.BytesIO(b)) for i, b in enumerate(jpegs)]
+    )
+    without_copies = services.submit_batch(
+        case=case, created_by=None, files=[(f"{i}.jpg", io.BytesIO(b)) for i, b in enumerate(jpegs)]
+    )
+    Image.objects.filter(batch=without_copies).update(model_input="", model_input_geometry="")
+    for batch in (with_copies, without_copies):
+        processing.process_batch(batch_id=batch.pk)
+
+    def probabilities(batch: Batch) -> list[dict[str, float]]:
+        rows = Prediction.objects.filter(cell__image__batch=batch).order_by(
+            "cell__image__original_name"
+        )
+        return [row.probabilities for row in rows]
+
+    assert probabilities(with_copies) == probabilities(without_copies)

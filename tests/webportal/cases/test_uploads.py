@@ -733,3 +733,18 @@ def test_zip_bombs_declared_in_the_headers_are_refused_without_decompressing(
     assert "zip bomb" in ratio.reason
     assert isinstance(size, RejectedFile)
     assert size.reason.startswith("File is too large")
+
+
+def test_with_fit_each_accepted_image_also_carries_its_fitted_copy() -> None:
+    good = EDGE_BY_NAME["exif_rotated_6.jpg"].content
+    files = [("cell.jpg", io.BytesIO(good)), ("notes.jpg", io.BytesIO(b"plain text"))]
+    accepted, rejected = inspect_uploads(files, fit=lambda image: image.resize((8, 6)))
+
+    assert isinstance(rejected, RejectedFile)
+    assert isinstance(accepted, AcceptedImage)
+    assert accepted.model_input is not None
+    with Image.open(io.BytesIO(accepted.model_input)) as fitted:
+        assert (fitted.format, fitted.mode, fitted.size) == ("PNG", "RGB", (8, 6))
+    [unfitted] = run(("cell.jpg", good))
+    assert isinstance(unfitted, AcceptedImage)
+    assert unfitted.model_input is None
