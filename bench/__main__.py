@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats",
         type=int,
-        default=2,
+        default=3,
         help="runs of each raw-model and whole-system setting, alternated; the fastest counts",
     )
     p.add_argument(
@@ -133,21 +133,21 @@ def run_pipeline(
     samples = pipeline_images(args.data, args.images)
     classifier = Classifier.load(args.model, device="cpu")
     chunks = pipeline.decode_images(classifier, samples, CHUNK_SIZE)
-    model_runs = []
-    # Settings alternate (1, 2, 1, 2...) so that a burst of load elsewhere hits one run of a
-    # setting, not all of them.
-    for repeat in range(args.repeats):
-        for threads in (1, 2):
-            print(f"raw model, {threads} thread(s), run {repeat + 1}...", flush=True)
-            model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
-    del chunks, classifier
+    model_runs: list[ModelRun] = []
+    runs: list[PipelineRun] = []
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
         system = pipeline.setup_system(args.workdir or Path(temp), args.model)
-        runs = []
+        # Every repeat runs each setting once, in turn (raw 1 thread, raw 2 threads, 1 worker,
+        # 2 workers): the VM's speed drifts over minutes, and a burst of load elsewhere should
+        # hit one run of a setting, not all of them.
         for repeat in range(args.repeats):
+            for threads in (1, 2):
+                print(f"raw model, {threads} thread(s), run {repeat + 1}...", flush=True)
+                model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
             for workers in (1, 2):
                 print(f"whole system, {workers} worker(s), run {repeat + 1}...", flush=True)
                 runs.append(pipeline.run_system(system, samples, workers=workers))
+        del chunks, classifier
         print("profiling the worker's job in-process...", flush=True)
         profile = pipeline.profile_worker(system, samples[: args.profile_images])
     return model_runs, runs, profile

@@ -186,11 +186,11 @@ def running_workers(system: System, count: int, *, threads: int = 1) -> Iterator
 
 
 def _wait_until_ready(logs: Sequence[Path]) -> None:
-    """Each worker has loaded its model (worker_process_init) and is consuming."""
+    """Each worker has loaded and warmed up its model (worker_process_init) and is consuming."""
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     while time.monotonic() < deadline:
         texts = [log.read_text(errors="replace") if log.exists() else "" for log in logs]
-        if all(" ready." in text and "loaded " in text for text in texts):
+        if all(" ready." in text and "warmed up " in text for text in texts):
             return
         time.sleep(0.2)
     raise RuntimeError(

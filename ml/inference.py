@@ -96,6 +96,12 @@ class Classifier:
         out: torch.Tensor = logits.float() / self.temperature
         return out
 
+    def warm_up(self, batch_size: int) -> None:
+        """One forward pass on a blank batch: the first call allocates (about a second on a
+        CPU), and a worker should pay that when it starts, not on a lab's first batch."""
+        size = self.input_size
+        self.predict_logits(torch.zeros(batch_size, 3, size, size))
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The N x 3 x S x S input batch for `images` (safe to run in another thread)."""
         return torch.stack([self.transform(img.convert("RGB")) for img in images])

@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -115,6 +116,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-freq", type=int, default=20)
     p.add_argument("--resume", action="store_true", help="continue from <out stem>.last.pt")
     p.add_argument("--limit", type=int, default=0, help="use only N images (smoke tests)")
+    p.add_argument(
+        "--extra-train",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more training images from another source (repeatable): its folders matching a "
+        "class of --data (case-insensitively) join the training side only; validation stays "
+        "on --data alone",
+    )
     return p
 
 
@@ -163,6 +173,17 @@ def cached_batches(
         yield acts[idx].float(), labels[idx]
 
 
+def show_progress(label: str, done: int, total: int, status: str, *, print_freq: int) -> None:
+    """A bar redrawn in place on a terminal; every print_freq-th step as a line in a log."""
+    if sys.stdout.isatty():
+        filled = round(30 * done / total)
+        bar = "#" * filled + "." * (30 - filled)
+        end = "\n" if done == total else ""
+        print(f"\r{label} [{bar}] {done}/{total} {status}", end=end, flush=True)
+    elif done % print_freq == 1 or print_freq == 1 or done == total:
+        print(f"{label} [{done}/{total}] {status}", flush=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -191,12 +212,14 @@ def train_one_epoch(
         total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-        if i % print_freq == 0 or i == n_batches - 1:
-            print(
-                f"epoch {epoch} [{i + 1}/{n_batches}] loss {total_loss / seen:.4f} "
-                f"acc {correct / seen:.4f} {seen / (time.time() - t0):.0f} img/s",
-                flush=True,
-            )
+        show_progress(
+            f"epoch {epoch}",
+            i + 1,
+            n_batches,
+            f"loss {total_loss / seen:.4f} acc {correct / seen:.4f} "
+            f"{seen / (time.time() - t0):.0f} img/s",
+            print_freq=print_freq,
+        )
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -228,6 +251,23 @@ def set_phase(tail: nn.Module, head_only: bool) -> None:
         p.requires_grad_(not head_only)
     if head_only:
         tail.blocks.eval()  # type: ignore[union-attr]
+
+
+def add_extra_training(
+    samples: list[tuple[Path, int]], classes: list[str], folders: Iterable[str]
+) -> list[int]:
+    """Append the extra sources' images of known classes to samples; return their indices."""
+    added: list[int] = []
+    for folder in folders:
+        found = list_samples(folder)
+        unknown = sorted({c for _, c in found if c not in classes})
+        if unknown:
+            print(f"--extra-train {folder}: ignoring folders {unknown} (no such class)", flush=True)
+        for path, name in found:
+            if name in classes:
+                added.append(len(samples))
+                samples.append((path, classes.index(name)))
+    return added
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,10 +303,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         naive_idx = [train_idx[i] for i in held]
         train_idx = [train_idx[i] for i in keep]
+    # After the naive holdout, so the leak report scores images of --data only.
+    extra_idx = add_extra_training(samples, classes, args.extra_train)
+    train_idx += extra_idx
     n_groups = len(set(groups))
     print(
         f"{len(classes)} classes {classes}; train {len(train_idx)}, val {len(val_idx)}, "
-        f"naive holdout {len(naive_idx)}, {n_groups} groups",
+        f"naive holdout {len(naive_idx)}, {n_groups} groups, {len(extra_idx)} extra train",
         flush=True,
     )
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -444,6 +487,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "target_accuracy": args.target_accuracy,
         "best_epoch": best["epoch"],
         "n_train": n_train,
+        "n_extra_train": len(extra_idx),
         "n_val": len(val_idx),
         "group_by": args.group_by,
         "n_groups": n_groups,

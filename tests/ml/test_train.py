@@ -81,3 +81,38 @@ def test_train_writes_a_self_describing_checkpoint_and_reports_then_resumes(tmp_
     resumed = [*argv, "--epochs", "3", "--resume"]
     metrics = train.main(train.get_args_parser().parse_args(resumed))
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_sparse_lines_in_a_log(capsys, monkeypatch):
+    from ml.train import show_progress
+
+    for step in range(1, 6):
+        show_progress("epoch 0", step, 5, "loss 1.0", print_freq=2)
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 0 [1/5] loss 1.0",
+        "epoch 0 [3/5] loss 1.0",
+        "epoch 0 [5/5] loss 1.0",
+    ]
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    for step in range(1, 3):
+        show_progress("epoch 1", step, 2, "loss 0.5", print_freq=2)
+    out = capsys.readouterr().out
+    assert out.count("\r") == 2
+    assert out.endswith("\n")
+    assert f"[{'#' * 15}{'.' * 15}] 1/2" in out
+    assert f"[{'#' * 30}] 2/2" in out
+
+
+def test_extra_training_images_join_only_known_classes_on_the_training_side(tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("Monocyte", "basophil"):
+        (tmp_path / "extra" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "extra" / name / "a.png")
+    samples = [(tmp_path / "x.png", 0)]
+
+    added = train.add_extra_training(samples, ["lymphocyte", "monocyte"], [str(tmp_path / "extra")])
+
+    assert added == [1]
+    assert samples[1] == (tmp_path / "extra" / "Monocyte" / "a.png", 1)
+    assert "ignoring folders ['basophil']" in capsys.readouterr().out

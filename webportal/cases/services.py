@@ -104,7 +104,14 @@ def preload_classifiers() -> None:
         wanted.add(newest)
     for model_version in wanted:
         if model_version is not None:
-            load_classifier(model_version=model_version)
+            classifier = load_classifier(model_version=model_version)
+            chunk_size = (
+                settings.INFERENCE_CHUNK_SIZE_GPU
+                if classifier.device.type == "cuda"
+                else settings.INFERENCE_CHUNK_SIZE
+            )
+            classifier.warm_up(chunk_size)
+            logger.info("warmed up %s with a batch of %d", model_version, chunk_size)
 
 
 # --- cases ----------------------------------------------------------------------------------

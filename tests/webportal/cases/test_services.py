@@ -177,3 +177,13 @@ def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
         return [row.probabilities for row in rows]
 
     assert probabilities(with_copies) == probabilities(without_copies)
+
+
+def test_a_starting_worker_loads_and_warms_up_the_model_labs_use(
+    tiny_model: ModelVersion, caplog: pytest.LogCaptureFixture
+) -> None:
+    services._classifiers.clear()
+    with caplog.at_level("INFO", logger="webportal.cases.services"):
+        services.preload_classifiers()
+    assert tiny_model.checkpoint_sha256 in services._classifiers
+    assert f"warmed up {tiny_model} with a batch of 32" in caplog.text
