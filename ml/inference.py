@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import load_checkpoint
-from ml.transforms import eval_geometry, eval_transform, geometry_key
+from ml.transforms import eval_geometry, eval_transform, geometry_key, to_input_tensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Classifier:
         self.resize = resize
         self.transform = eval_transform(input_size, mean, std, resize)
         self.fit_to_input = eval_geometry(input_size, resize)
+        self.to_input = to_input_tensor(mean, std)
         self.geometry = geometry_key(input_size, resize)
         self.model = model.to(self.device).eval()
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
@@ -102,9 +103,21 @@ class Classifier:
         size = self.input_size
         self.predict_logits(torch.zeros(batch_size, 3, size, size))
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The N x 3 x S x S input batch for `images` (safe to run in another thread)."""
-        return torch.stack([self.transform(img.convert("RGB")) for img in images])
+    def preprocess(
+        self, images: Sequence[Image.Image], *, fitted: Sequence[bool] | None = None
+    ) -> torch.Tensor:
+        """The N x 3 x S x S input batch for `images` (safe to run in another thread).
+
+        fitted[i] says images[i] went through fit_to_input already (the portal's stored copy):
+        it then only becomes a tensor.
+        """
+        flags = fitted if fitted is not None else [False] * len(images)
+        return torch.stack(
+            [
+                self.to_input(img.convert("RGB")) if done else self.transform(img.convert("RGB"))
+                for img, done in zip(images, flags, strict=True)
+            ]
+        )
 
     def predict_tensor(self, batch: torch.Tensor) -> list[CellPrediction]:
         """Predictions for a batch made by `preprocess`, in one forward pass."""

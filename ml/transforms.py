@@ -27,8 +27,9 @@ def eval_geometry(input_size: int, resize: str = "crop") -> T.Compose:
     resize="crop": shorter side to input_size, centre crop (PBC: nearly square crops).
     resize="pad": pad to a square with black first, keeping the whole frame (Kaggle: 320x240
     frames whose cell may sit off-centre, and whose rotated copies already have black corners).
-    Applying it to its own output changes nothing, so an image stored already fitted (the
-    portal keeps such a copy of every upload) gives the same tensor as the original.
+    The portal stores each upload fitted by this beside the original, and the worker turns the
+    fitted copy into a tensor with to_input_tensor alone: the same tensor as eval_transform
+    gives for the original.
     """
     return T.Compose(
         [T.Lambda(_to_rgb), *_square(resize), T.Resize(input_size), T.CenterCrop(input_size)]
@@ -40,12 +41,15 @@ def geometry_key(input_size: int, resize: str) -> str:
     return f"{input_size}-{resize}"
 
 
+def to_input_tensor(mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """The tensor part of the eval transform, for an image eval_geometry has fitted already."""
+    return T.Compose([T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+
 def eval_transform(
     input_size: int, mean: Sequence[float], std: Sequence[float], resize: str = "crop"
 ) -> T.Compose:
-    return T.Compose(
-        [eval_geometry(input_size, resize), T.ToTensor(), T.Normalize(list(mean), list(std))]
-    )
+    return T.Compose([eval_geometry(input_size, resize), to_input_tensor(mean, std)])
 
 
 def train_transform(

@@ -108,7 +108,7 @@ def test_checkpoint_resize_mode_reaches_the_classifier_and_old_files_default_to_
 
 @pytest.mark.parametrize("resize", ["crop", "pad"])
 def test_an_image_fitted_and_stored_as_png_gives_the_same_tensor_as_the_original(resize):
-    from ml.transforms import eval_geometry, eval_transform
+    from ml.transforms import eval_geometry, eval_transform, to_input_tensor
 
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (53, 71, 3), dtype=torch.uint8, generator=generator)
@@ -119,4 +119,16 @@ def test_an_image_fitted_and_stored_as_png_gives_the_same_tensor_as_the_original
 
     assert fitted.size == (24, 24)
     transform = eval_transform(24, [0.5] * 3, [0.25] * 3, resize)
-    assert torch.equal(transform(fitted), transform(original))
+    assert torch.equal(to_input_tensor([0.5] * 3, [0.25] * 3)(fitted), transform(original))
+
+
+def test_preprocess_only_converts_images_marked_as_fitted(tmp_path):
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"]), device="cpu")
+    original = Image.new("RGB", (50, 40), (10, 200, 30))
+    fitted = clf.fit_to_input(original)
+
+    batch = clf.preprocess([original, fitted], fitted=[False, True])
+
+    assert torch.equal(batch[0], batch[1])
+    with pytest.raises(ValueError, match="zip"):
+        clf.preprocess([original], fitted=[True, False])

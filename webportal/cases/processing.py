@@ -148,8 +148,9 @@ def _prefetched_chunks(
         return list(Cell.objects.filter(id__in=ids).select_related("image").order_by("id"))
 
     def decode(cells: list[Cell]) -> torch.Tensor:
+        opened = [_open_cell(cell, geometry=classifier.geometry) for cell in cells]
         return classifier.preprocess(
-            [_open_cell(cell, geometry=classifier.geometry) for cell in cells]
+            [image for image, _ in opened], fitted=[fitted for _, fitted in opened]
         )
 
     if not chunks:
@@ -165,22 +166,21 @@ def _prefetched_chunks(
             yield current_cells, current.result()
 
 
-def _open_cell(cell: Cell, *, geometry: str) -> PILImage.Image:
-    """The cell's pixels: the copy fitted at upload when it suits this model, else the original.
+def _open_cell(cell: Cell, *, geometry: str) -> tuple[PILImage.Image, bool]:
+    """The cell's pixels and whether they are the copy fitted at upload for this geometry.
 
-    The fitted copy gives the same input tensor (the model's geometry changes nothing in an image
-    it has fitted already) at a third of the decoding cost.
+    The fitted copy gives the same input tensor as the original at a third of the decoding cost.
     """
     image = cell.image
     if cell.box is None and image.model_input and image.model_input_geometry == geometry:
         with image.model_input.open("rb") as handle, PILImage.open(handle) as fitted:
-            return fitted.convert("RGB")
+            return fitted.convert("RGB"), True
     with image.file.open("rb") as handle, PILImage.open(handle) as stored:
         picture = stored.convert("RGB")
     if cell.box is not None:
         x, y, width, height = cell.box
         picture = picture.crop((x, y, x + width, y + height))
-    return picture
+    return picture, False
 
 
 def _save_predictions(

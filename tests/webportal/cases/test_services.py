@@ -150,10 +150,10 @@ def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
     assert image.model_input_geometry == geometry
     assert str(image.model_input.name).endswith(f".{geometry}.png")
 
-    fitted = processing._open_cell(cell, geometry=geometry)
-    original = processing._open_cell(cell, geometry="999-pad")  # another model: not its copy
-    assert fitted.size == (tiny_model.input_size, tiny_model.input_size)
-    assert original.size == (image.width, image.height)
+    fitted, is_fitted = processing._open_cell(cell, geometry=geometry)
+    original, is_original_fitted = processing._open_cell(cell, geometry="999-pad")  # another model
+    assert (fitted.size, is_fitted) == ((tiny_model.input_size,) * 2, True)
+    assert (original.size, is_original_fitted) == ((image.width, image.height), False)
 
 
 def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
