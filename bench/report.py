@@ -178,6 +178,7 @@ def build_report(
         figures["engine_accuracy_delta"] = winner.accuracy - reference.accuracy
     return {
         **figures,
+        "per_repeat": per_repeat_ratios(model_runs, pipeline_runs),
         "targets": dict(TARGETS),
         "meets_targets": {key: _meets(figures[key], target) for key, target in TARGETS.items()},
         "engine_winner": None if winner is None else winner.engine,
@@ -187,6 +188,26 @@ def build_report(
         "pipeline_runs": [_with_rates(run, used=_among(run, used)) for run in pipeline_runs],
         "engine_runs": [_with_rates(run, used=True) for run in engine_runs],
         **(extra or {}),
+    }
+
+
+def per_repeat_ratios(
+    model_runs: Sequence[ModelRun], pipeline_runs: Sequence[PipelineRun]
+) -> dict[str, list[float | None]]:
+    """The two pipeline ratios within each repeat (the i-th run of each setting), beside the
+    contract's best-of figures: how far the VM's drift moves them from one repeat to the next."""
+    one_thread = [run for run in model_runs if run.threads == 1]
+    one_worker = [run for run in pipeline_runs if run.workers == 1]
+    two_workers = [run for run in pipeline_runs if run.workers == 2]
+    return {
+        "pipeline_vs_model": [
+            _ratio(pipe.images_per_second, model.images_per_second)
+            for pipe, model in zip(one_worker, one_thread, strict=False)
+        ],
+        "two_vs_one_worker": [
+            _ratio(two.images_per_second, one.images_per_second)
+            for two, one in zip(two_workers, one_worker, strict=False)
+        ],
     }
 
 
@@ -233,6 +254,10 @@ def format_summary(report: dict[str, Any]) -> str:
             verdict = f"  (target >= {target}: {'met' if met else 'NOT met'})"
         shown = "n/a" if value is None else f"{value:.4f}"
         lines.append(f"  {key:<28} {shown}{verdict}")
+    for key, ratios in report.get("per_repeat", {}).items():
+        if ratios:
+            shown = ", ".join("n/a" if r is None else f"{r:.2f}" for r in ratios)
+            lines.append(f"  {key} per repeat: {shown}")
     return "\n".join(lines)
 
 

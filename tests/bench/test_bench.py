@@ -204,3 +204,27 @@ def test_training_split_replays_ml_train_and_refuses_groupings_it_cannot_replay(
     assert split == training_split(tmp_path, {"val_fraction": 0.25, "seed": 3})
     with pytest.raises(ValueError, match="group_by"):
         training_split(tmp_path, {"group_by": "near-duplicate"})
+
+
+def test_ratios_are_also_given_within_each_repeat():
+    def pipeline_run(workers: int, seconds: float) -> PipelineRun:
+        return PipelineRun(
+            workers=workers,
+            batches=workers,
+            images=64,
+            upload_seconds=1.0,
+            queue_to_done_seconds=seconds,
+            queue_to_claim_seconds=0.1,
+        )
+
+    model_runs = [
+        ModelRun(threads=1, batch_size=32, images=64, batch_seconds=[1.0, 1.0]),  # 32/s
+        ModelRun(threads=1, batch_size=32, images=64, batch_seconds=[2.0, 2.0]),  # 16/s
+    ]
+    pipeline_runs = [pipeline_run(1, 4.0), pipeline_run(2, 2.5), pipeline_run(1, 2.0)]
+
+    out = report(model_runs=model_runs, pipeline_runs=pipeline_runs)
+
+    assert out["per_repeat"]["pipeline_vs_model"] == pytest.approx([0.5, 2.0])
+    assert out["per_repeat"]["two_vs_one_worker"] == pytest.approx([1.6])
+    assert "two_vs_one_worker per repeat: 1.60" in format_summary(out)

@@ -132,3 +132,34 @@ def test_preprocess_only_converts_images_marked_as_fitted(tmp_path):
     assert torch.equal(batch[0], batch[1])
     with pytest.raises(ValueError, match="zip"):
         clf.preprocess([original], fitted=[True, False])
+
+
+def test_stain_crop_centres_the_violet_cell_and_ignores_a_distant_speck():
+    from PIL import ImageDraw
+
+    from ml.transforms import crop_to_stain, eval_transform
+
+    pink, violet = (230, 170, 180), (120, 60, 170)
+    img = Image.new("RGB", (200, 150), pink)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((125, 15, 175, 65), fill=violet)  # the cell: centre (150, 40), 50 px across
+    draw.ellipse((10, 130, 14, 134), fill=violet)  # a platelet far away
+
+    crop = crop_to_stain(img)
+
+    side = crop.width
+    assert crop.height == side
+    assert 70 <= side <= 80  # the cell's 50 px extent with a margin around it
+    assert crop.getpixel((side // 2, side // 2)) == violet
+    # The cell sits in the middle: pink (or black beyond the frame) at the corners.
+    assert crop.getpixel((1, side - 2)) in (pink, (0, 0, 0))
+    assert eval_transform(32, [0.0] * 3, [1.0] * 3, "stain")(img).shape == (3, 32, 32)
+
+
+def test_stain_crop_keeps_the_whole_frame_when_nothing_is_stained():
+    from ml.transforms import crop_to_stain
+
+    crop = crop_to_stain(Image.new("RGB", (60, 40), (230, 170, 180)))
+    assert crop.size == (60, 60)
+    assert crop.getpixel((30, 2)) == (0, 0, 0)
+    assert crop.getpixel((30, 30)) == (230, 170, 180)
