@@ -149,7 +149,7 @@ def test_stain_crop_centres_the_violet_cell_and_ignores_a_distant_speck():
 
     side = crop.width
     assert crop.height == side
-    assert 70 <= side <= 80  # the cell's 50 px extent with a margin around it
+    assert 65 <= side <= 80  # the cell's ~50 px extent (2nd-98th percentile) times the margin
     assert crop.getpixel((side // 2, side // 2)) == violet
     # The cell sits in the middle: pink (or black beyond the frame) at the corners.
     assert crop.getpixel((1, side - 2)) in (pink, (0, 0, 0))
