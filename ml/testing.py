@@ -13,7 +13,12 @@ from ml.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def make_tiny_checkpoint(
-    path: str | os.PathLike[str], classes: list[str], *, input_size: int = 32, seed: int = 0
+    path: str | os.PathLike[str],
+    classes: list[str],
+    *,
+    input_size: int = 32,
+    seed: int = 0,
+    resize: str = "crop",
 ) -> Path:
     """Save a randomly initialised mobilenet_v2 checkpoint for `classes`; returns its path."""
     torch.manual_seed(seed)
@@ -28,5 +33,6 @@ def make_tiny_checkpoint(
         std=IMAGENET_STD,
         recipe={"note": "random weights for tests"},
         metrics={},
+        resize=resize,
     )
     return Path(path)

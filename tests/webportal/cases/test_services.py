@@ -156,10 +156,16 @@ def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
     assert (original.size, is_original_fitted) == ((image.width, image.height), False)
 
 
+@pytest.mark.parametrize("resize", ["crop", "pad", "stain"])
 def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
-    tiny_model: ModelVersion, case
+    resize: str, case, tmp_path: Path
 ) -> None:
-    jpegs = [noisy_jpeg_bytes((60, 45)) for _ in range(4)]
+    path = make_tiny_checkpoint(tmp_path / f"{resize}.pt", TINY_CLASSES, resize=resize)
+    model_version = services.register_model(checkpoint_path=path)
+    assert model_version.resize == resize
+    case.lab.active_model = model_version
+    case.lab.save()
+    jpegs = [_smear_jpeg(seed) for seed in range(4)]
     with_copies = services.submit_batch(
         case=case, created_by=None, files=[(f"{i}.jpg", io.BytesIO(b)) for i, b in enumerate(jpegs)]
     )
@@ -187,3 +193,21 @@ def test_a_starting_worker_loads_and_warms_up_the_model_labs_use(
         services.preload_classifiers()
     assert tiny_model.checkpoint_sha256 in services._classifiers
     assert f"warmed up {tiny_model} with a batch of 32" in caplog.text
+
+
+def _smear_jpeg(seed: int) -> bytes:
+    """A pink 4:3 field with a violet "cell" somewhere in it, and noise: every geometry has work."""
+    import random
+
+    from PIL import Image as PILImage
+    from PIL import ImageChops, ImageDraw
+
+    rng = random.Random(seed)
+    field = PILImage.new("RGB", (80, 60), (230, 170, 180))
+    x, y = rng.randrange(5, 50), rng.randrange(5, 30)
+    ImageDraw.Draw(field).ellipse((x, y, x + 24, y + 24), fill=(120, 60, 170))
+    noise = PILImage.effect_noise((80, 60), 20).convert("RGB")
+    field = ImageChops.add(field, noise, scale=1.0, offset=-100)
+    buffer = io.BytesIO()
+    field.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
