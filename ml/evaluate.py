@@ -14,8 +14,10 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -44,11 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def default_workers() -> int:
-    """Decoding processes worth starting: none on <= 2 CPUs.
+    """Decoding processes worth starting: none on <= 2 CPUs (a thread decodes ahead instead).
 
     Measured on 2 cores (docs/MODELS.md, "Evaluation speed"): decoding costs ~10% of the
     forward pass, and worker processes competing with the model's 2 threads made evaluation
-    slower (2 workers: 80% of the raw model's speed; in-process: ~96%).
+    slower (2 workers: 80% of the raw model's speed).
     """
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -67,18 +69,22 @@ def evaluate_folder(
     unknown = sorted({c for _, c in found if c not in known})
     index = {**known, **{c: len(clf.classes) + k for k, c in enumerate(unknown)}}
     dataset = ImageList([(p, index[c]) for p, c in found], clf.transform)
-    # DataLoader workers decode and resize the next batches while the model runs on this one.
-    loader = DataLoader(
+    # The next batches are decoded while the model runs on this one: by DataLoader worker
+    # processes, or with none by one thread (decoding and the forward pass both release the GIL).
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=clf.device.type == "cuda",
     )
+    if workers == 0:
+        loader = read_ahead(loader)
+    clf.warm_up(batch_size)  # the first call allocates; images/s is the steady rate
     probs, labels = [], []
     t0 = time.perf_counter()
-    for x, y in loader:
-        probs.append(torch.softmax(clf.predict_logits(x), dim=1).cpu())
-        labels.append(y)
+    for batch, targets in loader:
+        probs.append(torch.softmax(clf.predict_logits(batch), dim=1).cpu())
+        labels.append(targets)
     elapsed = time.perf_counter() - t0
     n_cls = len(clf.classes)
     p = torch.cat(probs).numpy() if probs else torch.zeros(0, n_cls).numpy()
@@ -91,6 +97,19 @@ def evaluate_folder(
     report["unmatched_folders"] = unknown
     report["model_classes"] = list(clf.classes)
     return report
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """Yield items in order while a thread already produces the next one."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        upcoming = pool.submit(next, iterator, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = pool.submit(next, iterator, None)
+            yield item
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
