@@ -46,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def default_workers() -> int:
-    """Decoding processes worth starting: none on <= 2 CPUs (a thread decodes ahead instead).
+    """Decoding processes worth starting: none on <= 2 CPUs.
 
     Measured on 2 cores (docs/MODELS.md, "Evaluation speed"): decoding costs ~10% of the
     forward pass, and worker processes competing with the model's 2 threads made evaluation
@@ -70,14 +70,16 @@ def evaluate_folder(
     index = {**known, **{c: len(clf.classes) + k for k, c in enumerate(unknown)}}
     dataset = ImageList([(p, index[c]) for p, c in found], clf.transform)
     # The next batches are decoded while the model runs on this one: by DataLoader worker
-    # processes, or with none by one thread (decoding and the forward pass both release the GIL).
+    # processes, or, on a GPU with none, by one thread (both release the GIL). On a CPU without
+    # workers the model's threads already fill the cores: a decoding thread measured no faster
+    # (docs/MODELS.md, "Evaluation speed").
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=clf.device.type == "cuda",
     )
-    if workers == 0:
+    if workers == 0 and clf.device.type == "cuda":
         loader = read_ahead(loader)
     clf.warm_up(batch_size)  # the first call allocates; images/s is the steady rate
     probs, labels = [], []
