@@ -401,28 +401,20 @@ def profile_worker(
                 return
             yield item
 
-    patches: list[AbstractContextManager[Any]] = [
-        mock.patch.object(
-            processing, "_open_cell", watches["open_cell"].wrap(processing._open_cell)
-        ),
-        mock.patch.object(
-            processing, "_save_predictions", watches["save"].wrap(processing._save_predictions)
-        ),
-        mock.patch.object(
-            processing, "_is_cancelled", watches["cancel_check"].wrap(processing._is_cancelled)
-        ),
-        mock.patch.object(processing, "_finish", watches["finish"].wrap(processing._finish)),
-        mock.patch.object(processing, "_prefetched_chunks", timed_chunks),
-        mock.patch.object(
-            classifier, "preprocess", watches["preprocess"].wrap(classifier.preprocess)
-        ),
-        mock.patch.object(
-            classifier, "predict_logits", watches["forward"].wrap(classifier.predict_logits)
-        ),
-        mock.patch.object(
-            classifier, "predict_tensor", watches["predict_tensor"].wrap(classifier.predict_tensor)
-        ),
+    timed: list[tuple[Any, str, str]] = [  # (owner, attribute, stopwatch)
+        (processing, "_open_cell", "open_cell"),
+        (processing, "_save_predictions", "save"),
+        (processing, "_is_cancelled", "cancel_check"),
+        (processing, "_finish", "finish"),
+        (classifier, "preprocess", "preprocess"),
+        (classifier, "predict_logits", "forward"),
+        (classifier, "predict_tensor", "predict_tensor"),
     ]
+    patches: list[AbstractContextManager[Any]] = [
+        mock.patch.object(owner, name, watches[watch].wrap(getattr(owner, name)))
+        for owner, name, watch in timed
+    ]
+    patches.append(mock.patch.object(processing, "_prefetched_chunks", timed_chunks))
     cpu: dict[str, float] = {}
     with ExitStack() as stack:
         for patch in patches:

@@ -14,16 +14,15 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from ml.data import ImageList, list_samples
-from ml.inference import Classifier
+from ml.inference import Classifier, read_ahead
 from ml.metrics import coverage_curve, format_report, summarize
 from ml.plots import plot_coverage
 
@@ -99,19 +98,6 @@ def evaluate_folder(
     report["unmatched_folders"] = unknown
     report["model_classes"] = list(clf.classes)
     return report
-
-
-T = TypeVar("T")
-
-
-def read_ahead(items: Iterable[T]) -> Iterator[T]:
-    """Yield items in order while a thread already produces the next one."""
-    iterator = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        upcoming = pool.submit(next, iterator, None)
-        while (item := upcoming.result()) is not None:
-            upcoming = pool.submit(next, iterator, None)
-            yield item
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,8 +7,10 @@ preds = clf.predict([PIL.Image.open("cell.jpg")])
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -141,3 +143,21 @@ class Classifier:
         for s in range(0, len(images), batch_size):
             out.extend(self.predict_tensor(self.preprocess(images[s : s + batch_size])))
         return out
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """Yield items in order while a thread already produces the next one.
+
+    For decoding the next batch while the model runs on this one (both release the GIL). The
+    iteration runs in that thread: items must not touch thread-bound state such as a Django
+    database connection.
+    """
+    iterator = iter(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        upcoming = pool.submit(next, iterator, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = pool.submit(next, iterator, None)
+            yield item

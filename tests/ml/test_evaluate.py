@@ -77,20 +77,3 @@ def test_evaluate_json_has_contract_keys_and_correct_numbers_on_a_hand_made_case
     assert report["coverage_curve"][0]["coverage"] == 1.0
     assert report["coverage_curve"][0]["accuracy"] == pytest.approx(report["accuracy"])
     assert (tmp_path / "coverage.png").stat().st_size > 0
-
-
-def test_read_ahead_yields_everything_in_order_while_the_next_item_is_made():
-    import threading
-
-    from ml.evaluate import read_ahead
-
-    made_by: list[str] = []
-
-    def items():
-        for i in range(5):
-            made_by.append(threading.current_thread().name)
-            yield (i, i * i)
-
-    assert list(read_ahead(items())) == [(i, i * i) for i in range(5)]
-    assert all(name.startswith("decode") for name in made_by)
-    assert list(read_ahead([])) == []

@@ -163,3 +163,20 @@ def test_stain_crop_keeps_the_whole_frame_when_nothing_is_stained():
     assert crop.size == (60, 60)
     assert crop.getpixel((30, 2)) == (0, 0, 0)
     assert crop.getpixel((30, 30)) == (230, 170, 180)
+
+
+def test_read_ahead_yields_everything_in_order_while_the_next_item_is_made():
+    import threading
+
+    from ml.inference import read_ahead
+
+    made_by: list[str] = []
+
+    def items():
+        for i in range(5):
+            made_by.append(threading.current_thread().name)
+            yield (i, i * i)
+
+    assert list(read_ahead(items())) == [(i, i * i) for i in range(5)]
+    assert all(name.startswith("decode") for name in made_by)
+    assert list(read_ahead([])) == []

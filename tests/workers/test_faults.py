@@ -86,7 +86,7 @@ def _assert_exactly_once(batch: Batch, model_version: ModelVersion, log: Path) -
     assert batch.reports.latest("version").total_cells == batch.total_images
 
 
-def _worker_kwargs(tmp_path: Path, settings: LazySettings, broker_url: str, **extra):
+def _worker_kwargs(tmp_path: Path, broker_url: str, **extra):
     return {
         "broker_url": broker_url,
         "broker_folder": tmp_path / "broker",
@@ -103,7 +103,7 @@ def test_killing_workers_mid_batch_loses_and_duplicates_nothing(
     seed = int(os.environ.get("FAULT_SEED", time.time()))
     rng = random.Random(seed)
     batch = _submit(case, count=200)
-    kwargs = _worker_kwargs(tmp_path, settings, redis_server.url)
+    kwargs = _worker_kwargs(tmp_path, redis_server.url)
     killed_mid_batch = 0
     for _ in range(3):
         before = _predicted(batch)
@@ -128,7 +128,7 @@ def test_a_broker_restart_that_loses_the_queue_loses_no_batch(
 ) -> None:
     batch = _submit(case, count=120)
     waiting = _submit(case, count=8)  # still queued when the broker forgets it
-    with celery_worker(**_worker_kwargs(tmp_path, settings, redis_server.url)):
+    with celery_worker(**_worker_kwargs(tmp_path, redis_server.url)):
         wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
         redis_server.crash()
         time.sleep(1)
@@ -154,7 +154,7 @@ def test_a_brief_database_outage_is_retried_until_the_batch_completes(
     log = tmp_path / "worker.log"
     try:
         with celery_worker(
-            **_worker_kwargs(tmp_path, settings, redis_server.url, database=through_proxy)
+            **_worker_kwargs(tmp_path, redis_server.url, database=through_proxy)
         ):
             wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
             proxy.cut()
@@ -171,7 +171,7 @@ def test_a_stat_batch_overtakes_a_routine_backlog(
     redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
 ) -> None:
     routine = _submit(case, count=200)
-    with celery_worker(**_worker_kwargs(tmp_path, settings, redis_server.url)):
+    with celery_worker(**_worker_kwargs(tmp_path, redis_server.url)):
         wait_until(lambda: _predicted(routine) > 0, timeout=90, what="the routine batch")
         stat = _submit(case, count=8, priority="stat")
         wait_until(lambda: _status(stat) == "done", timeout=120, what="the STAT batch")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,9 +21,9 @@ from django.db.models import F
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from ml.inference import CellPrediction, Classifier
+from ml.inference import CellPrediction, Classifier, read_ahead
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
-from webportal.cases.services import load_classifier
+from webportal.cases.services import chunk_size_for, load_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +87,10 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
     missing = list(
         Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
         .exclude(predictions__model_version=model_version)
+        .select_related("image")
         .order_by("id")
-        .values_list("id", flat=True)
     )
-    chunk_size = (
-        settings.INFERENCE_CHUNK_SIZE_GPU
-        if classifier.device.type == "cuda"
-        else settings.INFERENCE_CHUNK_SIZE
-    )
+    chunk_size = chunk_size_for(classifier)
     deadline = time.monotonic() + budget
     classified = 0
     for cells, tensor in _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier):
@@ -135,35 +130,22 @@ def _is_cancelled(batch_id: int) -> bool:
 
 
 def _prefetched_chunks(
-    cell_ids: Sequence[int], *, chunk_size: int, classifier: Classifier
-) -> Iterator[tuple[list[Cell], torch.Tensor]]:
+    cells: Sequence[Cell], *, chunk_size: int, classifier: Classifier
+) -> Iterator[tuple[Sequence[Cell], torch.Tensor]]:
     """Chunks of cells with their input tensor, the next one decoded while this one runs.
 
-    Decoding and resizing in a thread overlaps with the forward pass (both release the GIL).
-    The database is only touched from this thread: a Django connection belongs to its thread.
+    The cells and their image rows are loaded already: decoding in the read-ahead thread reads
+    files, never the database (a Django connection belongs to its thread).
     """
-    chunks = [cell_ids[i : i + chunk_size] for i in range(0, len(cell_ids), chunk_size)]
+    chunks = [cells[i : i + chunk_size] for i in range(0, len(cells), chunk_size)]
 
-    def fetch(ids: Sequence[int]) -> list[Cell]:
-        return list(Cell.objects.filter(id__in=ids).select_related("image").order_by("id"))
-
-    def decode(cells: list[Cell]) -> torch.Tensor:
-        opened = [_open_cell(cell, geometry=classifier.geometry) for cell in cells]
+    def decode(chunk: Sequence[Cell]) -> torch.Tensor:
+        opened = [_open_cell(cell, geometry=classifier.geometry) for cell in chunk]
         return classifier.preprocess(
             [image for image, _ in opened], fitted=[fitted for _, fitted in opened]
         )
 
-    if not chunks:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        cells = fetch(chunks[0])
-        upcoming: Future[torch.Tensor] = pool.submit(decode, cells)
-        for index in range(len(chunks)):
-            current_cells, current = cells, upcoming
-            if index + 1 < len(chunks):
-                cells = fetch(chunks[index + 1])
-                upcoming = pool.submit(decode, cells)
-            yield current_cells, current.result()
+    yield from zip(chunks, read_ahead(decode(chunk) for chunk in chunks), strict=True)
 
 
 def _open_cell(cell: Cell, *, geometry: str) -> tuple[PILImage.Image, bool]:

@@ -93,6 +93,13 @@ def load_classifier(*, model_version: ModelVersion) -> Classifier:
     return classifier
 
 
+def chunk_size_for(classifier: Classifier) -> int:
+    """Images per forward pass: large on a GPU, small on a CPU (settings)."""
+    if classifier.device.type == "cuda":
+        return settings.INFERENCE_CHUNK_SIZE_GPU
+    return settings.INFERENCE_CHUNK_SIZE
+
+
 def preload_classifiers() -> None:
     """Load every model a lab would use now, so the first batch does not wait for it."""
     if settings.INFERENCE_THREADS:
@@ -105,11 +112,7 @@ def preload_classifiers() -> None:
     for model_version in wanted:
         if model_version is not None:
             classifier = load_classifier(model_version=model_version)
-            chunk_size = (
-                settings.INFERENCE_CHUNK_SIZE_GPU
-                if classifier.device.type == "cuda"
-                else settings.INFERENCE_CHUNK_SIZE
-            )
+            chunk_size = chunk_size_for(classifier)
             classifier.warm_up(chunk_size)
             logger.info("warmed up %s with a batch of %d", model_version, chunk_size)
 
