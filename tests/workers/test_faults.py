@@ -153,9 +153,7 @@ def test_a_brief_database_outage_is_retried_until_the_batch_completes(
     batch = _submit(case, count=160)
     log = tmp_path / "worker.log"
     try:
-        with celery_worker(
-            **_worker_kwargs(tmp_path, redis_server.url, database=through_proxy)
-        ):
+        with celery_worker(**_worker_kwargs(tmp_path, redis_server.url, database=through_proxy)):
             wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
             proxy.cut()
             time.sleep(4)
