@@ -44,6 +44,7 @@ from ml.metrics import (
     coverage_curve,
     fit_temperature,
     format_report,
+    group_vote_accuracy,
     summarize,
 )
 from ml.model import build_model, default_weights, split_trunk_tail
@@ -477,9 +478,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"grouped val {summary['accuracy']:.4f}",
             flush=True,
         )
+    cells = group_vote_accuracy(y.numpy(), probs.argmax(1).numpy(), [groups[i] for i in val_idx])
+    if args.group_by != "file":
+        print(
+            f"by source cell: {cells['correct']} of {cells['n']} val cells right by majority vote "
+            f"({cells['accuracy']:.4f})",
+            flush=True,
+        )
     metrics = {
         "split": "val",
         **summary,
+        "cells": cells,
         "loss": val_loss,
         "temperature": temperature,
         "ece_uncalibrated": raw_summary["ece"],

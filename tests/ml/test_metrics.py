@@ -9,6 +9,7 @@ from ml.metrics import (
     confusion_matrix,
     expected_calibration_error,
     fit_temperature,
+    group_vote_accuracy,
     summarize,
 )
 
@@ -76,3 +77,11 @@ def test_coverage_curve_runs_from_full_coverage_to_the_most_confident_cells():
     assert [p["coverage"] for p in curve] == [1.0, 0.8, 0.6, 0.2]
     assert [p["accuracy"] for p in curve] == pytest.approx([3 / 5, 3 / 4, 2 / 3, 1.0])
     assert coverage_curve(np.zeros(0), np.zeros(0, dtype=bool)) == []
+
+
+def test_group_vote_counts_each_cell_once_by_the_majority_of_its_copies():
+    # cell "a": 3 of 4 copies right; cell "b": 1 of 3 right; cell "c": a 1-1 tie (wrong).
+    y_true = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    y_pred = np.array([0, 0, 0, 1, 1, 0, 0, 2, 0])
+    groups = ["a", "a", "a", "a", "b", "b", "b", "c", "c"]
+    assert group_vote_accuracy(y_true, y_pred, groups) == {"n": 3, "correct": 1, "accuracy": 1 / 3}

