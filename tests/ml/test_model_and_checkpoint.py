@@ -76,7 +76,7 @@ def test_efficientnet_lite0_has_the_published_size_and_output():
     # Google's figure for Lite0 is 4.7 M parameters (no squeeze-excitation, fixed stem and head).
     assert sum(p.numel() for p in model.parameters()) == 4_652_008
     with torch.no_grad():
-        assert model.features(torch.randn(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
+        assert model.get_submodule("features")(torch.randn(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
 
 
 def test_efficientnet_lite0_loads_weights_named_as_published_then_replaces_the_head(tmp_path):
@@ -92,7 +92,7 @@ def test_efficientnet_lite0_loads_weights_named_as_published_then_replaces_the_h
     assert model.get_submodule("classifier.1").out_features == 3
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(model.features(x), source.features(x))
+        assert torch.equal(model.get_submodule("features")(x), source.get_submodule("features")(x))
 
 
 def test_efficientnet_lite0_rejects_a_foreign_file_and_says_where_its_weights_come_from(tmp_path):
