@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from ml.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 # Where the CLIs look for a local ImageNet state_dict when --weights is not given. "download"
 # falls back to torchvision's hub weights (needs internet).
 WEIGHTS_ENV = "HEMATOVISION_IMAGENET_WEIGHTS"
@@ -38,6 +40,9 @@ class Arch:
     replace_head: Callable[[nn.Module, int], None]
     # Renames a published ImageNet state_dict's keys to this module's (None: already the same).
     adapt_state_dict: Callable[[StateDict], StateDict] | None = None
+    # Input normalisation the ImageNet weights were trained with (stored in each checkpoint).
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def _sequential(model: nn.Module, name: str) -> nn.Sequential:
@@ -213,7 +218,14 @@ ARCHS: dict[str, Arch] = {
     "resnet50": Arch(torchvision.models.resnet50, "ResNet50_Weights.IMAGENET1K_V1", _resnet_head),
     "vgg16": Arch(torchvision.models.vgg16, "VGG16_Weights.IMAGENET1K_V1", _vgg_head),
     "efficientnet_lite0": Arch(
-        efficientnet_lite0, None, _mobilenet_head, adapt_state_dict=_lite0_from_published_keys
+        efficientnet_lite0,
+        None,
+        _mobilenet_head,
+        adapt_state_dict=_lite0_from_published_keys,
+        # TF Lite preprocessing, (pixel - 127) / 128: the stem's batch-norm means match a
+        # mid-grey input under it (correlation 0.97) and not under ImageNet's mean/std.
+        mean=(127 / 255,) * 3,
+        std=(128 / 255,) * 3,
     ),
 }
 

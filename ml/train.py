@@ -47,11 +47,9 @@ from ml.metrics import (
     group_vote_accuracy,
     summarize,
 )
-from ml.model import build_model, default_weights, split_trunk_tail
+from ml.model import ARCHS, build_model, default_weights, split_trunk_tail
 from ml.plots import plot_confusion, plot_coverage, plot_curves
 from ml.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     RESIZE_MODES,
     eval_transform,
     train_transform,
@@ -64,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, help="folder with one sub-folder per class")
     p.add_argument("--out", required=True, help="checkpoint path, e.g. ml/weights/NAME.pt")
-    p.add_argument("--arch", default="mobilenet_v2")
+    p.add_argument("--arch", default="mobilenet_v2", choices=sorted(ARCHS))
     p.add_argument(
         "--weights",
         default=default_weights(),
@@ -313,7 +311,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"naive holdout {len(naive_idx)}, {n_groups} groups, {len(extra_idx)} extra train",
         flush=True,
     )
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
     size, rz = args.input_size, args.resize
     train_set = ImageList(
         [samples[i] for i in train_idx], train_transform(size, mean, std, resize=rz)

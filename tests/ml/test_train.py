@@ -83,6 +83,23 @@ def test_train_writes_a_self_describing_checkpoint_and_reports_then_resumes(tmp_
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
 
 
+def test_train_stores_the_normalisation_of_the_chosen_backbone(tmp_path, image_folder):
+    out = tmp_path / "lite.pt"
+    argv = ["--data", str(image_folder), "--out", str(out), "--arch", "efficientnet_lite0"]
+    argv += ["--weights", "none", "--input-size", "32", "--trunk-blocks", "9", "--views", "1"]
+    argv += ["--epochs", "1", "--head-epochs", "1", "--val-fraction", "0.34", "--workers", "0"]
+
+    metrics = train.main(train.get_args_parser().parse_args(argv))
+
+    meta = read_metadata(out)
+    assert meta.arch == "efficientnet_lite0"
+    assert meta.mean == [127 / 255] * 3
+    assert meta.std == [128 / 255] * 3
+    # Every PBC-style file is its own group, so the per-cell figure counts every val image.
+    assert metrics["cells"]["n"] == metrics["n_val"] == 6
+    assert len(Classifier.load(out, device="cpu").predict_logits(torch.zeros(1, 3, 32, 32))) == 1
+
+
 def test_progress_is_a_bar_on_a_terminal_and_sparse_lines_in_a_log(capsys, monkeypatch):
     from ml.train import show_progress
 
