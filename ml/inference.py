@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from PIL import Image
@@ -156,8 +156,9 @@ def read_ahead(items: Iterable[T]) -> Iterator[T]:
     database connection.
     """
     iterator = iter(items)
+    done = object()  # not None: an item may be None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        upcoming = pool.submit(next, iterator, None)
-        while (item := upcoming.result()) is not None:
-            upcoming = pool.submit(next, iterator, None)
-            yield item
+        upcoming = pool.submit(next, iterator, done)
+        while (item := upcoming.result()) is not done:
+            upcoming = pool.submit(next, iterator, done)
+            yield cast(T, item)

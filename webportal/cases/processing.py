@@ -90,7 +90,7 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         .select_related("image")
         .order_by("id")
     )
-    chunk_size = chunk_size_for(classifier)
+    chunk_size = chunk_size_for(classifier=classifier)
     deadline = time.monotonic() + budget
     classified = 0
     for cells, tensor in _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier):

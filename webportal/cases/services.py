@@ -93,7 +93,7 @@ def load_classifier(*, model_version: ModelVersion) -> Classifier:
     return classifier
 
 
-def chunk_size_for(classifier: Classifier) -> int:
+def chunk_size_for(*, classifier: Classifier) -> int:
     """Images per forward pass: large on a GPU, small on a CPU (settings)."""
     if classifier.device.type == "cuda":
         return settings.INFERENCE_CHUNK_SIZE_GPU
@@ -112,7 +112,7 @@ def preload_classifiers() -> None:
     for model_version in wanted:
         if model_version is not None:
             classifier = load_classifier(model_version=model_version)
-            chunk_size = chunk_size_for(classifier)
+            chunk_size = chunk_size_for(classifier=classifier)
             classifier.warm_up(chunk_size)
             logger.info("warmed up %s with a batch of %d", model_version, chunk_size)
 
