@@ -8,6 +8,7 @@ CELERY_BROKER_URL (Redis); nothing else changes.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,27 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer setting, refused at start-up (with the variable's name) outside its range."""
     value = os.environ.get(name)
     if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from exc
+        number = default
+    else:
+        try:
+            number = int(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from exc
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ImproperlyConfigured(f"{name} must be {bounds}, not {number}")
+    return number
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -58,11 +72,51 @@ DEBUG = env_bool("DEBUG", False)
 # Runtime state of the embedded default (database, broker folders, media) lives here.
 VAR_DIR = Path(env_str("HEMATOVISION_VAR_DIR", str(BASE_DIR / "var")))
 
+# Any of these in the environment with DEBUG off means a real deployment, which must bring its
+# own SECRET_KEY; otherwise (the embedded default, or DEBUG on) a local key is made in var/.
+PRODUCTION_SIGNALS = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "ALLOWED_HOSTS",
+    "CSRF_TRUSTED_ORIGINS",
+    "S3_BUCKET",
+)
+
+
+def _local_secret_key(var_dir: Path) -> str:
+    """The embedded default's key: random, made once per installation, kept in var/ (0600).
+
+    Lets `manage.py` run on a developer's machine with no variables at all, without a key that
+    anyone else knows; created with O_EXCL so the portal and the worker agree on one key.
+    """
+    from django.core.management.utils import get_random_secret_key
+
+    path = var_dir / "secret_key"
+    var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.1)
+        raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY") from None
+    key = get_random_secret_key()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
 _secret_key = os.environ.get("SECRET_KEY")
 if not _secret_key:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set in the environment when DEBUG is off")
-    _secret_key = "insecure-development-key-only-used-with-DEBUG-on"  # noqa: S105
+    production = sorted(name for name in PRODUCTION_SIGNALS if os.environ.get(name))
+    if production and not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set in the environment of a deployment with DEBUG off "
+            f"({', '.join(production)} set); only the embedded default makes its own"
+        )
+    _secret_key = _local_secret_key(VAR_DIR)
 SECRET_KEY: str = _secret_key
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
@@ -117,7 +171,7 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'hematovision.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -192,7 +246,7 @@ if S3_BUCKET:
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
 UPLOAD_MAX_FILE_BYTES = env_int("UPLOAD_MAX_FILE_BYTES", 25 * 1024 * 1024)
-UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 50_000_000)
+UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 50_000_000, minimum=64, maximum=100_000_000)
 
 # Celery. The embedded default needs no server: kombu's filesystem transport passes
 # messages through a folder both processes can see.
@@ -200,16 +254,21 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_FOLDER = Path(env_str("CELERY_BROKER_FOLDER", str(VAR_DIR / "broker")))
 CELERY_TASK_ALWAYS_EAGER = False
 # Images per forward pass: tens on a CPU, hundreds on a GPU.
-INFERENCE_CHUNK_SIZE = env_int("INFERENCE_CHUNK_SIZE", 32)
-INFERENCE_CHUNK_SIZE_GPU = env_int("INFERENCE_CHUNK_SIZE_GPU", 256)
+INFERENCE_CHUNK_SIZE = env_int("INFERENCE_CHUNK_SIZE", 32, maximum=4096)
+INFERENCE_CHUNK_SIZE_GPU = env_int("INFERENCE_CHUNK_SIZE_GPU", 256, maximum=4096)
 # Intra-op threads per worker process; 0 leaves PyTorch's default (all cores).
-INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0)
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0, maximum=1024)
 # A task works on a batch for this long, then sends itself to the back of the queue: tasks
 # stay short (time limits and the broker's visibility timeout mean something) and a STAT
 # batch never waits behind a whole routine batch.
 BATCH_TIME_SLICE_SECONDS = env_int("BATCH_TIME_SLICE_SECONDS", 60)
 TASK_SOFT_TIME_LIMIT_SECONDS = env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 300)
 TASK_TIME_LIMIT_SECONDS = env_int("TASK_TIME_LIMIT_SECONDS", 360)
+if TASK_SOFT_TIME_LIMIT_SECONDS >= TASK_TIME_LIMIT_SECONDS:
+    raise ImproperlyConfigured(
+        f"TASK_SOFT_TIME_LIMIT_SECONDS ({TASK_SOFT_TIME_LIMIT_SECONDS}) must be less than "
+        f"TASK_TIME_LIMIT_SECONDS ({TASK_TIME_LIMIT_SECONDS}): the soft limit warns the task first"
+    )
 # The sweeper: a processing batch with no progress for this long is re-queued; a queued batch
 # not claimed for this long has its message sent again (a broker without persistence may have
 # lost it); after this many deliveries without progress a batch fails with the reason.
@@ -247,7 +306,7 @@ REST_FRAMEWORK = {
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -259,5 +318,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    },
 }
