@@ -471,50 +471,61 @@ def _decode(
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # A programming/configuration error elsewhere: truncated files would pass silently.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for uploads")
+    # Only Pillow's decoding (open, header, load) is guarded: an exception from our own code
+    # below (conversion, fitting, encoding) is a bug to surface, not a corrupt file to report.
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+    except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+        return _decode_failure(exc, fmt)
+    with img:
+        try:
             reason = _check_header(img, fmt, limits)
             if reason is not None:
                 return reason
             img.load()
-            image: Image.Image = img
-            try:
-                rotated = ImageOps.exif_transpose(image)
-            except _DECODE_ERRORS:
-                # Unreadable EXIF: keep the pixels as stored rather than reject the smear.
-                rotated = None
-            if rotated is not None:
-                image = rotated
-            try:
-                rgb = _to_rgb(image)
-            except ValueError as exc:
-                return (
-                    f"Unsupported colour format: this {fmt} image uses the {image.mode} "
-                    f"colour mode, which cannot be converted to RGB ({_detail(exc)})."
-                )
-            del image, rotated
-            rgb.info = {}
-            out = io.BytesIO()
-            # Level 1, not the default 6: validating PBC cells went from 16 to 42 images/s on
-            # two cores for files about 20% larger; upload speed is what a lab waits on.
-            rgb.save(out, format="PNG", compress_level=1, icc_profile=None, exif=b"")
-            fitted = None if fit is None else _png(fit(rgb))
-            return out.getvalue(), rgb.width, rgb.height, fitted
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+            return _decode_failure(exc, fmt)
+        image: Image.Image = img
+        try:
+            rotated = ImageOps.exif_transpose(image)
+        except _DECODE_ERRORS:
+            # Unreadable EXIF: keep the pixels as stored rather than reject the smear.
+            rotated = None
+        if rotated is not None:
+            image = rotated
+        try:
+            rgb = _to_rgb(image)
+        except ValueError as exc:
+            return (
+                f"Unsupported colour format: this {fmt} image uses the {image.mode} "
+                f"colour mode, which cannot be converted to RGB ({_detail(exc)})."
+            )
+        del image, rotated
+        rgb.info = {}
+        out = io.BytesIO()
+        # Level 1, not the default 6: validating PBC cells went from 16 to 42 images/s on
+        # two cores for files about 20% larger; upload speed is what a lab waits on.
+        rgb.save(out, format="PNG", compress_level=1, icc_profile=None, exif=b"")
+        fitted = None if fit is None else _png(fit(rgb))
+        return out.getvalue(), rgb.width, rgb.height, fitted
+
+
+def _decode_failure(exc: BaseException, fmt: str) -> str:
+    """The rejection reason for an error Pillow raised while opening or decoding."""
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return (
             "Image is too large to process safely: its header declares more pixels than "
             f"the decompression-bomb limit allows ({_detail(exc)})."
         )
-    except UnidentifiedImageError:
+    if isinstance(exc, UnidentifiedImageError):
         return (
             f"Truncated or corrupt {fmt} image: the file starts like a {fmt} image, but its "
             "header is damaged and it cannot be read."
         )
-    except _DECODE_ERRORS as exc:
-        return (
-            f"Truncated or corrupt {fmt} image: the image data ends early or is damaged "
-            f"({_detail(exc)})."
-        )
+    return (
+        f"Truncated or corrupt {fmt} image: the image data ends early or is damaged "
+        f"({_detail(exc)})."
+    )
 
 
 def _png(image: Image.Image) -> bytes:

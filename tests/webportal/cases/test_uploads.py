@@ -152,9 +152,14 @@ def belongs_to(result_name: str, upload_name: str) -> bool:
 # The corpora
 
 
-def test_corpora_cover_at_least_thirty_kinds_each_with_an_expected_reason() -> None:
+# The kinds the corpus holds today: a kind that goes missing (or loses its expected reason)
+# fails here, a new one raises the floor.
+CORPUS_KINDS = 61
+
+
+def test_corpora_cover_all_sixty_one_kinds_each_with_an_expected_reason() -> None:
     names = [name for name, _, _ in BAD]
-    assert len(names) >= 30
+    assert len(names) >= CORPUS_KINDS
     assert len(set(names)) == len(names), "corpus names must be unique"
     assert set(EXPECTED_REASON) == set(names), "every bad kind needs an expected reason"
     assert all(description for _, _, description in BAD)
@@ -748,3 +753,39 @@ def test_with_fit_each_accepted_image_also_carries_its_fitted_copy() -> None:
     [unfitted] = run(("cell.jpg", good))
     assert isinstance(unfitted, AcceptedImage)
     assert unfitted.model_input is None
+
+
+@pytest.mark.parametrize("error", [KeyError("geometry"), TypeError("bad call"), IndexError("i")])
+def test_a_bug_in_our_own_fitting_is_raised_not_reported_as_a_corrupt_image(
+    error: Exception,
+) -> None:
+    good = EDGE_BY_NAME["exif_rotated_6.jpg"].content
+
+    def broken_fit(image: Image.Image) -> Image.Image:
+        raise error
+
+    with pytest.raises(type(error)):
+        list(inspect_uploads([("cell.jpg", io.BytesIO(good))], fit=broken_fit))
+
+
+def test_a_bug_in_our_own_colour_conversion_is_raised_not_reported_as_a_corrupt_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_to_rgb(image: Image.Image) -> Image.Image:
+        raise TypeError("a bug in _to_rgb")
+
+    monkeypatch.setattr(uploads, "_to_rgb", broken_to_rgb)
+    with pytest.raises(TypeError, match="a bug in _to_rgb"):
+        run(("cell.png", image_bytes(Image.new("RGB", (32, 32), (200, 80, 120)), "PNG")))
+
+
+def test_errors_from_the_decoder_itself_are_still_rejections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def failing_load(self: ImageFile.ImageFile) -> None:
+        raise KeyError("decoder table")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", failing_load)
+    [result] = run(("cell.png", image_bytes(Image.new("RGB", (32, 32), (200, 80, 120)), "PNG")))
+    assert isinstance(result, RejectedFile)
+    assert result.reason.startswith("Truncated or corrupt PNG image"), result.reason
