@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "webportal.accounts",
     "webportal.cases",
     "webportal.reports",
+    "webportal.audit",
     "webportal.api",
 ]
 

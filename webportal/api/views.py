@@ -48,7 +48,7 @@ class BatchCancel(APIView):
         batch = get_object_or_404(
             services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
         )
-        if not processing.cancel_batch(batch_id=batch.pk):
+        if not processing.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
             return Response(
                 {"detail": f"Batch {batch.pk} is already {batch.status}; nothing to cancel."},
                 status=status.HTTP_409_CONFLICT,

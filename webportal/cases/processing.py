@@ -16,12 +16,16 @@ from datetime import timedelta
 
 import torch
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from ml.inference import CellPrediction, Classifier, read_ahead
+from webportal.accounts.services import CASE_WRITERS, require_role
+from webportal.audit.models import Action
+from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 from webportal.cases.services import chunk_size_for, load_classifier
 
@@ -216,14 +220,31 @@ def mark_batch_failed(*, batch_id: int, reason: str) -> None:
         ).update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
 
 
-def cancel_batch(*, batch_id: int) -> bool:
-    """Cancel a queued or processing batch; False when it had already finished."""
+def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
+    """Cancel a queued or processing batch; False when it had already finished.
+
+    `actor` None means the system; a user must be staff, pathologist or integrator of the lab.
+    """
+    batch = Batch.objects.select_related("case__lab").get(pk=batch_id)
+    lab = batch.case.lab
+    if actor is not None:
+        require_role(user=actor, lab=lab, allowed=CASE_WRITERS, action="cancel batches")
     with transaction.atomic():
-        return bool(
+        cancelled = bool(
             Batch.objects.filter(
                 pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
             ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
         )
+        if cancelled:
+            record_event(
+                lab=lab,
+                actor=actor,
+                action=Action.BATCH_CANCELLED,
+                obj=batch,
+                before={"status": batch.status},
+                after={"status": Batch.Status.CANCELLED},
+            )
+        return cancelled
 
 
 # --- the sweeper ----------------------------------------------------------------------------

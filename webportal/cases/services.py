@@ -23,6 +23,9 @@ from ml.checkpoint import read_metadata, sha256_of
 from ml.inference import Classifier
 from ml.transforms import eval_geometry, geometry_key
 from webportal.accounts.models import Lab
+from webportal.accounts.services import CASE_WRITERS, require_role
+from webportal.audit.models import Action
+from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
 from webportal.cases.uploads import AcceptedImage, UploadLimits, inspect_uploads
 
@@ -138,6 +141,10 @@ def create_case(
     patient_external_id: str = "",
     clinical_note: str = "",
 ) -> Case:
+    """A new case; `created_by` None means the system (seeding, benchmarks), else the user
+    must be staff, pathologist or integrator of the lab."""
+    if created_by is not None:
+        require_role(user=created_by, lab=lab, allowed=CASE_WRITERS, action="create cases")
     accession_number = accession_number.strip()
     if not accession_number:
         raise ServiceError("An accession number is required.")
@@ -149,13 +156,25 @@ def create_case(
             patient, _ = Patient.objects.get_or_create(
                 lab=lab, external_id=patient_external_id.strip()
             )
-        return Case.objects.create(
+        case = Case.objects.create(
             lab=lab,
             patient=patient,
             accession_number=accession_number,
             clinical_note=clinical_note,
             created_by=created_by,
         )
+        record_event(
+            lab=lab,
+            actor=created_by,
+            action=Action.CASE_CREATED,
+            obj=case,
+            after={
+                "accession_number": case.accession_number,
+                "patient": patient.external_id if patient else "",
+                "clinical_note": clinical_note,
+            },
+        )
+        return case
 
 
 def upload_limits() -> UploadLimits:
@@ -174,9 +193,12 @@ def submit_batch(
     """Validate and store every file, then queue the batch once the rows are committed.
 
     A bad file becomes a rejected Image with its reason; the good files go on regardless.
+    `created_by` None means the system; a user must be staff, pathologist or integrator.
     """
     from webportal.cases.processing import enqueue_on_commit  # processing imports this module
 
+    if created_by is not None:
+        require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     model_version = active_model_for(lab=case.lab)
     with transaction.atomic():
         batch = Batch.objects.create(
@@ -204,6 +226,20 @@ def submit_batch(
             batch.error = "No file in the upload was an acceptable image; see the reasons below."
             batch.finished_at = timezone.now()
         batch.save()
+        record_event(
+            lab=case.lab,
+            actor=created_by,
+            action=Action.BATCH_UPLOADED,
+            obj=batch,
+            after={
+                "case": case.accession_number,
+                "priority": batch.priority,
+                "status": batch.status,
+                "accepted": accepted,
+                "rejected": rejected,
+                "model_version": str(model_version),
+            },
+        )
         if accepted:
             enqueue_on_commit(batch=batch)
     return batch

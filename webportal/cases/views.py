@@ -7,7 +7,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from webportal.accounts.services import authenticated_user, labs_of
+from webportal.accounts.services import RoleRequired, authenticated_user, labs_of
 from webportal.cases import processing, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Image, Prediction
@@ -27,7 +27,7 @@ def case_list(request: HttpRequest) -> HttpResponse:
                 patient_external_id=form.cleaned_data["patient_external_id"],
                 clinical_note=form.cleaned_data["clinical_note"],
             )
-        except services.ServiceError as exc:
+        except (services.ServiceError, RoleRequired) as exc:
             form.add_error(None, str(exc))
         else:
             return redirect("cases:case_detail", case_id=case.pk)
@@ -51,7 +51,7 @@ def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
                 ],
                 priority=form.cleaned_data["priority"],
             )
-        except services.ServiceError as exc:
+        except (services.ServiceError, RoleRequired) as exc:
             form.add_error(None, str(exc))
         else:
             if batch.rejected_files:
@@ -147,7 +147,7 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
         services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
-    if processing.cancel_batch(batch_id=batch.pk):
+    if processing.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
         messages.info(request, "Batch cancelled.")
     else:
         messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
