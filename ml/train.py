@@ -18,6 +18,11 @@ slow, but it runs unchanged (and faster) on a GPU:
 
 Each epoch writes <out stem>.last.pt; --resume continues from it (the cache is rebuilt, exactly,
 from the seed).
+
+`main` is the four steps in order, as in torchvision's classification reference: `load_data`,
+`build_cache`, `fit_tail` (after `make_fit`, which restores --resume state) and
+`calibrate_and_write`. `on_device` is the one place that moves a batch to the device with
+CUDA's channels-last memory and float16 autocast.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import random
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ml.checkpoint import atomic_save, save_checkpoint
 from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
@@ -133,6 +141,44 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def on_device(x: torch.Tensor, device: torch.device) -> Iterator[torch.Tensor]:
+    """x moved to device, for a forward pass in the block: on CUDA, channels-last memory and
+    float16 autocast (the one place training decides this); on a CPU, plain fp32."""
+    cuda = device.type == "cuda"
+    x = x.to(device, non_blocking=True)
+    if cuda and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        yield x
+
+
+class _LogLines(tqdm):  # type: ignore[type-arg]
+    """tqdm writing each refresh as its own line: a log file keeps readable progress lines
+    instead of carriage-return redraws."""
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> None:
+        self.fp.write((msg or self.__str__()) + "\n")
+        self.fp.flush()
+
+
+def progress(total: int, desc: str, *, print_freq: int, unit: str = "img") -> tqdm:  # type: ignore[type-arg]
+    """A progress bar over `total` units: redrawn in place on a terminal; in a log, one line
+    every print_freq updates (and the last)."""
+    if sys.stdout.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stdout, dynamic_ncols=True)
+    return _LogLines(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stdout,
+        ascii=True,
+        ncols=100,
+        mininterval=0,
+        miniters=print_freq,
+    )
+
+
 @torch.inference_mode()
 def cache_activations(
     trunk: nn.Module,
@@ -142,25 +188,20 @@ def cache_activations(
     workers: int,
     device: torch.device,
     desc: str,
+    print_freq: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Trunk outputs (float16, on CPU) and labels for every item of dataset, in order."""
     trunk.eval()
-    cuda = device.type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     chunks, labels = [], []
-    t0 = time.time()
-    for i, (x, y) in enumerate(loader):
-        x = x.to(device, non_blocking=True)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            chunks.append(trunk(x).to(torch.float16).cpu().contiguous())
-        labels.append(y)
-        if i % 20 == 0:
-            done = sum(len(c) for c in chunks)
-            print(
-                f"{desc} [{done}/{len(dataset)}] {done / (time.time() - t0):.1f} img/s", flush=True
-            )
+    with progress(len(dataset), desc, print_freq=print_freq * batch_size) as bar:
+        for x, y in loader:
+            with on_device(x, device) as x:
+                chunks.append(trunk(x).to(torch.float16).cpu().contiguous())
+            labels.append(y)
+            bar.update(len(y))
     return torch.cat(chunks), torch.cat(labels)
 
 
@@ -170,17 +211,6 @@ def cached_batches(
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         yield acts[idx].float(), labels[idx]
-
-
-def show_progress(label: str, done: int, total: int, status: str, *, print_freq: int) -> None:
-    """A bar redrawn in place on a terminal; every print_freq-th step as a line in a log."""
-    if sys.stdout.isatty():
-        filled = round(30 * done / total)
-        bar = "#" * filled + "." * (30 - filled)
-        end = "\n" if done == total else ""
-        print(f"\r{label} [{bar}] {done}/{total} {status}", end=end, flush=True)
-    elif done % print_freq == 1 or print_freq == 1 or done == total:
-        print(f"{label} [{done}/{total}] {status}", flush=True)
 
 
 def train_one_epoch(
@@ -195,30 +225,22 @@ def train_one_epoch(
     print_freq: int,
 ) -> tuple[float, float]:
     """One pass of SGD; returns (mean loss, accuracy) on the training batches."""
-    cuda = device.type == "cuda"
-    total_loss, correct, seen, t0 = 0.0, 0, 0, time.time()
-    for i, (x, y) in enumerate(batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-        show_progress(
-            f"epoch {epoch}",
-            i + 1,
-            n_batches,
-            f"loss {total_loss / seen:.4f} acc {correct / seen:.4f} "
-            f"{seen / (time.time() - t0):.0f} img/s",
-            print_freq=print_freq,
-        )
+    total_loss, correct, seen = 0.0, 0, 0
+    with progress(n_batches, f"epoch {epoch}", print_freq=print_freq, unit="batch") as bar:
+        for x, y in batches:
+            y = y.to(device, non_blocking=True)
+            with on_device(x, device) as x:
+                logits = model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix_str(f"loss {total_loss / seen:.4f} acc {correct / seen:.4f}", False)
+            bar.update()
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -228,13 +250,9 @@ def evaluate(
 ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """(mean loss, accuracy, logits, labels) over batches, in eval mode."""
     model.eval()
-    cuda = device.type == "cuda"
     all_logits, all_labels = [], []
     for x, y in batches:
-        x = x.to(device, non_blocking=True)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        with on_device(x, device) as x:
             all_logits.append(model(x).float().cpu())
         all_labels.append(y)
     logits, labels = torch.cat(all_logits), torch.cat(all_labels)
@@ -269,16 +287,27 @@ def add_extra_training(
     return added
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    t_start = time.time()
-    torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    last_path = out.with_suffix(".last.pt")
+# Data ----------------------------------------------------------------------------------------
 
-    # Data and split ------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    """The samples and their split: what `load_data` decides before any model exists."""
+
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+    groups: list[int]
+    train_idx: list[int]
+    val_idx: list[int]
+    naive_idx: list[int]
+    extra_idx: list[int]
+    train_set: ImageList
+    val_set: ImageList
+
+
+def load_data(args: argparse.Namespace) -> Data:
+    """List --data, group near-copies, split train/val (and the naive holdout), add
+    --extra-train, and build the train (augmented) and val (eval) datasets."""
     found = list_samples(args.data)
     if args.limit:
         rng = random.Random(args.seed)  # noqa: S311 - a reproducible subset, not a secret
@@ -305,108 +334,165 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # After the naive holdout, so the leak report scores images of --data only.
     extra_idx = add_extra_training(samples, classes, args.extra_train)
     train_idx += extra_idx
-    n_groups = len(set(groups))
     print(
         f"{len(classes)} classes {classes}; train {len(train_idx)}, val {len(val_idx)}, "
-        f"naive holdout {len(naive_idx)}, {n_groups} groups, {len(extra_idx)} extra train",
+        f"naive holdout {len(naive_idx)}, {len(set(groups))} groups, "
+        f"{len(extra_idx)} extra train",
         flush=True,
     )
     mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
     size, rz = args.input_size, args.resize
-    train_set = ImageList(
-        [samples[i] for i in train_idx], train_transform(size, mean, std, resize=rz)
+    return Data(
+        classes=classes,
+        samples=samples,
+        groups=groups,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        naive_idx=naive_idx,
+        extra_idx=extra_idx,
+        train_set=ImageList(
+            [samples[i] for i in train_idx], train_transform(size, mean, std, resize=rz)
+        ),
+        val_set=ImageList([samples[i] for i in val_idx], eval_transform(size, mean, std, rz)),
     )
-    val_set = ImageList([samples[i] for i in val_idx], eval_transform(size, mean, std, rz))
 
-    # Model ---------------------------------------------------------------------------------
-    weights = None if args.weights == "none" else args.weights
-    model = build_model(args.arch, len(classes), pretrained=weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    trunk, tail = split_trunk_tail(model, args.arch, args.trunk_blocks)
-    trunk.requires_grad_(False)
 
-    # Optimisation ----------------------------------------------------------------------------
-    criterion = nn.CrossEntropyLoss()
-    train_criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+# Cache ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cache:
+    """Frozen-trunk activations: `views` augmented copies of the training side (view-major: row
+    v * N + i is view v of image i) and the eval view of the val side."""
+
+    train_acts: torch.Tensor
+    train_y: torch.Tensor
+    val_acts: torch.Tensor
+    val_y: torch.Tensor
+    views: int
+
+
+def build_cache(
+    args: argparse.Namespace, trunk: nn.Module, data: Data, device: torch.device
+) -> Cache:
+    t0 = time.time()
+    views = []
+    train_y = torch.zeros(0, dtype=torch.long)
+    for v in range(args.views):
+        acts, train_y = cache_activations(
+            trunk,
+            data.train_set,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            desc=f"cache view {v + 1}/{args.views}",
+            print_freq=args.print_freq,
+        )
+        views.append(acts)
+    train_acts = torch.cat(views)
+    del views
+    val_acts, val_y = cache_activations(
+        trunk,
+        data.val_set,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=device,
+        desc="cache val",
+        print_freq=args.print_freq,
+    )
+    print(
+        f"cached {tuple(train_acts.shape)} + {tuple(val_acts.shape)} float16 "
+        f"({(train_acts.numel() + val_acts.numel()) * 2 / 2**20:.0f} MiB) "
+        f"in {time.time() - t0:.0f}s",
+        flush=True,
+    )
+    return Cache(train_acts, train_y, val_acts, val_y, args.views)
+
+
+# Fit -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fit:
+    """Optimisation state of the tail, saved after every epoch to <out stem>.last.pt."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    since_best: int = 0
+    best_key: tuple[float, float] = (-1.0, 0.0)
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    rng: torch.Tensor | None = None  # restored after the cache is rebuilt
+
+
+def make_fit(args: argparse.Namespace, model: nn.Module, tail: nn.Module, last_path: Path) -> Fit:
+    """A fresh optimiser and schedule for the tail, or the state of --resume's last epoch."""
     optimizer = torch.optim.AdamW(tail.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=0.2, patience=args.lr_patience
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    start_epoch, history, state = 0, [], None
-    best: dict[str, Any] = {"key": (-1.0, 0.0), "epoch": -1, "state": None}
-    since_best = 0
+    fit = Fit(optimizer, scheduler)
     if args.resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, since_best = state["epoch"], state["history"], state["since_best"]
-        best = {
-            "key": tuple(state["best_key"]),
-            "epoch": state["best_epoch"],
-            "state": state["best_state"],
-        }
-        print(f"resumed from {last_path} at epoch {start_epoch}", flush=True)
+        fit.start_epoch, fit.history = state["epoch"], state["history"]
+        fit.since_best, fit.best_key = state["since_best"], tuple(state["best_key"])
+        fit.best_epoch, fit.best_state = state["best_epoch"], state["best_state"]
+        fit.rng = state["rng"]
+        print(f"resumed from {last_path} at epoch {fit.start_epoch}", flush=True)
+    return fit
 
-    # Cache trunk activations (skipped when a resumed run has no epochs left) -----------------
-    bs, n_train = args.batch_size, len(train_idx)
-    if start_epoch < args.epochs:
-        views = []
-        for v in range(args.views):
-            acts, train_y = cache_activations(
-                trunk,
-                train_set,
-                batch_size=bs,
-                workers=args.workers,
-                device=device,
-                desc=f"cache view {v + 1}/{args.views}",
-            )
-            views.append(acts)
-        train_acts = torch.cat(views)  # view-major: row v * N + i is view v of image i
-        del views
-        val_acts, val_y = cache_activations(
-            trunk, val_set, batch_size=bs, workers=args.workers, device=device, desc="cache val"
-        )
-        print(
-            f"cached {train_acts.shape} + {val_acts.shape} float16 "
-            f"({(train_acts.numel() + val_acts.numel()) * 2 / 2**20:.0f} MiB) "
-            f"in {time.time() - t_start:.0f}s",
-            flush=True,
-        )
 
-    if state is not None:
-        # Restored only now, so the cache above draws the same augmentations as the first run.
-        torch.set_rng_state(state["rng"])
-
+def fit_tail(
+    args: argparse.Namespace,
+    model: nn.Module,
+    tail: nn.Module,
+    cache: Cache,
+    fit: Fit,
+    device: torch.device,
+    last_path: Path,
+) -> Fit:
+    """Train the head, then the tail, on the cached activations; keep the best epoch by val
+    accuracy (then loss), stop early; save resumable state every epoch."""
+    if fit.rng is not None:
+        # Restored only now, so the cache drew the same augmentations as the first run.
+        torch.set_rng_state(fit.rng)
+    t_start = time.time()
+    criterion = nn.CrossEntropyLoss()
+    train_criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    bs, n_train = args.batch_size, len(cache.train_y)
     g = torch.Generator().manual_seed(args.seed + 1)
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(fit.start_epoch, args.epochs):
         head_only = epoch < args.head_epochs
         set_phase(tail, head_only)
         # The generator is re-seeded per epoch so a resumed run draws the same batches.
         g.manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(n_train, generator=g)
-        order = order + n_train * torch.randint(args.views, (n_train,), generator=g)
-        n_batches = (n_train + bs - 1) // bs
+        order = order + n_train * torch.randint(cache.views, (n_train,), generator=g)
         train_loss, train_acc = train_one_epoch(
             tail,
             train_criterion,
-            optimizer,
-            cached_batches(train_acts, train_y.repeat(args.views), order, bs),
-            n_batches,
+            fit.optimizer,
+            cached_batches(cache.train_acts, cache.train_y.repeat(cache.views), order, bs),
+            (n_train + bs - 1) // bs,
             device,
             epoch,
             scaler,
             args.print_freq,
         )
+        val_order = torch.arange(len(cache.val_y))
         val_loss, val_acc, _, _ = evaluate(
-            tail, criterion, cached_batches(val_acts, val_y, torch.arange(len(val_y)), bs), device
+            tail, criterion, cached_batches(cache.val_acts, cache.val_y, val_order, bs), device
         )
         if not head_only:
-            scheduler.step(val_loss)
-        lr = optimizer.param_groups[0]["lr"]
-        history.append(
+            fit.scheduler.step(val_loss)
+        lr = fit.optimizer.param_groups[0]["lr"]
+        fit.history.append(
             {
                 "epoch": epoch,
                 "phase": "head" if head_only else "finetune",
@@ -419,52 +505,70 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         key = (val_acc, -val_loss)
-        if key > best["key"]:
-            best = {"key": key, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            since_best = 0
+        if key > fit.best_key:
+            fit.best_key, fit.best_epoch = key, epoch
+            fit.best_state = copy.deepcopy(model.state_dict())
+            fit.since_best = 0
         else:
-            since_best += 1
+            fit.since_best += 1
         print(
             f"epoch {epoch} done: train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | "
-            f"best {best['key'][0]:.4f} @ {best['epoch']} | {time.time() - t_start:.0f}s",
+            f"best {fit.best_key[0]:.4f} @ {fit.best_epoch} | {time.time() - t_start:.0f}s",
             flush=True,
         )
         atomic_save(
             {
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-                "since_best": since_best,
-                "best_key": list(best["key"]),
-                "best_epoch": best["epoch"],
-                "best_state": best["state"],
+                "optimizer": fit.optimizer.state_dict(),
+                "scheduler": fit.scheduler.state_dict(),
+                "history": fit.history,
+                "since_best": fit.since_best,
+                "best_key": list(fit.best_key),
+                "best_epoch": fit.best_epoch,
+                "best_state": fit.best_state,
                 "rng": torch.get_rng_state(),
             },
             last_path,
         )
-        if not head_only and since_best >= args.patience:
-            print(f"early stop: no val improvement for {since_best} epochs", flush=True)
+        if not head_only and fit.since_best >= args.patience:
+            print(f"early stop: no val improvement for {fit.since_best} epochs", flush=True)
             break
+    return fit
 
-    # Final: full model on val images, calibration, reports ------------------------------------
-    model.load_state_dict(best["state"])
+
+# Calibrate and write ---------------------------------------------------------------------------
+
+
+def calibrate_and_write(
+    args: argparse.Namespace,
+    model: nn.Module,
+    data: Data,
+    fit: Fit,
+    device: torch.device,
+    out: Path,
+    t_start: float,
+) -> dict[str, Any]:
+    """Run the best epoch end to end on the val images, fit the temperature, choose the
+    threshold, and write the checkpoint, metrics JSON, report and plots."""
+    if fit.best_state is not None:
+        model.load_state_dict(fit.best_state)
     model = model.float()
-    loader = DataLoader(val_set, batch_size=bs, num_workers=args.workers)
-    val_loss, val_acc, logits, y = evaluate(model, criterion, loader, device)
+    criterion = nn.CrossEntropyLoss()
+    bs, classes = args.batch_size, data.classes
+    loader = DataLoader(data.val_set, batch_size=bs, num_workers=args.workers)
+    val_loss, _, logits, y = evaluate(model, criterion, loader, device)
     temperature = fit_temperature(logits, y)
     probs = torch.softmax(logits / temperature, dim=1)
     confidence = probs.max(1).values.numpy()
     correct = (probs.argmax(1) == y).numpy()
     threshold = choose_threshold(confidence, correct, args.target_accuracy)
     summary = summarize(probs.numpy(), y.numpy(), classes, threshold)
-    raw = torch.softmax(logits, dim=1)
-    raw_summary = summarize(raw.numpy(), y.numpy(), classes, None)
+    raw_summary = summarize(torch.softmax(logits, dim=1).numpy(), y.numpy(), classes, None)
     naive: dict[str, Any] | None = None
-    if naive_idx:
-        naive_set = ImageList([samples[i] for i in naive_idx], val_set.transform)
+    if data.naive_idx:
+        naive_set = ImageList([data.samples[i] for i in data.naive_idx], data.val_set.transform)
         loader = DataLoader(naive_set, batch_size=bs, num_workers=args.workers)
         _, _, n_logits, n_y = evaluate(model, criterion, loader, device)
         n_sum = summarize(
@@ -476,7 +580,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"grouped val {summary['accuracy']:.4f}",
             flush=True,
         )
-    cells = group_vote_accuracy(y.numpy(), probs.argmax(1).numpy(), [groups[i] for i in val_idx])
+    val_groups = [data.groups[i] for i in data.val_idx]
+    cells = group_vote_accuracy(y.numpy(), probs.argmax(1).numpy(), val_groups)
     if args.group_by != "file":
         print(
             f"by source cell: {cells['correct']} of {cells['n']} val cells right by majority vote "
@@ -492,19 +597,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "ece_uncalibrated": raw_summary["ece"],
         "nll_calibrated": float(nn.functional.cross_entropy(logits / temperature, y)),
         "target_accuracy": args.target_accuracy,
-        "best_epoch": best["epoch"],
-        "n_train": n_train,
-        "n_extra_train": len(extra_idx),
-        "n_val": len(val_idx),
+        "best_epoch": fit.best_epoch,
+        "n_train": len(data.train_idx),
+        "n_extra_train": len(data.extra_idx),
+        "n_val": len(data.val_idx),
         "group_by": args.group_by,
-        "n_groups": n_groups,
+        "n_groups": len(set(data.groups)),
         "naive_holdout": naive,
         "train_seconds": round(time.time() - t_start, 1),
         "device": str(device),
         "coverage_curve": coverage_curve(confidence, correct),
-        "history": history,
+        "history": fit.history,
     }
-    recipe = {k: v for k, v in vars(args).items()}
+    mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
     save_checkpoint(
         out,
         model,
@@ -513,7 +618,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         input_size=args.input_size,
         mean=mean,
         std=std,
-        recipe=recipe,
+        recipe=dict(vars(args)),
         metrics={k: v for k, v in metrics.items() if k not in ("history", "coverage_curve")},
         temperature=temperature,
         threshold=threshold,
@@ -522,7 +627,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     stem = out.parent / out.stem
     Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     Path(f"{stem}.report.txt").write_text(format_report(summary) + "\n")
-    plot_curves(history, f"{stem}.curves.png")
+    plot_curves(fit.history, f"{stem}.curves.png")
     plot_confusion(
         summary["confusion"]["matrix"], summary["confusion"]["labels"], f"{stem}.confusion.png"
     )
@@ -535,6 +640,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(format_report(summary), flush=True)
     print(f"temperature {temperature:.3f}; wrote {out} in {time.time() - t_start:.0f}s", flush=True)
     return metrics
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    last_path = out.with_suffix(".last.pt")
+
+    data = load_data(args)
+    weights = None if args.weights == "none" else args.weights
+    model = build_model(args.arch, len(data.classes), pretrained=weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    trunk, tail = split_trunk_tail(model, args.arch, args.trunk_blocks)
+    trunk.requires_grad_(False)
+    fit = make_fit(args, model, tail, last_path)
+    if fit.start_epoch < args.epochs:  # a resumed run with no epochs left needs no cache
+        cache = build_cache(args, trunk, data, device)
+        fit = fit_tail(args, model, tail, cache, fit, device, last_path)
+    return calibrate_and_write(args, model, data, fit, device, out, t_start)
 
 
 if __name__ == "__main__":
