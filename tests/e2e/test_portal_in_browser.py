@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import LazySettings
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.services import IN_CI, celery_worker
+from tests.e2e.conftest import PASSWORD
+from tests.services import celery_worker
 from webportal.cases.models import ModelVersion
 from workers.celery import use_broker
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-PASSWORD = "a-long-test-password-42"  # the factories' password
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        message = f"Chromium is not installed at {CHROMIUM} (Debian package: chromium)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    # Playwright's own event loop runs in this thread; the ORM calls the test makes around
-    # it are synchronous and safe. Only for these tests: the deploy check refuses the flag.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            yield browser
-            browser.close()
-    finally:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def test_a_technologist_uploads_a_batch_and_sees_the_differential(

@@ -119,6 +119,7 @@ def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
         {
             "id": batch.pk,
             "status": batch.status,
+            "status_display": batch.get_status_display(),
             "total_images": batch.total_images,
             "processed_images": batch.processed_images,
             "progress_percent": batch.progress_percent,

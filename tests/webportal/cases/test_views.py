@@ -93,6 +93,7 @@ def test_status_json_reports_progress(client_of: Client, case, tiny_model) -> No
     assert state == {
         "id": batch.pk,
         "status": "queued",
+        "status_display": "Queued",
         "total_images": 1,
         "processed_images": 0,
         "progress_percent": 0,
