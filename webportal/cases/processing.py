@@ -257,16 +257,20 @@ class SweepReport:
     failed: list[int]
 
 
-def sweep_batches() -> SweepReport:
+def sweep_batches(*, everything: bool = False) -> SweepReport:
     """Rescue batches whose worker died or whose message the broker lost.
 
     A processing batch with no heartbeat for BATCH_STUCK_AFTER_SECONDS is sent again; a queued
     batch unclaimed for BATCH_RESEND_AFTER_SECONDS has its message sent again. A duplicate
     message is harmless (the claim and the unique constraint see to that), a lost one is not.
+    ``everything`` sends every processing and queued batch again whatever its age: only for
+    when no worker is running (the embedded default, after its one worker died).
     """
     now = timezone.now()
-    stuck_before = now - timedelta(seconds=settings.BATCH_STUCK_AFTER_SECONDS)
-    resend_before = now - timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS)
+    stuck_after = 0 if everything else settings.BATCH_STUCK_AFTER_SECONDS
+    resend_after = 0 if everything else settings.BATCH_RESEND_AFTER_SECONDS
+    stuck_before = now - timedelta(seconds=stuck_after)
+    resend_before = now - timedelta(seconds=resend_after)
     requeued: list[int] = []
     resent: list[int] = []
     failed: list[int] = []

@@ -75,6 +75,29 @@ def test_the_sweeper_resends_a_queued_batch_the_broker_lost(
     assert report.requeued_stuck == []
 
 
+def test_with_no_worker_left_every_unfinished_batch_is_sent_again_at_once(
+    tiny_model: ModelVersion, case
+) -> None:
+    held = _submit(case, count=1)
+    waiting = _submit(case, count=1)
+    finished = _submit(case, count=1)
+    Batch.objects.filter(pk=held.pk).update(
+        status=Batch.Status.PROCESSING, heartbeat_at=timezone.now(), stalled_attempts=1
+    )
+    Batch.objects.filter(pk=waiting.pk).update(enqueued_at=timezone.now())
+    Batch.objects.filter(pk=finished.pk).update(status=Batch.Status.DONE)
+    for message in _messages():
+        message.unlink()  # the filesystem broker deleted them when the dead worker fetched them
+
+    assert processing.sweep_batches() == processing.SweepReport([], [], [])  # too fresh
+    report = processing.sweep_batches(everything=True)
+
+    assert (report.requeued_stuck, report.resent_queued) == ([held.pk], [waiting.pk])
+    assert len(_messages()) == 2
+    held.refresh_from_db()
+    assert held.status == Batch.Status.QUEUED
+
+
 def test_the_sweeper_fails_a_batch_that_keeps_stopping_its_worker(
     tiny_model: ModelVersion, case, settings: LazySettings
 ) -> None:
