@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from webportal.cases.models import Batch, Case, ModelVersion, Patient
+from webportal.admin import ReadOnlyAdmin
+from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Prediction
 
 
 @admin.register(ModelVersion)
@@ -9,16 +10,47 @@ class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
     readonly_fields = [field.name for field in ModelVersion._meta.fields]
 
 
+# Clinical records: read-only here; the portal's services write them.
+
+
+@admin.register(Patient)
+class PatientAdmin(ReadOnlyAdmin[Patient]):
+    list_display = ["external_id", "lab", "created_at"]
+    list_filter = ["lab"]
+    list_select_related = ["lab"]
+    search_fields = ["external_id"]
+
+
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin[Case]):
+class CaseAdmin(ReadOnlyAdmin[Case]):
     list_display = ["accession_number", "lab", "patient", "created_at"]
     list_filter = ["lab"]
+    list_select_related = ["lab", "patient"]
+    search_fields = ["accession_number"]
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin[Batch]):
+class BatchAdmin(ReadOnlyAdmin[Batch]):
     list_display = ["id", "case", "status", "priority", "total_images", "processed_images"]
     list_filter = ["status", "priority"]
+    list_select_related = ["case"]
 
 
-admin.site.register(Patient)
+@admin.register(Image)
+class ImageAdmin(ReadOnlyAdmin[Image]):
+    list_display = ["id", "batch", "original_name", "status", "width", "height"]
+    list_filter = ["status"]
+    list_select_related = ["batch__case"]
+
+
+@admin.register(Cell)
+class CellAdmin(ReadOnlyAdmin[Cell]):
+    list_display = ["id", "image", "box"]
+    list_select_related = ["image"]
+
+
+@admin.register(Prediction)
+class PredictionAdmin(ReadOnlyAdmin[Prediction]):
+    list_display = ["id", "cell", "model_version", "label", "confidence", "created_at"]
+    list_filter = ["label"]
+    list_select_related = ["cell__image", "model_version"]

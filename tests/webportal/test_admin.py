@@ -1,0 +1,123 @@
+"""Django's admin shows clinical records but cannot add, change or delete them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.apps import apps
+from django.contrib import admin
+from django.contrib.auth.models import User
+from django.db.models import Model
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from tests.conftest import noisy_jpeg_bytes
+from tests.factories import UserFactory
+from webportal.cases import processing, services
+from webportal.cases.models import Batch, Case, Cell, Image, Patient, Prediction
+from webportal.reports.models import Report
+
+pytestmark = pytest.mark.django_db
+
+# Apps whose every model is a clinical record (or its trail); ModelVersion is the model
+# registry, kept by the lab admin.
+CLINICAL_APPS = {"cases", "reports", "audit"}
+NOT_CLINICAL = {"cases.modelversion"}
+SHOWN_IN_ADMIN = [Case, Patient, Batch, Image, Cell, Prediction, Report]
+
+
+def clinical_models() -> list[type[Model]]:
+    return [
+        model
+        for model in apps.get_models()
+        if model._meta.app_label in CLINICAL_APPS and model._meta.label_lower not in NOT_CLINICAL
+    ]
+
+
+@pytest.fixture
+def superuser() -> User:
+    return UserFactory.create(is_staff=True, is_superuser=True)
+
+
+def test_every_clinical_model_is_read_only_in_the_admin_even_for_a_superuser(
+    superuser: User,
+) -> None:
+    request = RequestFactory().get("/admin/")
+    request.user = superuser
+    assert {model._meta.label for model in clinical_models()} >= {
+        model._meta.label for model in SHOWN_IN_ADMIN
+    }
+    for model in clinical_models():
+        model_admin = admin.site._registry.get(model)
+        if model_admin is None:
+            continue  # not in the admin at all: nothing to edit there either
+        assert not model_admin.has_add_permission(request), model
+        assert not model_admin.has_change_permission(request), model
+        assert not model_admin.has_delete_permission(request), model
+        assert model_admin.has_view_permission(request), model
+
+
+@pytest.mark.parametrize("model", SHOWN_IN_ADMIN, ids=lambda model: model.__name__)
+def test_clinical_records_are_listed_in_the_admin(superuser: User, model: type[Model]) -> None:
+    assert model in admin.site._registry
+    client = Client()
+    client.force_login(superuser)
+    url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+    assert client.get(url).status_code == 200
+
+
+def test_a_superuser_cannot_edit_a_finished_batch_through_the_admin(
+    superuser: User, case, tiny_model
+) -> None:
+    batch = services.submit_batch(
+        case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    )
+    processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    client = Client()
+    client.force_login(superuser)
+    change_url = reverse("admin:cases_batch_change", args=[batch.pk])
+
+    page = client.get(change_url)
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content  # a view, not a form
+
+    response = client.post(
+        change_url,
+        {
+            "case": case.pk,
+            "priority": "routine",
+            "status": "queued",
+            "model_version": tiny_model.pk,
+            "total_images": 99,
+            "processed_images": 0,
+            "rejected_files": 0,
+            "stalled_attempts": 0,
+        },
+    )
+    assert response.status_code == 403
+    assert client.post(reverse("admin:cases_batch_delete", args=[batch.pk])).status_code == 403
+    assert client.get(reverse("admin:cases_batch_add")).status_code == 403
+    after = Batch.objects.get(pk=batch.pk)
+    assert (after.status, after.total_images) == (Batch.Status.DONE, 1)
+
+
+def test_a_superuser_cannot_change_a_prediction_through_the_admin(
+    superuser: User, case, tiny_model
+) -> None:
+    batch = services.submit_batch(
+        case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    )
+    processing.process_batch(batch_id=batch.pk)
+    prediction = Prediction.objects.get(cell__image__batch=batch)
+    before = (prediction.label, prediction.confidence)
+    client = Client()
+    client.force_login(superuser)
+    url = reverse("admin:cases_prediction_change", args=[prediction.pk])
+    other_label = next(label for label in tiny_model.classes if label != prediction.label)
+    response = client.post(url, {"label": other_label, "confidence": 1.0})
+    assert response.status_code == 403
+    prediction.refresh_from_db()
+    assert (prediction.label, prediction.confidence) == before
