@@ -317,6 +317,14 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Sessions end after SESSION_IDLE_MINUTES without a request (every request pushes the expiry
+# on, so an active user is never cut off) and when the browser closes (no cookie expiry).
+# A batch page that is following a batch in progress polls, which counts as activity until
+# the batch finishes.
+SESSION_IDLE_MINUTES = env_int("SESSION_IDLE_MINUTES", 30, maximum=7 * 24 * 60)
+SESSION_COOKIE_AGE = SESSION_IDLE_MINUTES * 60
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", True)
 
 # Content-Security-Policy (django-csp): scripts, styles, images and fetches only from this
 # origin; no inline script or style, no plugins, no framing, forms post only here. A page adds
