@@ -134,7 +134,7 @@ def setup_system(var_dir: Path, model_path: Path) -> System:
 
     call_command("migrate", verbosity=0, interactive=False)
     model_version = services.register_model(checkpoint_path=model_path.resolve(), name="bench")
-    lab = Lab.objects.create(name="Benchmark lab", active_model=model_version)
+    lab = Lab.objects.create(name="Benchmark lab", slug="benchmark", active_model=model_version)
     case = services.create_case(lab=lab, created_by=None, accession_number="BENCH-0001")
     return System(
         var_dir=var_dir,

@@ -24,6 +24,7 @@ class LabFactory(factory.django.DjangoModelFactory[Lab]):
         model = Lab
 
     name = Sequence(lambda n: f"Lab {n}")
+    slug = Sequence(lambda n: f"lab-{n}")
 
 
 class MembershipFactory(factory.django.DjangoModelFactory[Membership]):

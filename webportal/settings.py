@@ -132,7 +132,9 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "csp",
     "webportal.accounts",
     "webportal.cases",
@@ -294,17 +296,59 @@ DEFAULT_MODEL_PATH = Path(
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 REST_FRAMEWORK = {
-    # Token first, so an unauthenticated call gets 401 with a WWW-Authenticate header.
+    # Integrator tokens first, so an unauthenticated call gets 401 with a WWW-Authenticate
+    # header; a portal session works too (the interactive docs use it).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "webportal.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/minute")},
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "webportal.api.permissions.TokenScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["webportal.api.throttling.PerTokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"token": env_str("API_THROTTLE_RATE", "600/minute")},
+    "DEFAULT_PAGINATION_CLASS": "webportal.api.pagination.Pagination",
     "PAGE_SIZE": 100,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "webportal.api.errors.exception_handler",
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "HematoVision API",
+    "DESCRIPTION": (
+        "White-cell differentials from blood smear images, for lab information systems. "
+        "Decision support with a human in the loop: a report is preliminary until a "
+        "pathologist signs it. See the README for a worked example."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "PREPROCESSING_HOOKS": ["webportal.api.schema.only_v1"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from this server (no CDN): the page works offline and under a strict CSP.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "BatchStatusEnum": "webportal.cases.models.Batch.Status",
+        "ReportStatusEnum": "webportal.reports.models.Report.Status",
+    },
+}
+
+# Uploads through the API: the whole request body is refused above this (413).
+API_UPLOAD_MAX_BYTES = env_int("API_UPLOAD_MAX_BYTES", 1024 * 1024 * 1024)
+
+# Webhooks: a delivery is tried this many times, waiting base * 2**attempt seconds (capped)
+# between tries; receivers should refuse a signature older than the replay window.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+WEBHOOK_RETRY_BASE_SECONDS = env_int("WEBHOOK_RETRY_BASE_SECONDS", 30)
+WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_REPLAY_WINDOW_SECONDS = 300
+# Plain http:// endpoints only where this is on (development, tests); production wants https.
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", DEBUG)
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` is clean there.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -1,11 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.defaults import server_error
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from webportal.api import ops
+from webportal.api import errors, ops
 
 
 @login_not_required
@@ -21,6 +23,22 @@ urlpatterns = [
     path("favicon.ico", favicon, name="favicon"),
     path("healthz", ops.healthz, name="healthz"),
     path("metrics", ops.metrics, name="metrics"),
-    path("api/", include("webportal.api.urls")),
+    path("api/v1/", include("webportal.api.urls")),
+    path("api/schema/", login_not_required(SpectacularAPIView.as_view()), name="api_schema"),
+    # The split view serves Swagger UI's start-up script as a file: no inline script (CSP).
+    path(
+        "api/docs/",
+        login_not_required(SpectacularSwaggerSplitView.as_view(url_name="api_schema")),
+        name="api_docs",
+    ),
+    path("api/", include("webportal.api.legacy_urls")),
+    re_path(r"^api/", login_not_required(errors.json_not_found)),
+    path("integrations/", include("webportal.api.portal_urls")),
     path("", include("webportal.cases.urls")),
 ]
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return errors.json_server_error(request)
+    return server_error(request)

@@ -10,5 +10,6 @@ class MembershipInline(admin.TabularInline[Membership, Lab]):
 
 @admin.register(Lab)
 class LabAdmin(admin.ModelAdmin[Lab]):
-    list_display = ["name", "active_model", "created_at"]
+    list_display = ["name", "slug", "active_model", "created_at"]
+    prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]

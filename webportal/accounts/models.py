@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
+from django.utils.text import slugify
 
 
 class Lab(models.Model):
     name = models.CharField(max_length=200, unique=True)
+    # The lab's short name in URLs, commands (`issue_token --lab SLUG`) and FHIR identifiers.
+    slug = models.SlugField(max_length=50, unique=True)
     # The model this lab's new batches run with; None means the newest registered model.
     active_model = models.ForeignKey(
         "cases.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -16,6 +21,20 @@ class Lab(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.slug:
+            self.slug = unique_slug(self.name)
+        super().save(*args, **kwargs)
+
+
+def unique_slug(name: str) -> str:
+    """A slug from the lab's name, numbered when another lab has it already."""
+    base = slugify(name)[:40] or "lab"
+    slug, n = base, 2
+    while Lab.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
 
 
 class Role(models.TextChoices):

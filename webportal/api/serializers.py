@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.reverse import reverse
 
-from webportal.cases.models import Batch, Image
+from webportal.cases.models import Batch, Case, Image, Patient
 
 
 class RejectedFileSerializer(serializers.ModelSerializer[Image]):
@@ -13,40 +15,146 @@ class RejectedFileSerializer(serializers.ModelSerializer[Image]):
         fields = ["original_name", "reject_reason"]
 
 
+class DifferentialRowSerializer(serializers.Serializer[Any]):
+    label = serializers.CharField()  # type: ignore[assignment]
+    count = serializers.IntegerField()
+    percent = serializers.FloatField()
+
+
 class BatchSerializer(serializers.ModelSerializer[Batch]):
-    case = serializers.CharField(source="case.accession_number")
-    model_version = serializers.CharField(source="model_version.name")
+    case = serializers.IntegerField(source="case_id", read_only=True)
+    accession_number = serializers.CharField(source="case.accession_number", read_only=True)
+    model_version = serializers.CharField(source="model_version.name", read_only=True)
+    progress_percent = serializers.IntegerField(read_only=True)
     rejected = serializers.SerializerMethodField()
     differential = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    report_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Batch
         fields = [
             "id",
+            "url",
             "case",
+            "accession_number",
             "priority",
             "status",
+            "progress_percent",
             "total_images",
             "processed_images",
             "rejected_files",
             "error",
             "model_version",
             "created_at",
+            "started_at",
             "finished_at",
             "rejected",
             "differential",
+            "report_url",
         ]
+        read_only_fields = fields
 
+    @extend_schema_field(RejectedFileSerializer(many=True))
     def get_rejected(self, batch: Batch) -> list[dict[str, Any]]:
         rejected = batch.images.filter(status=Image.Status.REJECTED)
         return list(RejectedFileSerializer(rejected, many=True).data)
 
+    @extend_schema_field(DifferentialRowSerializer(many=True, allow_null=True))
     def get_differential(self, batch: Batch) -> list[dict[str, Any]] | None:
         """The latest report's snapshot; None until the batch has one."""
         report = batch.reports.order_by("-version").first()
         return list(report.differential) if report is not None else None
 
+    def get_url(self, batch: Batch) -> str:
+        return reverse("api:batch_detail", args=[batch.pk], request=self.context.get("request"))
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_report_url(self, batch: Batch) -> str | None:
+        if not batch.reports.exists():
+            return None
+        return reverse("api:batch_report", args=[batch.pk], request=self.context.get("request"))
+
 
 class BatchCreateSerializer(serializers.Serializer[Any]):
-    files = serializers.ListField(child=serializers.FileField(allow_empty_file=True), min_length=1)
+    files = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True),
+        min_length=1,
+        help_text="Images (JPEG, PNG, TIFF, BMP) and/or ZIP archives of them; repeat the field.",
+    )
     priority = serializers.ChoiceField(choices=Batch.Priority.choices, default="routine")
+
+
+class CaseBriefSerializer(serializers.ModelSerializer[Case]):
+    patient = serializers.CharField(source="patient.external_id", default=None, read_only=True)
+
+    class Meta:
+        model = Case
+        fields = ["id", "accession_number", "patient", "created_at"]
+        read_only_fields = fields
+
+
+class CaseSerializer(serializers.ModelSerializer[Case]):
+    lab = serializers.CharField(source="lab.slug", read_only=True)
+    patient = serializers.CharField(
+        source="patient.external_id", default=None, read_only=True, allow_null=True
+    )
+    status = serializers.CharField(
+        source="latest_batch_status",
+        read_only=True,
+        help_text="The status of the case's latest batch, or `new` before its first batch.",
+    )
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Case
+        fields = [
+            "id",
+            "url",
+            "lab",
+            "accession_number",
+            "patient",
+            "clinical_note",
+            "status",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, case: Case) -> str:
+        return reverse("api:case_detail", args=[case.pk], request=self.context.get("request"))
+
+
+class CaseCreateSerializer(serializers.Serializer[Any]):
+    accession_number = serializers.CharField(max_length=100)
+    patient = serializers.CharField(
+        max_length=100, required=False, allow_blank=True, help_text="Patient id / MRN."
+    )
+    clinical_note = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    lab = serializers.SlugField(
+        required=False,
+        help_text="The lab's slug; only needed by a portal user who belongs to several labs "
+        "(a token always acts in its own lab).",
+    )
+
+
+class PatientSerializer(serializers.ModelSerializer[Patient]):
+    lab = serializers.CharField(source="lab.slug", read_only=True)
+
+    class Meta:
+        model = Patient
+        fields = ["id", "external_id", "lab", "created_at"]
+        read_only_fields = fields
+
+
+class PatientDetailSerializer(PatientSerializer):
+    cases = serializers.SerializerMethodField()
+
+    class Meta(PatientSerializer.Meta):
+        fields = [*PatientSerializer.Meta.fields, "cases"]
+        read_only_fields = fields
+
+    @extend_schema_field(CaseSerializer(many=True))
+    def get_cases(self, patient: Patient) -> list[dict[str, Any]]:
+        """The case history, newest first."""
+        cases = self.context["cases"]
+        return list(CaseSerializer(cases, many=True, context=self.context).data)

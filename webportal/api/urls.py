@@ -1,24 +1,46 @@
+"""API v1 (`/api/v1/`). The paths are a contract: add, never rename."""
+
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
-from webportal.api import views
+from webportal.api import reports, views
 
-# The API authenticates with sessions or tokens through DRF, which answers 401/403 in JSON;
+app_name = "api"
+
+# The API authenticates with tokens or sessions through DRF, which answers 401/403 in JSON;
 # the portal's login redirect must not get in its way.
+_open = login_not_required
+
 urlpatterns = [
+    path("cases/", _open(views.CaseList.as_view()), name="case_list"),
+    path("cases/<int:case_id>/", _open(views.CaseDetail.as_view()), name="case_detail"),
+    path("cases/<int:case_id>/batches/", _open(views.CaseBatches.as_view()), name="case_batches"),
+    path("patients/", _open(views.PatientList.as_view()), name="patient_list"),
+    path("patients/<int:patient_id>/", _open(views.PatientDetail.as_view()), name="patient_detail"),
+    path("batches/", _open(views.BatchList.as_view()), name="batch_list"),
+    path("batches/<int:batch_id>/", _open(views.BatchDetail.as_view()), name="batch_detail"),
+    path("batches/<int:batch_id>/cancel/", _open(views.BatchCancel.as_view()), name="batch_cancel"),
     path(
-        "batches/<int:batch_id>/",
-        login_not_required(views.BatchDetail.as_view()),
-        name="api_batch_detail",
+        "batches/<int:batch_id>/report/", _open(reports.LatestReport.as_view()), name="batch_report"
     ),
     path(
-        "batches/<int:batch_id>/cancel/",
-        login_not_required(views.BatchCancel.as_view()),
-        name="api_batch_cancel",
+        "batches/<int:batch_id>/report/fhir/",
+        _open(reports.LatestReportFhir.as_view()),
+        name="batch_report_fhir",
     ),
     path(
-        "cases/<int:case_id>/batches/",
-        login_not_required(views.CaseBatches.as_view()),
-        name="api_case_batches",
+        "batches/<int:batch_id>/reports/",
+        _open(reports.ReportVersions.as_view()),
+        name="batch_reports",
+    ),
+    path(
+        "batches/<int:batch_id>/reports/<int:version>/",
+        _open(reports.ReportVersion.as_view()),
+        name="batch_report_version",
+    ),
+    path(
+        "batches/<int:batch_id>/reports/<int:version>/fhir/",
+        _open(reports.ReportVersionFhir.as_view()),
+        name="batch_report_version_fhir",
     ),
 ]

@@ -33,7 +33,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         password = secrets.token_urlsafe(12)
         with transaction.atomic():
-            lab, _ = Lab.objects.get_or_create(name="Demo Lab")
+            lab, _ = Lab.objects.get_or_create(name="Demo Lab", defaults={"slug": "demo"})
             user, _ = get_user_model().objects.get_or_create(username=options["username"])
             user.set_password(password)
             user.save()

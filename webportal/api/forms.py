@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django import forms
+
+from webportal.api.models import ApiToken
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. “LIS production”.")
+    username = forms.CharField(
+        label="Integrator account",
+        max_length=150,
+        help_text="Created as an integrator of this lab if new; tokens act as this account.",
+    )
+    scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ_WRITE)
