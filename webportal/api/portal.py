@@ -16,7 +16,7 @@ from webportal.api.models import ApiToken
 
 
 def administered_labs(*, user: User) -> QuerySet[Lab]:
-    return Lab.objects.filter(memberships__user=user, memberships__role=Role.ADMIN).order_by("name")
+    return labs_where(user=user, allowed=LAB_ADMINS)
 
 
 def _lab(request: HttpRequest) -> Lab:
