@@ -16,6 +16,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from webportal.cases import services
+
 
 class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
@@ -40,7 +42,9 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return exceptions.NotFound("Not found.")
     if isinstance(exc, DjangoPermissionDenied):
         return exceptions.PermissionDenied(str(exc) or None)
-    if isinstance(exc, RequestDataTooBig | TooManyFilesSent | TooManyFieldsSent):
+    if isinstance(exc, TooManyFilesSent):
+        return PayloadTooLarge(services.too_many_files_message())
+    if isinstance(exc, RequestDataTooBig | TooManyFieldsSent):
         return PayloadTooLarge(str(exc))
     return None
 

@@ -27,7 +27,7 @@ from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
-from webportal.cases.uploads import AcceptedImage, UploadLimits, inspect_uploads
+from webportal.cases.uploads import DEFAULT_LIMITS, AcceptedImage, UploadLimits, inspect_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,15 @@ def create_case(
 def upload_limits() -> UploadLimits:
     return UploadLimits(
         max_file_bytes=settings.UPLOAD_MAX_FILE_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS
+    )
+
+
+def too_many_files_message() -> str:
+    """Why an upload of more than UPLOAD_MAX_FILES files is refused (portal and API alike)."""
+    return (
+        f"Too many files in one upload: at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES:,} files "
+        "can be sent at once. Upload them in several batches, or put them in .zip archives "
+        f"(up to {DEFAULT_LIMITS.max_zip_members:,} images each)."
     )
 
 

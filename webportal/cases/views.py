@@ -5,12 +5,13 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts.services import RoleRequired, authenticated_user, labs_of
 from webportal.cases import processing, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
-from webportal.cases.models import Image, Prediction
+from webportal.cases.models import Batch, Image, Prediction
 from webportal.reports.services import UNIDENTIFIED, DifferentialRow, label_for
 
 
@@ -153,3 +154,20 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
     else:
         messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
     return redirect("cases:batch_detail", batch_id=batch.pk)
+
+
+def case_upload_refused(request: HttpRequest, *, case_id: int, reason: str) -> HttpResponse:
+    """The case page again, its upload form saying why the upload was refused (400)."""
+    case = get_object_or_404(
+        services.cases_visible_to(user=authenticated_user(request)), pk=case_id
+    )
+    form = BatchUploadForm(data={"priority": Batch.Priority.ROUTINE}, files=MultiValueDict())
+    form.is_valid()
+    form.errors["images"] = form.error_class([reason])
+    batches = case.batches.select_related("model_version")
+    return render(
+        request,
+        "cases/case_detail.html",
+        {"case": case, "batches": batches, "form": form},
+        status=400,
+    )

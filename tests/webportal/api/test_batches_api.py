@@ -186,3 +186,20 @@ def test_the_first_api_paths_still_answer_as_their_v1_twins(
     assert old.status_code == new.status_code == 200
     assert old.json() == new.json()
     assert api.post(f"/api/batches/{batch.pk}/cancel/").json()["status"] == "cancelled"
+
+
+def test_more_files_than_the_limit_is_a_json_error_stating_it(
+    api: APIClient, case, tiny_model: ModelVersion, settings
+) -> None:
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    files = [_upload(f"cell{i}.jpg", noisy_jpeg_bytes()) for i in range(4)]
+
+    response = api.post(
+        reverse("api:case_batches", args=[case.pk]), {"files": files}, format="multipart"
+    )
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "too_large"
+    assert "at most 3 files can be sent at once" in response.json()["detail"]
+    assert not Batch.objects.filter(case=case).exists()

@@ -109,3 +109,47 @@ def test_cancelling_from_the_batch_page(client_of: Client, case, tiny_model) -> 
     client_of.post(reverse("cases:batch_cancel", args=[batch.pk]))
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
+
+
+def test_more_files_than_the_limit_is_a_form_error_stating_it_not_a_bare_400(
+    member, case, tiny_model, settings
+) -> None:
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    browser = Client(enforce_csrf_checks=True)  # as a browser: the CSRF check runs
+    browser.force_login(member.user)
+    url = reverse("cases:case_detail", args=[case.pk])
+    token = browser.get(url).cookies["csrftoken"].value
+    files = [io.BytesIO(noisy_jpeg_bytes()) for _ in range(4)]
+    for number, handle in enumerate(files):
+        handle.name = f"cell{number}.jpg"
+
+    response = browser.post(
+        url, {"csrfmiddlewaretoken": token, "images": files, "priority": "routine"}
+    )
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "at most 3 files can be sent at once" in page
+    assert 'class="errorlist' in page  # on the form, beside the file field
+    assert "Upload and classify" in page
+    assert not Batch.objects.filter(case=case).exists()
+    files = files[:3]
+    for handle in files:
+        handle.seek(0)
+    response = browser.post(
+        url, {"csrfmiddlewaretoken": token, "images": files, "priority": "routine"}
+    )
+    assert response.status_code == 302
+    assert Batch.objects.get(case=case).total_images == 3
+
+
+def test_too_many_files_for_another_labs_case_says_not_found(member, tiny_model, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 1
+    foreign = CaseFactory.create()
+    client = Client()
+    client.force_login(member.user)
+    files = [io.BytesIO(noisy_jpeg_bytes()) for _ in range(2)]
+    for number, handle in enumerate(files):
+        handle.name = f"cell{number}.jpg"
+    response = client.post(reverse("cases:case_detail", args=[foreign.pk]), {"images": files})
+    assert response.status_code == 404
