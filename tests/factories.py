@@ -7,7 +7,8 @@ from django.contrib.auth.models import User
 from factory.declarations import Sequence, SubFactory
 
 from webportal.accounts.models import Lab, Membership, Role
-from webportal.cases.models import Case
+from webportal.cases.models import Batch, Case, ModelVersion, Patient
+from webportal.reports.models import Report
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
@@ -42,3 +43,60 @@ class CaseFactory(factory.django.DjangoModelFactory[Case]):
 
     lab = SubFactory(LabFactory)
     accession_number = Sequence(lambda n: f"ACC-{n:05d}")
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory[ModelVersion]):
+    """A registry row without a checkpoint file: for pages and queries, not for inference."""
+
+    class Meta:
+        model = ModelVersion
+
+    name = Sequence(lambda n: f"model-{n}")
+    architecture = "mobilenet_v2"
+    classes = ["lymphocyte", "monocyte", "neutrophil"]
+    checkpoint_path = "/nonexistent.pt"
+    checkpoint_sha256 = Sequence(lambda n: f"{n:064x}")
+    input_size = 64
+    mean = [0.5, 0.5, 0.5]
+    std = [0.25, 0.25, 0.25]
+    threshold = 0.5
+
+
+class PatientFactory(factory.django.DjangoModelFactory[Patient]):
+    class Meta:
+        model = Patient
+
+    lab = SubFactory(LabFactory)
+    external_id = Sequence(lambda n: f"MRN-{n:05d}")
+
+
+class BatchFactory(factory.django.DjangoModelFactory[Batch]):
+    class Meta:
+        model = Batch
+
+    case = SubFactory(CaseFactory)
+    model_version = SubFactory(ModelVersionFactory)
+    status = Batch.Status.DONE
+
+
+def differential(**counts: int) -> list[dict[str, object]]:
+    """A report snapshot from counts per label, with percentages as the reports compute them."""
+    total = sum(counts.values())
+    return [
+        {"label": label, "count": count, "percent": round(100 * count / total, 1) if total else 0.0}
+        for label, count in counts.items()
+    ]
+
+
+class ReportFactory(factory.django.DjangoModelFactory[Report]):
+    class Meta:
+        model = Report
+
+    batch = SubFactory(BatchFactory)
+    model_version = factory.SelfAttribute("batch.model_version")
+    differential = factory.LazyFunction(
+        lambda: differential(lymphocyte=30, monocyte=5, neutrophil=60, unidentified=5)
+    )
+    total_cells = factory.LazyAttribute(
+        lambda report: sum(int(row["count"]) for row in report.differential)
+    )

@@ -8,6 +8,7 @@ from django.views.defaults import server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from webportal.api import errors, ops
+from webportal.worklist import views as worklist_views
 
 
 @login_not_required
@@ -34,6 +35,10 @@ urlpatterns = [
     path("api/", include("webportal.api.legacy_urls")),
     re_path(r"^api/", login_not_required(errors.json_not_found)),
     path("integrations/", include("webportal.api.portal_urls")),
+    path("", worklist_views.home, name="home"),
+    path("", include("webportal.worklist.urls")),
+    path("", include("webportal.accounts.urls")),
+    path("", include("webportal.audit.urls")),
     path("", include("webportal.cases.urls")),
 ]
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework.request import Request
 
 from webportal.accounts.models import Lab, Membership, Role
+from webportal.audit.models import Action
+from webportal.audit.services import record_event
+from webportal.cases.models import ModelVersion
 
 # Who may do what; the services name one of these sets when they call require_role.
 CASE_WRITERS = frozenset({Role.STAFF, Role.PATHOLOGIST, Role.INTEGRATOR})
@@ -111,3 +115,131 @@ def authenticated_user(request: HttpRequest | Request) -> User:
     if not isinstance(user, User) or not user.is_authenticated:
         raise PermissionDenied("Log in first.")
     return user
+
+
+# --- lab administration (the portal's lab admin pages) ----------------------------------------
+
+
+class AccountError(Exception):
+    """A lab administration request that cannot be carried out, with a message for the user."""
+
+
+def _membership_values(membership: Membership) -> dict[str, str]:
+    return {"username": membership.user.get_username(), "role": membership.role}
+
+
+def add_member_as_admin(
+    *, admin: User, lab: Lab, username: str, role: str, password: str = ""
+) -> Membership:
+    """Add a user to the lab with a role; a new username needs a password and creates the user.
+
+    Only the lab's admin may; the event names the member and the role.
+    """
+    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="add members")
+    username = username.strip()
+    if not username:
+        raise AccountError("A username is required.")
+    if role not in Role.values:
+        raise AccountError(f"Unknown role {role!r}.")
+    with transaction.atomic():
+        user = User.objects.filter(username=username).first()
+        created = user is None
+        if user is None:
+            if not password:
+                raise AccountError(
+                    f"There is no user {username!r} yet: give a password to create one."
+                )
+            candidate = User(username=username)
+            try:
+                validate_password(password, user=candidate)
+            except ValidationError as exc:
+                raise AccountError(" ".join(exc.messages)) from exc
+            user = User.objects.create_user(username=username, password=password)
+        elif Membership.objects.filter(user=user, lab=lab).exists():
+            raise AccountError(f"{username} is already a member of {lab}.")
+        membership = Membership.objects.create(user=user, lab=lab, role=role)
+        record_event(
+            lab=lab,
+            actor=admin,
+            action=Action.MEMBER_ADDED,
+            obj=membership,
+            after={**_membership_values(membership), "new_user": created},
+        )
+        return membership
+
+
+def _other_admins(membership: Membership) -> bool:
+    return (
+        Membership.objects.filter(lab=membership.lab, role=Role.ADMIN)
+        .exclude(pk=membership.pk)
+        .exists()
+    )
+
+
+def change_role(*, admin: User, membership: Membership, role: str) -> Membership:
+    require_role(user=admin, lab=membership.lab, allowed=LAB_ADMINS, action="change roles")
+    if role not in Role.values:
+        raise AccountError(f"Unknown role {role!r}.")
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().get(pk=membership.pk)
+        if membership.role == role:
+            return membership
+        if membership.role == Role.ADMIN and not _other_admins(membership):
+            raise AccountError(f"{membership.user} is the last admin of {membership.lab}.")
+        before = _membership_values(membership)
+        membership.role = role
+        membership.save(update_fields=["role"])
+        record_event(
+            lab=membership.lab,
+            actor=admin,
+            action=Action.MEMBER_ROLE_CHANGED,
+            obj=membership,
+            before=before,
+            after=_membership_values(membership),
+        )
+        return membership
+
+
+def remove_member(*, admin: User, membership: Membership) -> None:
+    """Take a user out of the lab; the user and everything they did stay."""
+    require_role(user=admin, lab=membership.lab, allowed=LAB_ADMINS, action="remove members")
+    with transaction.atomic():
+        if membership.role == Role.ADMIN and not _other_admins(membership):
+            raise AccountError(f"{membership.user} is the last admin of {membership.lab}.")
+        record_event(
+            lab=membership.lab,
+            actor=admin,
+            action=Action.MEMBER_REMOVED,
+            obj=membership,
+            before=_membership_values(membership),
+        )
+        membership.delete()
+
+
+def members_of(*, lab: Lab) -> QuerySet[Membership]:
+    return Membership.objects.filter(lab=lab).select_related("user").order_by("user__username")
+
+
+def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None) -> Lab:
+    """Choose the model the lab's new batches run with (None: always the newest registered).
+
+    A new model is activated by a person, never silently; batches already uploaded keep
+    the model they were uploaded with.
+    """
+    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="choose the lab's model")
+    with transaction.atomic():
+        lab = Lab.objects.select_for_update().select_related("active_model").get(pk=lab.pk)
+        if lab.active_model == model_version:
+            return lab
+        before = {"model": str(lab.active_model) if lab.active_model else "newest registered"}
+        lab.active_model = model_version
+        lab.save(update_fields=["active_model"])
+        record_event(
+            lab=lab,
+            actor=admin,
+            action=Action.MODEL_ACTIVATED,
+            obj=lab,
+            before=before,
+            after={"model": str(model_version) if model_version else "newest registered"},
+        )
+        return lab

@@ -29,7 +29,6 @@ class Action(models.TextChoices):
     MODEL_ACTIVATED = "model.activated", "Model activated"
     THRESHOLD_CHANGED = "threshold.changed", "Threshold changed"
     REFERENCE_RANGE_CHANGED = "reference_range.changed", "Reference range changed"
-    PASSWORD_CHANGED = "password.changed", "Password changed"
 
 
 class AppendOnlyError(Exception):

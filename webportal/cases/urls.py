@@ -5,7 +5,7 @@ from webportal.cases import views
 app_name = "cases"
 
 urlpatterns = [
-    path("", views.case_list, name="case_list"),
+    path("cases/", views.case_list, name="case_list"),
     path("cases/<int:case_id>/", views.case_detail, name="case_detail"),
     path("batches/<int:batch_id>/", views.batch_detail, name="batch_detail"),
     path("batches/<int:batch_id>/status.json", views.batch_status, name="batch_status"),

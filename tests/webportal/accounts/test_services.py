@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import User
 
-from tests.factories import LabFactory, MembershipFactory, UserFactory
+from tests.factories import LabFactory, MembershipFactory, ModelVersionFactory, UserFactory
 from webportal.accounts import services
-from webportal.accounts.models import Role
+from webportal.accounts.models import Membership, Role
+from webportal.audit.models import Action, AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -68,3 +70,128 @@ def test_labs_where_lists_only_the_labs_with_an_allowed_role() -> None:
     signing = MembershipFactory.create(user=user, role=Role.PATHOLOGIST).lab
     MembershipFactory.create(user=user, role=Role.STAFF)
     assert list(services.labs_where(user=user, allowed=services.SIGNERS)) == [signing]
+
+
+# --- lab administration ---------------------------------------------------------------------
+
+
+def _admin_of_new_lab():
+    return MembershipFactory.create(role=Role.ADMIN)
+
+
+def test_a_lab_admin_adds_an_existing_user_and_the_trail_names_them() -> None:
+    admin = _admin_of_new_lab()
+    newcomer = UserFactory.create(username="dr-who")
+    membership = services.add_member_as_admin(
+        admin=admin.user, lab=admin.lab, username="dr-who", role=Role.PATHOLOGIST
+    )
+    assert (membership.user, membership.role) == (newcomer, Role.PATHOLOGIST)
+    event = AuditEvent.objects.get(action=Action.MEMBER_ADDED)
+    assert (event.actor, event.lab) == (admin.user, admin.lab)
+    assert event.after == {"username": "dr-who", "role": "pathologist", "new_user": False}
+
+
+def test_a_new_username_needs_a_strong_password_and_then_creates_the_user() -> None:
+    admin = _admin_of_new_lab()
+    with pytest.raises(services.AccountError, match="give a password"):
+        services.add_member_as_admin(
+            admin=admin.user, lab=admin.lab, username="tech1", role=Role.STAFF
+        )
+    with pytest.raises(services.AccountError, match=r"too short|too common"):
+        services.add_member_as_admin(
+            admin=admin.user, lab=admin.lab, username="tech1", role=Role.STAFF, password="abc"
+        )
+    assert not User.objects.filter(username="tech1").exists()
+    services.add_member_as_admin(
+        admin=admin.user,
+        lab=admin.lab,
+        username="tech1",
+        role=Role.STAFF,
+        password="slide-stain-microscope-41",
+    )
+    assert User.objects.get(username="tech1").check_password("slide-stain-microscope-41")
+    assert AuditEvent.objects.get(action=Action.MEMBER_ADDED).after["new_user"] is True
+
+
+def test_adding_someone_twice_says_they_are_already_a_member() -> None:
+    admin = _admin_of_new_lab()
+    member = MembershipFactory.create(lab=admin.lab)
+    with pytest.raises(services.AccountError, match="already a member"):
+        services.add_member_as_admin(
+            admin=admin.user, lab=admin.lab, username=member.user.username, role=Role.STAFF
+        )
+
+
+@pytest.mark.parametrize("role", [Role.STAFF, Role.PATHOLOGIST, Role.INTEGRATOR])
+def test_only_a_lab_admin_manages_members(role: Role) -> None:
+    member = MembershipFactory.create(role=role)
+    other = MembershipFactory.create(lab=member.lab)
+    with pytest.raises(services.RoleRequired):
+        services.add_member_as_admin(
+            admin=member.user, lab=member.lab, username="x", role=Role.STAFF, password="p"
+        )
+    with pytest.raises(services.RoleRequired):
+        services.change_role(admin=member.user, membership=other, role=Role.ADMIN)
+    with pytest.raises(services.RoleRequired):
+        services.remove_member(admin=member.user, membership=other)
+    assert not AuditEvent.objects.exists()
+
+
+def test_the_admin_of_one_lab_cannot_manage_another_lab() -> None:
+    admin = _admin_of_new_lab()
+    elsewhere = MembershipFactory.create()
+    with pytest.raises(services.RoleRequired):
+        services.change_role(admin=admin.user, membership=elsewhere, role=Role.ADMIN)
+
+
+def test_changing_a_role_records_it_before_and_after() -> None:
+    admin = _admin_of_new_lab()
+    member = MembershipFactory.create(lab=admin.lab, role=Role.STAFF)
+    services.change_role(admin=admin.user, membership=member, role=Role.PATHOLOGIST)
+    member.refresh_from_db()
+    assert member.role == Role.PATHOLOGIST
+    event = AuditEvent.objects.get(action=Action.MEMBER_ROLE_CHANGED)
+    assert event.before == {"username": member.user.username, "role": "staff"}
+    assert event.after == {"username": member.user.username, "role": "pathologist"}
+    # Setting the same role again changes nothing and records nothing.
+    services.change_role(admin=admin.user, membership=member, role=Role.PATHOLOGIST)
+    assert AuditEvent.objects.filter(action=Action.MEMBER_ROLE_CHANGED).count() == 1
+
+
+def test_the_last_admin_can_be_neither_demoted_nor_removed() -> None:
+    admin = _admin_of_new_lab()
+    with pytest.raises(services.AccountError, match="last admin"):
+        services.change_role(admin=admin.user, membership=admin, role=Role.STAFF)
+    with pytest.raises(services.AccountError, match="last admin"):
+        services.remove_member(admin=admin.user, membership=admin)
+    second = MembershipFactory.create(lab=admin.lab, role=Role.ADMIN)
+    services.remove_member(admin=second.user, membership=admin)
+    assert not Membership.objects.filter(pk=admin.pk).exists()
+
+
+def test_removing_a_member_keeps_the_user_and_records_who_it_was() -> None:
+    admin = _admin_of_new_lab()
+    member = MembershipFactory.create(lab=admin.lab, role=Role.PATHOLOGIST)
+    services.remove_member(admin=admin.user, membership=member)
+    assert User.objects.filter(pk=member.user.pk).exists()
+    assert services.role_in(user=member.user, lab=admin.lab) is None
+    event = AuditEvent.objects.get(action=Action.MEMBER_REMOVED)
+    assert event.before == {"username": member.user.username, "role": "pathologist"}
+    assert event.after is None
+
+
+def test_activating_a_model_is_the_admins_and_is_recorded() -> None:
+    admin = _admin_of_new_lab()
+    staff = MembershipFactory.create(lab=admin.lab, role=Role.PATHOLOGIST)
+    model = ModelVersionFactory.create(name="pbc8")
+    with pytest.raises(services.RoleRequired):
+        services.activate_model(admin=staff.user, lab=admin.lab, model_version=model)
+    lab = services.activate_model(admin=admin.user, lab=admin.lab, model_version=model)
+    assert lab.active_model == model
+    event = AuditEvent.objects.get(action=Action.MODEL_ACTIVATED)
+    assert event.before == {"model": "newest registered"}
+    assert event.after == {"model": str(model)}
+    services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
+    lab.refresh_from_db()
+    assert lab.active_model is None
+    assert AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).count() == 2

@@ -1,0 +1,152 @@
+"""The lab admin's pages: only a lab's admin reaches them; another lab's are not found."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from tests.factories import MembershipFactory, ModelVersionFactory
+from webportal.accounts.models import Membership, Role
+from webportal.audit.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "a-long-test-password-42"  # the factories' password
+
+
+def _client(membership: Membership) -> Client:
+    client = Client()
+    client.force_login(membership.user)
+    return client
+
+
+def _admin_pages(membership: Membership) -> list[str]:
+    lab = membership.lab.pk
+    return [
+        reverse("accounts:members", args=[lab]),
+        reverse("accounts:lab_model", args=[lab]),
+        reverse("audit:audit_trail", args=[lab]),
+    ]
+
+
+def test_a_lab_admin_sees_members_model_and_audit_pages() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    client = _client(admin)
+    for url in _admin_pages(admin):
+        assert client.get(url).status_code == 200, url
+
+
+@pytest.mark.parametrize("role", [Role.STAFF, Role.PATHOLOGIST])
+def test_other_members_of_the_lab_are_refused_with_a_reason(role: Role) -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    member = MembershipFactory.create(lab=admin.lab, role=role)
+    for url in _admin_pages(admin):
+        response = _client(member).get(url)
+        assert response.status_code == 403, url
+        assert b"Only a lab admin" in response.content
+
+
+def test_another_labs_admin_pages_are_not_found() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    other_admin = MembershipFactory.create(role=Role.ADMIN)
+    for url in _admin_pages(admin):
+        assert _client(other_admin).get(url).status_code == 404, url
+
+
+def test_the_admin_adds_changes_and_removes_a_member_in_the_portal() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    client = _client(admin)
+    members = reverse("accounts:members", args=[admin.lab.pk])
+    response = client.post(
+        members,
+        {"username": "newtech", "role": "staff", "password": "slide-stain-microscope-41"},
+    )
+    assert response.status_code == 302
+    membership = Membership.objects.get(user__username="newtech")
+    client.post(
+        reverse("accounts:member_role", args=[admin.lab.pk, membership.pk]),
+        {"role": "pathologist"},
+    )
+    membership.refresh_from_db()
+    assert membership.role == Role.PATHOLOGIST
+    page = client.get(members)
+    assert b"newtech" in page.content
+    client.post(reverse("accounts:member_remove", args=[admin.lab.pk, membership.pk]))
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+    assert list(AuditEvent.objects.order_by("id").values_list("action", flat=True)) == [
+        "member.added",
+        "member.role_changed",
+        "member.removed",
+    ]
+
+
+def test_a_member_of_another_lab_cannot_be_changed_through_this_labs_pages() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    foreign = MembershipFactory.create(role=Role.STAFF)
+    response = _client(admin).post(
+        reverse("accounts:member_role", args=[admin.lab.pk, foreign.pk]), {"role": "admin"}
+    )
+    assert response.status_code == 404
+    foreign.refresh_from_db()
+    assert foreign.role == Role.STAFF
+
+
+def test_a_bad_new_member_is_explained_on_the_form() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    response = _client(admin).post(
+        reverse("accounts:members", args=[admin.lab.pk]), {"username": "ghost", "role": "staff"}
+    )
+    assert response.status_code == 200
+    assert b"give a password" in response.content
+
+
+def test_the_admin_activates_a_model_from_the_portal() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    model = ModelVersionFactory.create()
+    response = _client(admin).post(
+        reverse("accounts:lab_model", args=[admin.lab.pk]), {"model_version": model.pk}
+    )
+    assert response.status_code == 302
+    admin.lab.refresh_from_db()
+    assert admin.lab.active_model == model
+    assert AuditEvent.objects.filter(action="model.activated").exists()
+
+
+def test_a_user_changes_their_password_in_the_portal() -> None:
+    member = MembershipFactory.create()
+    client = _client(member)
+    assert client.get(reverse("accounts:password_change")).status_code == 200
+    response = client.post(
+        reverse("accounts:password_change"),
+        {
+            "old_password": PASSWORD,
+            "new_password1": "differential-count-2026",
+            "new_password2": "differential-count-2026",
+        },
+    )
+    assert response.status_code == 302
+    member.user.refresh_from_db()
+    assert member.user.check_password("differential-count-2026")
+
+
+def test_an_integrator_gets_the_api_but_no_portal_page() -> None:
+    integrator = MembershipFactory.create(role=Role.INTEGRATOR)
+    client = _client(integrator)
+    for name in ["cases:case_list", "worklist:worklist", "accounts:password_change"]:
+        assert client.get(reverse(name)).status_code == 403, name
+    assert client.get("/api/batches/999999/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("role", "home"),
+    [
+        (Role.PATHOLOGIST, "worklist:worklist"),
+        (Role.STAFF, "cases:case_list"),
+        (Role.ADMIN, "accounts:lab_home"),
+    ],
+)
+def test_each_role_starts_on_its_own_page(role: Role, home: str) -> None:
+    response = _client(MembershipFactory.create(role=role)).get(reverse("home"))
+    assert response.status_code == 302
+    assert response["Location"] == reverse(home)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from tests.factories import CaseFactory, MembershipFactory
+from webportal.accounts.models import Role
+from webportal.audit.models import AuditEvent
+from webportal.audit.services import record_event
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def trail():
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    staff = MembershipFactory.create(lab=admin.lab, role=Role.STAFF)
+    first, second = CaseFactory.create(lab=admin.lab), CaseFactory.create(lab=admin.lab)
+    record_event(lab=admin.lab, actor=staff.user, action="case.created", obj=first)
+    record_event(lab=admin.lab, actor=staff.user, action="case.created", obj=second)
+    record_event(
+        lab=admin.lab,
+        actor=admin.user,
+        action="member.role_changed",
+        obj=staff,
+        before={"role": "staff"},
+        after={"role": "pathologist"},
+    )
+    foreign = CaseFactory.create()
+    record_event(lab=foreign.lab, actor=None, action="case.created", obj=foreign)
+    client = Client()
+    client.force_login(admin.user)
+    url = reverse("audit:audit_trail", args=[admin.lab.pk])
+    return {"client": client, "url": url, "staff": staff, "first": first, "foreign": foreign}
+
+
+def _rows(response) -> int:
+    return response.content.count(b'<tr class="event">')
+
+
+def test_the_trail_shows_only_this_labs_events_with_before_and_after(trail) -> None:
+    response = trail["client"].get(trail["url"])
+    assert _rows(response) == 3
+    assert b"Member&#x27;s role changed" in response.content
+    assert b"pathologist" in response.content
+    assert f"cases.case #{trail['foreign'].pk}".encode() not in response.content
+
+
+def test_the_trail_filters_by_action_actor_object_and_date(trail) -> None:
+    client, url = trail["client"], trail["url"]
+    assert _rows(client.get(url, {"action": "case.created"})) == 2
+    assert _rows(client.get(url, {"actor": trail["staff"].user.pk})) == 2
+    by_object = client.get(url, {"object_type": "cases.case", "object_id": str(trail["first"].pk)})
+    assert _rows(by_object) == 1
+    tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
+    assert _rows(client.get(url, {"date_from": tomorrow})) == 0
+    assert b"No events match" in client.get(url, {"date_from": tomorrow}).content
+    today = timezone.now().date().isoformat()
+    assert _rows(client.get(url, {"date_from": today, "date_to": today})) == 3
+
+
+def test_the_trail_pages_fifty_events_at_a_time(trail) -> None:
+    lab = trail["staff"].lab
+    for _ in range(60):
+        record_event(lab=lab, actor=None, action="case.created", obj=trail["first"])
+    client, url = trail["client"], trail["url"]
+    assert _rows(client.get(url)) == 50
+    assert _rows(client.get(url, {"page": 2})) == 13
+    assert AuditEvent.objects.filter(lab=lab).count() == 63

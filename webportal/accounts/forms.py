@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from webportal.accounts.models import Role
+from webportal.cases.models import ModelVersion
+
+
+class AddMemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.STAFF)
+    password = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Only for a new user: an existing user keeps their password.",
+    )
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class ActiveModelForm(forms.Form):
+    model_version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.none(),
+        required=False,
+        empty_label="Always the newest registered model",
+        label="Model for new batches",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model_version"].queryset = ModelVersion.objects.order_by(  # type: ignore[attr-defined]
+            "-created_at", "-id"
+        )

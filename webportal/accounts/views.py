@@ -1,0 +1,128 @@
+"""The lab admin's pages: members and roles, the lab's model. Thin: services do the work."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from webportal.accounts import services
+from webportal.accounts.forms import ActiveModelForm, AddMemberForm, RoleForm
+from webportal.accounts.models import Lab, Membership
+from webportal.cases.models import ModelVersion
+
+
+def admin_lab(request: HttpRequest, lab_id: int) -> Lab:
+    """The lab if the user is its admin: another lab is 404, a non-admin member gets 403."""
+    user = services.authenticated_user(request)
+    lab = get_object_or_404(services.labs_of(user=user), pk=lab_id)
+    services.require_role(user=user, lab=lab, allowed=services.LAB_ADMINS, action="do this")
+    return lab
+
+
+@require_GET
+def lab_home(request: HttpRequest) -> HttpResponse:
+    labs = services.labs_where(
+        user=services.authenticated_user(request), allowed=services.LAB_ADMINS
+    )
+    if len(labs) == 1:
+        return redirect("accounts:members", lab_id=labs[0].pk)
+    return render(request, "accounts/lab_home.html", {"labs": labs})
+
+
+@require_http_methods(["GET", "POST"])
+def members(request: HttpRequest, lab_id: int) -> HttpResponse:
+    lab = admin_lab(request, lab_id)
+    form = AddMemberForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            membership = services.add_member_as_admin(
+                admin=services.authenticated_user(request),
+                lab=lab,
+                username=form.cleaned_data["username"],
+                role=form.cleaned_data["role"],
+                password=form.cleaned_data["password"],
+            )
+        except services.AccountError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(
+                request, f"{membership.user} added as {membership.get_role_display().lower()}."
+            )
+            return redirect("accounts:members", lab_id=lab.pk)
+    return render(
+        request,
+        "accounts/members.html",
+        {
+            "lab": lab,
+            "form": form,
+            "memberships": services.members_of(lab=lab),
+            "role_form": RoleForm(),
+        },
+    )
+
+
+def _membership(lab: Lab, membership_id: int) -> Membership:
+    return get_object_or_404(
+        Membership.objects.select_related("user", "lab"), pk=membership_id, lab=lab
+    )
+
+
+@require_POST
+def member_role(request: HttpRequest, lab_id: int, membership_id: int) -> HttpResponse:
+    lab = admin_lab(request, lab_id)
+    membership = _membership(lab, membership_id)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose one of the roles.")
+        return redirect("accounts:members", lab_id=lab.pk)
+    try:
+        membership = services.change_role(
+            admin=services.authenticated_user(request),
+            membership=membership,
+            role=form.cleaned_data["role"],
+        )
+    except services.AccountError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, f"{membership.user} is now {membership.get_role_display().lower()}."
+        )
+    return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_POST
+def member_remove(request: HttpRequest, lab_id: int, membership_id: int) -> HttpResponse:
+    lab = admin_lab(request, lab_id)
+    membership = _membership(lab, membership_id)
+    try:
+        services.remove_member(admin=services.authenticated_user(request), membership=membership)
+    except services.AccountError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{membership.user} no longer belongs to {lab}.")
+    return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
+    lab = admin_lab(request, lab_id)
+    form = ActiveModelForm(request.POST or None, initial={"model_version": lab.active_model})
+    if request.method == "POST" and form.is_valid():
+        services.activate_model(
+            admin=services.authenticated_user(request),
+            lab=lab,
+            model_version=form.cleaned_data["model_version"],
+        )
+        messages.success(request, "Model for new batches saved.")
+        return redirect("accounts:lab_model", lab_id=lab.pk)
+    return render(
+        request,
+        "accounts/lab_model.html",
+        {
+            "lab": lab,
+            "form": form,
+            "models": ModelVersion.objects.order_by("-created_at", "-id"),
+        },
+    )
