@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import factory.django
 from django.contrib.auth.models import User
-from factory.declarations import Sequence, SubFactory
+from factory.declarations import LazyAttribute, LazyFunction, SelfAttribute, Sequence, SubFactory
 
 from webportal.accounts.models import Lab, Membership, Role
 from webportal.cases.models import Batch, Case, ModelVersion, Patient
@@ -93,10 +93,10 @@ class ReportFactory(factory.django.DjangoModelFactory[Report]):
         model = Report
 
     batch = SubFactory(BatchFactory)
-    model_version = factory.SelfAttribute("batch.model_version")
-    differential = factory.LazyFunction(
+    model_version = SelfAttribute("batch.model_version")
+    differential = LazyFunction(
         lambda: differential(lymphocyte=30, monocyte=5, neutrophil=60, unidentified=5)
     )
-    total_cells = factory.LazyAttribute(
+    total_cells = LazyAttribute(
         lambda report: sum(int(row["count"]) for row in report.differential)
     )

@@ -110,7 +110,11 @@ def test_a_new_username_needs_a_strong_password_and_then_creates_the_user() -> N
         password="slide-stain-microscope-41",
     )
     assert User.objects.get(username="tech1").check_password("slide-stain-microscope-41")
-    assert AuditEvent.objects.get(action=Action.MEMBER_ADDED).after["new_user"] is True
+    assert AuditEvent.objects.get(action=Action.MEMBER_ADDED).after == {
+        "username": "tech1",
+        "role": "staff",
+        "new_user": True,
+    }
 
 
 def test_adding_someone_twice_says_they_are_already_a_member() -> None:

@@ -39,7 +39,7 @@ def trail():
 
 
 def _rows(response) -> int:
-    return response.content.count(b'<tr class="event">')
+    return int(response.content.count(b'<tr class="event">'))
 
 
 def test_the_trail_shows_only_this_labs_events_with_before_and_after(trail) -> None:
