@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ml.model import build_model
+from ml.ood import OODGuard
 
 FORMAT_VERSION = 1
 
@@ -51,7 +52,9 @@ def save_checkpoint(
     temperature: float = 1.0,
     threshold: float | None = None,
     resize: str = "crop",
+    ood: dict[str, Any] | None = None,
 ) -> None:
+    """ood: a batch guard's `ml.ood.OODGuard.to_dict()` (tensors and floats), stored as `ood`."""
     ckpt = {
         "format_version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -66,6 +69,8 @@ def save_checkpoint(
         "recipe": dict(recipe),
         "metrics": dict(metrics),
     }
+    if ood is not None:
+        ckpt["ood"] = dict(ood)
     atomic_save(ckpt, path)
 
 
@@ -118,6 +123,12 @@ def load_checkpoint(
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, meta
+
+
+def load_ood(path: str | os.PathLike[str]) -> OODGuard | None:
+    """The checkpoint's batch guard, or None when it has none (older files)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return None if ckpt.get("ood") is None else OODGuard.from_dict(ckpt["ood"])
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

@@ -16,8 +16,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml.checkpoint import load_checkpoint
+from ml.checkpoint import load_checkpoint, load_ood
+from ml.ood import OODGuard
 from ml.transforms import eval_geometry, eval_transform, geometry_key, to_input_tensor
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """The batch guard's verdict on a batch of cells (`ml.ood`)."""
+
+    score: float  # mean out-of-distribution score of the cells checked
+    threshold: float | None  # flag above this (None: batch too small to judge)
+    flagged: bool  # True: these cells are unlike anything the model was validated on
+    cells_checked: int
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,10 @@ class Classifier:
         device: torch.device | None = None,
         resize: str = "crop",
         accelerate: bool | None = None,
+        ood: OODGuard | None = None,
     ) -> None:
         self.classes = list(classes)
+        self.ood = ood
         self.arch = arch
         self.input_size = input_size
         self.temperature = temperature
@@ -55,6 +68,9 @@ class Classifier:
         self.to_input = to_input_tensor(mean, std)
         self.geometry = geometry_key(input_size, resize)
         self.model = model.to(self.device).eval()
+        # The model as built, kept for the guard's features even if `model` is later swapped for
+        # a faster engine that only returns logits (ml.engine).
+        self.eager = self.model
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
         # CUDA only (on a CPU it gains nothing); forcing it on a CPU tests the same code path.
         self.accelerate = self.device.type == "cuda" if accelerate is None else accelerate
@@ -86,6 +102,7 @@ class Classifier:
             device=torch.device(device),
             resize=meta.resize,
             accelerate=accelerate,
+            ood=load_ood(path),
         )
 
     @torch.inference_mode()
@@ -98,6 +115,32 @@ class Classifier:
             logits = self.model(x)
         out: torch.Tensor = logits.float() / self.temperature
         return out
+
+    @torch.inference_mode()
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (the classifier's input) of a normalised batch, from the
+        model as built (`features` then `classifier`: mobilenet_v2, efficientnet_lite0)."""
+        features = self.eager.get_submodule("features")
+        x = features(batch.to(self.device).float())
+        return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).float().cpu()
+
+    def check_batch(self, batch: torch.Tensor, *, max_cells: int = 100) -> BatchCheck | None:
+        """The batch guard's verdict on the cells of a batch made by `preprocess` (None when the
+        checkpoint has no guard). At most max_cells cells, evenly spaced, are checked: the
+        guard's thresholds are calibrated for batches of 20 and 100 cells, and each checked cell
+        costs a forward pass."""
+        if self.ood is None or len(batch) == 0:
+            return None
+        step = max(1, -(-len(batch) // max_cells))
+        feats = self.embed(batch[::step])
+        score = self.ood.batch_score(feats)
+        threshold = self.ood.threshold_for(len(feats))
+        return BatchCheck(
+            score=score,
+            threshold=threshold,
+            flagged=threshold is not None and score > threshold,
+            cells_checked=len(feats),
+        )
 
     def warm_up(self, batch_size: int) -> None:
         """One forward pass on a blank batch: the first call allocates (about a second on a

@@ -274,10 +274,12 @@ class FeaturesTail(nn.Module):
         self.blocks = _sequential(model, "features")[k:]
         self.classifier = model.get_submodule("classifier")
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features: the classifier's input (what ml.ood models)."""
+        return nn.functional.adaptive_avg_pool2d(self.blocks(x), 1).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(x)
-        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
-        out: torch.Tensor = self.classifier(x)
+        out: torch.Tensor = self.classifier(self.embed(x))
         return out
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ml.checkpoint import atomic_save, save_checkpoint
+from ml.checkpoint import atomic_save, load_checkpoint, read_metadata, save_checkpoint
 from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
 from ml.metrics import (
     choose_threshold,
@@ -57,6 +57,7 @@ from ml.metrics import (
 )
 from ml.model import ARCHS, build_model, default_weights, split_trunk_tail
 from ml.plots import plot_confusion, plot_coverage, plot_curves
+from ml.sources import masked_cross_entropy
 from ml.transforms import (
     RESIZE_MODES,
     eval_transform,
@@ -132,7 +133,38 @@ def get_args_parser() -> argparse.ArgumentParser:
         "class of --data (case-insensitively) join the training side only; validation stays "
         "on --data alone",
     )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune this model (e.g. a shipped one) on --data instead of ImageNet weights: "
+        "its classes, architecture, input size and resize mode are kept (those options are "
+        "ignored); --data's folders must be among its classes, and the loss is masked to them, "
+        "so a class the folder lacks is not taught as absent",
+    )
+    p.add_argument("--stain-jitter", action="store_true", help="ml.transforms.StainJitter views")
     return p
+
+
+class MaskedLoss(nn.Module):
+    """Cross-entropy over a fixed subset of the classes (`ml.sources.masked_cross_entropy`)."""
+
+    def __init__(self, mask: torch.Tensor, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mask = self.get_buffer("mask").to(logits.device).expand(len(logits), -1)
+        return masked_cross_entropy(logits, target, mask, label_smoothing=self.label_smoothing)
+
+
+def apply_init(args: argparse.Namespace) -> list[str] | None:
+    """With --init, take the checkpoint's classes and geometry into args; returns its classes."""
+    if not args.init:
+        return None
+    meta = read_metadata(args.init)
+    args.arch, args.input_size, args.resize = meta.arch, meta.input_size, meta.resize
+    return meta.classes
 
 
 def seed_everything(seed: int) -> None:
@@ -305,14 +337,23 @@ class Data:
     val_set: ImageList
 
 
-def load_data(args: argparse.Namespace) -> Data:
+def load_data(args: argparse.Namespace, init_classes: list[str] | None = None) -> Data:
     """List --data, group near-copies, split train/val (and the naive holdout), add
-    --extra-train, and build the train (augmented) and val (eval) datasets."""
+    --extra-train, and build the train (augmented) and val (eval) datasets. With
+    init_classes (--init), labels index those classes."""
     found = list_samples(args.data)
     if args.limit:
         rng = random.Random(args.seed)  # noqa: S311 - a reproducible subset, not a secret
         found = [found[i] for i in sorted(rng.sample(range(len(found)), args.limit))]
     classes = sorted({c for _, c in found})
+    if init_classes is not None:
+        unknown = sorted(set(classes) - set(init_classes))
+        if unknown:
+            raise SystemExit(
+                f"--init {args.init}: the model has no class for folders {unknown} "
+                f"(its classes: {init_classes})"
+            )
+        classes = list(init_classes)
     samples = [(p, classes.index(c)) for p, c in found]
     labels = [y for _, y in samples]
     if args.group_by in ("near-duplicate", "dhash"):
@@ -351,7 +392,8 @@ def load_data(args: argparse.Namespace) -> Data:
         naive_idx=naive_idx,
         extra_idx=extra_idx,
         train_set=ImageList(
-            [samples[i] for i in train_idx], train_transform(size, mean, std, resize=rz)
+            [samples[i] for i in train_idx],
+            train_transform(size, mean, std, resize=rz, stain=args.stain_jitter),
         ),
         val_set=ImageList([samples[i] for i in val_idx], eval_transform(size, mean, std, rz)),
     )
@@ -455,6 +497,7 @@ def fit_tail(
     fit: Fit,
     device: torch.device,
     last_path: Path,
+    n_classes: int = 0,
 ) -> Fit:
     """Train the head, then the tail, on the cached activations; keep the best epoch by val
     accuracy (then loss), stop early; save resumable state every epoch."""
@@ -462,8 +505,15 @@ def fit_tail(
         # Restored only now, so the cache drew the same augmentations as the first run.
         torch.set_rng_state(fit.rng)
     t_start = time.time()
-    criterion = nn.CrossEntropyLoss()
-    train_criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    criterion: nn.Module = nn.CrossEntropyLoss()
+    train_criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    if args.init:
+        # Only the classes --data labels enter the loss: fine-tuning on one lab's folder must not
+        # teach the model's other classes as absent.
+        present = torch.zeros(n_classes, dtype=torch.bool)
+        present[torch.unique(torch.cat([cache.train_y, cache.val_y]))] = True
+        criterion = MaskedLoss(present)
+        train_criterion = MaskedLoss(present, args.label_smoothing)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     bs, n_train = args.batch_size, len(cache.train_y)
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -651,9 +701,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     last_path = out.with_suffix(".last.pt")
 
-    data = load_data(args)
-    weights = None if args.weights == "none" else args.weights
-    model = build_model(args.arch, len(data.classes), pretrained=weights).to(device)
+    init_classes = apply_init(args)
+    data = load_data(args, init_classes)
+    if args.init:
+        model = load_checkpoint(args.init)[0].to(device)
+    else:
+        weights = None if args.weights == "none" else args.weights
+        model = build_model(args.arch, len(data.classes), pretrained=weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     trunk, tail = split_trunk_tail(model, args.arch, args.trunk_blocks)
@@ -661,7 +715,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     fit = make_fit(args, model, tail, last_path)
     if fit.start_epoch < args.epochs:  # a resumed run with no epochs left needs no cache
         cache = build_cache(args, trunk, data, device)
-        fit = fit_tail(args, model, tail, cache, fit, device, last_path)
+        fit = fit_tail(args, model, tail, cache, fit, device, last_path, len(data.classes))
     return calibrate_and_write(args, model, data, fit, device, out, t_start)
 
 

@@ -139,3 +139,48 @@ def test_extra_training_images_join_only_known_classes_on_the_training_side(tmp_
     assert added == [1]
     assert samples[1] == (tmp_path / "extra" / "Monocyte" / "a.png", 1)
     assert "ignoring folders ['basophil']" in capsys.readouterr().out
+
+
+def _folder_loss(model_path, folder, classes):
+    from ml.data import list_samples
+
+    clf = Classifier.load(model_path, device="cpu")
+    found = list_samples(folder)
+    from PIL import Image
+
+    batch = clf.preprocess([Image.open(p) for p, _ in found])
+    logits = clf.predict_logits(batch) * clf.temperature  # the raw logits
+    target = torch.tensor([clf.classes.index(c) for _, c in found])
+    return float(nn.functional.cross_entropy(logits, target))
+
+
+def test_init_fine_tunes_a_model_on_a_new_folder_and_lowers_its_loss(tmp_path, image_folder):
+    from ml.testing import make_tiny_checkpoint
+
+    classes = ["alpha", "beta", "delta", "gamma"]  # delta: a class the new folder lacks
+    start = make_tiny_checkpoint(tmp_path / "start.pt", classes, input_size=32, resize="pad")
+    out = tmp_path / "adapted.pt"
+    before = _folder_loss(start, image_folder, classes)
+    argv = ["--data", str(image_folder), "--out", str(out), "--init", str(start)]
+    argv += ["--views", "2", "--epochs", "4", "--head-epochs", "1", "--batch-size", "6"]
+    argv += ["--val-fraction", "0.34", "--workers", "0", "--lr", "3e-3", "--input-size", "64"]
+
+    train.main(train.get_args_parser().parse_args(argv))
+
+    meta = read_metadata(out)
+    assert meta.classes == classes  # the model's classes, not the folder's
+    assert (meta.input_size, meta.resize) == (32, "pad")  # the model's geometry wins
+    assert meta.recipe["init"] == str(start)
+    assert _folder_loss(out, image_folder, classes) < before
+
+
+def test_init_refuses_a_folder_with_a_class_the_model_lacks(tmp_path, image_folder):
+    import pytest
+
+    from ml.testing import make_tiny_checkpoint
+
+    start = make_tiny_checkpoint(tmp_path / "start.pt", ["alpha", "beta"])
+    argv = ["--data", str(image_folder), "--out", str(tmp_path / "x.pt"), "--init", str(start)]
+
+    with pytest.raises(SystemExit, match="no class for folders \\['gamma'\\]"):
+        train.main(train.get_args_parser().parse_args(argv))

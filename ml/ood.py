@@ -1,0 +1,150 @@
+"""A batch-level out-of-distribution guard: "these cells are unlike anything this model was
+validated on".
+
+Features are the model's pooled penultimate activations (the input of its classifier). The
+guard models them as class-conditional Gaussians with one shared (within-class) covariance, kept
+to its top `k` principal directions (Lee et al. 2018, Mahalanobis), plus the squared distance
+outside those directions:
+
+    cell score = min_c ||z - m_c||^2 / k + ||residual||^2 / (mean training residual)
+
+Both terms are about 1 for training cells. A batch's score is the mean of its cells' scores, so
+that one odd cell does not flag a batch while a batch from another microscope does. The flag
+threshold for a batch of n cells is the `quantile` of the scores of random in-distribution
+batches of n validation cells (`calibrate`): about 1 - quantile of in-distribution batches are
+flagged by construction. Everything is stored in the checkpoint as plain tensors and floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+BATCH_SIZES = (1, 5, 20, 100)
+
+
+@dataclass
+class OODGuard:
+    mean: torch.Tensor  # D
+    components: torch.Tensor  # D x k, whitening (eigenvectors / sqrt(eigenvalues))
+    basis: torch.Tensor  # D x k, orthonormal eigenvectors (for the residual)
+    class_means: torch.Tensor  # C x k, whitened
+    residual_scale: float
+    thresholds: dict[int, float] = field(default_factory=dict)  # batch size -> flag above
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, *, k: int = 32) -> OODGuard:
+        x = features.double()
+        mean = x.mean(0)
+        classes = sorted(set(labels.tolist()))
+        centred = x.clone()
+        for c in classes:
+            sel = labels == c
+            centred[sel] -= x[sel].mean(0)
+        cov = centred.T @ centred / max(len(x) - len(classes), 1)
+        evals, evecs = torch.linalg.eigh(cov)
+        k = min(k, x.shape[1])
+        evals, evecs = evals.flip(0)[:k].clamp_min(1e-8), evecs.flip(1)[:, :k]
+        whiten = evecs / evals.sqrt()
+        z = (x - mean) @ whiten
+        class_means = torch.stack([z[labels == c].mean(0) for c in classes])
+        resid = _residual2(x - mean, evecs)
+        return cls(
+            mean=mean.float(),
+            components=whiten.float(),
+            basis=evecs.float(),
+            class_means=class_means.float(),
+            residual_scale=float(resid.mean().clamp_min(1e-8)),
+        )
+
+    def cell_scores(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.float() - self.mean
+        z = x @ self.components
+        d2 = torch.cdist(z, self.class_means).pow(2).min(1).values / self.components.shape[1]
+        return d2 + _residual2(x, self.basis) / self.residual_scale
+
+    def batch_score(self, features: torch.Tensor) -> float:
+        return float(self.cell_scores(features).mean())
+
+    def threshold_for(self, n: int) -> float | None:
+        """The flag threshold for a batch of n cells: that of the largest calibrated batch size
+        not above n (smaller batches are noisier, so their thresholds are higher)."""
+        sizes = [s for s in sorted(self.thresholds) if s <= n]
+        return self.thresholds[sizes[-1]] if sizes else None
+
+    def flags(self, features: torch.Tensor) -> bool:
+        t = self.threshold_for(len(features))
+        return t is not None and self.batch_score(features) > t
+
+    def calibrate(
+        self,
+        features_by_lab: Sequence[torch.Tensor],
+        *,
+        sizes: Sequence[int] = BATCH_SIZES,
+        quantile: float = 0.99,
+        draws: int = 2000,
+        seed: int = 0,
+    ) -> None:
+        """Thresholds from random batches of in-distribution (validation) cells, each batch
+        drawn within one lab, as a lab's upload is."""
+        scores = [self.cell_scores(f).numpy() for f in features_by_lab]
+        rng = np.random.default_rng(seed)
+        for n in sizes:
+            means = [batch_means(s, n, draws, rng) for s in scores if len(s) >= n]
+            if means:
+                self.thresholds[int(n)] = float(np.quantile(np.concatenate(means), quantile))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "mahalanobis-tied",
+            "mean": self.mean,
+            "components": self.components,
+            "basis": self.basis,
+            "class_means": self.class_means,
+            "residual_scale": self.residual_scale,
+            "thresholds": {int(k): float(v) for k, v in self.thresholds.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OODGuard:
+        return cls(
+            mean=d["mean"].float(),
+            components=d["components"].float(),
+            basis=d["basis"].float(),
+            class_means=d["class_means"].float(),
+            residual_scale=float(d["residual_scale"]),
+            thresholds={int(k): float(v) for k, v in d.get("thresholds", {}).items()},
+        )
+
+
+def _residual2(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    proj = (x @ basis) @ basis.T
+    return (x - proj).pow(2).sum(1)
+
+
+def batch_means(scores: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean score of `draws` random batches of n cells (without replacement within a batch)."""
+    idx = np.stack([rng.choice(len(scores), size=n, replace=False) for _ in range(draws)])
+    return np.asarray(scores[idx].mean(axis=1))
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney U)."""
+    neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
+    if len(neg) == 0 or len(pos) == 0:
+        return float("nan")
+    allv = np.concatenate([neg, pos])
+    order = allv.argsort(kind="stable")
+    ranks = np.empty(len(allv))
+    ranks[order] = np.arange(1, len(allv) + 1)
+    # average ranks over ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inv, ranks)
+    ranks = (sums / counts)[inv]
+    u = ranks[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(neg) * len(pos)))

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ml import crosscheck
+from ml.checkpoint import load_ood, read_metadata
+from ml.inference import Classifier
+
+COLOURS = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
+
+
+def lab_folder(root: Path, classes: list[str], *, tint: int, n: int = 8) -> Path:
+    """root/<class>/*.png: a class is a colour; each lab tints its pictures its own way."""
+    rng = np.random.default_rng(tint)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            base = np.array(COLOURS[c]) + tint
+            pixels = np.clip(base + rng.normal(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    return root
+
+
+def test_leave_one_lab_out_reports_each_lab_and_writes_a_model_with_its_guard(tmp_path):
+    one = lab_folder(tmp_path / "one", ["alpha", "beta", "gamma"], tint=0)
+    two = lab_folder(tmp_path / "two", ["alpha", "beta"], tint=40)
+    out = tmp_path / "wbc.pt"
+    argv = ["--source", f"one:labone:folder:{one}", "--source", f"two:labtwo:folder:{two}"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")]
+    argv += ["--out", str(out), "--weights", "none", "--input-size", "32", "--resize", "crop"]
+    argv += ["--epochs", "3", "--head-epochs", "1", "--val-fraction", "0.25", "--chunk", "10"]
+    argv += ["--adapt-lab", "labone", "--adapt-n", "0", "2", "--adapt-seeds", "2"]
+    argv += ["--batch-size", "8", "--threads", "1", "--guard-batches", "2"]
+
+    report = crosscheck.main(crosscheck.get_args_parser().parse_args(argv))
+
+    assert set(report["folds"]) == {"labone", "labtwo", "all"}
+    # Trained on lab two alone, the model never learnt gamma: lab one's gamma cells are
+    # counted apart, not as errors of a class it could not know.
+    left_one = report["folds"]["labone"]["left_out"]
+    assert left_one["untaught"] == {"gamma": 8}
+    assert left_one["n"] == 16
+    assert report["folds"]["labtwo"]["left_out"]["n"] == 16
+    for fold in ("labone", "labtwo"):
+        guard = report["folds"][fold]["guard"]
+        assert 0.0 <= guard["batch_2"]["auroc"] <= 1.0
+        assert 0.0 <= guard["batch_2"]["false_alarm"] <= 1.0
+    curve = report["adaptation"]["curve"]
+    assert set(curve) == {"0", "2"}
+    assert len(curve["2"]["runs"]) == 2
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == ["alpha", "beta", "gamma"]
+
+    meta = read_metadata(out)
+    assert meta.classes == ["alpha", "beta", "gamma"]
+    assert meta.threshold == crosscheck.shipped_threshold(
+        report["cross_threshold"], report["folds"]["all"]["val_threshold"]
+    )
+    guard = load_ood(out)
+    assert guard is not None
+    assert guard.thresholds
+    clf = Classifier.load(out, device="cpu")
+    assert clf.predict_logits(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+    # A second run finds every activation in the cache and computes none again.
+    chunks = sorted((tmp_path / "cache").glob("*/chunk-*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in chunks]
+    crosscheck.main(crosscheck.get_args_parser().parse_args([*argv, "--stage", "cache"]))
+    assert [p.stat().st_mtime_ns for p in chunks] == stamps

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.checkpoint import load_ood, save_checkpoint
+from ml.model import build_model
+from ml.ood import OODGuard, auroc
+
+
+def features(n: int, *, shift: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes of 64-d features; shift moves every cell along a direction (another lab)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centres = torch.randn(3, 64, generator=torch.Generator().manual_seed(99)) * 3
+    x = centres[labels] + torch.randn(n, 64, generator=g)
+    direction = torch.ones(64) / 8
+    return x + shift * direction * 8, labels
+
+
+def test_shifted_features_score_higher_and_their_batches_are_flagged():
+    train_x, train_y = features(600)
+    val_x, _ = features(400, seed=1)
+    shifted_x, _ = features(400, shift=2.0, seed=2)
+    guard = OODGuard.fit(train_x, train_y, k=16)
+    guard.calibrate([val_x[:200]], sizes=(1, 20), seed=0)
+
+    inside, outside = guard.cell_scores(val_x[200:]), guard.cell_scores(shifted_x)
+
+    assert outside.mean() > 2 * inside.mean()
+    assert auroc(inside.numpy(), outside.numpy()) > 0.95
+    assert guard.flags(shifted_x[:20])
+    flagged_inside = [guard.flags(val_x[s : s + 20]) for s in range(200, 400, 20)]
+    assert sum(flagged_inside) <= 1
+
+
+def test_the_threshold_of_a_batch_is_that_of_the_largest_calibrated_size_not_above_it():
+    guard = OODGuard.fit(*features(300), k=8)
+    guard.thresholds = {1: 5.0, 20: 2.0, 100: 1.5}
+
+    assert guard.threshold_for(0) is None
+    assert guard.threshold_for(7) == 5.0
+    assert guard.threshold_for(20) == 2.0
+    assert guard.threshold_for(99) == 2.0
+    assert guard.threshold_for(500) == 1.5
+
+
+def test_the_guard_round_trips_through_the_checkpoint(tmp_path):
+    guard = OODGuard.fit(*features(300), k=8)
+    guard.calibrate([features(200, seed=3)[0]], sizes=(1, 20))
+    path = tmp_path / "m.pt"
+    model = build_model("mobilenet_v2", 3, pretrained=None)
+    save_checkpoint(
+        path,
+        model,
+        arch="mobilenet_v2",
+        classes=["a", "b", "c"],
+        input_size=32,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        recipe={},
+        metrics={},
+        ood=guard.to_dict(),
+    )
+
+    loaded = load_ood(path)
+
+    assert loaded is not None
+    assert loaded.thresholds == pytest.approx(guard.thresholds)
+    x = features(50, shift=0.5, seed=4)[0]
+    assert torch.allclose(loaded.cell_scores(x), guard.cell_scores(x))
+
+
+def test_auroc_counts_ties_as_half():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0])) == 0.0
+
+
+def test_the_classifier_checks_a_batch_with_the_guard_of_its_checkpoint(tmp_path):
+    from ml.inference import Classifier
+    from ml.testing import make_tiny_checkpoint
+
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "t.pt", ["a", "b"]), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    inside = torch.randn(240, 3, 32, 32, generator=g) * 0.5
+    shifted = (
+        torch.randn(20, 3, 32, 32, generator=g) * 0.5
+        + torch.tensor([2.0, -1.5, 1.0])[:, None, None]
+    )
+    assert clf.check_batch(inside[:20]) is None  # no guard in this checkpoint
+    feats = clf.embed(inside[:200])
+    guard = OODGuard.fit(feats, torch.arange(200) % 2, k=8)
+    guard.calibrate([feats[:100]], sizes=(1, 20))
+    clf.ood = guard
+
+    check_in, check_out = clf.check_batch(inside[200:220]), clf.check_batch(shifted)
+
+    assert check_in is not None
+    assert check_out is not None
+    assert not check_in.flagged
+    assert check_out.flagged
+    assert check_out.score > check_in.score
+    assert check_out.cells_checked == 20
+    assert clf.check_batch(inside[:200], max_cells=50).cells_checked == 50  # type: ignore[union-attr]
