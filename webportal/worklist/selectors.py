@@ -30,6 +30,7 @@ from webportal.cases.models import Batch, Case, Patient
 from webportal.reports.models import Report
 
 UNIDENTIFIED = "unidentified"
+NOT_CLASSED = "not classed"
 SIGNED_STATUSES = (Report.Status.FINAL, Report.Status.AMENDED)
 
 
@@ -151,6 +152,10 @@ class TrendRow:
     dots: list[tuple[float, float, float]] = field(default_factory=list)
     top: float = 0.0
 
+    @property
+    def ever_present(self) -> bool:
+        return any(percent for percent in self.percents)
+
 
 @dataclass
 class PatientHistory:
@@ -201,6 +206,8 @@ def _trends(signed_visits: list[Visit]) -> list[TrendRow]:
         for row in visit.signed.differential:
             if row["label"] not in labels:
                 labels.append(row["label"])
+    # Not-classed objects are no white cells: they are outside the differential.
+    labels = [label for label in labels if label != NOT_CLASSED]
     # The unidentified row, if any, goes last, as in the reports.
     labels.sort(key=lambda label: label == UNIDENTIFIED)
     rows = []

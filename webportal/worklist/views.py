@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
 from webportal.accounts.models import Membership, Role
-from webportal.accounts.services import authenticated_user
+from webportal.accounts.services import authenticated_user, labs_of
 from webportal.worklist import selectors
 from webportal.worklist.forms import WorklistFilterForm
 
@@ -80,6 +80,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
             "rows": rows,
             "queue": queue,
             "query": query.urlencode(),
+            "several_labs": labs_of(user=user).count() > 1,
         },
     )
 
