@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
+
 import factory.django
 from django.contrib.auth.models import User
 from factory.declarations import LazyAttribute, LazyFunction, SelfAttribute, Sequence, SubFactory
 
 from webportal.accounts.models import Lab, Membership, Role
-from webportal.cases.models import Batch, Case, ModelVersion, Patient
+from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Prediction
 from webportal.reports.models import Report
+
+PBC_CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
@@ -100,3 +113,49 @@ class ReportFactory(factory.django.DjangoModelFactory[Report]):
     total_cells = LazyAttribute(
         lambda report: sum(int(row["count"]) for row in report.differential)
     )
+
+
+def classified_batch(
+    *,
+    case: Case,
+    model_version: ModelVersion,
+    predictions: Seq[tuple[str, float]],
+    with_report: bool = True,
+) -> Batch:
+    """A finished batch of one single-cell image per (label, confidence), made in a few bulk
+    inserts (no files, no model), with its preliminary report."""
+    from webportal.reports.services import write_preliminary_report
+
+    batch = Batch.objects.create(
+        case=case,
+        model_version=model_version,
+        status=Batch.Status.DONE,
+        total_images=len(predictions),
+        processed_images=len(predictions),
+    )
+    images = Image.objects.bulk_create(
+        [
+            Image(batch=batch, original_name=f"cell-{i:05d}.png", status=Image.Status.OK)
+            for i in range(len(predictions))
+        ]
+    )
+    cells = Cell.objects.bulk_create([Cell(image=image) for image in images])
+    classes = list(model_version.classes)
+    Prediction.objects.bulk_create(
+        [
+            Prediction(
+                cell=cell,
+                model_version=model_version,
+                label=label,
+                confidence=confidence,
+                probabilities={
+                    name: confidence if name == label else (1 - confidence) / (len(classes) - 1)
+                    for name in classes
+                },
+            )
+            for cell, (label, confidence) in zip(cells, predictions, strict=True)
+        ]
+    )
+    if with_report:
+        write_preliminary_report(batch=batch)
+    return batch

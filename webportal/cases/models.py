@@ -187,3 +187,28 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.confidence:.2f})"
+
+
+class Review(models.Model):
+    """A person's word on a cell, kept beside the model's: append-only, it never overwrites a
+    Prediction. The cell's current label is its latest review (highest id)."""
+
+    NOT_CLASSED = "not classed"
+
+    cell = models.ForeignKey(Cell, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    # The reviewer's role in the lab when reviewing: a technologist's first review may not
+    # overrule a pathologist's.
+    reviewer_role = models.CharField(max_length=20)
+    # One of the model's classes, or NOT_CLASSED ("not a cell / not classed": out of the counts).
+    label = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["cell", "-id"], name="review_latest_per_cell")]
+
+    def __str__(self) -> str:
+        return f"{self.label} by {self.reviewer_id}"

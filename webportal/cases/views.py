@@ -11,8 +11,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webportal.accounts.services import RoleRequired, authenticated_user, labs_of
 from webportal.cases import processing, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
-from webportal.cases.models import Batch, Image, Prediction
-from webportal.reports.services import UNIDENTIFIED, DifferentialRow, label_for
+from webportal.cases.models import Batch, Image
+from webportal.cases.reviews import batch_cells
+from webportal.reports.differential import UNIDENTIFIED
 
 
 @require_http_methods(["GET", "POST"])
@@ -75,26 +76,12 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     )
     images = batch.images.all()
     rejected = [image for image in images if image.status == Image.Status.REJECTED]
-    predictions = (
-        Prediction.objects.filter(cell__image__batch=batch, model_version=batch.model_version)
-        .select_related("cell", "cell__image")
-        .order_by("cell_id")
-    )
-    cells = [
-        {
-            "image": prediction.cell.image,
-            "prediction": prediction,
-            "label": label_for(prediction=prediction, model_version=batch.model_version),
-            "confidence_percent": f"{100 * prediction.confidence:.1f}",
-        }
-        for prediction in predictions
-    ]
-    # The page shows the report's snapshot: what was recorded, not a recount.
+    cells = batch_cells(batch=batch)
+    # The page shows the latest report: a signed one is what was recorded, not a recount.
     report = batch.reports.first()
-    differential = (
-        [DifferentialRow(**row) for row in report.differential] if report is not None else []
-    )
-    max_count = max((row.count for row in differential), default=0)
+    differential = report.differential if report is not None else []
+    max_count = max((row["count"] for row in differential), default=0)
+    threshold = batch.model_version.threshold
     return render(
         request,
         "cases/batch_detail.html",
@@ -105,6 +92,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "rejected": rejected,
             "differential": differential,
             "max_count": max_count,
+            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
             "report": report,
             "unidentified": UNIDENTIFIED,
         },

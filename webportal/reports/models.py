@@ -1,8 +1,11 @@
-"""Reports: a snapshot of a batch's differential, versioned, never edited in place."""
+"""Reports: a batch's differential, versioned. A preliminary report follows the reviews; a
+signed one is a frozen snapshot; an amendment is a new version and the old one stays readable,
+marked superseded."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -18,16 +21,35 @@ class Report(models.Model):
     model_version = models.ForeignKey(
         "cases.ModelVersion", on_delete=models.PROTECT, related_name="+"
     )
-    # [{"label": ..., "count": ..., "percent": ...}, ...] in the model's class order,
-    # with "unidentified" last: cells below the model's confidence threshold.
+    # [{"label", "group", "count", "percent", "absolute", "low", "high", "flag"}, ...] in the
+    # model's class order, then "unidentified" and "not classed" (reports.differential.Row).
     differential = models.JSONField()
+    # Cells with a label (not-classed ones excluded), and leukocytes (the % denominator).
     total_cells = models.PositiveIntegerField()
+    wbc_cells = models.PositiveIntegerField(default=0)
+    # [{"code", "message"}, ...] (reports.differential.Flag)
+    flags = models.JSONField(default=list)
+    # The patient's white-cell count from the analyser, x10^9/L: gives absolute counts.
+    wbc_count = models.DecimalField(
+        "WBC count (x10^9/L)",
+        max_digits=6,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+    )
     comment = models.TextField(blank=True)
+    morphology = models.TextField("morphology remarks", blank=True)
+    amendment_reason = models.TextField(blank=True)
     signed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     signed_at = models.DateTimeField(null=True, blank=True)
+    superseded_by = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="supersedes"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-version"]
@@ -37,3 +59,39 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return f"Report v{self.version} of batch {self.batch_id}"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.signed_at is not None
+
+    @property
+    def is_superseded(self) -> bool:
+        return self.superseded_by_id is not None
+
+    @property
+    def status_label(self) -> str:
+        return "superseded" if self.is_superseded else self.get_status_display().lower()
+
+
+class ReferenceRange(models.Model):
+    """A lab's reference interval for one class, % of leukocytes; absent classes use the adult
+    defaults in reports.differential."""
+
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="+")
+    label = models.CharField(max_length=100)
+    low_percent = models.FloatField(validators=[MinValueValidator(0)])
+    high_percent = models.FloatField(validators=[MinValueValidator(0)])
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["label"]
+        constraints = [
+            models.UniqueConstraint(fields=["lab", "label"], name="one_reference_range_per_class"),
+            models.CheckConstraint(
+                condition=models.Q(low_percent__lte=models.F("high_percent")),
+                name="reference_range_low_not_above_high",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.low_percent:g}-{self.high_percent:g}% ({self.lab_id})"

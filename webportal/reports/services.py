@@ -1,63 +1,336 @@
-"""The differential: counts and percentages per class, snapshotted into reports."""
+"""Report lifecycle: preliminary (recounted as reviews come in) -> final (signed by a
+pathologist, frozen) -> amended (a new signed version; the old one is marked superseded).
+
+Every write is in one transaction with its audit event. Roles are checked here.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
+from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 
-from webportal.cases.models import Batch, ModelVersion, Prediction
-from webportal.reports.models import Report
+from webportal.accounts.models import Lab, Role
+from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role
+from webportal.audit.models import Action
+from webportal.audit.services import record_event
+from webportal.cases.models import Batch
+from webportal.cases.services import ServiceError
+from webportal.reports.differential import (
+    DEFAULT_REFERENCE_RANGES,
+    UNIDENTIFIED,
+    Differential,
+    build_differential,
+)
+from webportal.reports.models import ReferenceRange, Report
 
-UNIDENTIFIED = "unidentified"
-
-
-@dataclass(frozen=True)
-class DifferentialRow:
-    label: str
-    count: int
-    percent: float
-
-
-def label_for(*, prediction: Prediction, model_version: ModelVersion) -> str:
-    """The label a cell counts under: below the model's threshold it waits for a human."""
-    if model_version.threshold is not None and prediction.confidence < model_version.threshold:
-        return UNIDENTIFIED
-    return prediction.label
+__all__ = ["UNIDENTIFIED"]
 
 
-def compute_differential(*, batch: Batch) -> list[DifferentialRow]:
-    model_version = batch.model_version
-    predictions = Prediction.objects.filter(
-        cell__image__batch=batch, model_version=model_version
-    ).only("label", "confidence")
-    counts = Counter(
-        label_for(prediction=prediction, model_version=model_version) for prediction in predictions
-    )
-    total = sum(counts.values())
-    labels = [*model_version.classes, UNIDENTIFIED]
-    return [
-        DifferentialRow(
+
+def _editors(*, via_api: bool) -> frozenset[str]:
+    """Who may edit a preliminary report's remarks: reviewers; integrators through the API."""
+    return REVIEWERS | {Role.INTEGRATOR} if via_api else REVIEWERS
+
+
+# --- reference ranges -----------------------------------------------------------------------
+
+
+def reference_ranges_for(*, lab: Lab) -> dict[str, tuple[float, float]]:
+    """The lab's reference intervals (% of WBC): its own where set, else the adult defaults."""
+    ranges = dict(DEFAULT_REFERENCE_RANGES)
+    for label, low, high in ReferenceRange.objects.filter(lab=lab).values_list(
+        "label", "low_percent", "high_percent"
+    ):
+        ranges[label.lower()] = (low, high)
+    return ranges
+
+
+def set_reference_range(
+    *, actor: User, lab: Lab, label: str, low_percent: float, high_percent: float
+) -> ReferenceRange:
+    """Set one class's reference interval for a lab (lab admins), audited."""
+    require_role(user=actor, lab=lab, allowed=LAB_ADMINS, action="change reference ranges")
+    label = label.strip().lower()
+    if not label:
+        raise ServiceError("Name the class.")
+    if not 0 <= low_percent <= high_percent <= 100:
+        raise ServiceError("A reference range needs 0 <= low <= high <= 100 (% of leukocytes).")
+    with transaction.atomic():
+        before = reference_ranges_for(lab=lab).get(label)
+        reference, _ = ReferenceRange.objects.update_or_create(
+            lab=lab,
             label=label,
-            count=counts.get(label, 0),
-            percent=round(100 * counts.get(label, 0) / total, 1) if total else 0.0,
+            defaults={"low_percent": low_percent, "high_percent": high_percent},
         )
-        for label in labels
-    ]
+        record_event(
+            lab=lab,
+            actor=actor,
+            action=Action.REFERENCE_RANGE_CHANGED,
+            obj=reference,
+            before={"label": label, "low": before[0], "high": before[1]} if before else None,
+            after={"label": label, "low": low_percent, "high": high_percent},
+        )
+    return reference
+
+
+# --- the differential -----------------------------------------------------------------------
+
+
+def compute_differential(*, batch: Batch, wbc_count: Decimal | None = None) -> Differential:
+    """The batch's differential from the current labels of its cells (reviews included)."""
+    from webportal.cases.reviews import current_counts  # reviews imports this module
+
+    return build_differential(
+        classes=batch.model_version.classes,
+        counts=current_counts(batch=batch),
+        wbc_count=wbc_count,
+        reference_ranges=reference_ranges_for(lab=batch.case.lab),
+    )
+
+
+def _fill(report: Report, differential: Differential) -> None:
+    report.differential = differential.rows_json()
+    report.flags = differential.flags_json()
+    report.total_cells = differential.total_cells
+    report.wbc_cells = differential.wbc_cells
+
+
+def _snapshot(report: Report) -> dict[str, Any]:
+    """What an audit event keeps of a report."""
+    return {
+        "version": report.version,
+        "status": report.status,
+        "counts": {row["label"]: row["count"] for row in report.differential},
+        "wbc_count": None if report.wbc_count is None else str(report.wbc_count),
+        "comment": report.comment,
+        "morphology": report.morphology,
+        "flags": [flag["code"] for flag in report.flags],
+    }
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def reports_visible_to(*, user: User) -> QuerySet[Report]:
+    return Report.objects.filter(batch__case__lab__memberships__user=user).select_related(
+        "batch__case__lab", "batch__case__patient", "model_version", "signed_by"
+    )
+
+
+def latest_report(*, batch: Batch) -> Report | None:
+    return batch.reports.order_by("-version").first()
+
+
+# --- the lifecycle --------------------------------------------------------------------------
 
 
 def write_preliminary_report(*, batch: Batch) -> Report:
-    rows = compute_differential(batch=batch)
+    """The batch's preliminary report (made when its classification finishes), recounted if it
+    exists; a signed report is left as it is."""
     with transaction.atomic():
-        latest = batch.reports.order_by("-version").first()
-        return Report.objects.create(
+        latest = latest_report(batch=batch)
+        if latest is not None:
+            if latest.status == Report.Status.PRELIMINARY:
+                return refresh_preliminary_report(batch=batch) or latest
+            return latest
+        report = Report(
             batch=batch,
-            version=latest.version + 1 if latest else 1,
+            version=1,
             status=Report.Status.PRELIMINARY,
             model_version=batch.model_version,
-            differential=[
-                {"label": row.label, "count": row.count, "percent": row.percent} for row in rows
-            ],
-            total_cells=sum(row.count for row in rows),
+        )
+        _fill(report, compute_differential(batch=batch))
+        report.save()
+        return report
+
+
+def refresh_preliminary_report(*, batch: Batch) -> Report | None:
+    """Recount the preliminary report after reviews; None when there is none to recount."""
+    with transaction.atomic():
+        report = (
+            Report.objects.select_for_update()
+            .filter(batch=batch, status=Report.Status.PRELIMINARY)
+            .order_by("-version")
+            .first()
+        )
+        if report is None:
+            return None
+        _fill(report, compute_differential(batch=batch, wbc_count=report.wbc_count))
+        report.save(
+            update_fields=["differential", "flags", "total_cells", "wbc_cells", "updated_at"]
+        )
+        return report
+
+
+def _clean_wbc_count(wbc_count: Decimal | None) -> Decimal | None:
+    """The count as stored (two decimals), or a clear refusal."""
+    if wbc_count is None:
+        return None
+    if not Decimal("0") < wbc_count < Decimal("1000"):
+        raise ServiceError("The WBC count is in x10^9/L and must be above 0 and under 1000.")
+    return wbc_count.quantize(Decimal("0.01"))
+
+
+def update_preliminary_report(
+    *,
+    actor: User,
+    report: Report,
+    comment: str,
+    morphology: str,
+    wbc_count: Decimal | None,
+    via_api: bool = False,
+) -> Report:
+    """Comment, morphology remarks and WBC count on a report not yet signed."""
+    lab = report.batch.case.lab
+    require_role(user=actor, lab=lab, allowed=_editors(via_api=via_api), action="edit reports")
+    wbc_count = _clean_wbc_count(wbc_count)
+    with transaction.atomic():
+        report = (
+            Report.objects.select_for_update().select_related("batch__case__lab").get(pk=report.pk)
+        )
+        if report.status != Report.Status.PRELIMINARY:
+            raise ServiceError("This report is signed; change it with an amendment.")
+        before = _snapshot(report)
+        report.comment, report.morphology, report.wbc_count = comment, morphology, wbc_count
+        _fill(report, compute_differential(batch=report.batch, wbc_count=wbc_count))
+        report.save()
+        record_event(
+            lab=lab,
+            actor=actor,
+            action="report.edited",
+            obj=report,
+            before=before,
+            after=_snapshot(report),
+        )
+    return report
+
+
+def _refuse_unfinished(differential: Differential, *, doing: str) -> None:
+    if differential.unidentified:
+        raise ServiceError(
+            f"Cannot {doing}: {differential.unidentified} counted "
+            f"cell{'s are' if differential.unidentified != 1 else ' is'} still unidentified. "
+            "Review them (give each a class or mark it not classed) first."
+        )
+    if differential.total_cells == 0:
+        raise ServiceError(f"Cannot {doing}: no cell is counted.")
+
+
+def sign_report(
+    *,
+    actor: User,
+    report: Report,
+    comment: str | None = None,
+    morphology: str | None = None,
+    wbc_count: Decimal | None = None,
+) -> Report:
+    """Sign the preliminary report: pathologists only, never with unidentified cells left.
+
+    The differential is recounted one last time and frozen with the signature. Arguments left
+    None keep the report's current values.
+    """
+    lab = report.batch.case.lab
+    require_role(user=actor, lab=lab, allowed=SIGNERS, action="sign reports")
+    wbc_count = _clean_wbc_count(wbc_count)
+    with transaction.atomic():
+        report = (
+            Report.objects.select_for_update().select_related("batch__case__lab").get(pk=report.pk)
+        )
+        if report.status != Report.Status.PRELIMINARY:
+            raise ServiceError(
+                f"Report v{report.version} is already signed; amend it to change it."
+            )
+        before = _snapshot(report)
+        if comment is not None:
+            report.comment = comment
+        if morphology is not None:
+            report.morphology = morphology
+        if wbc_count is not None:
+            report.wbc_count = wbc_count
+        differential = compute_differential(batch=report.batch, wbc_count=report.wbc_count)
+        _refuse_unfinished(differential, doing="sign")
+        _fill(report, differential)
+        report.status = Report.Status.FINAL
+        report.signed_by = actor
+        report.signed_at = timezone.now()
+        report.save()
+        record_event(
+            lab=lab, actor=actor, action=Action.REPORT_SIGNED, obj=report, before=before,
+            after=_snapshot(report),
+        )  # fmt: skip
+    return report
+
+
+def amend_report(
+    *,
+    actor: User,
+    report: Report,
+    reason: str,
+    comment: str | None = None,
+    morphology: str | None = None,
+    wbc_count: Decimal | None = None,
+) -> Report:
+    """A new signed version of a signed report, recounted from the cells' current labels, with
+    the reason; the earlier version stays as it was and is marked superseded by this one.
+    Arguments left None carry the earlier version's values over."""
+    lab = report.batch.case.lab
+    require_role(user=actor, lab=lab, allowed=SIGNERS, action="amend reports")
+    reason = reason.strip()
+    if not reason:
+        raise ServiceError("An amendment needs a reason.")
+    wbc_count = _clean_wbc_count(wbc_count)
+    with transaction.atomic():
+        old = (
+            Report.objects.select_for_update().select_related("batch__case__lab").get(pk=report.pk)
+        )
+        if not old.is_signed:
+            raise ServiceError("Only a signed report can be amended; sign this one instead.")
+        if old.superseded_by is not None:
+            raise ServiceError(
+                f"Report v{old.version} is superseded by v{old.superseded_by.version}; "
+                "amend the current version."
+            )
+        new = Report(
+            batch=old.batch,
+            version=old.version + 1,
+            status=Report.Status.AMENDED,
+            model_version=old.model_version,
+            comment=old.comment if comment is None else comment,
+            morphology=old.morphology if morphology is None else morphology,
+            wbc_count=old.wbc_count if wbc_count is None else wbc_count,
+            amendment_reason=reason,
+            signed_by=actor,
+            signed_at=timezone.now(),
+        )
+        differential = compute_differential(batch=old.batch, wbc_count=new.wbc_count)
+        _refuse_unfinished(differential, doing="amend")
+        _fill(new, differential)
+        new.save()
+        old.superseded_by = new
+        old.save(update_fields=["superseded_by", "updated_at"])
+        record_event(
+            lab=lab,
+            actor=actor,
+            action=Action.REPORT_AMENDED,
+            obj=new,
+            before=_snapshot(old),
+            after={**_snapshot(new), "reason": reason},
+        )
+    return new
+
+
+def record_report_download(*, actor: User, report: Report, kind: str = "pdf") -> None:
+    """Every export of a report is in the audit trail."""
+    with transaction.atomic():
+        record_event(
+            lab=report.batch.case.lab,
+            actor=actor,
+            action=Action.REPORT_DOWNLOADED,
+            obj=report,
+            after={"version": report.version, "status": report.status_label, "format": kind},
         )

@@ -204,7 +204,8 @@ def _trends(signed_visits: list[Visit]) -> list[TrendRow]:
     for visit in signed_visits:
         assert visit.signed is not None
         for row in visit.signed.differential:
-            if row["label"] not in labels:
+            # Rows shown apart (platelets, unidentified, not classed) have no percentage.
+            if row["label"] not in labels and row.get("percent") is not None:
                 labels.append(row["label"])
     # Not-classed objects are no white cells: they are outside the differential.
     labels = [label for label in labels if label != NOT_CLASSED]
@@ -216,7 +217,8 @@ def _trends(signed_visits: list[Visit]) -> list[TrendRow]:
         for visit in signed_visits:
             assert visit.signed is not None
             found = [row for row in visit.signed.differential if row["label"] == label]
-            percents.append(float(found[0]["percent"]) if found else None)
+            percent = found[0].get("percent") if found else None
+            percents.append(float(percent) if percent is not None else None)
         known = [p for p in percents if p is not None]
         change = (
             round(percents[-1] - percents[-2], 1)

@@ -1,0 +1,241 @@
+"""The printable report, rendered with ReportLab (pure Python, no system libraries)."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from functools import cache
+from typing import Any
+from xml.sax.saxutils import escape
+
+from django.utils import timezone
+from reportlab.graphics.charts.barcharts import HorizontalBarChart
+from reportlab.graphics.shapes import Drawing
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from webportal.reports.models import Report
+
+DECISION_SUPPORT = (
+    "Decision support: the cell classes were proposed by an automated classifier and verified "
+    "by a qualified person before this report was signed. It is not an unattended diagnosis."
+)
+NOT_VERIFIED = (
+    "PRELIMINARY: not yet verified and signed by a pathologist. Machine counts for decision "
+    "support only; not for clinical use."
+)
+ACCENT = colors.HexColor("#8b1e3f")
+
+
+@cache
+def _fonts() -> tuple[str, str]:
+    # Vera ships with ReportLab and covers more than Latin-1 (names, en dashes, superscripts).
+    pdfmetrics.registerFont(TTFont("Vera", "Vera.ttf"))
+    pdfmetrics.registerFont(TTFont("VeraBd", "VeraBd.ttf"))
+    return "Vera", "VeraBd"
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _person(user: Any) -> str:
+    if user is None:
+        return "-"
+    return str(user.get_full_name() or user.get_username())
+
+
+def _chart(rows: list[dict[str, Any]], font: str) -> Drawing:
+    wbc = [row for row in rows if row["group"] == "wbc"]
+    height = 16 * len(wbc) + 30
+    drawing = Drawing(170 * mm, height)
+    chart = HorizontalBarChart()
+    chart.x, chart.y = 28 * mm, 20
+    chart.width, chart.height = 130 * mm, height - 30
+    # Drawn bottom-up: reverse so the chart reads in the table's order.
+    chart.data = [[row["percent"] or 0 for row in reversed(wbc)]]
+    chart.categoryAxis.categoryNames = [row["label"] for row in reversed(wbc)]
+    chart.categoryAxis.labels.fontName = font
+    chart.categoryAxis.labels.fontSize = 8
+    chart.valueAxis.valueMin = 0
+    chart.valueAxis.valueMax = 100
+    chart.valueAxis.valueStep = 20
+    chart.valueAxis.labels.fontName = font
+    chart.valueAxis.labels.fontSize = 7
+    chart.bars[0].fillColor = ACCENT
+    chart.barLabelFormat = "%.1f%%"
+    chart.barLabels.fontName = font
+    chart.barLabels.fontSize = 7
+    chart.barLabels.nudge = 12
+    drawing.add(chart)
+    return drawing
+
+
+def render_report_pdf(*, report: Report) -> bytes:
+    """The report as a PDF: header, differential (% and absolute), chart, flags, remarks,
+    signature and the decision-support statement."""
+    font, bold = _fonts()
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontName=font, fontSize=9, leading=12)
+    small = ParagraphStyle("small", parent=body, fontSize=8, leading=10, textColor=colors.grey)
+    heading = ParagraphStyle("h", parent=styles["Heading2"], fontName=bold, fontSize=12)
+    title = ParagraphStyle("t", parent=styles["Title"], fontName=bold, fontSize=16, alignment=0)
+    banner = ParagraphStyle("b", parent=body, fontName=bold, textColor=ACCENT)
+
+    batch = report.batch
+    case = batch.case
+    lab = case.lab
+    patient = case.patient.external_id if case.patient else "-"
+    status = report.status_label.upper()
+    show_absolute = report.wbc_count is not None
+
+    story: list[Any] = [
+        Paragraph(escape(f"{lab.name}: white-cell differential"), title),
+        Table(
+            [
+                ["Accession", case.accession_number, "Patient id", patient],
+                ["Case created", _when(case.created_at), "Batch", f"#{batch.pk}"],
+                [
+                    "Report",
+                    f"version {report.version}, {status}",
+                    "Model",
+                    report.model_version.name,
+                ],
+                ["Signed by", _person(report.signed_by), "Signed at", _when(report.signed_at)],
+                [
+                    "WBC count",
+                    f"{report.wbc_count} x10^9/L" if show_absolute else "not given",
+                    "Printed",
+                    _when(timezone.now()),
+                ],
+            ],
+            colWidths=[25 * mm, 60 * mm, 22 * mm, 63 * mm],
+            style=TableStyle(
+                [
+                    ("FONT", (0, 0), (-1, -1), font, 9),
+                    ("FONT", (0, 0), (0, -1), bold, 9),
+                    ("FONT", (2, 0), (2, -1), bold, 9),
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ]
+            ),
+        ),
+        Spacer(1, 4 * mm),
+    ]
+    if report.superseded_by is not None:
+        story.append(
+            Paragraph(
+                f"SUPERSEDED by version {report.superseded_by.version}: this version is kept "
+                "for the record only.",
+                banner,
+            )
+        )
+    if not report.is_signed:
+        story.append(Paragraph(NOT_VERIFIED, banner))
+
+    header = ["Class", "Count", "% WBC", "Reference %", "Flag"] + (
+        ["x10^9/L"] if show_absolute else []
+    )
+    table: list[list[str]] = [header]
+    for row in report.differential:
+        if row["group"] != "wbc":
+            continue
+        reference = f"{row['low']:g}-{row['high']:g}" if row.get("high") is not None else ""
+        line = [row["label"], str(row["count"]), f"{row['percent']:.1f}", reference, row["flag"]]
+        if show_absolute:
+            line.append("" if row["absolute"] is None else f"{row['absolute']:.2f}")
+        table.append(line)
+    table.append(["Leukocytes counted", str(report.wbc_cells), "100.0" if report.wbc_cells else ""]
+                 + [""] * (len(header) - 3))  # fmt: skip
+    notes = {
+        "per_100_wbc": "per 100 WBC",
+        "apart": "counted apart",
+        "unidentified": "left unidentified",
+        "not_classed": "not a cell / not classed",
+    }
+    for row in report.differential:
+        if row["group"] == "wbc":
+            continue
+        value = (
+            f"{row['percent']:.1f} {notes[row['group']]}"
+            if row["percent"] is not None
+            else (notes[row["group"]])
+        )
+        table.append([row["label"], str(row["count"]), value] + [""] * (len(header) - 3))
+    wbc_rows = sum(1 for row in report.differential if row["group"] == "wbc")
+    story += [
+        Paragraph("Differential", heading),
+        Table(
+            table,
+            hAlign="LEFT",
+            colWidths=[40 * mm, 18 * mm, 30 * mm, 26 * mm, 12 * mm]
+            + ([22 * mm] if show_absolute else []),
+            style=TableStyle(
+                [
+                    ("FONT", (0, 0), (-1, -1), font, 9),
+                    ("FONT", (0, 0), (-1, 0), bold, 9),
+                    ("FONT", (0, wbc_rows + 1), (-1, wbc_rows + 1), bold, 9),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                    ("LINEABOVE", (0, wbc_rows + 1), (-1, wbc_rows + 1), 0.6, colors.black),
+                    ("ALIGN", (1, 0), (2, -1), "RIGHT"),
+                    ("ALIGN", (5, 0), (5, -1), "RIGHT"),
+                    ("TEXTCOLOR", (0, wbc_rows + 2), (-1, -1), colors.HexColor("#444444")),
+                    ("ALIGN", (2, wbc_rows + 2), (-1, -1), "LEFT"),
+                ]
+                # Rows outside the % of WBC: each one's note spans the remaining columns.
+                + [("SPAN", (2, r), (-1, r)) for r in range(wbc_rows + 2, len(table))]
+            ),
+        ),
+        Spacer(1, 3 * mm),
+        _chart(report.differential, font),
+        Paragraph("Flags", heading),
+    ]
+    if report.flags:
+        story += [Paragraph(escape(f"- {flag['message']}"), body) for flag in report.flags]
+    else:
+        story.append(Paragraph("None.", body))
+    for label, text in [
+        ("Comment", report.comment),
+        ("Morphology", report.morphology),
+        ("Reason for amendment", report.amendment_reason),
+    ]:
+        if text:
+            story += [
+                Paragraph(label, heading),
+                Paragraph(escape(text).replace("\n", "<br/>"), body),
+            ]
+    story += [Spacer(1, 6 * mm), Paragraph(DECISION_SUPPORT, small)]
+
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=16 * mm,
+        title=f"Differential {case.accession_number} v{report.version}",
+        author=lab.name,
+        subject="White-cell differential",
+    )
+
+    def footer(canvas: Any, doc: Any) -> None:
+        canvas.saveState()
+        canvas.setFont(font, 7)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(
+            18 * mm,
+            9 * mm,
+            f"{case.accession_number} - report v{report.version} ({report.status_label}) - "
+            f"page {doc.page}",
+        )
+        canvas.restoreState()
+
+    document.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buffer.getvalue()
