@@ -31,7 +31,6 @@ from webportal.reports.models import ReferenceRange, Report
 __all__ = ["UNIDENTIFIED"]
 
 
-
 def _editors(*, via_api: bool) -> frozenset[str]:
     """Who may edit a preliminary report's remarks: reviewers; integrators through the API."""
     return REVIEWERS | {Role.INTEGRATOR} if via_api else REVIEWERS

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories import CaseFactory, LabFactory, UserFactory
 from webportal.audit.models import Action, AppendOnlyError, AuditEvent
-from webportal.audit.services import record_event
+from webportal.audit.services import record_event, record_events
 
 pytestmark = pytest.mark.django_db
 
@@ -58,3 +60,20 @@ def test_an_unknown_action_is_kept_and_shown_by_its_name() -> None:
     case = CaseFactory.create()
     event = record_event(lab=case.lab, actor=None, action="export.fhir", obj=case)
     assert event.action_label == "export.fhir"
+
+
+def test_many_events_of_one_action_are_written_in_one_insert() -> None:
+    cases = CaseFactory.create_batch(3)
+    with CaptureQueriesContext(connection) as captured:
+        events = record_events(
+            lab=cases[0].lab,
+            actor=None,
+            action="case.touched",
+            changes=[(case, {"n": i}, {"n": i + 1}) for i, case in enumerate(cases)],
+        )
+    assert len(captured.captured_queries) == 1
+    assert len(events) == 3
+    stored = AuditEvent.objects.filter(action="case.touched").order_by("object_id")
+    assert [(e.object_type, e.object_id, e.after) for e in stored] == [
+        ("cases.case", str(case.pk), {"n": i + 1}) for i, case in enumerate(cases)
+    ]
