@@ -36,12 +36,14 @@ ABSOLUTE_LOINC = {
     "basophil": ("26444-0", "Basophils [#/volume] in Blood"),
 }
 DIFFERENTIAL_PANEL = ("69738-3", "Differential panel, method unspecified - Blood")
-NOT_LEUKOCYTES = {"platelet", "erythroblast", "unidentified"}
+NOT_LEUKOCYTES = {"platelet", "erythroblast", "unidentified", "not-classed"}
 
 
 def _class_key(label: str) -> str:
     """`Neutrophils` and `neutrophil` are one class."""
     key = label.strip().lower().replace(" ", "_")
+    if key == "not_classed":
+        return "not-classed"  # FHIR ids allow letters, digits, "-" and "."
     return key[:-1] if key.endswith("s") and not key.endswith("ss") else key
 
 
@@ -107,7 +109,12 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
                 }
             )  # fmt: skip
             continue
-        percent = round(100 * row["count"] / leukocytes, 1) if leukocytes else 0.0
+        # The report's own % of leukocytes (largest-remainder rounded) where it has one.
+        percent = (
+            row["percent"]
+            if row.get("group") == "wbc"
+            else (round(100 * row["count"] / leukocytes, 1) if leukocytes else 0.0)
+        )
         codings = [_coding(LOINC, *PERCENT_LOINC[key])] if key in PERCENT_LOINC else []
         observations.append(
             {
