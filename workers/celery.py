@@ -75,7 +75,10 @@ def _configure() -> None:
         # Declared, so a plain `celery worker` consumes all three, in this order; each has its
         # own exchange and key, so a message lands in exactly one queue.
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
-        task_routes={"workers.tasks.sweep_batches": {"queue": "housekeeping"}},
+        task_routes={
+            "workers.tasks.sweep_batches": {"queue": "housekeeping"},
+            "workers.tasks.deliver_webhook": {"queue": "housekeeping"},
+        },
         beat_schedule={
             "sweep-batches": {
                 "task": "workers.tasks.sweep_batches",

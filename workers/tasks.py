@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
@@ -58,3 +59,21 @@ def load_models_after_fork(**_: object) -> None:
     except Exception:
         # A worker without its model still starts; the batch that needs it fails with the reason.
         logger.exception("could not preload classifiers")
+
+
+@shared_task(
+    name="workers.tasks.deliver_webhook",
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    # Above WEBHOOK_MAX_ATTEMPTS: the service, not this count, decides when to give up.
+    max_retries=100,
+    retry_backoff=2,
+    retry_backoff_max=60,
+)
+def deliver_webhook(self: Task[Any, Any], delivery_id: int) -> None:
+    """One try; the service says when to try again (it gives up after WEBHOOK_MAX_ATTEMPTS)."""
+    from webportal.api import webhooks
+
+    retry_in = webhooks.attempt_delivery(delivery_id=delivery_id)
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from webportal.api.models import ApiToken
+from webportal.api.models import ApiToken, WebhookEndpoint
 
 
 class TokenForm(forms.Form):
@@ -13,3 +13,14 @@ class TokenForm(forms.Form):
         help_text="Created as an integrator of this lab if new; tokens act as this account.",
     )
     scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ_WRITE)
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(label="URL", max_length=500, assume_scheme="https")
+    description = forms.CharField(max_length=200, required=False)
+    events = forms.MultipleChoiceField(
+        choices=WebhookEndpoint.Event.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="None ticked: every event.",
+    )

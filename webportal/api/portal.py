@@ -1,6 +1,8 @@
-"""The portal's Integrations page: a lab admin's API tokens (and webhooks)."""
+"""The portal's Integrations page: a lab admin's API tokens, webhooks and their delivery log."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
@@ -10,9 +12,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from webportal.accounts.models import Lab
 from webportal.accounts.services import LAB_ADMINS, authenticated_user, labs_where
-from webportal.api import tokens
-from webportal.api.forms import TokenForm
-from webportal.api.models import ApiToken
+from webportal.api import tokens, webhooks
+from webportal.api.forms import TokenForm, WebhookForm
+from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
+
+DELIVERIES_SHOWN = 50
 
 
 def administered_labs(*, user: User) -> QuerySet[Lab]:
@@ -29,13 +33,33 @@ def _lab(request: HttpRequest) -> Lab:
     return lab
 
 
+def _page(request: HttpRequest, lab: Lab, **extra: Any) -> HttpResponse:
+    # A new token or secret is in this response only: never in a redirect, message or cookie.
+    context = {
+        "lab": lab,
+        "labs": administered_labs(user=authenticated_user(request)),
+        "tokens": tokens.tokens_of(lab=lab),
+        "endpoints": webhooks.endpoints_of(lab=lab),
+        "deliveries": webhooks.deliveries_of(lab=lab)[:DELIVERIES_SHOWN],
+        "form": TokenForm(),
+        "webhook_form": WebhookForm(),
+        **extra,
+    }
+    return render(request, "api/integrations.html", context)
+
+
+def _not_admin(request: HttpRequest) -> HttpResponse | None:
+    if administered_labs(user=authenticated_user(request)).exists():
+        return None
+    return render(request, "api/not_admin.html", status=403)
+
+
 @require_http_methods(["GET", "POST"])
 def integrations(request: HttpRequest) -> HttpResponse:
-    if not administered_labs(user=authenticated_user(request)).exists():
-        return render(request, "api/not_admin.html", status=403)
+    if refused := _not_admin(request):
+        return refused
     lab = _lab(request)
     form = TokenForm(request.POST or None)
-    issued = None
     if request.method == "POST" and form.is_valid():
         try:
             issued = tokens.issue_token(
@@ -48,19 +72,8 @@ def integrations(request: HttpRequest) -> HttpResponse:
         except tokens.TokenError as exc:
             form.add_error("username", str(exc))
         else:
-            form = TokenForm()
-    # The new token is in this response only: never in a redirect, a message or a cookie.
-    return render(
-        request,
-        "api/integrations.html",
-        {
-            "lab": lab,
-            "labs": administered_labs(user=authenticated_user(request)),
-            "tokens": tokens.tokens_of(lab=lab),
-            "form": form,
-            "issued": issued,
-        },
-    )
+            return _page(request, lab, issued=issued)
+    return _page(request, lab, form=form)
 
 
 @require_POST
@@ -69,3 +82,44 @@ def revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     token = get_object_or_404(ApiToken.objects.filter(lab__in=labs), pk=token_id)
     tokens.revoke_token(token=token, actor=authenticated_user(request))
     return redirect(f"/integrations/?lab={token.lab.slug}")
+
+
+@require_POST
+def register_webhook(request: HttpRequest) -> HttpResponse:
+    if refused := _not_admin(request):
+        return refused
+    lab = _lab(request)
+    form = WebhookForm(request.POST)
+    if form.is_valid():
+        try:
+            endpoint = webhooks.register_endpoint(
+                lab=lab,
+                url=form.cleaned_data["url"],
+                events=form.cleaned_data["events"],
+                description=form.cleaned_data["description"],
+                actor=authenticated_user(request),
+            )
+        except webhooks.WebhookError as exc:
+            form.add_error("url", str(exc))
+        else:
+            return _page(request, lab, new_endpoint=endpoint)
+    return _page(request, lab, webhook_form=form)
+
+
+@require_POST
+def remove_webhook(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    labs = administered_labs(user=authenticated_user(request))
+    endpoint = get_object_or_404(WebhookEndpoint.objects.filter(lab__in=labs), pk=webhook_id)
+    webhooks.remove_endpoint(endpoint=endpoint, actor=authenticated_user(request))
+    return redirect(f"/integrations/?lab={endpoint.lab.slug}")
+
+
+@require_POST
+def redeliver(request: HttpRequest, delivery_id: int) -> HttpResponse:
+    labs = administered_labs(user=authenticated_user(request))
+    delivery = get_object_or_404(
+        WebhookDelivery.objects.filter(endpoint__lab__in=labs).select_related("endpoint__lab"),
+        pk=delivery_id,
+    )
+    webhooks.redeliver(delivery=delivery, actor=authenticated_user(request))
+    return redirect(f"/integrations/?lab={delivery.endpoint.lab.slug}#deliveries")

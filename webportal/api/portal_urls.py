@@ -7,4 +7,7 @@ app_name = "integrations"
 urlpatterns = [
     path("", portal.integrations, name="index"),
     path("tokens/<int:token_id>/revoke/", portal.revoke, name="revoke_token"),
+    path("webhooks/", portal.register_webhook, name="register_webhook"),
+    path("webhooks/<int:webhook_id>/remove/", portal.remove_webhook, name="remove_webhook"),
+    path("deliveries/<int:delivery_id>/redeliver/", portal.redeliver, name="redeliver"),
 ]

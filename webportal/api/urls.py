@@ -3,7 +3,7 @@
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
-from webportal.api import reports, views
+from webportal.api import reports, views, webhook_views
 
 app_name = "api"
 
@@ -42,5 +42,21 @@ urlpatterns = [
         "batches/<int:batch_id>/reports/<int:version>/fhir/",
         _open(reports.ReportVersionFhir.as_view()),
         name="batch_report_version_fhir",
+    ),
+    path("webhooks/", _open(webhook_views.WebhookList.as_view()), name="webhook_list"),
+    path(
+        "webhooks/<int:webhook_id>/",
+        _open(webhook_views.WebhookDetail.as_view()),
+        name="webhook_detail",
+    ),
+    path(
+        "webhooks/<int:webhook_id>/deliveries/",
+        _open(webhook_views.WebhookDeliveries.as_view()),
+        name="webhook_deliveries",
+    ),
+    path(
+        "webhooks/<int:webhook_id>/deliveries/<int:delivery_id>/redeliver/",
+        _open(webhook_views.WebhookRedeliver.as_view()),
+        name="webhook_redeliver",
     ),
 ]

@@ -24,6 +24,7 @@ from PIL import Image as PILImage
 
 from ml.inference import CellPrediction, Classifier, read_ahead
 from webportal.accounts.services import CASE_WRITERS, require_role
+from webportal.api import webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
@@ -210,14 +211,20 @@ def _finish(*, batch_id: int, classified: int) -> Outcome:
         batch.finished_at = timezone.now()
         batch.stalled_attempts = 0
         batch.save(update_fields=["status", "finished_at", "stalled_attempts"])
+        webhooks.batch_finished_on_commit(batch_id=batch_id)
     return Outcome(Batch.Status.DONE, classified, 0)
 
 
 def mark_batch_failed(*, batch_id: int, reason: str) -> None:
     with transaction.atomic():
-        Batch.objects.filter(pk=batch_id).exclude(
-            status__in=[Batch.Status.DONE, Batch.Status.CANCELLED]
-        ).update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
+        already = Batch.objects.filter(pk=batch_id, status=Batch.Status.FAILED).exists()
+        failed = (
+            Batch.objects.filter(pk=batch_id)
+            .exclude(status__in=[Batch.Status.DONE, Batch.Status.CANCELLED])
+            .update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
+        )
+        if failed and not already:
+            webhooks.batch_finished_on_commit(batch_id=batch_id)
 
 
 def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:

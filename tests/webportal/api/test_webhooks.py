@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from tests.conftest import noisy_jpeg_bytes
+from tests.factories import MembershipFactory
+from tests.webportal.api.receiver import webhook_receiver
+from webportal.accounts.models import Role
+from webportal.api import webhooks
+from webportal.api.models import WebhookDelivery, WebhookEndpoint
+from webportal.cases import processing, services
+from webportal.cases.models import ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _http_allowed(settings) -> None:
+    settings.WEBHOOK_ALLOW_HTTP = True
+
+
+def test_the_documented_recipe_verifies_a_signature_and_refuses_tampering() -> None:
+    body = b'{"type":"batch.done"}'
+    now = int(time.time())
+    header = webhooks.sign(secret="whsec_x", timestamp=now, body=body)
+    assert webhooks.verify_signature(secret="whsec_x", header=header, body=body)
+    assert not webhooks.verify_signature(secret="whsec_y", header=header, body=body)
+    assert not webhooks.verify_signature(secret="whsec_x", header=header, body=body + b" ")
+    stale = webhooks.sign(secret="whsec_x", timestamp=now - 301, body=body)
+    assert not webhooks.verify_signature(secret="whsec_x", header=stale, body=body)
+    assert not webhooks.verify_signature(secret="whsec_x", header="nonsense", body=body)
+
+
+def test_a_finished_batch_posts_a_signed_event_to_the_labs_endpoint(
+    member, case, tiny_model: ModelVersion, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    sent: list[int] = []
+    monkeypatch.setattr(
+        webhooks, "_send", lambda delivery_id, countdown=0: sent.append(delivery_id)
+    )
+    with webhook_receiver() as receiver:
+        endpoint = webhooks.register_endpoint(lab=member.lab, url=receiver.url)
+        batch = services.submit_batch(
+            case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            processing.process_batch(batch_id=batch.pk)
+        delivery = WebhookDelivery.objects.get()
+        assert sent == [delivery.pk]
+        assert webhooks.attempt_delivery(delivery_id=delivery.pk) is None
+        (request,) = receiver.requests
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    assert webhooks.verify_signature(
+        secret=endpoint.secret, header=headers["hematovision-signature"], body=request.body
+    )
+    event = json.loads(request.body)
+    assert event["type"] == headers["hematovision-event"] == "batch.done"
+    assert event["id"] == headers["hematovision-delivery"] == str(delivery.event_id)
+    assert event["data"]["batch"]["id"] == batch.pk
+    assert event["data"]["batch"]["report_url"] == f"/api/v1/batches/{batch.pk}/report/"
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
+
+
+def test_a_failing_receiver_is_retried_with_backoff_then_logged_as_failed(member, settings) -> None:
+    settings.WEBHOOK_MAX_ATTEMPTS = 3
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 10
+    with webhook_receiver(status=503) as receiver:
+        webhooks.register_endpoint(lab=member.lab, url=receiver.url)
+        (delivery,) = webhooks.emit(lab=member.lab, event="batch.failed", data={"batch": {}})
+        waits = [webhooks.attempt_delivery(delivery_id=delivery.pk) for _ in range(3)]
+        assert len(receiver.requests) == 3
+    assert waits == [10.0, 20.0, None]
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("failed", 3, 503)
+    assert "503" in delivery.last_error
+    assert webhooks.attempt_delivery(delivery_id=delivery.pk) is None  # nothing more is sent
+
+
+def test_an_unreachable_receiver_is_logged_with_the_reason(member) -> None:
+    webhooks.register_endpoint(lab=member.lab, url="http://127.0.0.1:9/nothing")
+    (delivery,) = webhooks.emit(lab=member.lab, event="batch.done", data={})
+    assert webhooks.attempt_delivery(delivery_id=delivery.pk) is not None
+    delivery.refresh_from_db()
+    assert delivery.last_status_code is None
+    assert "refused" in delivery.last_error.lower() or "error" in delivery.last_error.lower()
+
+
+def test_an_endpoint_hears_only_the_events_it_asked_for(member) -> None:
+    webhooks.register_endpoint(lab=member.lab, url="https://lis.example/a", events=["batch.done"])
+    webhooks.register_endpoint(lab=member.lab, url="https://lis.example/b")
+    assert len(webhooks.emit(lab=member.lab, event="batch.done", data={})) == 2
+    assert len(webhooks.emit(lab=member.lab, event="report.final", data={})) == 1
+
+
+def test_urls_must_be_https_unless_allowed_and_events_known(member, settings) -> None:
+    settings.WEBHOOK_ALLOW_HTTP = False
+    with pytest.raises(webhooks.WebhookError, match="https"):
+        webhooks.register_endpoint(lab=member.lab, url="http://lis.example/hook")
+    with pytest.raises(webhooks.WebhookError, match="credentials"):
+        webhooks.register_endpoint(lab=member.lab, url="https://u:p@lis.example/hook")
+    with pytest.raises(webhooks.WebhookError, match="Unknown event"):
+        webhooks.register_endpoint(lab=member.lab, url="https://lis.example/", events=["x"])
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_an_integrator_registers_lists_and_removes_a_webhook_through_the_api(
+    api: APIClient, member
+) -> None:
+    created = api.post(
+        reverse("api:webhook_list"),
+        {"url": "https://lis.example/hook", "events": ["batch.done", "report.final"]},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["secret"].startswith("whsec_")
+    assert body["lab"] == member.lab.slug
+    listed = api.get(reverse("api:webhook_list")).json()["results"]
+    assert [hook["id"] for hook in listed] == [body["id"]]
+    assert "secret" not in listed[0]
+    assert api.delete(reverse("api:webhook_detail", args=[body["id"]])).status_code == 204
+    assert api.get(reverse("api:webhook_list")).json()["results"] == []
+
+
+def test_the_delivery_log_and_a_redelivery_through_the_api(
+    api: APIClient, member, monkeypatch
+) -> None:
+    monkeypatch.setattr(webhooks, "_send", lambda delivery_id, countdown=0: None)
+    endpoint = webhooks.register_endpoint(lab=member.lab, url="https://lis.example/hook")
+    (delivery,) = webhooks.emit(lab=member.lab, event="batch.done", data={"batch": {"id": 1}})
+    log = api.get(reverse("api:webhook_deliveries", args=[endpoint.pk])).json()["results"]
+    assert [entry["id"] for entry in log] == [delivery.pk]
+    again = api.post(reverse("api:webhook_redeliver", args=[endpoint.pk, delivery.pk]))
+    assert again.status_code == 202
+    assert again.json()["event_id"] == str(delivery.event_id)
+    assert WebhookDelivery.objects.count() == 2
+
+
+def test_a_read_only_token_cannot_register_webhooks(read_only_api: APIClient) -> None:
+    response = read_only_api.post(
+        reverse("api:webhook_list"), {"url": "https://lis.example/hook"}, format="json"
+    )
+    assert response.status_code == 403
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_a_lab_admin_registers_a_webhook_in_the_portal_and_reads_its_log(monkeypatch) -> None:
+    monkeypatch.setattr(webhooks, "_send", lambda delivery_id, countdown=0: None)
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    client = Client()
+    client.force_login(admin.user)
+    response = client.post(
+        reverse("integrations:register_webhook"),
+        {"url": "https://lis.example/hook", "events": ["batch.done"]},
+    )
+    assert response.status_code == 200
+    endpoint = WebhookEndpoint.objects.get()
+    assert endpoint.secret in response.content.decode()
+    (delivery,) = webhooks.emit(lab=admin.lab, event="batch.done", data={})
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status="failed", attempts=6)
+    page = client.get(reverse("integrations:index")).content.decode()
+    assert endpoint.secret not in page
+    assert "batch.done" in page
+    assert "Failed" in page
+    redelivered = client.post(reverse("integrations:redeliver", args=[delivery.pk]))
+    assert redelivered.status_code == 302
+    assert WebhookDelivery.objects.filter(event_id=delivery.event_id).count() == 2
