@@ -30,8 +30,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import MembershipFactory
 from webportal.accounts.models import Membership, Role
-from webportal.api.models import ApiToken
+from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
 from webportal.api.tokens import issue_token
+from webportal.api.webhooks import emit, register_endpoint
 from webportal.cases import processing, services
 from webportal.cases.models import Batch, ModelVersion
 from webportal.reports.models import Report
@@ -43,7 +44,11 @@ PUBLIC = frozenset({"login/", "logout/", "favicon.ico", "healthz", "api/schema/"
 # Django's admin: staff accounts only, with its own login; not a lab user's view.
 OWN_ACCESS_CONTROL = ("admin/",)
 # URL parameters that are not named <model>_id.
-ALIASES: dict[str, type[models.Model]] = {"token_id": ApiToken}
+ALIASES: dict[str, type[models.Model]] = {
+    "token_id": ApiToken,
+    "webhook_id": WebhookEndpoint,
+    "delivery_id": WebhookDelivery,
+}
 
 MISSING_ID = 987654321
 _PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>|\(\?P<(\w+)>[^)]*\)")
@@ -109,8 +114,11 @@ def foreign_world(tiny_model: ModelVersion) -> World:
         patient_external_id="MRN-OTHER",
     )
     files = [("cell.jpg", _file(noisy_jpeg_bytes())), ("notes.jpg", _file(b"plain text"))]
+    webhook = register_endpoint(lab=other.lab, url="https://lis.example.org/hook")
     batch = services.submit_batch(case=case, created_by=other.user, files=files)
     processing.process_batch(batch_id=batch.pk)  # cells, predictions and a report
+    if not WebhookDelivery.objects.filter(endpoint=webhook).exists():
+        emit(lab=other.lab, event="batch.done", data={"batch": batch.pk})
     token = issue_token(lab=other.lab, username="other-lis").token
     batch.refresh_from_db()
     return World(visitors=visitors, batch=batch, token=token)
