@@ -14,7 +14,7 @@ thread, batch 32, the PBC MobileNetV2 at 192 px, 1263 held-out images (bench/REA
 - "ort-fp32" (DEFAULT_ENGINE; 171 images/s, 6.7x eager, every prediction the same): ONNX
   Runtime, fp32. Eager's maths up to float rounding (ORT folds the BatchNorms into the
   convolutions and runs its own kernels), so it is safe for any checkpoint with no per-model
-  check. Needs the optional packages `onnxruntime` and `onnx` (the exporter writes the graph
+  check. Needs `onnxruntime` and `onnx` (in the dev extra; the exporter writes the graph
   with `onnx`); the session is built in memory in about a second, once per process.
 - "fused-channels-last" (92 images/s, 3.6x, every prediction the same): pure PyTorch:
   BatchNorm folded into the convolutions (torch.fx) and NHWC layout, which oneDNN's depthwise

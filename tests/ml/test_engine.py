@@ -1,12 +1,11 @@
 """ml.engine: every CPU engine is a drop-in for the eager model (shape, dtype, answers).
 
-ONNX Runtime engines skip where onnxruntime/onnx are not installed; inductor is left out here
-(its first call compiles for tens of seconds) and is exercised by the benchmark.
+The ONNX Runtime engines run too: onnxruntime and onnx are pinned in the dev extra, so a missing
+one fails here instead of skipping. Inductor is left out (its first call compiles for tens of
+seconds) and is exercised by the benchmark.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -28,14 +27,10 @@ from ml.testing import make_tiny_checkpoint
 
 SIZE = 32
 FAST_ENGINES = [name for name in ENGINES if name != "inductor"]
-HAS_ORT = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx"))
 
 
 def engine_param(name: str):
-    marks = []
-    if name.startswith("ort-") and not HAS_ORT:
-        marks.append(pytest.mark.skip(reason="onnxruntime/onnx not installed (optional)"))
-    return pytest.param(name, marks=marks, id=name)
+    return pytest.param(name, id=name)
 
 
 def blobs(count: int, seed: int) -> torch.Tensor:
@@ -186,9 +181,18 @@ def test_bad_requests_are_refused(mobilenet):
             optimise_for_cpu(mobilenet, input_size=SIZE, engine=engine)
 
 
-def test_pure_pytorch_engines_are_always_available():
+def test_every_engine_but_inductor_is_available_with_the_dev_install():
     names = available_engines()
 
     assert {"eager", "channels-last", "fused-channels-last", "fx-int8"} <= set(names)
-    assert ("ort-fp32" in names) == HAS_ORT
-    assert best_fp32_engine() == ("ort-fp32" if HAS_ORT else "fused-channels-last")
+    assert {"ort-fp32", "ort-int8"} <= set(names)
+    assert best_fp32_engine() == "ort-fp32"
+
+
+def test_without_onnxruntime_the_best_engine_is_pure_pytorch(monkeypatch):
+    import ml.engine
+
+    monkeypatch.setattr(ml.engine, "_has_module", lambda name: name not in {"onnxruntime", "onnx"})
+    names = ml.engine.available_engines()
+    assert not {"ort-fp32", "ort-int8"} & set(names)
+    assert ml.engine.best_fp32_engine() == "fused-channels-last"
