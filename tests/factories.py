@@ -23,6 +23,9 @@ PBC_CLASSES = [
     "platelet",
 ]
 
+# Every factory user's password.
+PASSWORD = "a-long-test-password-42"
+
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
@@ -30,7 +33,7 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
         django_get_or_create = ("username",)
 
     username = Sequence(lambda n: f"user{n}")
-    password = factory.django.Password("a-long-test-password-42")
+    password = factory.django.Password(PASSWORD)
 
 
 class LabFactory(factory.django.DjangoModelFactory[Lab]):

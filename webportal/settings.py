@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "csp",
+    "axes",
     "webportal.accounts",
     "webportal.cases",
     "webportal.reports",
@@ -158,6 +160,8 @@ MIDDLEWARE = [
     "webportal.accounts.middleware.IntegratorsUseTheApiMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webportal.urls"
@@ -210,6 +214,28 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Login lockout (django-axes) on every password login (/login/, /admin/login/, anything that
+# calls authenticate() with the request): after LOGIN_FAILURE_LIMIT wrong passwords for a
+# username, that username cannot log in for LOGIN_LOCKOUT_MINUTES, even with the right
+# password. Counted per username, whatever the address, so guessing from many addresses is
+# stopped too; a lab admin can lift a lockout early (admin: Access attempts, or
+# `manage.py axes_reset_username NAME`). A successful login clears the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, maximum=1000)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, maximum=7 * 24 * 60)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "webportal.accounts.views.locked_out"
+# django-axes warns when the address is not part of the lockout. Deliberate: locking an address
+# would lock a whole lab behind one NAT or proxy after a few typos, and a guesser who rotates
+# addresses is still stopped by the per-username count.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

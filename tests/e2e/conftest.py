@@ -12,7 +12,6 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from tests.services import IN_CI
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-PASSWORD = "a-long-test-password-42"  # the factories' password
 
 
 @pytest.fixture(scope="module")

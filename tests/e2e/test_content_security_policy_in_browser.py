@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.e2e.conftest import PASSWORD
+from tests.factories import PASSWORD
 from webportal.cases import processing, services
 from webportal.cases.models import Batch, ModelVersion
 

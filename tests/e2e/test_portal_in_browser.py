@@ -9,7 +9,7 @@ from django.conf import LazySettings
 from playwright.sync_api import Page, expect
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.e2e.conftest import PASSWORD
+from tests.factories import PASSWORD
 from tests.services import celery_worker
 from webportal.cases.models import ModelVersion
 from workers.celery import use_broker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +11,13 @@ from django.conf import LazySettings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
-from tests.e2e.conftest import PASSWORD
+from tests.factories import PASSWORD
+from tests.webportal.conftest import Clock
 
 pytestmark = pytest.mark.django_db
 
 SETTINGS = Path(__file__).resolve().parents[2] / "webportal" / "settings.py"
-
-
-class Clock:
-    """Stands in for django.utils.timezone.now, so a test can let time pass."""
-
-    def __init__(self) -> None:
-        self.now = timezone.now()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> None:
-        self.now += timedelta(minutes=minutes)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(timezone, "now", clock)
-    return clock
 
 
 def log_in(client: Client, username: str) -> None:

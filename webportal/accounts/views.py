@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -125,4 +128,23 @@ def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
             "form": form,
             "models": ModelVersion.objects.order_by("-created_at", "-id"),
         },
+    )
+
+
+def locked_out(
+    request: HttpRequest, original_response: HttpResponse | None, credentials: Any = None
+) -> HttpResponse:
+    """What django-axes answers to a login attempt on a locked username (AXES_LOCKOUT_CALLABLE).
+
+    The login page is not re-rendered, so the user cannot mistake the lockout for a typo.
+    """
+    return render(
+        request,
+        "registration/locked_out.html",
+        {
+            "failure_limit": settings.LOGIN_FAILURE_LIMIT,
+            "minutes": settings.LOGIN_LOCKOUT_MINUTES,
+            "login_url": request.path,
+        },
+        status=429,
     )
