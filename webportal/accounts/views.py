@@ -1,4 +1,5 @@
-"""The lab admin's pages: members and roles, the lab's model. Thin: services do the work."""
+"""Account pages: the lab admin's (members and roles, the lab's model; thin, services do the
+work) and the login lockout page."""
 
 from __future__ import annotations
 
