@@ -1,0 +1,185 @@
+"""Locating white cells in whole fields: fields per second, alone and with classification.
+
+    .venv/bin/python -m bench.locate --json var/bench-locate.json [--wait-quiet 300]
+
+Fields: the first `--fields` JPEGs (sorted) of `--data` (default `../shared/data/bccd/JPEGImages`,
+640x480). Every setting runs `--repeats` times in turn; the fastest run of each counts (other
+processes can only slow a run down), and every run is kept in the JSON with the cores other
+processes used meanwhile (`other_cores`, bench/machine.py).
+
+- `locate_1_process`: decode the JPEG, `ml.locate.locate`, one process.
+- `locate_2_processes`: the same, the fields split over two processes (a pool started and
+  warmed before the clock): what two cores give (contract: >= 20 fields/s).
+- `locate_classify_raw`: decode, locate, crop and classify every cell with `--model`, in one
+  process with one intra-op thread (as one worker runs), the crops of `--chunk` fields per
+  forward pass; fields/s and cells/s. The portal's worker is compared with this figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from bench.machine import machine_info, metered, wait_for_quiet
+from ml.checkpoint import sha256_of
+from ml.inference import Classifier
+from ml.locate import crop_cell, list_images, locate
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
+DEFAULT_MODEL = REPO / "ml" / "weights" / "kaggle4-mobilenetv2.pt"
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def locate_files(paths: Sequence[Path]) -> int:
+    """Decode and locate every field; the number of white cells found."""
+    return sum(len(locate(_open_rgb(p))) for p in paths)
+
+
+def _pool_init() -> None:
+    torch.set_num_threads(1)
+
+
+def time_locate(paths: Sequence[Path], processes: int, pool: Any = None) -> dict[str, Any]:
+    usage: dict[str, float] = {}
+    with metered(usage, groups=()):
+        start = time.perf_counter()
+        if processes == 1:
+            cells = locate_files(paths)
+        else:
+            halves = [paths[i::processes] for i in range(processes)]
+            cells = sum(pool.map(locate_files, halves))
+        seconds = time.perf_counter() - start
+    return {
+        "processes": processes,
+        "fields": len(paths),
+        "cells": cells,
+        "seconds": seconds,
+        "fields_per_second": len(paths) / seconds,
+        "cpu": usage,
+    }
+
+
+def time_locate_classify(
+    classifier: Classifier, paths: Sequence[Path], chunk: int
+) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    usage: dict[str, float] = {}
+    cells = 0
+    with metered(usage):
+        start = time.perf_counter()
+        for s in range(0, len(paths), chunk):
+            crops = []
+            for path in paths[s : s + chunk]:
+                image = _open_rgb(path)
+                crops += [crop_cell(image, c.box) for c in locate(image)]
+            if crops:
+                classifier.predict_tensor(classifier.preprocess(crops))
+            cells += len(crops)
+        seconds = time.perf_counter() - start
+    return {
+        "threads": 1,
+        "chunk_fields": chunk,
+        "fields": len(paths),
+        "cells": cells,
+        "seconds": seconds,
+        "fields_per_second": len(paths) / seconds,
+        "cells_per_second": cells / seconds,
+        "cpu": usage,
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.locate",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    p.add_argument("--json", required=True, type=Path, help="write the report here")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of field images")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="classifier checkpoint")
+    p.add_argument("--fields", type=int, default=200, help="fields per run")
+    p.add_argument("--chunk", type=int, default=32, help="fields per classify chunk")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    return p
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: float(r["fields_per_second"]))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    paths = list_images(args.data)[: args.fields]
+    if len(paths) < 2:
+        raise SystemExit(f"{args.data} has fewer than 2 images")
+    machine = machine_info()
+    if args.wait_quiet > 0:
+        machine["wait_for_quiet"] = wait_for_quiet(args.wait_quiet)
+    runs: dict[str, list[dict[str, Any]]] = {
+        "locate_1_process": [],
+        "locate_2_processes": [],
+        "locate_classify_raw": [],
+    }
+    # The pool forks before this process starts torch's thread pools (forking after can hang).
+    context = multiprocessing.get_context("fork")
+    with context.Pool(2, initializer=_pool_init) as pool:
+        pool.map(locate_files, [paths[:2], paths[2:4]])  # imports and first calls, unclocked
+        classifier = Classifier.load(args.model, device="cpu")
+        torch.set_num_threads(1)
+        classifier.warm_up(args.chunk)
+        for repeat in range(args.repeats):
+            print(f"run {repeat + 1} of {args.repeats}...", flush=True)
+            runs["locate_1_process"].append(time_locate(paths, 1))
+            runs["locate_2_processes"].append(time_locate(paths, 2, pool))
+            runs["locate_classify_raw"].append(time_locate_classify(classifier, paths, args.chunk))
+    summary = {name: best(r) for name, r in runs.items()}
+    report = {
+        "summary": {
+            "locate_fields_per_second_1_process": summary["locate_1_process"]["fields_per_second"],
+            "locate_fields_per_second_2_processes": summary["locate_2_processes"][
+                "fields_per_second"
+            ],
+            "locate_classify_raw_fields_per_second": summary["locate_classify_raw"][
+                "fields_per_second"
+            ],
+            "locate_classify_raw_cells_per_second": summary["locate_classify_raw"][
+                "cells_per_second"
+            ],
+            "max_other_cores_in_used_runs": max(r["cpu"]["other_cores"] for r in summary.values()),
+        },
+        "runs": runs,
+        "config": {
+            "data": str(args.data),
+            "fields": len(paths),
+            "model": str(args.model),
+            "model_sha256": sha256_of(args.model),
+            "chunk_fields": args.chunk,
+            "repeats": args.repeats,
+            "command": " ".join(sys.argv),
+        },
+        "machine": machine,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    for key, value in report["summary"].items():
+        print(f"{key}: {value:.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Find every white cell in a whole smear field, crop each one, classify the crops.
+
+    python -m ml.locate --model ml/weights/kaggle4-mobilenetv2.pt --images DIR --json OUT.json
+
+writes, for every image in DIR (sorted by name), one entry of a JSON list:
+
+    {"image": "field.jpg", "cells": [{"box": [x1, y1, x2, y2], "label": "neutrophil",
+      "confidence": 0.97, "cut_by_border": false}]}
+
+`box` is in pixels of the original image, x1/y1 inclusive and x2/y2 exclusive (the box is
+`image[y1:y2, x1:x2]`); the portal's `Cell.box` stores the same box as (x, y, width, height).
+An image with no white cell has `"cells": []`. `label` and `confidence` are the classifier's
+(calibrated; a confidence under the model's threshold means "unidentified" in the portal).
+
+How white cells are found (no learned detector; docs/MODELS.md "Locating white cells" has the
+figures that chose this):
+
+1. The field is halved (2x2 mean), and each pixel gets a stain score: blue minus green, less the
+   field's median (so the stain's and the lamp's colour cast cancel), scaled by 200 over the
+   field's background brightness (its 90th percentile of grey: a dim or bright field scores
+   alike). Romanowsky-stained nuclei are violet (blue far above green); red cells are pink and
+   the background pale (blue close to green), and eosinophil granules are orange.
+2. Pixels scoring above `stain_threshold` form the nucleus mask (opened once to drop specks).
+   Connected pieces with at least `min_nucleus_area` pixels (full-resolution pixels) are nuclei;
+   smaller pieces within `join_distance` of a nucleus are lobes or fragments of it (a
+   neutrophil's lobes) and extend it; smaller pieces alone are platelets or debris and are
+   ignored. Two white cells side by side stay two as long as their nuclei do not touch (their
+   cytoplasm may); nuclei that touch come out as one cell (a known limit).
+3. The cell's box is the nucleus's bounding box scaled by `box_scale` about its centre (the
+   cytoplasm around it), clipped to the image.
+
+Border rule: a cell cut by the image border is reported when the part of its nucleus inside the
+field alone passes `min_nucleus_area`, as any cell; it is then flagged `cut_by_border` (its
+nucleus touches the edge). A sliver of a cut cell is not reported.
+
+Parameters are in pixels of fields like BCCD's (640x480, a red cell about 100 px across); for
+other magnifications scale them with `LocateParams.for_pixel_scale`.
+
+Crops: a square centred on the cell's box, `CROP_CONTEXT` times its longer side, black outside
+the field (as the classifiers' training images are padded), which the classifier then fits with
+its own eval geometry (e.g. the Kaggle model's stain crop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from scipy import ndimage
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+CROP_CONTEXT = 1.5  # crop side over the cell box's longer side
+
+
+@dataclass(frozen=True)
+class LocateParams:
+    """Thresholds of the locator, in pixels of a BCCD-like field (see the module docstring)."""
+
+    stain_threshold: float = 40.0  # normalised blue-minus-green score of a nucleus pixel
+    min_nucleus_area: int = 3200  # full-resolution pixels of nucleus visible in the field
+    join_distance: int = 36  # pieces this close to a nucleus (full-resolution px) belong to it
+    box_scale: float = 1.2  # cell box side over nucleus box side
+    downscale: int = 2  # work on the field shrunk by this factor
+
+    def for_pixel_scale(self, factor: float) -> LocateParams:
+        """The same rule for fields magnified `factor` times BCCD's (lengths x f, areas x f^2)."""
+        return replace(
+            self,
+            min_nucleus_area=round(self.min_nucleus_area * factor * factor),
+            join_distance=round(self.join_distance * factor),
+            downscale=max(1, round(self.downscale * factor)),
+        )
+
+
+DEFAULT_PARAMS = LocateParams()
+
+
+@dataclass(frozen=True)
+class LocatedCell:
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in original pixels, x2/y2 exclusive
+    nucleus_box: tuple[int, int, int, int]  # same convention
+    nucleus_area: int  # full-resolution pixels
+    cut_by_border: bool
+
+    @property
+    def xywh(self) -> tuple[int, int, int, int]:
+        """The box as (x, y, width, height): the portal's `Cell.box` convention."""
+        x1, y1, x2, y2 = self.box
+        return (x1, y1, x2 - x1, y2 - y1)
+
+
+def stain_score(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Per-pixel nucleus stain score of an H x W x 3 float image (0-255): see step 1 above."""
+    blue_over_green = rgb[..., 2] - rgb[..., 1]
+    grey = rgb.mean(axis=-1)
+    background = max(float(np.percentile(grey, 90)), 1.0)
+    score: npt.NDArray[np.float32] = (blue_over_green - np.median(blue_over_green)) * (
+        200.0 / background
+    )
+    return score
+
+
+def _small_rgb(image: Image.Image, factor: int) -> npt.NDArray[np.float32]:
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    if factor > 1:
+        img = img.reduce(factor)  # box filter: the mean of each factor x factor block
+    return np.asarray(img, dtype=np.float32)
+
+
+def locate(image: Image.Image, params: LocateParams = DEFAULT_PARAMS) -> list[LocatedCell]:
+    """The white cells of a field, largest nucleus first."""
+    f = params.downscale
+    width, height = image.size
+    score = stain_score(_small_rgb(image, f))
+    mask = ndimage.binary_opening(score > params.stain_threshold)
+    pieces, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    areas = np.bincount(pieces.ravel(), minlength=count + 1)
+    areas[0] = 0
+    big_ids = np.flatnonzero(areas * f * f >= params.min_nucleus_area)
+    if big_ids.size == 0:
+        return []
+    # Nuclei keep their own labels 1..n; a small piece takes the label of the nucleus within
+    # join_distance of it (the nearest by the dilation's maximum), or none.
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel[big_ids] = np.arange(1, big_ids.size + 1, dtype=np.int32)
+    nuclei = relabel[pieces]
+    reach = 2 * max(1, round(params.join_distance / f)) + 1
+    grown = ndimage.maximum_filter(nuclei, size=reach)
+    owner = np.where(mask, np.where(nuclei > 0, nuclei, grown), 0)
+    cells = []
+    for i, where in enumerate(ndimage.find_objects(owner), start=1):
+        if where is None:
+            continue
+        ys, xs = where
+        nx1, ny1, nx2, ny2 = xs.start * f, ys.start * f, xs.stop * f, ys.stop * f
+        nx2, ny2 = min(nx2, width), min(ny2, height)
+        cx, cy = (nx1 + nx2) / 2, (ny1 + ny2) / 2
+        half_w, half_h = (nx2 - nx1) * params.box_scale / 2, (ny2 - ny1) * params.box_scale / 2
+        box = (
+            max(0, round(cx - half_w)),
+            max(0, round(cy - half_h)),
+            min(width, round(cx + half_w)),
+            min(height, round(cy + half_h)),
+        )
+        cut = nx1 <= 0 or ny1 <= 0 or nx2 >= width or ny2 >= height
+        area = int(areas[big_ids[i - 1]]) * f * f
+        cells.append(LocatedCell(box, (nx1, ny1, nx2, ny2), area, cut))
+    cells.sort(key=lambda c: -c.nucleus_area)
+    return cells
+
+
+def crop_cell(
+    image: Image.Image, box: Sequence[int], *, context: float = CROP_CONTEXT
+) -> Image.Image:
+    """A square around `box` (x1, y1, x2, y2), `context` times its longer side, black outside
+    the image: what the classifier is given for that cell."""
+    x1, y1, x2, y2 = box
+    side = max(1, round(max(x2 - x1, y2 - y1) * context))
+    left = round((x1 + x2 - side) / 2)
+    top = round((y1 + y2 - side) / 2)
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    return img.crop((left, top, left + side, top + side))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def locate_folder(
+    paths: Iterable[Path],
+    model: str | Path,
+    *,
+    params: LocateParams = DEFAULT_PARAMS,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """The JSON contract's entries for `paths`: locate, crop, classify (crops batched)."""
+    from ml.inference import Classifier
+
+    classifier = Classifier.load(model)
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], Image.Image]] = []
+
+    def flush() -> None:
+        predictions = classifier.predict([crop for _, crop in pending], batch_size=batch_size)
+        for (entry, _), pred in zip(pending, predictions, strict=True):
+            entry["label"] = pred.label
+            entry["confidence"] = round(pred.confidence, 6)
+        pending.clear()
+
+    for path in paths:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        cells = []
+        for cell in locate(image, params):
+            entry: dict[str, Any] = {"box": list(cell.box), "cut_by_border": cell.cut_by_border}
+            cells.append(entry)
+            pending.append((entry, crop_cell(image, cell.box)))
+        results.append({"image": path.name, "cells": cells})
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    # The contract's key order: box, label, confidence (then extras).
+    for result in results:
+        result["cells"] = [
+            {
+                "box": c["box"],
+                "label": c["label"],
+                "confidence": c["confidence"],
+                "cut_by_border": c["cut_by_border"],
+            }
+            for c in result["cells"]
+        ]
+    return results
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True, help="classifier checkpoint (ml/weights/*.pt)")
+    p.add_argument("--images", required=True, help="folder of field images")
+    p.add_argument("--json", required=True, help="write the results here ('-': stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if not Path(args.images).is_dir():
+        print(f"{args.images} is not a folder", file=sys.stderr)
+        return 2
+    if not Path(args.model).is_file():
+        print(f"no checkpoint at {args.model}", file=sys.stderr)
+        return 2
+    paths = list_images(args.images)
+    if not paths:
+        print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.images}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    results = locate_folder(paths, args.model, batch_size=args.batch_size)
+    elapsed = time.perf_counter() - start
+    text = json.dumps(results, indent=1)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).write_text(text + "\n")
+    cells = sum(len(r["cells"]) for r in results)
+    print(f"{len(results)} images, {cells} white cells, {elapsed:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
