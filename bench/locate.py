@@ -44,9 +44,11 @@ def _open_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def locate_files(paths: Sequence[Path]) -> int:
-    """Decode and locate every field; the number of white cells found."""
-    return sum(len(locate(_open_rgb(p))) for p in paths)
+def locate_files(paths: Sequence[Path]) -> tuple[int, float]:
+    """Decode and locate every field: (white cells found, CPU seconds this process spent)."""
+    start = time.process_time()
+    cells = sum(len(locate(_open_rgb(p))) for p in paths)
+    return cells, time.process_time() - start
 
 
 def _pool_init() -> None:
@@ -58,10 +60,10 @@ def time_locate(paths: Sequence[Path], processes: int, pool: Any = None) -> dict
     with metered(usage, groups=()):
         start = time.perf_counter()
         if processes == 1:
-            cells = locate_files(paths)
+            cells, cpu_seconds = locate_files(paths)
         else:
-            halves = [paths[i::processes] for i in range(processes)]
-            cells = sum(pool.map(locate_files, halves))
+            parts = pool.map(locate_files, [paths[i::processes] for i in range(processes)])
+            cells, cpu_seconds = sum(c for c, _ in parts), sum(t for _, t in parts)
         seconds = time.perf_counter() - start
     return {
         "processes": processes,
@@ -69,6 +71,8 @@ def time_locate(paths: Sequence[Path], processes: int, pool: Any = None) -> dict
         "cells": cells,
         "seconds": seconds,
         "fields_per_second": len(paths) / seconds,
+        "cpu_seconds": cpu_seconds,
+        "fields_per_cpu_second": len(paths) / cpu_seconds,
         "cpu": usage,
     }
 
@@ -80,6 +84,7 @@ def time_locate_classify(
     usage: dict[str, float] = {}
     cells = 0
     with metered(usage):
+        cpu_start = time.process_time()
         start = time.perf_counter()
         for s in range(0, len(paths), chunk):
             crops = []
@@ -90,6 +95,7 @@ def time_locate_classify(
                 classifier.predict_tensor(classifier.preprocess(crops))
             cells += len(crops)
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
     return {
         "threads": 1,
         "chunk_fields": chunk,
@@ -98,6 +104,8 @@ def time_locate_classify(
         "seconds": seconds,
         "fields_per_second": len(paths) / seconds,
         "cells_per_second": cells / seconds,
+        "cpu_seconds": cpu_seconds,
+        "fields_per_cpu_second": len(paths) / cpu_seconds,
         "cpu": usage,
     }
 
@@ -160,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "locate_classify_raw_cells_per_second": summary["locate_classify_raw"][
                 "cells_per_second"
             ],
+            # Load-independent: CPU time per field, whatever else ran. Two cores at this rate.
+            "locate_fields_per_cpu_second": max(
+                r["fields_per_cpu_second"] for r in runs["locate_1_process"]
+            ),
+            "locate_classify_fields_per_cpu_second": max(
+                r["fields_per_cpu_second"] for r in runs["locate_classify_raw"]
+            ),
             "max_other_cores_in_used_runs": max(r["cpu"]["other_cores"] for r in summary.values()),
         },
         "runs": runs,
