@@ -3,7 +3,7 @@
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 
-from webportal.api import reports, views, webhook_views
+from webportal.api import cells, reports, views, webhook_views
 
 app_name = "api"
 
@@ -24,6 +24,21 @@ urlpatterns = [
         "batches/<int:batch_id>/report/", _open(reports.LatestReport.as_view()), name="batch_report"
     ),
     path(
+        "batches/<int:batch_id>/report/pdf/",
+        _open(reports.LatestReportPdf.as_view()),
+        name="batch_report_pdf",
+    ),
+    path(
+        "batches/<int:batch_id>/report/sign/",
+        _open(reports.SignReport.as_view()),
+        name="batch_report_sign",
+    ),
+    path(
+        "batches/<int:batch_id>/report/amend/",
+        _open(reports.AmendReport.as_view()),
+        name="batch_report_amend",
+    ),
+    path(
         "batches/<int:batch_id>/report/fhir/",
         _open(reports.LatestReportFhir.as_view()),
         name="batch_report_fhir",
@@ -39,10 +54,24 @@ urlpatterns = [
         name="batch_report_version",
     ),
     path(
+        "batches/<int:batch_id>/reports/<int:version>/pdf/",
+        _open(reports.ReportVersionPdf.as_view()),
+        name="batch_report_version_pdf",
+    ),
+    path(
         "batches/<int:batch_id>/reports/<int:version>/fhir/",
         _open(reports.ReportVersionFhir.as_view()),
         name="batch_report_version_fhir",
     ),
+    path("batches/<int:batch_id>/cells/", _open(cells.BatchCells.as_view()), name="batch_cells"),
+    path(
+        "batches/<int:batch_id>/reviews/",
+        _open(cells.BatchReviews.as_view()),
+        name="batch_reviews",
+    ),
+    path("cells/<int:cell_id>/", _open(cells.CellDetail.as_view()), name="cell_detail"),
+    path("cells/<int:cell_id>/image/", _open(cells.CellImage.as_view()), name="cell_image"),
+    path("cells/<int:cell_id>/reviews/", _open(cells.CellReviews.as_view()), name="cell_reviews"),
     path("webhooks/", _open(webhook_views.WebhookList.as_view()), name="webhook_list"),
     path(
         "webhooks/<int:webhook_id>/",

@@ -221,6 +221,40 @@ def batch_finished_on_commit(*, batch_id: int) -> None:
     transaction.on_commit(lambda: batch_finished(batch_id=batch_id))
 
 
+def report_changed(*, report_id: int) -> None:
+    """report.final when signed, report.amended when a new signed version replaces one."""
+    from webportal.reports.models import Report
+
+    report = Report.objects.select_related("batch__case__lab").get(pk=report_id)
+    event = {
+        Report.Status.FINAL: WebhookEndpoint.Event.REPORT_FINAL,
+        Report.Status.AMENDED: WebhookEndpoint.Event.REPORT_AMENDED,
+    }.get(Report.Status(report.status))
+    if event is None:
+        return
+    base = f"/api/v1/batches/{report.batch_id}/reports/{report.version}/"
+    emit(
+        lab=report.batch.case.lab,
+        event=event,
+        data={
+            "report": {
+                "id": report.pk,
+                "batch": report.batch_id,
+                "accession_number": report.batch.case.accession_number,
+                "version": report.version,
+                "status": report.status,
+                "url": base,
+                "pdf_url": f"{base}pdf/",
+                "fhir_url": f"{base}fhir/",
+            }
+        },
+    )
+
+
+def report_changed_on_commit(*, report_id: int) -> None:
+    transaction.on_commit(lambda: report_changed(report_id=report_id))
+
+
 # --- delivery -----------------------------------------------------------------------------
 
 

@@ -65,6 +65,8 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
     `wbc_count` is the white-cell count in 10^9/L; when known, each leukocyte class also gets
     its absolute count.
     """
+    if wbc_count is None and report.wbc_count is not None:
+        wbc_count = float(report.wbc_count)
     batch = report.batch
     case = batch.case
     lab = case.lab

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role
+from webportal.api import webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch
@@ -262,6 +263,7 @@ def sign_report(
             lab=lab, actor=actor, action=Action.REPORT_SIGNED, obj=report, before=before,
             after=_snapshot(report),
         )  # fmt: skip
+        webhooks.report_changed_on_commit(report_id=report.pk)
     return report
 
 
@@ -320,6 +322,7 @@ def amend_report(
             before=_snapshot(old),
             after={**_snapshot(new), "reason": reason},
         )
+        webhooks.report_changed_on_commit(report_id=new.pk)
     return new
 
 
