@@ -24,7 +24,9 @@ Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
    coverage / accuracy of auto-accepted cells.
 4. The per-cell threshold: for each left-out lab, the lowest confidence at which its accepted
    cells are >= --target-accuracy right; the threshold that holds on every left-out lab is the
-   highest of these. Coverage per lab at it is reported.
+   highest of these. Coverage per lab at it is reported. A lab on which no threshold reaches
+   the target is listed (`threshold_unattainable_on`): only the batch guard can keep its
+   cells from being auto-accepted.
 5. The batch guard (`ml.ood`) of each fold is fitted on its training features, its flag
    thresholds calibrated on half of its val cells (batches drawn within one lab), and measured
    on the other half (false alarms) against batches of the left-out lab (AUROC, flag rate),
@@ -62,7 +64,14 @@ from ml.data import grouped_stratified_split
 from ml.metrics import choose_threshold, fit_temperature, summarize
 from ml.model import ARCHS, FeaturesTail, build_model, default_weights, split_trunk_tail
 from ml.ood import OODGuard, auroc, batch_means
-from ml.sources import Cell, CellDataset, SourceSpec, load_source, masked_cross_entropy
+from ml.sources import (
+    Cell,
+    CellDataset,
+    SourceSpec,
+    limit_cells,
+    list_cells,
+    masked_cross_entropy,
+)
 from ml.train import progress, seed_everything, set_phase
 from ml.transforms import RESIZE_MODES, eval_transform, train_transform
 
@@ -107,35 +116,41 @@ def get_args_parser() -> argparse.ArgumentParser:
 # 1. Cells and split ---------------------------------------------------------------------------
 
 
-def load_cells(args: argparse.Namespace, specs: Sequence[SourceSpec], root: Path) -> list[Cell]:
-    """Every source's cells; the list is kept in root/cells.json (grouping copies is slow)."""
-    path = root / "cells.json"
-    if path.exists():
-        rows = json.loads(path.read_text())
-        return [
-            Cell(
-                Path(r["path"]),
-                r["label"],
-                r["source"],
-                r["group"],
-                None if r["box"] is None else tuple(r["box"]),
-            )
-            for r in rows
-        ]
+def load_cells(args: argparse.Namespace, specs: Sequence[SourceSpec]) -> list[Cell]:
+    """Every source's cells, LIMIT applied. Each source's full list is kept in
+    --cache-dir/source-*.json (grouping copies is slow), so a new LIMIT or input size does not
+    list it again."""
     cells: list[Cell] = []
     for spec in specs:
         t0 = time.time()
-        found = load_source(spec, seed=args.seed)
+        key = json.dumps([spec.name, spec.kind, str(spec.path)]).encode()
+        path = (
+            Path(args.cache_dir)
+            / f"source-{hashlib.sha1(key, usedforsecurity=False).hexdigest()[:12]}.json"
+        )
+        if path.exists():
+            full = [
+                Cell(
+                    Path(r["path"]),
+                    r["label"],
+                    r["source"],
+                    r["group"],
+                    None if r["box"] is None else tuple(r["box"]),
+                )
+                for r in json.loads(path.read_text())
+            ]
+        else:
+            full = list_cells(spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps([{**asdict(c), "path": str(c.path)} for c in full]))
+        found = limit_cells(full, spec, seed=args.seed)
         print(
-            f"source {spec.name} ({spec.lab}, {spec.kind}): {len(found)} cells, "
+            f"source {spec.name} ({spec.lab}, {spec.kind}): {len(found)} of {len(full)} cells, "
             f"{len({c.group for c in found})} groups, {dict(Counter(c.label for c in found))} "
             f"in {time.time() - t0:.0f}s",
             flush=True,
         )
         cells += found
-    rows = [{**asdict(c), "path": str(c.path)} for c in cells]
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows))
     return cells
 
 
@@ -189,6 +204,7 @@ def build_cache(
     """(eval-view activations N x ..., augmented views V x N x ...), float16, from chunk files
     under root (computed for the chunks not there yet)."""
     trunk.eval()
+    root.mkdir(parents=True, exist_ok=True)
     mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
     ev = eval_transform(args.input_size, mean, std, args.resize)
     aug = train_transform(
@@ -511,9 +527,12 @@ def run(
         print(f"fold {left} done at {time.time() - t_start:.0f}s", flush=True)
 
     # 4. One threshold that holds on every left-out lab.
-    ts = list(fold_thresholds.values())
-    cross = None if any(t is None for t in ts) else max(t for t in ts if t is not None)
+    # A lab on which no threshold reaches the target is listed: its cells can only be kept from
+    # auto-acceptance by the batch guard.
+    reached = [t for t in fold_thresholds.values() if t is not None]
+    cross = max(reached) if reached else None
     report["cross_threshold"] = cross
+    report["threshold_unattainable_on"] = sorted(k for k, t in fold_thresholds.items() if t is None)
     for left, result in kept.items():
         acc = (
             result["_conf"] >= cross if cross is not None else np.zeros(len(result["_conf"]), bool)
@@ -615,11 +634,9 @@ def adaptation_curve(
 
 
 def shipped_threshold(cross: float | None, val: float | None) -> float | None:
-    """The stricter of the cross-lab threshold and the all-labs model's own val threshold;
-    None (accept nothing automatically) when no threshold held on some left-out lab."""
-    if cross is None:
-        return None
-    return max(cross, val) if val is not None else cross
+    """The stricter of the cross-lab threshold and the all-labs model's own val threshold."""
+    found = [t for t in (cross, val) if t is not None]
+    return max(found) if found else None
 
 
 def write_model(
@@ -674,7 +691,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"{f(g20.get('auroc')):>9}{f(g20.get('flagged')):>8}"
             f"{f(g.get('batch_100', {}).get('auroc')):>9}{f(g20.get('false_alarm')):>9}"
         )
-    lines.append(f"cross-lab threshold: {report['cross_threshold']}")
+    lines.append(
+        f"cross-lab threshold: {report['cross_threshold']} (no threshold reaches the target on: "
+        f"{report['threshold_unattainable_on'] or 'none'})"
+    )
     return "\n".join(lines)
 
 
@@ -684,7 +704,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     specs = [SourceSpec.parse(s) for s in args.source]
     root = cache_root(args)
-    cells = load_cells(args, specs, root)
+    cells = load_cells(args, specs)
     classes = sorted({c.label for c in cells})
     weights = None if args.weights == "none" else args.weights
     model = build_model(args.arch, len(classes), pretrained=weights)

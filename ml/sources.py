@@ -111,24 +111,30 @@ def voc_cells(root: Path, source: str) -> list[Cell]:
 
 def load_source(spec: SourceSpec, *, seed: int = 0) -> list[Cell]:
     """The cells of one source, in a stable order (a LIMIT subset drawn with seed)."""
+    return limit_cells(list_cells(spec), spec, seed=seed)
+
+
+def list_cells(spec: SourceSpec) -> list[Cell]:
+    """Every cell of a source, LIMIT not applied (grouping copies is the slow part)."""
     if spec.kind == "voc":
-        cells = voc_cells(spec.path, spec.name)
+        return voc_cells(spec.path, spec.name)
+    found = list_samples(spec.path)
+    if spec.kind == "copies":
+        names = sorted({c for _, c in found})
+        ids = near_duplicate_groups([p for p, _ in found], [names.index(c) for _, c in found])
     else:
-        found = list_samples(spec.path)
-        if spec.kind == "copies":
-            names = sorted({c for _, c in found})
-            ids = near_duplicate_groups([p for p, _ in found], [names.index(c) for _, c in found])
-        else:
-            ids = list(range(len(found)))
-        cells = [
-            Cell(p, c, spec.name, f"{spec.name}:{g}") for (p, c), g in zip(found, ids, strict=True)
-        ]
-    if spec.limit and spec.limit < len(cells):
-        if spec.kind == "copies":
-            cells = copies_subset(cells, spec.limit)
-        else:
-            cells = stratified_groups_subset(cells, spec.limit, seed=seed)
-    return cells
+        ids = list(range(len(found)))
+    return [Cell(p, c, spec.name, f"{spec.name}:{g}") for (p, c), g in zip(found, ids, strict=True)]
+
+
+def limit_cells(cells: Sequence[Cell], spec: SourceSpec, *, seed: int = 0) -> list[Cell]:
+    """The source's LIMIT applied: copies of every cell for `copies`, else a random
+    class-stratified subset of whole groups."""
+    if not spec.limit or spec.limit >= len(cells):
+        return list(cells)
+    if spec.kind == "copies":
+        return copies_subset(cells, spec.limit)
+    return stratified_groups_subset(cells, spec.limit, seed=seed)
 
 
 def copies_subset(cells: Sequence[Cell], n: int) -> list[Cell]:
