@@ -89,6 +89,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--trunk-blocks", type=int, default=17)
     p.add_argument("--views", type=int, default=1, help="augmented views cached per cell")
     p.add_argument("--no-stain-jitter", action="store_true")
+    p.add_argument(
+        "--head-only",
+        action="store_true",
+        help="train only the classifier, on pooled features of the frozen ImageNet network "
+        "(a linear probe: the recipe for a CPU shared with others)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--head-epochs", type=int, default=2)
@@ -239,6 +245,31 @@ def build_cache(
 # 3. Folds ---------------------------------------------------------------------------------------
 
 
+class HeadOnly(nn.Module):
+    """The classifier alone, on pooled features (--head-only): a tail with no blocks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential()
+        self.classifier = model.get_submodule("classifier")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(x)
+        return out
+
+
+@torch.inference_mode()
+def pool(model: nn.Module, k: int, acts: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Pooled features of cached trunk activations through the (frozen) blocks features[k:]."""
+    tail = FeaturesTail(model, k).eval()
+    flat = acts.reshape(-1, *acts.shape[-3:])
+    out = torch.cat([tail.embed(flat[s : s + batch].float()) for s in range(0, len(flat), batch)])
+    return out.reshape(*acts.shape[:-3], out.shape[-1]).to(torch.float16)
+
+
 class Fold:
     """The cached data of one fold and the tail trained on it."""
 
@@ -254,7 +285,9 @@ class Fold:
         self.args, self.name = args, name
         self.model = model
         self.initial = initial
-        self.tail = FeaturesTail(model, args.trunk_blocks)
+        self.tail: FeaturesTail | HeadOnly = (
+            HeadOnly(model) if args.head_only else FeaturesTail(model, args.trunk_blocks)
+        )
         self.masks = masks  # N x C: the classes each cell's source labels
         self.labels = labels
         self.history: list[dict[str, Any]] = []
@@ -292,9 +325,8 @@ class Fold:
             total, seen = 0.0, 0
             for s in range(0, len(order), args.batch_size):
                 idx, v = order[s : s + args.batch_size], view[s : s + args.batch_size]
-                x = torch.where(
-                    (v == 0)[:, None, None, None], eval_acts[idx], aug_acts[(v - 1).clamp(0), idx]
-                ).float()
+                first = (v == 0).reshape(-1, *[1] * (eval_acts.dim() - 1))
+                x = torch.where(first, eval_acts[idx], aug_acts[(v - 1).clamp(0), idx]).float()
                 loss = masked_cross_entropy(
                     self.tail(x),
                     self.labels[idx],
@@ -448,6 +480,12 @@ def run(
     source_classes = {s: {c.label for c in cells if c.source == s} for s in lab_of}
     masks = torch.tensor([[k in source_classes[c.source] for k in classes] for c in cells])
     initial = copy.deepcopy(model.state_dict())
+    if args.head_only:
+        # The blocks stay as ImageNet made them: run them once, train heads on pooled features.
+        t0 = time.time()
+        eval_acts = pool(model, args.trunk_blocks, eval_acts)
+        aug_acts = pool(model, args.trunk_blocks, aug_acts)
+        print(f"pooled features {tuple(eval_acts.shape)} in {time.time() - t0:.0f}s", flush=True)
     report: dict[str, Any] = {
         "classes": classes,
         "sources": {

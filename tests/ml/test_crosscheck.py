@@ -71,3 +71,25 @@ def test_leave_one_lab_out_reports_each_lab_and_writes_a_model_with_its_guard(tm
     stamps = [p.stat().st_mtime_ns for p in chunks]
     crosscheck.main(crosscheck.get_args_parser().parse_args([*argv, "--stage", "cache"]))
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
+
+
+def test_head_only_trains_the_classifier_alone_on_pooled_features(tmp_path):
+    one = lab_folder(tmp_path / "one", ["alpha", "beta"], tint=0)
+    two = lab_folder(tmp_path / "two", ["alpha", "beta"], tint=40)
+    out = tmp_path / "probe.pt"
+    argv = ["--source", f"one:labone:folder:{one}", "--source", f"two:labtwo:folder:{two}"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--weights", "none"]
+    argv += ["--input-size", "32", "--resize", "crop", "--head-only", "--head-epochs", "0"]
+    argv += ["--epochs", "4", "--val-fraction", "0.25", "--adapt-n", "0", "--batch-size", "8"]
+    argv += ["--guard-batches", "2", "--threads", "1"]
+    torch.manual_seed(0)
+    from ml.model import build_model
+
+    reference = build_model("mobilenet_v2", 2, pretrained=None).state_dict()
+
+    report = crosscheck.main(crosscheck.get_args_parser().parse_args(argv))
+
+    state = torch.load(out, weights_only=True)["state_dict"]
+    changed = [k for k in state if not torch.equal(state[k], reference[k])]
+    assert changed == ["classifier.1.weight", "classifier.1.bias"]
+    assert len(report["folds"]["all"]["history"]) == 4
