@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ml.checkpoint import load_checkpoint
+from ml.checkpoint import load_checkpoint, save_checkpoint
 from ml.inference import Classifier
+from ml.model import build_model
 from ml.testing import make_tiny_checkpoint
+from ml.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture
@@ -36,14 +38,33 @@ def test_classifier_predicts_every_image_with_probabilities_summing_to_one(tmp_p
         assert p.confidence == pytest.approx(p.probabilities[p.label])
 
 
-def test_save_load_predict_round_trip_gives_identical_outputs(tmp_path, images):
-    path = make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"], seed=3)
-    first = Classifier.load(path, device="cpu").predict(images)
-    second = Classifier.load(path, device="cpu").predict(images, batch_size=1)
-    assert [p.label for p in first] == [p.label for p in second]
-    for p, q in zip(first, second, strict=True):
-        for c in p.probabilities:
-            assert p.probabilities[c] == pytest.approx(q.probabilities[c], abs=1e-6)
+def test_a_saved_and_loaded_classifier_is_the_model_that_was_saved(tmp_path, images):
+    torch.manual_seed(3)
+    model = build_model("mobilenet_v2", 2, pretrained=None).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(
+        path,
+        model,
+        arch="mobilenet_v2",
+        classes=["a", "b"],
+        input_size=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        recipe={},
+        metrics={},
+    )
+
+    clf = Classifier.load(path, device="cpu")
+    got = clf.predict(images[:3], batch_size=2)
+
+    saved, loaded = model.state_dict(), clf.eager.state_dict()
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[key], saved[key]) for key in saved)
+    x = torch.stack([clf.transform(image) for image in images[:3]])
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).tolist()
+    for prediction, row in zip(got, expected, strict=True):
+        assert [prediction.probabilities[c] for c in ("a", "b")] == pytest.approx(row, abs=1e-5)
 
 
 def test_temperature_divides_the_logits_before_softmax(tmp_path, images):

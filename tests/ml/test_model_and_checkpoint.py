@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torchvision
@@ -140,8 +142,10 @@ def test_make_tiny_checkpoint_is_readable_and_hashable(tmp_path):
     assert meta.input_size == 32
     assert meta.threshold is None
     assert meta.temperature == 1.0
-    assert len(sha256_of(path)) == 64
-    assert sha256_of(path) == sha256_of(path)
+    assert sha256_of(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    changed = tmp_path / "changed.pt"
+    changed.write_bytes(path.read_bytes() + b"\0")
+    assert sha256_of(changed) != sha256_of(path)
 
 
 def test_reading_a_checkpoint_of_unknown_format_fails_clearly(tmp_path):
