@@ -6,7 +6,7 @@
     forward passes (`predict_logits`) timed at the worker's chunk size.
 (b) `run_system`: a fresh SQLite database, media and broker folder in a temp dir, migrated here;
     `services.submit_batch` (upload validation + storage), the message queued on commit to the
-    embedded filesystem broker, real `celery worker` processes (tests.services.celery_worker)
+    embedded filesystem broker, real `celery worker` processes (workers.processes.celery_worker)
     with one intra-op thread each, timed until every batch is done (predictions + report).
     Two workers get the images as two half batches, both queued by one commit (a batch is
     worked on by one delivery at a time, so one batch cannot use two workers).
@@ -130,10 +130,10 @@ def setup_system(var_dir: Path, model_path: Path) -> System:
     from django.core.management import call_command
 
     from webportal.accounts.models import Lab
-    from webportal.cases import services
+    from webportal.cases import registry, services
 
     call_command("migrate", verbosity=0, interactive=False)
-    model_version = services.register_model(checkpoint_path=model_path.resolve(), name="bench")
+    model_version = registry.register_model(checkpoint_path=model_path.resolve(), name="bench")
     lab = Lab.objects.create(name="Benchmark lab", slug="benchmark", active_model=model_version)
     case = services.create_case(lab=lab, created_by=None, accession_number="BENCH-0001")
     return System(
@@ -156,7 +156,7 @@ class Worker:
 @contextmanager
 def running_workers(system: System, count: int, *, threads: int = 1) -> Iterator[list[Worker]]:
     """`count` real celery worker processes, started, model loaded, ready."""
-    from tests.services import celery_worker
+    from workers.processes import celery_worker
 
     logs = [system.var_dir / f"worker-{count}-{i}-{secrets.token_hex(3)}.log" for i in range(count)]
     extra_env = {
@@ -365,7 +365,7 @@ def profile_worker(
     """
     from django.db import transaction
 
-    from webportal.cases import processing, services
+    from webportal.cases import classifiers, processing
     from webportal.cases.models import Batch, Case
 
     torch.set_num_threads(threads)
@@ -375,7 +375,7 @@ def profile_worker(
         batch = _submit(case, files)
     # The message it sent stays in the broker folder: no worker is running now.
     model_version = Batch.objects.select_related("model_version").get(pk=batch.pk).model_version
-    classifier = services.load_classifier(model_version=model_version)  # loading is not timed
+    classifier = classifiers.load_classifier(model_version=model_version)  # loading is not timed
     watches = {
         name: _Stopwatch()
         for name in (

@@ -10,9 +10,9 @@ from PIL import Image as PILImage
 
 from ml.testing import make_tiny_checkpoint
 from tests.factories import CaseFactory, MembershipFactory
-from webportal.cases import services
+from webportal.cases import registry
 from webportal.cases.models import ModelVersion
-from workers.celery import use_broker
+from webportal.celery import use_broker
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
 TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
@@ -37,7 +37,7 @@ def _broker_in_tmp(
 def tiny_model(db: None, tmp_path: Path) -> ModelVersion:
     """A randomly initialised, fast checkpoint registered as the newest model."""
     path = make_tiny_checkpoint(tmp_path / "tiny.pt", TINY_CLASSES)
-    return services.register_model(checkpoint_path=path, name="tiny")
+    return registry.register_model(checkpoint_path=path, name="tiny")
 
 
 @pytest.fixture

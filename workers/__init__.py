@@ -1,5 +1,8 @@
-"""Celery workers: the app and thin tasks that call webportal services."""
+"""Celery workers: thin tasks that call webportal services.
 
-from workers.celery import app
+The app is the project's (`webportal.celery`); `celery -A workers worker` finds it here.
+"""
+
+from webportal.celery import app
 
 __all__ = ["app"]

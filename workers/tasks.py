@@ -1,4 +1,8 @@
-"""Celery tasks: ids in, one service call, nothing else."""
+"""Celery tasks: ids in, one service call, nothing else.
+
+The portal sends these by name (`webportal.celery`) and never imports this module; the worker
+imports it at start (the app's `include`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from webportal.cases import classifiers, processing
+from webportal.celery import DELIVER_WEBHOOK_TASK, PROCESS_BATCH_TASK, SWEEP_BATCHES_TASK
+
 logger = logging.getLogger(__name__)
 
 # Worth another try later: the database or the broker was briefly unreachable (or SQLite was
@@ -19,7 +26,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerUnreachable)
 
 
 @shared_task(
-    name="workers.tasks.process_batch",
+    name=PROCESS_BATCH_TASK,
     autoretry_for=TRANSIENT_ERRORS,
     max_retries=10,
     retry_backoff=2,
@@ -27,42 +34,37 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerUnreachable)
     retry_jitter=True,
 )
 def process_batch(batch_id: int) -> None:
-    from webportal.cases import processing
-    from webportal.cases.models import Batch
-    from webportal.cases.services import ServiceError
-
     try:
         processing.process_batch(batch_id=batch_id)
-    except ServiceError as exc:
-        logger.error("batch %s failed: %s", batch_id, exc)
-        processing.mark_batch_failed(batch_id=batch_id, reason=str(exc))
+    except TRANSIENT_ERRORS:
+        raise  # retried with backoff (autoretry_for)
     except SoftTimeLimitExceeded:
         # What was saved stays saved; the rest goes back to the queue.
-        queue = Batch.objects.get(pk=batch_id).queue
-        processing.send_batch(batch_id=batch_id, queue=queue)
+        processing.requeue_batch(batch_id=batch_id)
+    except Exception as exc:
+        # Anything else (a stored file gone, a bug) fails the batch now with its reason,
+        # rather than leaving it "processing" until the sweeper gives up on it.
+        logger.exception("batch %s failed", batch_id)
+        processing.mark_batch_failed(batch_id=batch_id, reason=processing.failure_reason(exc))
 
 
-@shared_task(name="workers.tasks.sweep_batches", autoretry_for=TRANSIENT_ERRORS, max_retries=3)
+@shared_task(name=SWEEP_BATCHES_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)
 def sweep_batches() -> None:
-    from webportal.cases import processing
-
     processing.sweep_batches()
 
 
 @worker_process_init.connect
 def load_models_after_fork(**_: object) -> None:
     """Load the models each pool process will use once, after fork (CUDA cannot cross fork)."""
-    from webportal.cases import services
-
     try:
-        services.preload_classifiers()
+        classifiers.preload_classifiers()
     except Exception:
         # A worker without its model still starts; the batch that needs it fails with the reason.
         logger.exception("could not preload classifiers")
 
 
 @shared_task(
-    name="workers.tasks.deliver_webhook",
+    name=DELIVER_WEBHOOK_TASK,
     bind=True,
     autoretry_for=TRANSIENT_ERRORS,
     # Above WEBHOOK_MAX_ATTEMPTS: the service, not this count, decides when to give up.

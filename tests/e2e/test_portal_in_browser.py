@@ -12,7 +12,7 @@ from tests.conftest import noisy_jpeg_bytes
 from tests.factories import PASSWORD
 from tests.services import celery_worker
 from webportal.cases.models import ModelVersion
-from workers.celery import use_broker
+from webportal.celery import use_broker
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -13,7 +13,7 @@ from tests.conftest import noisy_jpeg_bytes
 from tests.services import REDIS_URL, require_service
 from webportal.cases import services
 from webportal.cases.models import ModelVersion
-from workers.celery import QUEUES, app, use_broker
+from webportal.celery import QUEUES, app, use_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

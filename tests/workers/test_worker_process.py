@@ -18,8 +18,8 @@ from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
 from tests.services import REDIS_URL, celery_worker, require_service, wait_until
 from webportal.cases import services
 from webportal.cases.models import Batch, Image, ModelVersion, Prediction
+from webportal.celery import use_broker
 from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
-from workers.celery import use_broker
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -161,3 +161,32 @@ def test_the_whole_bad_input_corpus_leaves_the_worker_standing_and_the_batch_don
     assert all(image.reject_reason.strip() for image in rejected)
     assert batch.total_images == len(edge)
     assert Prediction.objects.filter(cell__image__batch=batch).count() == len(edge)
+
+
+def test_an_unexpected_error_fails_the_batch_at_once_with_its_message(
+    tiny_model: ModelVersion, case, tmp_path: Path, settings: LazySettings
+) -> None:
+    """A stored file gone missing is no transient fault: the batch fails on the first delivery
+    with the error's own words, instead of waiting "processing" for the sweeper to give up."""
+    folder = tmp_path / "broker"
+    use_broker("filesystem://", folder)
+    try:
+        files = [(f"cell-{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(3)]
+        batch = services.submit_batch(case=case, created_by=None, files=files)
+        lost = Image.objects.filter(batch=batch).order_by("id").last()
+        assert lost is not None
+        for stored in (lost.file, lost.model_input):
+            Path(stored.path).unlink()
+        with celery_worker(
+            broker_url="filesystem://", broker_folder=folder, log_path=tmp_path / "worker.log"
+        ):
+            wait_until(lambda: _finished(batch.pk), timeout=120, what="the batch to finish")
+    finally:
+        use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
+    batch.refresh_from_db()
+    log = (tmp_path / "worker.log").read_text()
+    assert batch.status == Batch.Status.FAILED, log
+    assert "FileNotFoundError" in batch.error
+    assert Path(str(lost.file.name)).stem in batch.error  # which file
+    assert batch.stalled_attempts == 1  # failed on its first delivery, not swept
+    assert f"batch {batch.pk} failed" in log

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from webportal.accounts.models import Lab
 from webportal.accounts.services import authenticated_user, labs_of
 from webportal.api.models import ApiToken
-from webportal.cases import services
+from webportal.cases import selectors
 from webportal.cases.models import Batch, Case, Patient
 
 
@@ -23,11 +23,13 @@ def labs(request: Request) -> QuerySet[Lab]:
 
 
 def cases(request: Request) -> QuerySet[Case]:
-    return services.cases_visible_to(user=authenticated_user(request)).filter(lab__in=labs(request))
+    return selectors.cases_visible_to(user=authenticated_user(request)).filter(
+        lab__in=labs(request)
+    )
 
 
 def batches(request: Request) -> QuerySet[Batch]:
-    return services.batches_visible_to(user=authenticated_user(request)).filter(
+    return selectors.batches_visible_to(user=authenticated_user(request)).filter(
         case__lab__in=labs(request)
     )
 

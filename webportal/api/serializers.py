@@ -7,6 +7,8 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from webportal.cases.models import Batch, Case, Image, Patient
+from webportal.cases.selectors import rejected_images
+from webportal.reports.services import latest_report
 
 
 class RejectedFileSerializer(serializers.ModelSerializer[Image]):
@@ -57,13 +59,13 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
 
     @extend_schema_field(RejectedFileSerializer(many=True))
     def get_rejected(self, batch: Batch) -> list[dict[str, Any]]:
-        rejected = batch.images.filter(status=Image.Status.REJECTED)
+        rejected = rejected_images(batch=batch)
         return list(RejectedFileSerializer(rejected, many=True).data)
 
     @extend_schema_field(DifferentialRowSerializer(many=True, allow_null=True))
     def get_differential(self, batch: Batch) -> list[dict[str, Any]] | None:
         """The latest report's snapshot; None until the batch has one."""
-        report = batch.reports.order_by("-version").first()
+        report = latest_report(batch=batch)
         return list(report.differential) if report is not None else None
 
     def get_url(self, batch: Batch) -> str:

@@ -30,7 +30,7 @@ from webportal.api.serializers import (
     PatientDetailSerializer,
     PatientSerializer,
 )
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case, Patient
 
 
@@ -249,7 +249,7 @@ class BatchDetail(generics.RetrieveAPIView[Batch]):
 class BatchCancel(APIView):
     def post(self, request: Request, batch_id: int) -> Response:
         batch = get_object_or_404(access.batches(request), pk=batch_id)
-        if not processing.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
+        if not services.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
             raise Conflict(f"Batch {batch.pk} is already {batch.status}; nothing to cancel.")
         batch.refresh_from_db()
         return Response(BatchSerializer(batch, context={"request": request}).data)

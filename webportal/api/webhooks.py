@@ -40,10 +40,10 @@ from webportal.accounts.services import require_role
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch
+from webportal.celery import DELIVER_WEBHOOK_TASK, app
 
 logger = logging.getLogger(__name__)
 
-DELIVER_TASK = "workers.tasks.deliver_webhook"
 SIGNATURE_HEADER = "HematoVision-Signature"
 EVENT_HEADER = "HematoVision-Event"
 DELIVERY_HEADER = "HematoVision-Delivery"
@@ -153,10 +153,8 @@ def deliveries_of(*, lab: Lab) -> QuerySet[WebhookDelivery]:
 
 
 def _send(delivery_id: int, countdown: float = 0) -> None:
-    from workers.celery import app  # the portal sends the task by name
-
-    app.send_task(
-        DELIVER_TASK, args=(delivery_id,), queue="housekeeping", countdown=countdown or None
+    app.send_task(  # by name: the portal never imports workers/
+        DELIVER_WEBHOOK_TASK, args=(delivery_id,), queue="housekeeping", countdown=countdown or None
     )
 
 

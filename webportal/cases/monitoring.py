@@ -20,7 +20,7 @@ LATENCY_WINDOW = timedelta(hours=1)
 
 def check_health() -> dict[str, bool]:
     """Whether the database and the broker answer now (no detail: the endpoint is public)."""
-    from workers.celery import app
+    from webportal.celery import app
 
     health = {"database": False, "broker": False}
     try:

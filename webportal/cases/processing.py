@@ -12,49 +12,23 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from ml.inference import CellPrediction, Classifier, read_ahead
-from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.api import webhooks
-from webportal.audit.models import Action
-from webportal.audit.services import record_event
+from webportal.cases.classifiers import chunk_size_for, load_classifier
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
-from webportal.cases.services import chunk_size_for, load_classifier
+from webportal.cases.selectors import delivery_limit_reached, stuck_batches, unclaimed_batches
+from webportal.cases.services import ServiceError, send_batch
+from webportal.reports.services import write_preliminary_report
 
 logger = logging.getLogger(__name__)
-
-
-# --- queueing -------------------------------------------------------------------------------
-
-
-def send_batch(*, batch_id: int, queue: str) -> None:
-    """Mark the batch queued and send its message now.
-
-    "processing" means a worker is on it at this moment; a batch sent again (the rest of a
-    time slice, or rescued from a dead worker) waits in the queue as "queued" like any other.
-    Callers inside a transaction use enqueue_on_commit instead.
-    """
-    from workers.tasks import process_batch  # the task calls back into this module
-
-    Batch.objects.filter(
-        pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
-    ).update(status=Batch.Status.QUEUED, enqueued_at=timezone.now())
-    process_batch.apply_async(args=(batch_id,), queue=queue)
-
-
-def enqueue_on_commit(*, batch: Batch) -> None:
-    """Queue the batch once the surrounding transaction has committed its rows."""
-    batch_id, queue = batch.pk, batch.queue
-    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue))
 
 
 # --- the job --------------------------------------------------------------------------------
@@ -79,12 +53,8 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         status = Batch.objects.filter(pk=batch_id).values_list("status", flat=True).first()
         logger.info("batch %s is %s: nothing to do", batch_id, status)
         return Outcome(status=status or "missing", classified=0, remaining=0)
-    if batch.stalled_attempts > settings.BATCH_MAX_STALLED_ATTEMPTS:
-        reason = (
-            f"Gave up after {batch.stalled_attempts - 1} deliveries that made no progress; "
-            "the batch may contain an image that stops the worker."
-        )
-        mark_batch_failed(batch_id=batch_id, reason=reason)
+    if delivery_limit_reached(deliveries=batch.stalled_attempts):  # this delivery counted
+        mark_batch_failed(batch_id=batch_id, reason=_gave_up(batch.stalled_attempts - 1))
         return Outcome(status=Batch.Status.FAILED, classified=0, remaining=0)
 
     model_version = batch.model_version
@@ -200,8 +170,6 @@ def _save_predictions(
 
 
 def _finish(*, batch_id: int, classified: int) -> Outcome:
-    from webportal.reports.services import write_preliminary_report
-
     with transaction.atomic():
         batch = Batch.objects.select_for_update().select_related("model_version").get(pk=batch_id)
         if batch.status != Batch.Status.PROCESSING:
@@ -215,6 +183,26 @@ def _finish(*, batch_id: int, classified: int) -> Outcome:
     return Outcome(Batch.Status.DONE, classified, 0)
 
 
+def requeue_batch(*, batch_id: int) -> None:
+    """Send a batch whose time ran out back to its queue; what was saved stays saved."""
+    queue = Batch.objects.get(pk=batch_id).queue
+    send_batch(batch_id=batch_id, queue=queue)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What the lab reads on a failed batch: a service's own message, else the error itself."""
+    if isinstance(exc, ServiceError):
+        return str(exc)
+    return f"The worker stopped on an unexpected error: {type(exc).__name__}: {exc}"
+
+
+def _gave_up(deliveries: int) -> str:
+    return (
+        f"Gave up after {deliveries} deliveries that made no progress; the batch may contain "
+        "an image that stops the worker."
+    )
+
+
 def mark_batch_failed(*, batch_id: int, reason: str) -> None:
     with transaction.atomic():
         already = Batch.objects.filter(pk=batch_id, status=Batch.Status.FAILED).exists()
@@ -225,33 +213,6 @@ def mark_batch_failed(*, batch_id: int, reason: str) -> None:
         )
         if failed and not already:
             webhooks.batch_finished_on_commit(batch_id=batch_id)
-
-
-def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
-    """Cancel a queued or processing batch; False when it had already finished.
-
-    `actor` None means the system; a user must be staff, pathologist or integrator of the lab.
-    """
-    batch = Batch.objects.select_related("case__lab").get(pk=batch_id)
-    lab = batch.case.lab
-    if actor is not None:
-        require_role(user=actor, lab=lab, allowed=CASE_WRITERS, action="cancel batches")
-    with transaction.atomic():
-        cancelled = bool(
-            Batch.objects.filter(
-                pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
-            ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
-        )
-        if cancelled:
-            record_event(
-                lab=lab,
-                actor=actor,
-                action=Action.BATCH_CANCELLED,
-                obj=batch,
-                before={"status": batch.status},
-                after={"status": Batch.Status.CANCELLED},
-            )
-        return cancelled
 
 
 # --- the sweeper ----------------------------------------------------------------------------
@@ -276,27 +237,19 @@ def sweep_batches(*, everything: bool = False) -> SweepReport:
     now = timezone.now()
     stuck_after = 0 if everything else settings.BATCH_STUCK_AFTER_SECONDS
     resend_after = 0 if everything else settings.BATCH_RESEND_AFTER_SECONDS
-    stuck_before = now - timedelta(seconds=stuck_after)
-    resend_before = now - timedelta(seconds=resend_after)
     requeued: list[int] = []
     resent: list[int] = []
     failed: list[int] = []
-    stuck = Batch.objects.filter(status=Batch.Status.PROCESSING, heartbeat_at__lt=stuck_before)
-    for batch in stuck.only("id", "priority", "stalled_attempts"):
-        if batch.stalled_attempts >= settings.BATCH_MAX_STALLED_ATTEMPTS:
-            mark_batch_failed(
-                batch_id=batch.pk,
-                reason=(
-                    f"Gave up after {batch.stalled_attempts} deliveries that made no progress; "
-                    "the worker stopped each time."
-                ),
-            )
+    for batch in stuck_batches(now=now, after_seconds=stuck_after).only(
+        "id", "priority", "stalled_attempts"
+    ):
+        if delivery_limit_reached(deliveries=batch.stalled_attempts + 1):  # the resend's
+            mark_batch_failed(batch_id=batch.pk, reason=_gave_up(batch.stalled_attempts))
             failed.append(batch.pk)
             continue
         send_batch(batch_id=batch.pk, queue=batch.queue)
         requeued.append(batch.pk)
-    lost = Batch.objects.filter(status=Batch.Status.QUEUED, enqueued_at__lt=resend_before)
-    for batch in lost.only("id", "priority"):
+    for batch in unclaimed_batches(now=now, after_seconds=resend_after).only("id", "priority"):
         send_batch(batch_id=batch.pk, queue=batch.queue)
         resent.append(batch.pk)
     if requeued or resent or failed:

@@ -1,6 +1,8 @@
 """Case and batch services: every write to clinical records goes through here.
 
-Views, the API and Celery tasks stay thin and call these keyword-only functions.
+Views, the API and Celery tasks stay thin and call these keyword-only functions. This module
+is the portal's side: Django, Pillow and NumPy only, never PyTorch (the worker's side is
+`processing` and `classifiers`), so a web process stays small.
 """
 
 from __future__ import annotations
@@ -8,26 +10,22 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
-import torch
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from ml.checkpoint import read_metadata, sha256_of
-from ml.inference import Classifier
-from ml.transforms import eval_geometry, geometry_key
+from ml.geometry import eval_geometry, geometry_key
 from webportal.accounts.models import Lab
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
 from webportal.cases.uploads import DEFAULT_LIMITS, AcceptedImage, UploadLimits, inspect_uploads
+from webportal.celery import PROCESS_BATCH_TASK, app
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +34,7 @@ class ServiceError(Exception):
     """A request that cannot be carried out, with a message fit to show the user."""
 
 
-# --- model registry -------------------------------------------------------------------------
-
-
-def register_model(*, checkpoint_path: Path, name: str = "") -> ModelVersion:
-    """Register a checkpoint file; registering the same file again returns the same row."""
-    if not checkpoint_path.is_file():
-        raise ServiceError(f"No checkpoint file at {checkpoint_path}")
-    digest = sha256_of(checkpoint_path)
-    existing = ModelVersion.objects.filter(checkpoint_sha256=digest).first()
-    if existing is not None:
-        return existing
-    meta = read_metadata(checkpoint_path)
-    with transaction.atomic():
-        return ModelVersion.objects.create(
-            name=name or checkpoint_path.stem,
-            architecture=meta.arch,
-            classes=list(meta.classes),
-            checkpoint_path=str(checkpoint_path.resolve()),
-            checkpoint_sha256=digest,
-            input_size=meta.input_size,
-            resize=meta.resize,
-            mean=list(meta.mean),
-            std=list(meta.std),
-            temperature=meta.temperature,
-            threshold=meta.threshold,
-            metrics=meta.metrics,
-        )
+# --- models -------------------------------------------------------------------------
 
 
 def active_model_for(*, lab: Lab) -> ModelVersion:
@@ -76,61 +48,56 @@ def active_model_for(*, lab: Lab) -> ModelVersion:
     return newest
 
 
-_classifiers: dict[str, Classifier] = {}
+# --- queueing -------------------------------------------------------------------------------
 
 
-def load_classifier(*, model_version: ModelVersion) -> Classifier:
-    """The classifier for a model version, loaded once per process and kept."""
-    cached = _classifiers.get(model_version.checkpoint_sha256)
-    if cached is not None:
-        return cached
-    path = Path(model_version.checkpoint_path)
-    if not path.is_file():
-        raise ServiceError(f"Checkpoint of {model_version} is missing at {path}")
-    if sha256_of(path) != model_version.checkpoint_sha256:
-        # A changed file would silently give predictions no registered version made.
-        raise ServiceError(f"Checkpoint at {path} does not match the sha256 registered")
-    classifier = Classifier.load(path)
-    _classifiers[model_version.checkpoint_sha256] = classifier
-    logger.info("loaded %s on %s", model_version, classifier.device)
-    return classifier
+def send_batch(*, batch_id: int, queue: str) -> None:
+    """Mark the batch queued and send its message now, by task name.
+
+    "processing" means a worker is on it at this moment; a batch sent again (the rest of a
+    time slice, or rescued from a dead worker) waits in the queue as "queued" like any other.
+    Callers inside a transaction use enqueue_on_commit instead.
+    """
+    Batch.objects.filter(
+        pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+    ).update(status=Batch.Status.QUEUED, enqueued_at=timezone.now())
+    app.send_task(PROCESS_BATCH_TASK, args=(batch_id,), queue=queue)
 
 
-def chunk_size_for(*, classifier: Classifier) -> int:
-    """Images per forward pass: large on a GPU, small on a CPU (settings)."""
-    if classifier.device.type == "cuda":
-        return settings.INFERENCE_CHUNK_SIZE_GPU
-    return settings.INFERENCE_CHUNK_SIZE
+def enqueue_on_commit(*, batch: Batch) -> None:
+    """Queue the batch once the surrounding transaction has committed its rows."""
+    batch_id, queue = batch.pk, batch.queue
+    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue))
 
 
-def preload_classifiers() -> None:
-    """Load every model a lab would use now, so the first batch does not wait for it."""
-    if settings.INFERENCE_THREADS:
-        torch.set_num_threads(settings.INFERENCE_THREADS)
-    wanted = {lab.active_model for lab in Lab.objects.select_related("active_model")}
-    wanted.discard(None)
-    newest = ModelVersion.objects.order_by("-created_at", "-id").first()
-    if newest is not None:
-        wanted.add(newest)
-    for model_version in wanted:
-        if model_version is not None:
-            classifier = load_classifier(model_version=model_version)
-            chunk_size = chunk_size_for(classifier=classifier)
-            classifier.warm_up(chunk_size)
-            logger.info("warmed up %s with a batch of %d", model_version, chunk_size)
+def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
+    """Cancel a queued or processing batch; False when it had already finished.
+
+    `actor` None means the system; a user must be staff, pathologist or integrator of the lab.
+    """
+    batch = Batch.objects.select_related("case__lab").get(pk=batch_id)
+    lab = batch.case.lab
+    if actor is not None:
+        require_role(user=actor, lab=lab, allowed=CASE_WRITERS, action="cancel batches")
+    with transaction.atomic():
+        cancelled = bool(
+            Batch.objects.filter(
+                pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+            ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
+        )
+        if cancelled:
+            record_event(
+                lab=lab,
+                actor=actor,
+                action=Action.BATCH_CANCELLED,
+                obj=batch,
+                before={"status": batch.status},
+                after={"status": Batch.Status.CANCELLED},
+            )
+        return cancelled
 
 
 # --- cases ----------------------------------------------------------------------------------
-
-
-def cases_visible_to(*, user: User) -> QuerySet[Case]:
-    return Case.objects.filter(lab__memberships__user=user).select_related("lab", "patient")
-
-
-def batches_visible_to(*, user: User) -> QuerySet[Batch]:
-    return Batch.objects.filter(case__lab__memberships__user=user).select_related(
-        "case", "case__lab", "model_version"
-    )
 
 
 def create_case(
@@ -204,8 +171,6 @@ def submit_batch(
     A bad file becomes a rejected Image with its reason; the good files go on regardless.
     `created_by` None means the system; a user must be staff, pathologist or integrator.
     """
-    from webportal.cases.processing import enqueue_on_commit  # processing imports this module
-
     if created_by is not None:
         require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     model_version = active_model_for(lab=case.lab)

@@ -9,11 +9,12 @@ from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts.services import RoleRequired, authenticated_user, labs_of
-from webportal.cases import processing, services
+from webportal.cases import selectors, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
-from webportal.cases.models import Batch, Image
+from webportal.cases.models import Batch
 from webportal.cases.reviews import batch_cells
 from webportal.reports.differential import UNIDENTIFIED
+from webportal.reports.services import latest_report
 
 
 @require_http_methods(["GET", "POST"])
@@ -33,14 +34,14 @@ def case_list(request: HttpRequest) -> HttpResponse:
             form.add_error(None, str(exc))
         else:
             return redirect("cases:case_detail", case_id=case.pk)
-    cases = services.cases_visible_to(user=authenticated_user(request))[:200]
+    cases = selectors.cases_visible_to(user=authenticated_user(request))[:200]
     return render(request, "cases/case_list.html", {"cases": cases, "form": form, "labs": labs})
 
 
 @require_http_methods(["GET", "POST"])
 def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
     case = get_object_or_404(
-        services.cases_visible_to(user=authenticated_user(request)), pk=case_id
+        selectors.cases_visible_to(user=authenticated_user(request)), pk=case_id
     )
     form = BatchUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
@@ -72,13 +73,11 @@ def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
 @require_GET
 def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
-        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
-    images = batch.images.all()
-    rejected = [image for image in images if image.status == Image.Status.REJECTED]
     cells = batch_cells(batch=batch)
     # The page shows the latest report: a signed one is what was recorded, not a recount.
-    report = batch.reports.first()
+    report = latest_report(batch=batch)
     differential = report.differential if report is not None else []
     max_count = max((row["count"] for row in differential), default=0)
     threshold = batch.model_version.threshold
@@ -89,7 +88,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "batch": batch,
             "case": batch.case,
             "cells": cells,
-            "rejected": rejected,
+            "rejected": selectors.rejected_images(batch=batch),
             "differential": differential,
             "max_count": max_count,
             "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
@@ -102,7 +101,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
 @require_GET
 def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
     batch = get_object_or_404(
-        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
     return JsonResponse(
         {
@@ -122,8 +121,7 @@ def batch_status(request: HttpRequest, batch_id: int) -> JsonResponse:
 def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     """Images are served only here, after the lab check; there is no public media URL."""
     image = get_object_or_404(
-        Image.objects.filter(batch__case__lab__memberships__user=authenticated_user(request)),
-        pk=image_id,
+        selectors.images_visible_to(user=authenticated_user(request)), pk=image_id
     )
     if not image.file:
         raise Http404("This file was rejected and not stored.")
@@ -135,9 +133,9 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
 @require_POST
 def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
-        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
-    if processing.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
+    if services.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
         messages.info(request, "Batch cancelled.")
     else:
         messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
@@ -147,7 +145,7 @@ def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
 def case_upload_refused(request: HttpRequest, *, case_id: int, reason: str) -> HttpResponse:
     """The case page again, its upload form saying why the upload was refused (400)."""
     case = get_object_or_404(
-        services.cases_visible_to(user=authenticated_user(request)), pk=case_id
+        selectors.cases_visible_to(user=authenticated_user(request)), pk=case_id
     )
     form = BatchUploadForm(data={"priority": Batch.Priority.ROUTINE}, files=MultiValueDict())
     form.is_valid()

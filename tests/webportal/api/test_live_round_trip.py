@@ -20,7 +20,7 @@ from tests.webportal.api.receiver import webhook_receiver
 from webportal.api import webhooks
 from webportal.api.models import WebhookDelivery
 from webportal.cases.models import Batch, ModelVersion
-from workers.celery import use_broker
+from webportal.celery import use_broker
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

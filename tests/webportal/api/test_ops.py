@@ -22,7 +22,7 @@ def test_health_answers_ok_when_database_and_broker_answer() -> None:
 
 
 def test_health_answers_503_naming_the_broker_when_it_is_down(settings: LazySettings) -> None:
-    from workers.celery import use_broker
+    from webportal.celery import use_broker
 
     use_broker("redis://127.0.0.1:1/0", settings.CELERY_BROKER_FOLDER)  # nothing listens there
     response = Client().get(reverse("healthz"))

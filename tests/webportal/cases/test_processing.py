@@ -23,7 +23,7 @@ def _submit(case, count: int, priority: str = "routine") -> Batch:
 
 
 def _messages() -> list[Path]:
-    from workers.celery import app
+    from webportal.celery import app
 
     folder = Path(app.conf.broker_transport_options["data_folder_out"])
     return sorted(folder.glob("*"))
@@ -139,7 +139,7 @@ def test_finished_and_cancelled_batches_are_never_sent_back_to_work(
     tiny_model: ModelVersion, case, settings: LazySettings
 ) -> None:
     batch = _submit(case, count=1)
-    processing.cancel_batch(batch_id=batch.pk)
+    services.cancel_batch(batch_id=batch.pk)
     stale = timezone.now() - timedelta(days=1)
     Batch.objects.filter(pk=batch.pk).update(heartbeat_at=stale, enqueued_at=stale)
     report = processing.sweep_batches()

@@ -11,7 +11,7 @@ from tests.factories import CaseFactory, MembershipFactory
 from webportal.accounts.models import Role
 from webportal.accounts.services import RoleRequired
 from webportal.audit.models import AuditEvent
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case, ModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -83,12 +83,12 @@ def test_cancelling_records_the_status_before_and_after(tiny_model: ModelVersion
     member = MembershipFactory.create(role=Role.STAFF)
     case = CaseFactory.create(lab=member.lab)
     batch = services.submit_batch(case=case, created_by=member.user, files=_files(1))
-    assert processing.cancel_batch(batch_id=batch.pk, actor=member.user)
+    assert services.cancel_batch(batch_id=batch.pk, actor=member.user)
     event = AuditEvent.objects.get(action="batch.cancelled")
     assert (event.before, event.after) == ({"status": "queued"}, {"status": "cancelled"})
     assert event.actor == member.user
     # A second cancel changes nothing, so it records nothing.
-    assert not processing.cancel_batch(batch_id=batch.pk, actor=member.user)
+    assert not services.cancel_batch(batch_id=batch.pk, actor=member.user)
     assert AuditEvent.objects.filter(action="batch.cancelled").count() == 1
 
 
@@ -98,6 +98,6 @@ def test_a_lab_admin_may_not_cancel_a_batch(tiny_model: ModelVersion) -> None:
     case = CaseFactory.create(lab=staff.lab)
     batch = services.submit_batch(case=case, created_by=staff.user, files=_files(1))
     with pytest.raises(RoleRequired):
-        processing.cancel_batch(batch_id=batch.pk, actor=admin.user)
+        services.cancel_batch(batch_id=batch.pk, actor=admin.user)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.QUEUED

@@ -9,7 +9,7 @@ from django.db import IntegrityError
 from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
 from tests.factories import CaseFactory, LabFactory
-from webportal.cases import processing, services
+from webportal.cases import classifiers, processing, registry, selectors, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 
 pytestmark = pytest.mark.django_db
@@ -22,8 +22,8 @@ def _submit(case, count: int = 3) -> Batch:
 
 def test_registering_the_same_checkpoint_twice_returns_one_version(tmp_path: Path) -> None:
     path = make_tiny_checkpoint(tmp_path / "m.pt", TINY_CLASSES)
-    first = services.register_model(checkpoint_path=path)
-    again = services.register_model(checkpoint_path=path)
+    first = registry.register_model(checkpoint_path=path)
+    again = registry.register_model(checkpoint_path=path)
     assert first.pk == again.pk
     assert first.classes == TINY_CLASSES
     assert ModelVersion.objects.count() == 1
@@ -31,7 +31,7 @@ def test_registering_the_same_checkpoint_twice_returns_one_version(tmp_path: Pat
 
 def test_registering_a_missing_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(services.ServiceError, match="No checkpoint file at"):
-        services.register_model(checkpoint_path=tmp_path / "absent.pt")
+        registry.register_model(checkpoint_path=tmp_path / "absent.pt")
 
 
 def test_a_case_needs_an_accession_number_unique_in_its_lab() -> None:
@@ -118,16 +118,16 @@ def test_the_database_refuses_a_second_prediction_from_the_same_model(
 
 def test_a_cancelled_batch_is_not_processed(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=2)
-    assert processing.cancel_batch(batch_id=batch.pk) is True
+    assert services.cancel_batch(batch_id=batch.pk) is True
     processing.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
     assert not Prediction.objects.filter(cell__image__batch=batch).exists()
-    assert processing.cancel_batch(batch_id=batch.pk) is False
+    assert services.cancel_batch(batch_id=batch.pk) is False
 
 
 def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) -> None:
-    services._classifiers.clear()
+    classifiers._classifiers.clear()
     Path(tiny_model.checkpoint_path).write_bytes(b"tampered")
     batch = _submit(case, count=1)
     with pytest.raises(services.ServiceError, match="does not match"):
@@ -137,7 +137,7 @@ def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) ->
 def test_users_see_only_cases_of_their_own_labs(member) -> None:
     own = CaseFactory.create(lab=member.lab)
     CaseFactory.create()  # another lab's
-    assert list(services.cases_visible_to(user=member.user)) == [own]
+    assert list(selectors.cases_visible_to(user=member.user)) == [own]
 
 
 def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
@@ -161,7 +161,7 @@ def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
     resize: str, case, tmp_path: Path
 ) -> None:
     path = make_tiny_checkpoint(tmp_path / f"{resize}.pt", TINY_CLASSES, resize=resize)
-    model_version = services.register_model(checkpoint_path=path)
+    model_version = registry.register_model(checkpoint_path=path)
     assert model_version.resize == resize
     case.lab.active_model = model_version
     case.lab.save()
@@ -188,10 +188,10 @@ def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
 def test_a_starting_worker_loads_and_warms_up_the_model_labs_use(
     tiny_model: ModelVersion, caplog: pytest.LogCaptureFixture
 ) -> None:
-    services._classifiers.clear()
-    with caplog.at_level("INFO", logger="webportal.cases.services"):
-        services.preload_classifiers()
-    assert tiny_model.checkpoint_sha256 in services._classifiers
+    classifiers._classifiers.clear()
+    with caplog.at_level("INFO", logger="webportal.cases.classifiers"):
+        classifiers.preload_classifiers()
+    assert tiny_model.checkpoint_sha256 in classifiers._classifiers
     assert f"warmed up {tiny_model} with a batch of 32" in caplog.text
 
 

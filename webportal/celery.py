@@ -1,7 +1,10 @@
-"""The Celery app: `celery -A workers worker --loglevel=INFO`.
+"""The Celery app of the project: `celery -A workers worker --loglevel=INFO`.
 
-Configuration comes from Django settings (the CELERY_ prefix), so the embedded default and
-scale-out differ only in environment variables.
+It lives in the Django project package, as Celery's Django guide has it, so the portal sends
+tasks by name through it and never imports `workers/`: the tasks themselves (`workers.tasks`,
+thin wrappers around services) are imported by the worker process only (`include`).
+Configuration comes from Django settings (the CELERY_ prefix) when the app is first used, never
+at import, so the embedded default and scale-out differ only in environment variables.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
-app = Celery("hematovision")
+# Task names: the portal sends by name (`send_task`), the worker registers these names.
+PROCESS_BATCH_TASK = "workers.tasks.process_batch"
+SWEEP_BATCHES_TASK = "workers.tasks.sweep_batches"
+DELIVER_WEBHOOK_TASK = "workers.tasks.deliver_webhook"
+
+app = Celery("hematovision", include=["workers.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
@@ -61,10 +69,14 @@ def use_broker(broker_url: str, folder: Path) -> None:
     app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
 
-def _configure() -> None:
+def _defaults() -> dict[str, Any]:
+    """The project's configuration, read from Django's settings on the app's first use.
+
+    Defaults in Celery's sense: an explicit `app.conf.update` (use_broker) still wins.
+    """
     from django.conf import settings
 
-    app.conf.update(
+    return dict(
         broker_transport_options=broker_transport_options(
             settings.CELERY_BROKER_URL,
             settings.CELERY_BROKER_FOLDER,
@@ -76,12 +88,12 @@ def _configure() -> None:
         # own exchange and key, so a message lands in exactly one queue.
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         task_routes={
-            "workers.tasks.sweep_batches": {"queue": "housekeeping"},
-            "workers.tasks.deliver_webhook": {"queue": "housekeeping"},
+            SWEEP_BATCHES_TASK: {"queue": "housekeeping"},
+            DELIVER_WEBHOOK_TASK: {"queue": "housekeeping"},
         },
         beat_schedule={
             "sweep-batches": {
-                "task": "workers.tasks.sweep_batches",
+                "task": SWEEP_BATCHES_TASK,
                 "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
             }
         },
@@ -101,5 +113,4 @@ def _configure() -> None:
     )
 
 
-_configure()
-app.autodiscover_tasks(["workers"])
+app.add_defaults(_defaults)

@@ -1,0 +1,91 @@
+"""The direction of imports beyond what the import-linter contracts express.
+
+`lint-imports` (pyproject.toml) checks the layers, forbidden imports and cycles among the
+modules of each package; this checks cycles across packages too, module by module, and that the
+portal's process really runs without PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("webportal", "workers", "ml", "bench")
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_module_imports_itself_back_through_others() -> None:
+    graph = grimp.build_graph(*PACKAGES)
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = grimp.ImportGraph()
+    for importer, imported in [("a.x", "a.y"), ("a.y", "b.z"), ("b.z", "a.x"), ("b.z", "b.w")]:
+        graph.add_import(importer=importer, imported=imported)
+    assert _cycles(graph) == [["a.x", "a.y", "b.z"]]
+
+
+def test_the_portal_process_serves_and_fits_uploads_without_pytorch() -> None:
+    script = """
+import sys
+import django
+django.setup()
+from django.core.wsgi import get_wsgi_application
+from django.test import Client
+from PIL import Image
+import webportal.urls
+from webportal.cases import services
+from ml.geometry import eval_geometry
+application = get_wsgi_application()
+assert Client(HTTP_HOST="localhost").get("/login/").status_code == 200
+fitted = eval_geometry(24, "stain")(Image.new("RGB", (60, 40), (120, 40, 200)))
+assert fitted.size == (24, 24)
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in {"torch", "torchvision"})
+print(",".join(loaded))
+"""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

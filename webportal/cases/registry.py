@@ -1,0 +1,41 @@
+"""The model registry: a checkpoint file becomes a ModelVersion row.
+
+Reading a checkpoint needs PyTorch, so this lives apart from `services` (the portal's side):
+`manage.py register_model`, `seed_demo` and the workers use it, the web process never does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db import transaction
+
+from ml.checkpoint import read_metadata, sha256_of
+from webportal.cases.models import ModelVersion
+from webportal.cases.services import ServiceError
+
+
+def register_model(*, checkpoint_path: Path, name: str = "") -> ModelVersion:
+    """Register a checkpoint file; registering the same file again returns the same row."""
+    if not checkpoint_path.is_file():
+        raise ServiceError(f"No checkpoint file at {checkpoint_path}")
+    digest = sha256_of(checkpoint_path)
+    existing = ModelVersion.objects.filter(checkpoint_sha256=digest).first()
+    if existing is not None:
+        return existing
+    meta = read_metadata(checkpoint_path)
+    with transaction.atomic():
+        return ModelVersion.objects.create(
+            name=name or checkpoint_path.stem,
+            architecture=meta.arch,
+            classes=list(meta.classes),
+            checkpoint_path=str(checkpoint_path.resolve()),
+            checkpoint_sha256=digest,
+            input_size=meta.input_size,
+            resize=meta.resize,
+            mean=list(meta.mean),
+            std=list(meta.std),
+            temperature=meta.temperature,
+            threshold=meta.threshold,
+            metrics=meta.metrics,
+        )
