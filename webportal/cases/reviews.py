@@ -7,116 +7,44 @@ Reviews are appended, never edited; predictions are never touched.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 
 from webportal.accounts.models import Role
 from webportal.accounts.services import REVIEWERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_events
-from webportal.cases.models import Batch, Cell, ModelVersion, Prediction, Review
+from webportal.cases.models import Batch, Cell, ModelVersion, Review
+from webportal.cases.selectors import (
+    PENDING,
+    CellState,
+    batch_cells,
+    current_counts,
+    current_label,
+)
 from webportal.cases.services import ServiceError
-from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
+from webportal.reports.differential import NOT_CLASSED
+from webportal.reports.services import latest_report, refresh_preliminary_report
 
-# A cell of a batch still being classified: no prediction yet, counted nowhere.
-PENDING = "pending"
+# The reads of cells and their current labels are selectors; named here too for callers.
+__all__ = [
+    "PENDING",
+    "CellState",
+    "batch_cells",
+    "current_counts",
+    "current_label",
+    "review_cells",
+    "review_labels",
+    "reviewer_roles",
+]
 
 
 def reviewer_roles(*, via_api: bool) -> frozenset[str]:
     """Staff (first review) and pathologists; integrators too, through the API only."""
     return REVIEWERS | {Role.INTEGRATOR} if via_api else REVIEWERS
-
-
-@dataclass(frozen=True)
-class CellState:
-    cell_id: int
-    image_id: int
-    original_name: str
-    box: Any
-    predicted: str | None  # the model's top class
-    confidence: float | None  # its calibrated probability
-    reviewed: str | None  # the latest review's label
-    reviewer_role: str | None
-    current: str
-
-    @property
-    def confidence_percent(self) -> str:
-        return "" if self.confidence is None else f"{100 * self.confidence:.1f}"
-
-
-def current_label(
-    *,
-    predicted: str | None,
-    confidence: float | None,
-    reviewed: str | None,
-    threshold: float | None,
-) -> str:
-    if reviewed:
-        return reviewed
-    if predicted is None or confidence is None:
-        return PENDING
-    if threshold is not None and confidence < threshold:
-        return UNIDENTIFIED
-    return predicted
-
-
-def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> list[CellState]:
-    """Every cell of the batch (or those of `cell_ids`) with its labels, in one query."""
-    model_version: ModelVersion = batch.model_version
-    prediction = Prediction.objects.filter(cell=OuterRef("pk"), model_version=model_version)
-    latest_review = Review.objects.filter(cell=OuterRef("pk")).order_by("-id")
-    cells: QuerySet[Cell] = Cell.objects.filter(image__batch=batch)
-    if cell_ids is not None:
-        cells = cells.filter(pk__in=list(cell_ids))
-    rows = (
-        cells.annotate(
-            predicted=Subquery(prediction.values("label")[:1]),
-            confidence=Subquery(prediction.values("confidence")[:1]),
-            reviewed=Subquery(latest_review.values("label")[:1]),
-            reviewer_role=Subquery(latest_review.values("reviewer_role")[:1]),
-        )
-        .order_by("pk")
-        .values_list(
-            "pk",
-            "image_id",
-            "image__original_name",
-            "box",
-            "predicted",
-            "confidence",
-            "reviewed",
-            "reviewer_role",
-        )
-    )
-    threshold = model_version.threshold
-    return [
-        CellState(
-            cell_id=pk,
-            image_id=image_id,
-            original_name=name,
-            box=box,
-            predicted=predicted,
-            confidence=confidence,
-            reviewed=reviewed,
-            reviewer_role=role,
-            current=current_label(
-                predicted=predicted, confidence=confidence, reviewed=reviewed, threshold=threshold
-            ),
-        )
-        for pk, image_id, name, box, predicted, confidence, reviewed, role in rows
-    ]
-
-
-def current_counts(*, batch: Batch) -> Counter[str]:
-    """Cells per current label; cells still pending are left out."""
-    counts = Counter(state.current for state in batch_cells(batch=batch))
-    counts.pop(PENDING, None)
-    return counts
 
 
 def review_labels(*, model_version: ModelVersion) -> list[str]:
@@ -145,8 +73,6 @@ def review_cells(
     several batches or of an unfinished batch; a technologist overruling a pathologist's
     review; anyone but a pathologist once the report is signed (that needs an amendment).
     """
-    from webportal.reports.services import latest_report, refresh_preliminary_report
-
     ids = sorted(
         set(cells.values_list("pk", flat=True))
         if isinstance(cells, QuerySet)

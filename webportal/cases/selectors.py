@@ -2,19 +2,23 @@
 
 Lab isolation lives here: every query a view or the API makes for a user starts from one of
 the `*_visible_to` functions, so another lab's object is "not found", never "forbidden". The
-cell list of a batch page is `reviews.batch_cells`; the latest report
-`webportal.reports.services.latest_report`.
+latest report is `webportal.reports.services.latest_report`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 
-from webportal.cases.models import Batch, Case, Image
+from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Prediction, Review
+from webportal.reports.differential import UNIDENTIFIED
 
 
 def cases_visible_to(*, user: User) -> QuerySet[Case]:
@@ -29,6 +33,96 @@ def batches_visible_to(*, user: User) -> QuerySet[Batch]:
 
 def images_visible_to(*, user: User) -> QuerySet[Image]:
     return Image.objects.filter(batch__case__lab__memberships__user=user)
+
+
+# A cell of a batch still being classified: no prediction yet, counted nowhere.
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class CellState:
+    cell_id: int
+    image_id: int
+    original_name: str
+    box: Any
+    predicted: str | None  # the model's top class
+    confidence: float | None  # its calibrated probability
+    reviewed: str | None  # the latest review's label
+    reviewer_role: str | None
+    current: str
+
+    @property
+    def confidence_percent(self) -> str:
+        return "" if self.confidence is None else f"{100 * self.confidence:.1f}"
+
+
+def current_label(
+    *,
+    predicted: str | None,
+    confidence: float | None,
+    reviewed: str | None,
+    threshold: float | None,
+) -> str:
+    if reviewed:
+        return reviewed
+    if predicted is None or confidence is None:
+        return PENDING
+    if threshold is not None and confidence < threshold:
+        return UNIDENTIFIED
+    return predicted
+
+
+def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> list[CellState]:
+    """Every cell of the batch (or those of `cell_ids`) with its labels, in one query."""
+    model_version: ModelVersion = batch.model_version
+    prediction = Prediction.objects.filter(cell=OuterRef("pk"), model_version=model_version)
+    latest_review = Review.objects.filter(cell=OuterRef("pk")).order_by("-id")
+    cells: QuerySet[Cell] = Cell.objects.filter(image__batch=batch)
+    if cell_ids is not None:
+        cells = cells.filter(pk__in=list(cell_ids))
+    rows = (
+        cells.annotate(
+            predicted=Subquery(prediction.values("label")[:1]),
+            confidence=Subquery(prediction.values("confidence")[:1]),
+            reviewed=Subquery(latest_review.values("label")[:1]),
+            reviewer_role=Subquery(latest_review.values("reviewer_role")[:1]),
+        )
+        .order_by("pk")
+        .values_list(
+            "pk",
+            "image_id",
+            "image__original_name",
+            "box",
+            "predicted",
+            "confidence",
+            "reviewed",
+            "reviewer_role",
+        )
+    )
+    threshold = model_version.threshold
+    return [
+        CellState(
+            cell_id=pk,
+            image_id=image_id,
+            original_name=name,
+            box=box,
+            predicted=predicted,
+            confidence=confidence,
+            reviewed=reviewed,
+            reviewer_role=role,
+            current=current_label(
+                predicted=predicted, confidence=confidence, reviewed=reviewed, threshold=threshold
+            ),
+        )
+        for pk, image_id, name, box, predicted, confidence, reviewed, role in rows
+    ]
+
+
+def current_counts(*, batch: Batch) -> Counter[str]:
+    """Cells per current label; cells still pending are left out."""
+    counts = Counter(state.current for state in batch_cells(batch=batch))
+    counts.pop(PENDING, None)
+    return counts
 
 
 def rejected_images(*, batch: Batch) -> QuerySet[Image]:

@@ -12,7 +12,6 @@ from webportal.accounts.services import RoleRequired, authenticated_user, labs_o
 from webportal.cases import selectors, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Batch
-from webportal.cases.reviews import batch_cells
 from webportal.reports.differential import UNIDENTIFIED
 from webportal.reports.services import latest_report
 
@@ -75,7 +74,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
         selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
-    cells = batch_cells(batch=batch)
+    cells = selectors.batch_cells(batch=batch)
     # The page shows the latest report: a signed one is what was recorded, not a recount.
     report = latest_report(batch=batch)
     differential = report.differential if report is not None else []

@@ -20,6 +20,7 @@ from webportal.api import webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch
+from webportal.cases.selectors import current_counts
 from webportal.cases.services import ServiceError
 from webportal.reports.differential import (
     DEFAULT_REFERENCE_RANGES,
@@ -83,8 +84,6 @@ def set_reference_range(
 
 def compute_differential(*, batch: Batch, wbc_count: Decimal | None = None) -> Differential:
     """The batch's differential from the current labels of its cells (reviews included)."""
-    from webportal.cases.reviews import current_counts  # reviews imports this module
-
     return build_differential(
         classes=batch.model_version.classes,
         counts=current_counts(batch=batch),
