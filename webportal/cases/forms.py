@@ -6,11 +6,25 @@ from django import forms
 
 from webportal.accounts.models import Lab
 from webportal.cases.models import Batch
+from webportal.cases.services import normalise_accession_number
+
+
+class AccessionNumberField(forms.CharField):
+    """Normalised (services.normalise_accession_number) before its length is checked."""
+
+    def to_python(self, value: Any) -> str:
+        return normalise_accession_number(str(super().to_python(value)))
 
 
 class CaseForm(forms.Form):
     lab = forms.ModelChoiceField(queryset=Lab.objects.none())
-    accession_number = forms.CharField(max_length=100)
+    accession_number = AccessionNumberField(
+        max_length=100,
+        error_messages={
+            "max_length": "An accession number has at most %(limit_value)d characters "
+            "(this one has %(show_value)d)."
+        },
+    )
     patient_external_id = forms.CharField(
         max_length=100, required=False, label="Patient id / MRN (optional)"
     )
@@ -18,6 +32,10 @@ class CaseForm(forms.Form):
 
     def __init__(self, *args: Any, labs: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # No maxlength in the HTML: the browser would cut a pasted value silently. The server
+        # refuses a long one with a message instead (the fields' max_length validators).
+        for name in ("accession_number", "patient_external_id"):
+            self.fields[name].widget.attrs.pop("maxlength", None)
         self.fields["lab"].queryset = labs  # type: ignore[attr-defined]
         if labs.count() == 1:
             self.fields["lab"].initial = labs.first()

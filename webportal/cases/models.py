@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 
 
 class ModelVersion(models.Model):
@@ -60,8 +61,12 @@ class Case(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # "h-1" and "H-1" are one accession number: services.create_case stores it
+            # normalised (spaces) and this refuses a second one differing only in case.
             models.UniqueConstraint(
-                fields=["lab", "accession_number"], name="accession_number_unique_per_lab"
+                "lab",
+                Lower("accession_number"),
+                name="accession_number_unique_per_lab_any_case",
             )
         ]
 

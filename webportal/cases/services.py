@@ -15,7 +15,9 @@ from typing import BinaryIO
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Value
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from ml.geometry import eval_geometry, geometry_key
@@ -100,6 +102,15 @@ def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
 # --- cases ----------------------------------------------------------------------------------
 
 
+ACCESSION_NUMBER_MAX_LENGTH = Case._meta.get_field("accession_number").max_length or 100
+
+
+def normalise_accession_number(value: str) -> str:
+    """What a case's accession number is stored as: no spaces around it, runs of whitespace
+    inside it made one space. Its case is kept as typed; duplicates are compared ignoring case."""
+    return " ".join(value.split())
+
+
 def create_case(
     *,
     lab: Lab,
@@ -112,24 +123,39 @@ def create_case(
     must be staff, pathologist or integrator of the lab."""
     if created_by is not None:
         require_role(user=created_by, lab=lab, allowed=CASE_WRITERS, action="create cases")
-    accession_number = accession_number.strip()
+    accession_number = normalise_accession_number(accession_number)
     if not accession_number:
         raise ServiceError("An accession number is required.")
+    if len(accession_number) > ACCESSION_NUMBER_MAX_LENGTH:
+        raise ServiceError(
+            f"An accession number has at most {ACCESSION_NUMBER_MAX_LENGTH} characters "
+            f"(this one has {len(accession_number)})."
+        )
+    duplicate = ServiceError(f"Accession number {accession_number} already exists in {lab}.")
     with transaction.atomic():
-        if Case.objects.filter(lab=lab, accession_number=accession_number).exists():
-            raise ServiceError(f"Accession number {accession_number} already exists in {lab}.")
+        same_number = Case.objects.alias(key=Lower("accession_number")).filter(
+            lab=lab, key=Lower(Value(accession_number))
+        )
+        if same_number.exists():
+            raise duplicate
         patient = None
         if patient_external_id.strip():
             patient, _ = Patient.objects.get_or_create(
                 lab=lab, external_id=patient_external_id.strip()
             )
-        case = Case.objects.create(
-            lab=lab,
-            patient=patient,
-            accession_number=accession_number,
-            clinical_note=clinical_note,
-            created_by=created_by,
-        )
+        try:
+            # A savepoint: a twin created since the check above (another request) breaks the
+            # unique constraint here, and the user gets the same message.
+            with transaction.atomic():
+                case = Case.objects.create(
+                    lab=lab,
+                    patient=patient,
+                    accession_number=accession_number,
+                    clinical_note=clinical_note,
+                    created_by=created_by,
+                )
+        except IntegrityError as exc:
+            raise duplicate from exc
         record_event(
             lab=lab,
             actor=created_by,

@@ -45,6 +45,35 @@ def test_a_case_needs_an_accession_number_unique_in_its_lab() -> None:
         services.create_case(lab=lab, created_by=None, accession_number="  ")
 
 
+@pytest.mark.parametrize("typed", ["a-1", "A-1", "  a-1\t", "\u00a0A-1 "])
+def test_accession_numbers_differing_only_in_case_or_spaces_are_duplicates(typed: str) -> None:
+    lab = LabFactory.create()
+    services.create_case(lab=lab, created_by=None, accession_number="A-1")
+    with pytest.raises(services.ServiceError, match="already exists"):
+        services.create_case(lab=lab, created_by=None, accession_number=typed)
+
+
+def test_an_accession_number_is_stored_trimmed_with_inner_spaces_collapsed() -> None:
+    case = services.create_case(
+        lab=LabFactory.create(), created_by=None, accession_number="  h  2026\t 17 "
+    )
+    assert case.accession_number == "h 2026 17"
+
+
+def test_the_database_refuses_a_second_accession_number_differing_only_in_case() -> None:
+    case = CaseFactory.create(accession_number="HX-9")
+    CaseFactory.create(lab=LabFactory.create(), accession_number="hx-9")  # another lab: fine
+    with pytest.raises(IntegrityError):
+        CaseFactory.create(lab=case.lab, accession_number="hx-9")
+
+
+def test_an_accession_number_over_100_characters_is_refused_not_cut() -> None:
+    lab = LabFactory.create()
+    with pytest.raises(services.ServiceError, match="at most 100 characters .this one has 101"):
+        services.create_case(lab=lab, created_by=None, accession_number="A" * 101)
+    assert not lab.cases.exists()
+
+
 def test_submitting_stores_images_and_cells_and_queues_the_batch(
     tiny_model: ModelVersion, case, django_capture_on_commit_callbacks
 ) -> None:

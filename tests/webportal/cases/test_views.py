@@ -46,6 +46,42 @@ def test_creating_a_case_from_the_case_list(client_of: Client, member) -> None:
     assert case.patient.external_id == "MRN9"
 
 
+def test_a_duplicate_accession_number_is_refused_once_with_one_message(
+    client_of: Client, member
+) -> None:
+    services.create_case(lab=member.lab, created_by=None, accession_number="H-77")
+    response = client_of.post(
+        reverse("cases:case_list"), {"lab": member.lab.pk, "accession_number": " h-77 "}
+    )
+    assert response.status_code == 200
+    assert response.content.decode().count("already exists") == 1
+    assert Case.objects.filter(lab=member.lab).count() == 1
+
+
+def test_a_long_accession_number_is_refused_with_a_message_not_cut(
+    client_of: Client, member
+) -> None:
+    page = client_of.get(reverse("cases:case_list")).content.decode()
+    assert "maxlength" not in page  # the browser would cut a pasted value without a word
+    response = client_of.post(
+        reverse("cases:case_list"), {"lab": member.lab.pk, "accession_number": "7" * 130}
+    )
+    assert response.status_code == 200
+    assert "at most 100 characters (this one has 130)" in response.content.decode()
+    assert not Case.objects.filter(lab=member.lab).exists()
+
+
+def test_an_accession_number_with_spaces_is_measured_after_normalising(
+    client_of: Client, member
+) -> None:
+    typed = "H-1" + " " * 120 + "B"
+    response = client_of.post(
+        reverse("cases:case_list"), {"lab": member.lab.pk, "accession_number": typed}
+    )
+    assert response.status_code == 302
+    assert Case.objects.get(lab=member.lab).accession_number == "H-1 B"
+
+
 def test_a_user_cannot_create_a_case_in_a_lab_they_do_not_belong_to(client_of: Client) -> None:
     other = MembershipFactory.create().lab
     response = client_of.post(
