@@ -44,4 +44,3 @@ def test_a_100_character_accession_number_does_not_widen_the_page(
         page.screenshot(path=str(tmp_path / f"long-accession-{name}.png"), full_page=True)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow} px wider than the window"
-
