@@ -166,3 +166,20 @@ def wait_until(condition: Any, *, timeout: float, interval: float = 0.25, what: 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
+
+
+@contextlib.contextmanager
+def writes_held() -> Iterator[None]:
+    """Hold the database so no worker can save its next chunk until the block ends.
+
+    Lets a test freeze a batch where it observed it (mid-way), then inject its fault: on SQLite
+    the transaction begins IMMEDIATE and owns the write lock; on PostgreSQL the prediction table
+    is locked against inserts. Reads in the block see the frozen state.
+    """
+    from django.db import connection, transaction
+
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("LOCK TABLE cases_prediction IN EXCLUSIVE MODE")
+        yield

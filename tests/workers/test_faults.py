@@ -28,6 +28,7 @@ from tests.services import (
     database_url,
     kill_worker,
     wait_until,
+    writes_held,
 )
 from webportal.cases import registry, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
@@ -106,17 +107,20 @@ def test_killing_workers_mid_batch_loses_and_duplicates_nothing(
     kwargs = _worker_kwargs(tmp_path, redis_server.url)
     killed_mid_batch = 0
     for _ in range(3):
-        before = _predicted(batch)
+        # Gate on observed progress, not on time: wait for a random number of new predictions,
+        # freeze the batch there, and kill the worker while it is frozen mid-way.
+        target = _predicted(batch) + rng.randint(1, 24)
         with celery_worker(**kwargs) as worker:
             wait_until(
-                lambda b=before: _predicted(batch) > b or _status(batch) == "done",
+                lambda t=target: _predicted(batch) >= t or _status(batch) == "done",
                 timeout=90,
-                what=f"progress past {before} (seed {seed})",
+                interval=0.02,
+                what=f"{target} predictions (seed {seed})",
             )
-            time.sleep(rng.uniform(0.0, 1.5))
-            kill_worker(worker)
-        if _status(batch) != "done":
-            killed_mid_batch += 1
+            with writes_held():
+                if _status(batch) != "done":
+                    killed_mid_batch += 1
+                kill_worker(worker)
     with celery_worker(**kwargs):
         wait_until(lambda: _status(batch) == "done", timeout=180, what=f"the batch (seed {seed})")
     assert killed_mid_batch >= 1, f"no kill landed mid-batch (seed {seed})"
@@ -129,9 +133,14 @@ def test_a_broker_restart_that_loses_the_queue_loses_no_batch(
     batch = _submit(case, count=120)
     waiting = _submit(case, count=8)  # still queued when the broker forgets it
     with celery_worker(**_worker_kwargs(tmp_path, redis_server.url)):
-        wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
-        redis_server.crash()
-        time.sleep(1)
+        wait_until(
+            lambda: _predicted(batch) > 0, timeout=90, interval=0.02, what="the first predictions"
+        )
+        with writes_held():  # the crash lands mid-batch, with the other batch still queued
+            assert _predicted(batch) < batch.total_images
+            assert _status(waiting) == "queued"
+            redis_server.crash()
+        time.sleep(1)  # the broker stays down a moment
         redis_server.start()  # empty: nothing was kept on disk
         for item in (batch, waiting):
             wait_until(lambda b=item: _status(b) == "done", timeout=180, what=f"batch {item.pk}")
@@ -154,9 +163,16 @@ def test_a_brief_database_outage_is_retried_until_the_batch_completes(
     log = tmp_path / "worker.log"
     try:
         with celery_worker(**_worker_kwargs(tmp_path, redis_server.url, database=through_proxy)):
-            wait_until(lambda: _predicted(batch) > 0, timeout=90, what="the first predictions")
+            wait_until(
+                lambda: _predicted(batch) > 0,
+                timeout=90,
+                interval=0.02,
+                what="the first predictions",
+            )
             proxy.cut()
-            time.sleep(4)
+            # The worker cannot save while the proxy is cut: the outage is mid-batch.
+            assert _predicted(batch) < batch.total_images
+            time.sleep(4)  # the outage lasts a moment
             proxy.restore()
             wait_until(lambda: _status(batch) == "done", timeout=180, what="the batch")
     finally:
@@ -170,8 +186,12 @@ def test_a_stat_batch_overtakes_a_routine_backlog(
 ) -> None:
     routine = _submit(case, count=200)
     with celery_worker(**_worker_kwargs(tmp_path, redis_server.url)):
-        wait_until(lambda: _predicted(routine) > 0, timeout=90, what="the routine batch")
-        stat = _submit(case, count=8, priority="stat")
+        wait_until(
+            lambda: _predicted(routine) > 0, timeout=90, interval=0.02, what="the routine batch"
+        )
+        with writes_held():  # submitted while the routine batch is observed mid-way
+            assert _predicted(routine) < routine.total_images
+            stat = _submit(case, count=8, priority="stat")
         wait_until(lambda: _status(stat) == "done", timeout=120, what="the STAT batch")
         assert _status(routine) != "done", "the routine batch finished first"
         wait_until(lambda: _status(routine) == "done", timeout=180, what="the routine batch")
