@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "webportal.reports",
     "webportal.audit",
     "webportal.worklist",
+    "webportal.quality",
     "webportal.api",
 ]
 

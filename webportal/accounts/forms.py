@@ -35,3 +35,9 @@ class ActiveModelForm(forms.Form):
         self.fields["model_version"].queryset = ModelVersion.objects.order_by(  # type: ignore[attr-defined]
             "-created_at", "-id"
         )
+
+
+class ReferenceRangeForm(forms.Form):
+    label = forms.CharField(max_length=100, widget=forms.HiddenInput)
+    low_percent = forms.FloatField(min_value=0, max_value=100, label="Low %")
+    high_percent = forms.FloatField(min_value=0, max_value=100, label="High %")

@@ -35,6 +35,8 @@ REVIEWERS = frozenset({Role.STAFF, Role.PATHOLOGIST})
 SIGNERS = frozenset({Role.PATHOLOGIST})
 LAB_ADMINS = frozenset({Role.ADMIN})
 PORTAL_USERS = frozenset({Role.STAFF, Role.PATHOLOGIST, Role.ADMIN})
+# The agreement between model and reviewers: the lab's pathologists and its quality manager.
+QUALITY_READERS = frozenset({Role.PATHOLOGIST, Role.ADMIN})
 
 
 class RoleRequired(PermissionDenied):

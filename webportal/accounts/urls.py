@@ -19,6 +19,7 @@ urlpatterns = [
         name="member_remove",
     ),
     path("lab/<int:lab_id>/model/", views.lab_model, name="lab_model"),
+    path("lab/<int:lab_id>/ranges/", views.reference_ranges, name="reference_ranges"),
     path(
         "account/password/",
         auth_views.PasswordChangeView.as_view(

@@ -12,7 +12,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts import services
-from webportal.accounts.forms import ActiveModelForm, AddMemberForm, RoleForm
+from webportal.accounts.forms import (
+    ActiveModelForm,
+    AddMemberForm,
+    ReferenceRangeForm,
+    RoleForm,
+)
 from webportal.accounts.models import Lab, Membership
 from webportal.cases.models import ModelVersion
 
@@ -149,3 +154,44 @@ def locked_out(
         },
         status=429,
     )
+
+
+@require_http_methods(["GET", "POST"])
+def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
+    """One row per class: the lab's own interval, or the adult default it replaces."""
+    from webportal.cases.services import ServiceError
+    from webportal.reports.differential import DEFAULT_REFERENCE_RANGES
+    from webportal.reports.services import reference_ranges_for, set_reference_range
+
+    lab = admin_lab(request, lab_id)
+    if request.method == "POST":
+        form = ReferenceRangeForm(request.POST)
+        if form.is_valid():
+            try:
+                set_reference_range(
+                    actor=services.authenticated_user(request),
+                    lab=lab,
+                    label=form.cleaned_data["label"],
+                    low_percent=form.cleaned_data["low_percent"],
+                    high_percent=form.cleaned_data["high_percent"],
+                )
+            except ServiceError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Reference range of {form.cleaned_data['label']} saved.")
+        else:
+            messages.error(request, "Give both limits as numbers from 0 to 100.")
+        return redirect("accounts:reference_ranges", lab_id=lab.pk)
+    ranges = reference_ranges_for(lab=lab)
+    model = lab.active_model or ModelVersion.objects.order_by("-created_at", "-id").first()
+    labels = list(dict.fromkeys([*(model.classes if model else []), *ranges]))
+    rows = [
+        {
+            "label": label,
+            "range": ranges.get(label),
+            "default": DEFAULT_REFERENCE_RANGES.get(label),
+            "own": label in ranges and ranges.get(label) != DEFAULT_REFERENCE_RANGES.get(label),
+        }
+        for label in labels
+    ]
+    return render(request, "accounts/reference_ranges.html", {"lab": lab, "rows": rows})

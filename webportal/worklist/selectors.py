@@ -153,6 +153,10 @@ class TrendRow:
     top: float = 0.0
 
     @property
+    def latest(self) -> float | None:
+        return self.percents[-1] if self.percents else None
+
+    @property
     def ever_present(self) -> bool:
         return any(percent for percent in self.percents)
 
