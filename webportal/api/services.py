@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 
+from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.api.models import IdempotencyKey
 from webportal.cases import services
 from webportal.cases.models import Batch, Case
@@ -56,15 +57,25 @@ def submit_batch_once(
     earlier = _earlier(case=case, key=idempotency_key, fingerprint=fingerprint)
     if earlier is not None:
         return earlier
+    if created_by is not None:
+        require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
+    # Decoding and storing happen before the transaction, which stays short (no lock held
+    # while images are validated); its files are deleted if the rows are not kept.
+    prepared = services.prepare_upload(
+        model_version=services.active_model_for(lab=case.lab), files=named
+    )
     try:
         with transaction.atomic():
-            batch = services.submit_batch(
-                case=case, created_by=created_by, files=named, priority=priority
+            batch = services.submit_prepared_batch(
+                case=case, created_by=created_by, prepared=prepared, priority=priority
             )
             IdempotencyKey.objects.create(
                 lab=case.lab, key=idempotency_key, fingerprint=fingerprint, batch=batch
             )
-    except IntegrityError:
+    except BaseException as exc:
+        prepared.discard()
+        if not isinstance(exc, IntegrityError):
+            raise
         # A concurrent request with the same key won the race; its batch is the one.
         earlier = _earlier(case=case, key=idempotency_key, fingerprint=fingerprint)
         if earlier is None:

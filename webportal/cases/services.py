@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Value
 from django.db.models.functions import Lower
@@ -185,69 +187,75 @@ def too_many_files_message() -> str:
     )
 
 
-def submit_batch(
-    *,
-    case: Case,
-    created_by: User | None,
-    files: Iterable[tuple[str, BinaryIO]],
-    priority: str = Batch.Priority.ROUTINE,
-) -> Batch:
-    """Validate and store every file, then queue the batch once the rows are committed.
+@dataclass
+class PreparedUpload:
+    """An upload validated, re-encoded and stored, with no database row written yet.
 
-    A bad file becomes a rejected Image with its reason; the good files go on regardless.
-    `created_by` None means the system; a user must be staff, pathologist or integrator.
+    `images` are unsaved Image rows (status ok, files already in storage) and rejected ones;
+    `discard` deletes the stored files, for an upload whose rows are never written.
     """
-    if created_by is not None:
-        require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
-    model_version = active_model_for(lab=case.lab)
-    with transaction.atomic():
-        batch = Batch.objects.create(
-            case=case, priority=priority, model_version=model_version, created_by=created_by
-        )
-        accepted = rejected = 0
-        fit = eval_geometry(model_version.input_size, model_version.resize)
-        geometry = geometry_key(model_version.input_size, model_version.resize)
+
+    model_version: ModelVersion
+    images: list[Image] = field(default_factory=list)
+    stored_names: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return sum(image.status == Image.Status.OK for image in self.images)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.images) - self.accepted
+
+    def discard(self) -> None:
+        for name in self.stored_names:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                logger.warning("could not delete %s of a failed upload", name, exc_info=True)
+        self.stored_names.clear()
+
+
+def prepare_upload(
+    *, model_version: ModelVersion, files: Iterable[tuple[str, BinaryIO]]
+) -> PreparedUpload:
+    """Validate, re-encode and store every file, one at a time, outside any transaction.
+
+    This is the slow part of an upload (decoding every image): done before the rows are
+    written, it holds no database lock, so other labs' requests and the workers' progress go on
+    meanwhile (SQLite has one writer at a time). Each file is stored and its pixels freed before
+    the next is decoded. If anything fails on the way, the files stored so far are deleted.
+    """
+    prepared = PreparedUpload(model_version=model_version)
+    fit = eval_geometry(model_version.input_size, model_version.resize)
+    geometry = geometry_key(model_version.input_size, model_version.resize)
+    folder = f"uploads/{timezone.now():%Y/%m/%d}/{uuid.uuid4().hex}"
+    try:
         for result in inspect_uploads(files, limits=upload_limits(), fit=fit):
             if isinstance(result, AcceptedImage):
-                _store_accepted_image(batch=batch, accepted=result, geometry=geometry)
-                accepted += 1
-            else:
-                Image.objects.create(
-                    batch=batch,
-                    original_name=result.name,
-                    status=Image.Status.REJECTED,
-                    reject_reason=result.reason,
+                prepared.images.append(
+                    _store_accepted_image(
+                        prepared, accepted=result, folder=folder, geometry=geometry
+                    )
                 )
-                rejected += 1
-        batch.total_images = accepted
-        batch.rejected_files = rejected
-        if accepted == 0:
-            batch.status = Batch.Status.FAILED
-            batch.error = "No file in the upload was an acceptable image; see the reasons below."
-            batch.finished_at = timezone.now()
-        batch.save()
-        record_event(
-            lab=case.lab,
-            actor=created_by,
-            action=Action.BATCH_UPLOADED,
-            obj=batch,
-            after={
-                "case": case.accession_number,
-                "priority": batch.priority,
-                "status": batch.status,
-                "accepted": accepted,
-                "rejected": rejected,
-                "model_version": str(model_version),
-            },
-        )
-        if accepted:
-            enqueue_on_commit(batch=batch)
-    return batch
+            else:
+                prepared.images.append(
+                    Image(
+                        original_name=result.name,
+                        status=Image.Status.REJECTED,
+                        reject_reason=result.reason,
+                    )
+                )
+    except BaseException:
+        prepared.discard()
+        raise
+    return prepared
 
 
-def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage, geometry: str) -> None:
+def _store_accepted_image(
+    prepared: PreparedUpload, *, accepted: AcceptedImage, folder: str, geometry: str
+) -> Image:
     image = Image(
-        batch=batch,
         original_name=accepted.name,
         sha256=accepted.sha256,
         source_format=accepted.source_format,
@@ -256,11 +264,97 @@ def _store_accepted_image(*, batch: Batch, accepted: AcceptedImage, geometry: st
         status=Image.Status.OK,
     )
     stem = uuid.uuid4().hex
-    image.file.save(f"{stem}.png", ContentFile(accepted.content), save=False)
+    image.file.name = default_storage.save(f"{folder}/{stem}.png", ContentFile(accepted.content))
+    prepared.stored_names.append(image.file.name)
     if accepted.model_input is not None:
-        image.model_input.save(
-            f"{stem}.{geometry}.png", ContentFile(accepted.model_input), save=False
+        image.model_input.name = default_storage.save(
+            f"{folder}/{stem}.{geometry}.png", ContentFile(accepted.model_input)
         )
+        prepared.stored_names.append(image.model_input.name)
         image.model_input_geometry = geometry
-    image.save()
-    Cell.objects.create(image=image, box=None)
+    return image
+
+
+def submit_batch(
+    *,
+    case: Case,
+    created_by: User | None,
+    files: Iterable[tuple[str, BinaryIO]],
+    priority: str = Batch.Priority.ROUTINE,
+) -> Batch:
+    """Validate and store every file, then write the rows in one short transaction and queue
+    the batch once they are committed.
+
+    A bad file becomes a rejected Image with its reason; the good files go on regardless.
+    `created_by` None means the system; a user must be staff, pathologist or integrator.
+    """
+    if created_by is not None:
+        require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
+    prepared = prepare_upload(model_version=active_model_for(lab=case.lab), files=files)
+    return submit_prepared_batch(
+        case=case, created_by=created_by, prepared=prepared, priority=priority
+    )
+
+
+def submit_prepared_batch(
+    *,
+    case: Case,
+    created_by: User | None,
+    prepared: PreparedUpload,
+    priority: str = Batch.Priority.ROUTINE,
+) -> Batch:
+    """The rows of a prepared upload, in one short transaction; its files are deleted if the
+    rows cannot be written. A caller that wraps this in its own transaction discards the
+    upload itself when that one rolls back."""
+    if created_by is not None:
+        require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
+    model_version = prepared.model_version
+    accepted, rejected = prepared.accepted, prepared.rejected
+    try:
+        with transaction.atomic():
+            batch = Batch(
+                case=case,
+                priority=priority,
+                model_version=model_version,
+                created_by=created_by,
+                total_images=accepted,
+                rejected_files=rejected,
+            )
+            if accepted == 0:
+                batch.status = Batch.Status.FAILED
+                batch.error = (
+                    "No file in the upload was an acceptable image; see the reasons below."
+                )
+                batch.finished_at = timezone.now()
+            batch.save()
+            for image in prepared.images:
+                image.batch = batch
+            images = Image.objects.bulk_create(prepared.images, batch_size=500)
+            Cell.objects.bulk_create(
+                [
+                    Cell(image=image, box=None)
+                    for image in images
+                    if image.status == Image.Status.OK
+                ],
+                batch_size=500,
+            )
+            record_event(
+                lab=case.lab,
+                actor=created_by,
+                action=Action.BATCH_UPLOADED,
+                obj=batch,
+                after={
+                    "case": case.accession_number,
+                    "priority": batch.priority,
+                    "status": batch.status,
+                    "accepted": accepted,
+                    "rejected": rejected,
+                    "model_version": str(model_version),
+                },
+            )
+            if accepted:
+                enqueue_on_commit(batch=batch)
+    except BaseException:
+        prepared.discard()
+        raise
+    return batch
