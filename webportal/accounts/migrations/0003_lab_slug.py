@@ -23,7 +23,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="lab",
             name="slug",
-            field=models.SlugField(max_length=50, null=True),
+            # No index yet: the unique index comes with the AlterField below (an indexed
+            # SlugField altered to unique makes PostgreSQL build its "_like" index twice).
+            field=models.SlugField(max_length=50, null=True, db_index=False),
         ),
         migrations.RunPython(fill_slugs, migrations.RunPython.noop),
         migrations.AlterField(
