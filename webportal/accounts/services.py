@@ -51,8 +51,15 @@ def labs_of(*, user: User) -> QuerySet[Lab]:
 
 
 def labs_where(*, user: User, allowed: Iterable[str]) -> QuerySet[Lab]:
-    """The labs in which the user holds one of the allowed roles."""
-    return labs_of(user=user).filter(memberships__role__in=list(allowed))
+    """The labs in which the user holds one of the allowed roles.
+
+    One filter() call: the role must be the user's own membership's, not any member's.
+    """
+    return (
+        Lab.objects.filter(memberships__user=user, memberships__role__in=list(allowed))
+        .distinct()
+        .order_by("name")
+    )
 
 
 def role_in(*, user: User, lab: Lab) -> Role | None:

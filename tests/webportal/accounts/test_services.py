@@ -199,3 +199,12 @@ def test_activating_a_model_is_the_admins_and_is_recorded() -> None:
     lab.refresh_from_db()
     assert lab.active_model is None
     assert AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).count() == 2
+
+
+def test_labs_where_asks_the_users_own_role_not_another_members() -> None:
+    staff = MembershipFactory.create(role=Role.STAFF)
+    MembershipFactory.create(lab=staff.lab, role=Role.ADMIN)
+    MembershipFactory.create(lab=staff.lab, role=Role.PATHOLOGIST)
+    assert not services.labs_where(user=staff.user, allowed=services.LAB_ADMINS).exists()
+    both = services.labs_where(user=staff.user, allowed=[Role.STAFF, Role.ADMIN])
+    assert list(both) == [staff.lab]
