@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from webportal.settings import PRODUCTION_SIGNALS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    ignored = {"SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    # CI exports DATABASE_URL (a production signal): each test names what it wants set.
+    ignored = {"SECRET_KEY", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE", *PRODUCTION_SIGNALS}
     clean = {k: v for k, v in os.environ.items() if k not in ignored}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
