@@ -69,31 +69,33 @@ def _group_alive(pgid: int) -> bool:
 
 class Supervisor:
     def __init__(self, *, port: str, var_dir: Path) -> None:
-        self.python = sys.executable
-        self.manage = [self.python, "manage.py"]
+        python = sys.executable
+        self.manage = [python, "manage.py"]
         self.port = port
-        self.var_dir = var_dir
+        # One worker process with the sweeper's scheduler (beat) embedded: enough for one
+        # machine.
+        self.worker_command = [
+            python, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
+            "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--beat", "--schedule", str(var_dir / "celerybeat-schedule"),
+        ]  # fmt: skip
+        self.portal_command = [*self.manage, "runserver", "--noreload", f"127.0.0.1:{port}"]
+        # The filesystem broker deletes a message when a worker fetches it: the dead worker's
+        # batch would wait for the sweeper (minutes). No other worker exists here, so every
+        # batch still processing or queued is sent again now; a duplicate message is harmless.
+        self.rescue_command = [*self.manage, "rescue_batches", "--all"]
         self.worker: subprocess.Popen[bytes] | None = None
         self.portal: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.deaths: deque[float] = deque()
 
-    def start_worker(self) -> None:
-        # One worker process with the sweeper's scheduler (beat) embedded: enough for one
-        # machine. Its own process group, so a dead worker's children can be found and stopped.
-        self.worker = subprocess.Popen(
-            [self.python, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
-             "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--beat", "--schedule", str(self.var_dir / "celerybeat-schedule")],
+    @staticmethod
+    def _start(command: list[str]) -> subprocess.Popen[bytes]:
+        # Its own process group, so a dead child's own children can be found and stopped.
+        return subprocess.Popen(
+            command,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # no threads exist in this process
-        )  # fmt: skip
-
-    def start_portal(self) -> None:
-        self.portal = subprocess.Popen(
-            [*self.manage, "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # the supervisor starts no threads
         )
 
     def stop(self, signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
@@ -116,11 +118,8 @@ class Supervisor:
             )
             return False
         _say(f"the worker stopped ({how}); its batches are sent again and a new worker starts.")
-        # The filesystem broker deletes a message when a worker fetches it: the dead worker's
-        # batch would wait for the sweeper (minutes). No other worker exists here, so every
-        # batch still processing or queued is sent again now; a duplicate message is harmless.
-        subprocess.run([*self.manage, "rescue_batches", "--all"], check=False)
-        self.start_worker()
+        subprocess.run(self.rescue_command, check=False)
+        self.worker = self._start(self.worker_command)
         return True
 
     def run(self) -> int:
@@ -128,8 +127,12 @@ class Supervisor:
         subprocess.run([*self.manage, "seed_demo"], check=True)
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGTERM, self.stop)
-        self.start_worker()
-        self.start_portal()
+        return self.serve()
+
+    def serve(self) -> int:
+        """Start the worker and the portal and watch them until stopped; the exit status."""
+        self.worker = self._start(self.worker_command)
+        self.portal = self._start(self.portal_command)
         print(
             f"\nHematoVision: http://127.0.0.1:{self.port}/  "
             "(Ctrl-C stops the portal and the worker)\n",
@@ -137,8 +140,6 @@ class Supervisor:
         )
         status = 0
         while not self.stopping:
-            assert self.portal is not None
-            assert self.worker is not None
             if self.portal.poll() is not None:
                 _say(
                     f"the portal stopped (exit status {self.portal.returncode}); stopping the "
@@ -150,10 +151,9 @@ class Supervisor:
             if code is not None and not self.restart_worker(code):
                 status = 1
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         for child in (self.portal, self.worker):
-            if child is not None:
-                _kill_group(child, grace=STOP_TIMEOUT_SECONDS)
+            _kill_group(child, grace=STOP_TIMEOUT_SECONDS)
         return status
 
 
