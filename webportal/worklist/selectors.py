@@ -170,7 +170,7 @@ class PatientHistory:
     trends: list[TrendRow]
 
 
-CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 180, 70, 8
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 136, 70, 8
 
 
 def patient_history(*, patient: Patient) -> PatientHistory:
