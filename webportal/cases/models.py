@@ -76,6 +76,9 @@ class Case(models.Model):
 
 class Batch(models.Model):
     class Status(models.TextChoices):
+        # Uploaded and stored, but not queued: it has the same images as an earlier batch of
+        # its case, and waits for the user to confirm it (services.confirm_batch) or cancel it.
+        HELD = "held", "Awaiting confirmation"
         QUEUED = "queued", "Queued"
         PROCESSING = "processing", "Processing"
         DONE = "done", "Done"

@@ -75,7 +75,7 @@ def enqueue_on_commit(*, batch: Batch) -> None:
 
 
 def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
-    """Cancel a queued or processing batch; False when it had already finished.
+    """Cancel a held, queued or processing batch; False when it had already finished.
 
     `actor` None means the system; a user must be staff, pathologist or integrator of the lab.
     """
@@ -86,7 +86,8 @@ def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
     with transaction.atomic():
         cancelled = bool(
             Batch.objects.filter(
-                pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
+                pk=batch_id,
+                status__in=[Batch.Status.HELD, Batch.Status.QUEUED, Batch.Status.PROCESSING],
             ).update(status=Batch.Status.CANCELLED, finished_at=timezone.now())
         )
         if cancelled:
@@ -281,18 +282,26 @@ def submit_batch(
     created_by: User | None,
     files: Iterable[tuple[str, BinaryIO]],
     priority: str = Batch.Priority.ROUTINE,
+    hold_if_duplicate: bool = False,
 ) -> Batch:
     """Validate and store every file, then write the rows in one short transaction and queue
     the batch once they are committed.
 
     A bad file becomes a rejected Image with its reason; the good files go on regardless.
+    With `hold_if_duplicate`, a batch holding every image of an earlier batch of the case (the
+    same files sent again, e.g. after going back in the browser) is stored but held, not
+    queued, until the user confirms it (`confirm_batch`) or cancels it.
     `created_by` None means the system; a user must be staff, pathologist or integrator.
     """
     if created_by is not None:
         require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     prepared = prepare_upload(model_version=active_model_for(lab=case.lab), files=files)
     return submit_prepared_batch(
-        case=case, created_by=created_by, prepared=prepared, priority=priority
+        case=case,
+        created_by=created_by,
+        prepared=prepared,
+        priority=priority,
+        hold_if_duplicate=hold_if_duplicate,
     )
 
 
@@ -302,6 +311,7 @@ def submit_prepared_batch(
     created_by: User | None,
     prepared: PreparedUpload,
     priority: str = Batch.Priority.ROUTINE,
+    hold_if_duplicate: bool = False,
 ) -> Batch:
     """The rows of a prepared upload, in one short transaction; its files are deleted if the
     rows cannot be written. A caller that wraps this in its own transaction discards the
@@ -338,6 +348,9 @@ def submit_prepared_batch(
                 ],
                 batch_size=500,
             )
+            if accepted and hold_if_duplicate and earlier_batch_with_same_images(batch=batch):
+                batch.status = Batch.Status.HELD
+                batch.save(update_fields=["status"])
             record_event(
                 lab=case.lab,
                 actor=created_by,
@@ -352,9 +365,63 @@ def submit_prepared_batch(
                     "model_version": str(model_version),
                 },
             )
-            if accepted:
+            if batch.status == Batch.Status.QUEUED:
                 enqueue_on_commit(batch=batch)
     except BaseException:
         prepared.discard()
         raise
     return batch
+
+
+def earlier_batch_with_same_images(*, batch: Batch) -> Batch | None:
+    """The latest other batch of the case whose accepted images (by the sha256 of the uploaded
+    bytes) are all in `batch`; cancelled and failed batches do not count (sending those again
+    is deliberate)."""
+    hashes = set(
+        batch.images.filter(status=Image.Status.OK)
+        .exclude(sha256="")
+        .values_list("sha256", flat=True)
+    )
+    if not hashes:
+        return None
+    candidates = (
+        Batch.objects.filter(case_id=batch.case_id, images__sha256__in=hashes)
+        .exclude(pk=batch.pk)
+        .exclude(status__in=[Batch.Status.CANCELLED, Batch.Status.FAILED])
+        .distinct()
+        .order_by("-created_at", "-pk")
+    )
+    for candidate in candidates:
+        theirs = set(
+            candidate.images.filter(status=Image.Status.OK).values_list("sha256", flat=True)
+        )
+        if theirs and theirs <= hashes:
+            return candidate
+    return None
+
+
+def confirm_batch(*, batch_id: int, actor: User | None = None) -> bool:
+    """Queue a held batch (the user chose to classify the same images again); False when the
+    batch was not held (already confirmed or cancelled)."""
+    batch = Batch.objects.select_related("case__lab").get(pk=batch_id)
+    lab = batch.case.lab
+    if actor is not None:
+        require_role(user=actor, lab=lab, allowed=CASE_WRITERS, action="upload batches")
+    with transaction.atomic():
+        confirmed = bool(
+            Batch.objects.filter(pk=batch_id, status=Batch.Status.HELD).update(
+                status=Batch.Status.QUEUED
+            )
+        )
+        if confirmed:
+            batch.refresh_from_db()
+            record_event(
+                lab=lab,
+                actor=actor,
+                action="batch.confirmed",
+                obj=batch,
+                before={"status": Batch.Status.HELD},
+                after={"status": Batch.Status.QUEUED},
+            )
+            enqueue_on_commit(batch=batch)
+        return confirmed

@@ -10,5 +10,6 @@ urlpatterns = [
     path("batches/<int:batch_id>/", views.batch_detail, name="batch_detail"),
     path("batches/<int:batch_id>/status.json", views.batch_status, name="batch_status"),
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch_cancel"),
+    path("batches/<int:batch_id>/confirm/", views.batch_confirm, name="batch_confirm"),
     path("images/<int:image_id>/", views.image_file, name="image_file"),
 ]

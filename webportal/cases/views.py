@@ -52,10 +52,13 @@ def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
                     (upload.name or "unnamed", upload) for upload in form.cleaned_data["images"]
                 ],
                 priority=form.cleaned_data["priority"],
+                hold_if_duplicate=True,
             )
         except (services.ServiceError, RoleRequired) as exc:
             form.add_error(None, str(exc))
         else:
+            if batch.status == Batch.Status.HELD:
+                return redirect("cases:batch_detail", batch_id=batch.pk)
             if batch.rejected_files:
                 messages.warning(
                     request,
@@ -93,6 +96,11 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
             "report": report,
             "unidentified": UNIDENTIFIED,
+            "same_images_as": (
+                services.earlier_batch_with_same_images(batch=batch)
+                if batch.status == Batch.Status.HELD
+                else None
+            ),
         },
     )
 
@@ -127,6 +135,19 @@ def image_file(request: HttpRequest, image_id: int) -> FileResponse:
     response = FileResponse(image.file.open("rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@require_POST
+def batch_confirm(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """The user's "classify anyway" for a batch held as a repeat of an earlier one."""
+    batch = get_object_or_404(
+        selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+    )
+    if services.confirm_batch(batch_id=batch.pk, actor=authenticated_user(request)):
+        messages.info(request, "Batch queued: the images are being classified again.")
+    else:
+        messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
+    return redirect("cases:batch_detail", batch_id=batch.pk)
 
 
 @require_POST
