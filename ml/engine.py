@@ -45,6 +45,7 @@ import importlib.util
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -113,6 +114,69 @@ def optimise_for_cpu(
         ),
     }
     return builders[engine]()
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """What `choose_engine` settled on, and why the faster ones were passed over."""
+
+    name: str
+    model: nn.Module
+    passed_over: tuple[str, ...] = ()  # "engine: reason", in the order tried
+    max_probability_change: float = 0.0  # on the check images, against eager
+
+
+# An engine is used only if, on the check images, every top class is eager's and no class
+# probability moves by more than this (float rounding moves them by about 1e-6).
+MAX_PROBABILITY_CHANGE: Final = 1e-3
+
+
+def choose_engine(
+    model: nn.Module,
+    *,
+    input_size: int,
+    check: torch.Tensor,
+    wanted: str = "auto",
+    threads: int | None = None,
+) -> EngineChoice:
+    """The fastest prediction-preserving fp32 engine for `model`, checked against eager.
+
+    wanted="auto" tries ort-fp32 (when installed), then fused-channels-last; a named engine is
+    tried alone. Each candidate must give eager's top class on every image of `check` (a few
+    preprocessed real cells) and move no probability by more than MAX_PROBABILITY_CHANGE;
+    otherwise, or if it cannot be built here, the next is tried, and eager is the last resort.
+    The int8 engines are never chosen here: they change answers (see the module's docstring).
+    """
+    if wanted != "auto" and wanted not in FP32_ENGINES:
+        raise ValueError(f"engine must be 'auto' or one of {list(FP32_ENGINES)}, not {wanted!r}")
+    candidates: list[str]
+    if wanted == "auto":
+        candidates = [e for e in ("ort-fp32", "fused-channels-last") if e in available_engines()]
+    else:
+        candidates = [wanted]
+    eager = model.cpu().eval()
+    x = check.detach().to("cpu", torch.float32).contiguous()
+    with torch.inference_mode():
+        reference = torch.softmax(eager(x).float(), dim=1)
+    passed_over: list[str] = []
+    for name in candidates:
+        if name == "eager":
+            break
+        try:
+            candidate = optimise_for_cpu(eager, input_size=input_size, engine=name, threads=threads)
+            with torch.inference_mode():
+                got = torch.softmax(candidate(x).float(), dim=1)
+        except Exception as exc:  # a missing package, a failed export: try the next one
+            passed_over.append(f"{name}: could not be built ({type(exc).__name__}: {exc})")
+            continue
+        change = float((got - reference).abs().max()) if len(x) else 0.0
+        if not torch.equal(got.argmax(1), reference.argmax(1)):
+            passed_over.append(f"{name}: changed a top class on the check images")
+        elif change > MAX_PROBABILITY_CHANGE:
+            passed_over.append(f"{name}: moved a probability by {change:.2g}")
+        else:
+            return EngineChoice(name, candidate, tuple(passed_over), change)
+    return EngineChoice("eager", eager, tuple(passed_over))
 
 
 # --- pure PyTorch ---------------------------------------------------------------------------

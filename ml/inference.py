@@ -71,6 +71,8 @@ class Classifier:
         # The model as built, kept for the guard's features even if `model` is later swapped for
         # a faster engine that only returns logits (ml.engine).
         self.eager = self.model
+        # Which engine `model` is (ml.engine names): "eager" until a faster one is swapped in.
+        self.engine = "eager"
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
         # CUDA only (on a CPU it gains nothing); forcing it on a CPU tests the same code path.
         self.accelerate = self.device.type == "cuda" if accelerate is None else accelerate

@@ -284,7 +284,8 @@ if S3_BUCKET:
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
 UPLOAD_MAX_FILE_BYTES = env_int("UPLOAD_MAX_FILE_BYTES", 25 * 1024 * 1024)
-UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 50_000_000, minimum=64, maximum=100_000_000)
+# 25 Mpx fits a 6000 x 4000 camera frame; an upload holds one decoded copy (3 bytes a pixel).
+UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000, minimum=64, maximum=100_000_000)
 
 # Celery. The embedded default needs no server: kombu's filesystem transport passes
 # messages through a folder both processes can see.
@@ -296,6 +297,14 @@ INFERENCE_CHUNK_SIZE = env_int("INFERENCE_CHUNK_SIZE", 32, maximum=4096)
 INFERENCE_CHUNK_SIZE_GPU = env_int("INFERENCE_CHUNK_SIZE_GPU", 256, maximum=4096)
 # Intra-op threads per worker process; 0 leaves PyTorch's default (all cores).
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0, maximum=1024)
+# How a CPU worker runs the model (ml.engine): "auto" builds the fastest engine that gives
+# eager's answers on a few real cells at start (ONNX Runtime fp32 if installed, else PyTorch
+# with BatchNorm folded and channels-last), falling back to eager with the reason logged.
+INFERENCE_ENGINE = env_choice(
+    "INFERENCE_ENGINE",
+    "auto",
+    ("auto", "eager", "channels-last", "fused-channels-last", "ort-fp32"),
+)
 # A task works on a batch for this long, then sends itself to the back of the queue: tasks
 # stay short (time limits and the broker's visibility timeout mean something) and a STAT
 # batch never waits behind a whole routine batch.

@@ -19,6 +19,7 @@ from ml.engine import (
     INT8_ENGINES,
     available_engines,
     best_fp32_engine,
+    choose_engine,
     needs_calibration,
     optimise_for_cpu,
 )
@@ -196,3 +197,66 @@ def test_without_onnxruntime_the_best_engine_is_pure_pytorch(monkeypatch):
     names = ml.engine.available_engines()
     assert not {"ort-fp32", "ort-int8"} & set(names)
     assert ml.engine.best_fp32_engine() == "fused-channels-last"
+
+
+# --- choosing the worker's engine -----------------------------------------------------------
+
+
+def test_the_chosen_engine_is_the_fastest_one_that_gives_eagers_answers(mobilenet) -> None:
+    check = blobs(8, seed=3)
+    choice = choose_engine(mobilenet, input_size=SIZE, check=check)
+    assert choice.name == best_fp32_engine()
+    assert choice.passed_over == ()
+    with torch.inference_mode():
+        expected = torch.softmax(mobilenet(check), 1)
+        got = torch.softmax(choice.model(check), 1)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert choice.max_probability_change == pytest.approx(
+        float((got - expected).abs().max()), abs=1e-6
+    )
+    assert choice.max_probability_change <= 1e-3
+
+
+class _Swapped(nn.Module):
+    """An "engine" that gets the classes the wrong way round."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flipped: torch.Tensor = self.model(x).flip(1)
+        return flipped
+
+
+def test_an_engine_that_changes_answers_is_passed_over_for_eager_with_the_reason(
+    mobilenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.engine
+
+    monkeypatch.setattr(ml.engine, "optimise_for_cpu", lambda model, **_: _Swapped(model))
+    choice = choose_engine(
+        mobilenet, input_size=SIZE, check=blobs(8, seed=4), wanted="fused-channels-last"
+    )
+    assert choice.name == "eager"
+    assert choice.model is mobilenet
+    assert choice.passed_over == ("fused-channels-last: changed a top class on the check images",)
+
+
+def test_an_engine_that_cannot_be_built_is_passed_over_with_the_reason(
+    mobilenet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.engine
+
+    def broken(model: nn.Module, **_: object) -> nn.Module:
+        raise ml.engine.EngineUnavailable("onnxruntime is not installed")
+
+    monkeypatch.setattr(ml.engine, "optimise_for_cpu", broken)
+    choice = choose_engine(mobilenet, input_size=SIZE, check=blobs(4, seed=5), wanted="ort-fp32")
+    assert choice.name == "eager"
+    assert "onnxruntime is not installed" in choice.passed_over[0]
+
+
+def test_an_int8_engine_is_never_chosen_for_the_worker(mobilenet) -> None:
+    with pytest.raises(ValueError, match="auto"):
+        choose_engine(mobilenet, input_size=SIZE, check=blobs(2, seed=6), wanted="ort-int8")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 from django.conf import settings
+from PIL import Image as PILImage
 
 from ml.checkpoint import sha256_of
+from ml.engine import choose_engine
 from ml.inference import Classifier
 from webportal.accounts.models import Lab
-from webportal.cases.models import ModelVersion
+from webportal.cases.models import Image, ModelVersion
 from webportal.cases.services import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -35,9 +37,64 @@ def load_classifier(*, model_version: ModelVersion) -> Classifier:
         # A changed file would silently give predictions no registered version made.
         raise ServiceError(f"Checkpoint at {path} does not match the sha256 registered")
     classifier = Classifier.load(path)
+    if classifier.device.type == "cpu":
+        use_fastest_engine(classifier, model_version=model_version)
     _classifiers[model_version.checkpoint_sha256] = classifier
-    logger.info("loaded %s on %s", model_version, classifier.device)
+    logger.info("loaded %s on %s (engine %s)", model_version, classifier.device, classifier.engine)
     return classifier
+
+
+# Cells the engine is checked on when the model has classified none yet here.
+DEMO_CELLS = Path(settings.BASE_DIR) / "samples" / "demo"
+CHECK_CELLS = 8
+
+
+def use_fastest_engine(classifier: Classifier, *, model_version: ModelVersion) -> None:
+    """Swap the classifier's model for the fastest engine that gives eager's answers
+    (INFERENCE_ENGINE; ml.engine.choose_engine), checked on a few real cells: the latest this
+    model classified here, else the demo cells shipped with the code. Falls back to eager,
+    with the reason logged."""
+    wanted = settings.INFERENCE_ENGINE
+    if wanted == "eager":
+        return
+    images = _check_cells(model_version)
+    check = classifier.preprocess(images)
+    choice = choose_engine(
+        classifier.eager, input_size=classifier.input_size, check=check, wanted=wanted
+    )
+    for reason in choice.passed_over:
+        logger.warning("engine for %s: %s", model_version, reason)
+    if choice.name == "eager" and wanted != "eager":
+        logger.warning("engine for %s: falling back to eager", model_version)
+    classifier.model = choice.model
+    classifier.engine = choice.name
+    logger.info(
+        "engine for %s: %s (checked on %d cells, largest probability change %.1g)",
+        model_version,
+        choice.name,
+        len(images),
+        choice.max_probability_change,
+    )
+
+
+def _check_cells(model_version: ModelVersion) -> list[PILImage.Image]:
+    recent = (
+        Image.objects.filter(batch__model_version=model_version, status=Image.Status.OK)
+        .exclude(file="")
+        .order_by("-id")[:CHECK_CELLS]
+    )
+    cells: list[PILImage.Image] = []
+    for row in recent:
+        try:
+            with row.file.open("rb") as handle, PILImage.open(handle) as picture:
+                cells.append(picture.convert("RGB"))
+        except OSError:
+            continue
+    if len(cells) < CHECK_CELLS:
+        for path in sorted(DEMO_CELLS.glob("*.jpg"))[: CHECK_CELLS - len(cells)]:
+            with PILImage.open(path) as picture:
+                cells.append(picture.convert("RGB"))
+    return cells
 
 
 def chunk_size_for(*, classifier: Classifier) -> int:

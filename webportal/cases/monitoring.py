@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.db import connection
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Min, Sum
 from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from webportal.cases.models import Batch, Prediction
 
@@ -54,6 +58,9 @@ def collect_metrics() -> dict[str, float | dict[str, float]]:
     ):
         depth["stat" if priority == Batch.Priority.STAT else "routine"] = float(pending or 0)
     recent = Prediction.objects.filter(created_at__gte=now - THROUGHPUT_WINDOW).count()
+    oldest_heartbeat = Batch.objects.filter(status=Batch.Status.PROCESSING).aggregate(
+        oldest=Min("heartbeat_at")
+    )["oldest"]
     latencies = [
         (finished - created).total_seconds()
         for created, finished in Batch.objects.filter(
@@ -68,20 +75,58 @@ def collect_metrics() -> dict[str, float | dict[str, float]]:
         "images_per_second": recent / THROUGHPUT_WINDOW.total_seconds(),
         "batch_latency_seconds_p50": _quantile(latencies, 0.5),
         "batch_latency_seconds_p95": _quantile(latencies, 0.95),
+        "oldest_processing_heartbeat_age_seconds": (
+            max(0.0, (now - oldest_heartbeat).total_seconds()) if oldest_heartbeat else 0.0
+        ),
     }
 
 
+# How /metrics names and describes each value of collect_metrics (Prometheus exposition by
+# prometheus_client): (name, kind, help, label of a dict value or None).
+_DESCRIBED: dict[str, tuple[str, str, str | None]] = {
+    "batches": ("gauge", "Batches by status.", "status"),
+    "queue_depth_images": ("gauge", "Images still to classify, by queue.", "queue"),
+    "predictions_total": ("counter", "Predictions written.", None),
+    "images_per_second": ("gauge", "Predictions per second over the last 5 minutes.", None),
+    "batch_latency_seconds_p50": ("gauge", "Median upload-to-done time, last hour.", None),
+    "batch_latency_seconds_p95": ("gauge", "95th percentile upload-to-done time.", None),
+    "oldest_processing_heartbeat_age_seconds": (
+        "gauge",
+        "Age of the oldest heartbeat among processing batches (0 when none): a stalled worker "
+        "shows here before the sweeper's BATCH_STUCK_AFTER_SECONDS.",
+        None,
+    ),
+}
+
+
+class _Snapshot(Collector):
+    """The metrics of one collect_metrics call as Prometheus metric families."""
+
+    def __init__(self, metrics: dict[str, float | dict[str, float]]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self.metrics.items():
+            kind, help_text, label = _DESCRIBED[name]
+            metric = f"hematovision_{name}"
+            family: GaugeMetricFamily | CounterMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(metric, help_text, labels=[label] if label else None)
+            else:
+                family = GaugeMetricFamily(metric, help_text, labels=[label] if label else None)
+            if isinstance(value, dict):
+                for key, number in value.items():
+                    family.add_metric([key], number)
+            else:
+                family.add_metric([], value)
+            yield family
+
+
 def render_prometheus(metrics: dict[str, float | dict[str, float]]) -> str:
-    labels = {"batches": "status", "queue_depth_images": "queue"}
-    lines = []
-    for name, value in metrics.items():
-        metric = f"hematovision_{name}"
-        lines.append(f"# TYPE {metric} {'counter' if name.endswith('_total') else 'gauge'}")
-        if isinstance(value, dict):
-            lines += [f'{metric}{{{labels[name]}="{key}"}} {v:g}' for key, v in value.items()]
-        else:
-            lines.append(f"{metric} {value:g}")
-    return "\n".join(lines) + "\n"
+    """Prometheus' text exposition format (prometheus_client's own writer)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(metrics))
+    return generate_latest(registry).decode()
 
 
 def _quantile(values: list[float], q: float) -> float:

@@ -62,3 +62,37 @@ def test_metrics_count_queue_depth_batches_and_predictions(
     client = Client()
     client.force_login(staff)
     assert client.get(reverse("metrics")).status_code == 200
+
+
+def test_metrics_show_how_old_the_oldest_heartbeat_of_a_processing_batch_is(
+    case, tiny_model: ModelVersion, settings: LazySettings
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from webportal.cases.models import Batch
+
+    settings.METRICS_TOKEN = "scrape-me"
+    files = [("c.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    stalled = services.submit_batch(case=case, created_by=None, files=files)
+    fresh = services.submit_batch(case=case, created_by=None, files=files)
+    now = timezone.now()
+    Batch.objects.filter(pk=stalled.pk).update(
+        status=Batch.Status.PROCESSING, heartbeat_at=now - timedelta(seconds=400)
+    )
+    Batch.objects.filter(pk=fresh.pk).update(
+        status=Batch.Status.PROCESSING, heartbeat_at=now - timedelta(seconds=5)
+    )
+    body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert 400 <= samples["hematovision_oldest_processing_heartbeat_age_seconds"] < 460
+    Batch.objects.update(status=Batch.Status.DONE)
+    body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    assert "hematovision_oldest_processing_heartbeat_age_seconds 0.0" in body

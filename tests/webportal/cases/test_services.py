@@ -4,7 +4,9 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 from django.db import IntegrityError
+from PIL import Image as PILImage
 
 from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
@@ -240,3 +242,24 @@ def _smear_jpeg(seed: int) -> bytes:
     buffer = io.BytesIO()
     field.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("wanted", ["auto", "eager", "fused-channels-last"])
+def test_a_worker_runs_the_engine_chosen_and_its_answers_are_eagers(
+    tiny_model: ModelVersion, settings, wanted: str
+) -> None:
+    from ml.engine import best_fp32_engine
+
+    settings.INFERENCE_ENGINE = wanted
+    classifiers._classifiers.clear()
+    classifier = classifiers.load_classifier(model_version=tiny_model)
+    assert classifier.engine == (best_fp32_engine() if wanted == "auto" else wanted)
+    samples = sorted(classifiers.DEMO_CELLS.glob("*.jpg"))[:6]
+    images = [PILImage.open(path).convert("RGB") for path in samples]
+    batch = classifier.preprocess(images)
+    with torch.inference_mode():
+        eager = torch.softmax(classifier.eager(batch), 1)
+    got = torch.softmax(classifier.predict_logits(batch) * classifier.temperature, 1)
+    assert torch.equal(got.argmax(1), eager.argmax(1))
+    assert float((got - eager).abs().max()) < 1e-3
+    classifiers._classifiers.clear()
