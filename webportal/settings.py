@@ -367,6 +367,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "PREPROCESSING_HOOKS": ["webportal.api.schema.only_v1"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webportal.api.schema.error_responses_everywhere",
+    ],
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI from this server (no CDN): the page works offline and under a strict CSP.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -32,6 +32,7 @@ from webportal.api import access
 from webportal.api.errors import Conflict
 from webportal.api.renderers import FhirJSONRenderer, JsonErrorsMixin, PDFRenderer
 from webportal.api.schema import errors
+from webportal.api.serializers import DifferentialRowSerializer, FlagSerializer
 from webportal.cases.services import ServiceError
 from webportal.reports import fhir, services
 from webportal.reports.models import Report
@@ -50,8 +51,8 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
         source="signed_by.username", default=None, read_only=True, allow_null=True
     )
     superseded = serializers.BooleanField(source="is_superseded", read_only=True)
-    differential = serializers.ListField(child=serializers.DictField(), read_only=True)
-    flags = serializers.ListField(child=serializers.DictField(), read_only=True)
+    differential = DifferentialRowSerializer(many=True, read_only=True)
+    flags = FlagSerializer(many=True, read_only=True)
     url = serializers.SerializerMethodField()
     pdf_url = serializers.SerializerMethodField()
     fhir_url = serializers.SerializerMethodField()

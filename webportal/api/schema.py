@@ -20,11 +20,40 @@ ErrorSerializer = inline_serializer(
         "error": serializers.CharField(help_text="A stable code: invalid, not_found, ..."),
         "detail": serializers.CharField(help_text="What went wrong, for a person."),
         "fields": serializers.DictField(
-            child=serializers.ListField(child=serializers.CharField()),
-            help_text="Per-field messages when the input was invalid; empty otherwise.",
+            child=serializers.JSONField(),
+            help_text="Per-field messages (lists of strings; nested for list and object "
+            "fields) when the input was invalid; empty otherwise.",
         ),
     },
 )
+
+
+# Any operation may answer these (bad query or path, unknown or revoked token, a role that may
+# not, another lab's id, an Accept it cannot serve, a wrong body type, throttling): the schema
+# says so for every operation, always in the error shape and as JSON.
+EVERYWHERE = {
+    "400": "Invalid input (body, query or path): see `fields`.",
+    "401": "No token, or a revoked or unknown one.",
+    "403": "The token or its account may not do this.",
+    "404": "Not found, or another lab's; also an invalid page number.",
+    "406": "None of the `Accept`ed types can be produced.",
+    "415": "Unsupported request content type.",
+    "429": "Too many requests for this token; see `Retry-After`.",
+}
+
+
+def error_responses_everywhere(result: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """Postprocessing hook: the error responses above on every operation, as JSON."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            for code, description in EVERYWHERE.items():
+                responses.setdefault(code, {"description": description})
+            for code, response in responses.items():
+                if code.isdigit() and int(code) >= 400:
+                    response["content"] = error
+    return result
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:

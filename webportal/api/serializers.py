@@ -18,9 +18,23 @@ class RejectedFileSerializer(serializers.ModelSerializer[Image]):
 
 
 class DifferentialRowSerializer(serializers.Serializer[Any]):
+    """One row of a report's differential (webportal.reports.differential.Row)."""
+
     label = serializers.CharField()  # type: ignore[assignment]
+    group = serializers.CharField(help_text="wbc, erythroblast, other, unidentified, ...")
     count = serializers.IntegerField()
-    percent = serializers.FloatField()
+    percent = serializers.FloatField(
+        allow_null=True, help_text="% of leukocytes (per 100 WBC for erythroblasts)."
+    )
+    absolute = serializers.FloatField(allow_null=True, help_text="x10^9/L, with a WBC count.")
+    low = serializers.FloatField(allow_null=True, help_text="Reference range used for the flag.")
+    high = serializers.FloatField(allow_null=True)
+    flag = serializers.CharField(allow_blank=True, help_text='"H", "L" or "".')
+
+
+class FlagSerializer(serializers.Serializer[Any]):
+    code = serializers.CharField()
+    message = serializers.CharField()
 
 
 class BatchSerializer(serializers.ModelSerializer[Batch]):

@@ -128,3 +128,11 @@ def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
     assert resource.subject is not None
     explicit = request("GET", f"{api}/batches/{batch_id}/report/fhir/", token=token)
     assert explicit.json() == fhir.json()
+    pdf = request("GET", f"{api}/batches/{batch_id}/report/", token=token,
+                  headers={"Accept": "application/pdf"})  # fmt: skip
+    assert pdf.status == 200
+    assert pdf.headers["Content-Type"] == "application/pdf"
+    assert pdf.body.startswith(b"%PDF")
+    explicit_pdf = request("GET", f"{api}/batches/{batch_id}/report/pdf/", token=token)
+    assert explicit_pdf.headers["Content-Type"] == "application/pdf"
+    assert explicit_pdf.body.startswith(b"%PDF")
