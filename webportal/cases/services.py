@@ -139,8 +139,10 @@ def create_case(
         same_number = Case.objects.alias(key=Lower("accession_number")).filter(
             lab=lab, key=Lower(Value(accession_number))
         )
-        if same_number.exists():
-            raise duplicate
+        existing = same_number.values_list("accession_number", flat=True).first()
+        if existing is not None:
+            # Named as it was first written: "h-1" typed, "H-1" stored.
+            raise ServiceError(f"Accession number {existing} already exists in {lab}.")
         patient = None
         if patient_external_id.strip():
             patient, _ = Patient.objects.get_or_create(

@@ -55,6 +55,7 @@ def test_a_duplicate_accession_number_is_refused_once_with_one_message(
     )
     assert response.status_code == 200
     assert response.content.decode().count("already exists") == 1
+    assert "Accession number H-77 already exists" in response.content.decode()
     assert Case.objects.filter(lab=member.lab).count() == 1
 
 
