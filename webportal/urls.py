@@ -42,6 +42,7 @@ urlpatterns = [
     path("", include("webportal.audit.urls")),
     path("", include("webportal.quality.urls")),
     path("", include("webportal.cases.urls")),
+    path("", include("webportal.reports.urls")),
 ]
 
 

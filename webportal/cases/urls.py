@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webportal.cases import views
+from webportal.cases import review_views, views
 
 app_name = "cases"
 
@@ -12,4 +12,9 @@ urlpatterns = [
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch_cancel"),
     path("batches/<int:batch_id>/confirm/", views.batch_confirm, name="batch_confirm"),
     path("images/<int:image_id>/", views.image_file, name="image_file"),
+    path("batches/<int:batch_id>/review/", review_views.review, name="review"),
+    path("batches/<int:batch_id>/review/reclassify", review_views.reclassify, name="reclassify"),
+    path("cells/<int:cell_id>/", review_views.cell_detail, name="cell"),
+    path("cells/<int:cell_id>/crop.png", review_views.cell_crop, name="cell_crop"),
+    path("cells/<int:cell_id>/heatmap.png", review_views.cell_heatmap, name="cell_heatmap"),
 ]

@@ -1,0 +1,81 @@
+"""Grad-CAM: where the model looked for a class (Selvaraju et al., 2017), in pure PyTorch.
+
+The activations of the last convolutional block are weighted by the mean gradient of the
+class score over each channel; the positive part, upsampled to the input, is the heatmap.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ml.inference import Classifier
+
+
+def last_conv_block(model: nn.Module) -> nn.Module:
+    """The module whose output Grad-CAM uses: the last block of `features` for the
+    MobileNet/EfficientNet/VGG layout, else the last Conv2d."""
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features):
+        return features[-1]
+    last: nn.Module | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            last = module
+    if last is None:
+        raise ValueError("the model has no convolution to explain")
+    return last
+
+
+def grad_cam(
+    model: nn.Module, x: torch.Tensor, class_index: int, layer: nn.Module | None = None
+) -> torch.Tensor:
+    """The H x W heatmap in [0, 1] for class `class_index` of a 1 x 3 x H x W input."""
+    layer = layer or last_conv_block(model)
+    stored: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, output: stored.append(output))
+    try:
+        with torch.enable_grad():
+            # The input needs a gradient so the graph exists even when the weights are frozen;
+            # autograd.grad leaves the parameters' .grad untouched.
+            logits = model(x.detach().clone().requires_grad_(True))
+            (gradient,) = torch.autograd.grad(logits[0, class_index], stored[-1])
+    finally:
+        handle.remove()
+    activation = stored[-1].detach()[0]
+    weights = gradient[0].mean(dim=(1, 2))
+    cam = torch.relu((weights[:, None, None] * activation).sum(dim=0))
+    cam = nn.functional.interpolate(
+        cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+    )[0, 0]
+    cam -= cam.min()
+    peak = cam.max()
+    return cam / peak if peak > 0 else cam
+
+
+def overlay(image: Image.Image, cam: torch.Tensor, *, alpha: float = 0.45) -> Image.Image:
+    """The heatmap over the image (both the model's input size), blue (cold) to red (hot)."""
+    heat = cam.cpu().numpy()
+    colours = np.stack(
+        [np.clip(1.5 * heat, 0, 1), np.clip(1.5 - np.abs(2 * heat - 1) * 1.5, 0, 1),
+         np.clip(1.5 * (1 - heat), 0, 1)],
+        axis=-1,
+    )  # fmt: skip
+    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    mixed = (1 - alpha) * base + alpha * colours
+    return Image.fromarray((mixed * 255).clip(0, 255).astype(np.uint8))
+
+
+def explain_png(classifier: Classifier, image: Image.Image, label: str) -> bytes:
+    """Grad-CAM of `label` for one cell image, drawn over the image as the model saw it."""
+    fitted = classifier.fit_to_input(image.convert("RGB"))
+    x = classifier.to_input(fitted)[None].to(classifier.device)
+    model = classifier.model
+    cam = grad_cam(model, x.contiguous(), classifier.classes.index(label))
+    buffer = io.BytesIO()
+    overlay(fitted, cam).save(buffer, format="PNG")
+    return buffer.getvalue()

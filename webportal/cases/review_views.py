@@ -1,0 +1,222 @@
+"""The review gallery and the cell page: thin views over cases.reviews and the reports.
+
+The gallery's behaviour (selection, keyboard, reclassification without reloading) is in
+static/portal/review.js; it posts JSON to `reclassify` and swaps in the differential that
+comes back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from webportal.accounts.services import authenticated_user
+from webportal.cases import services
+from webportal.cases.models import Batch, Cell, Prediction
+from webportal.cases.reviews import (
+    PENDING,
+    CellState,
+    batch_cells,
+    review_cells,
+    review_history,
+    review_labels,
+)
+from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
+from webportal.reports.models import Report
+from webportal.reports.services import latest_report
+
+# Number keys 1-9 pick the first nine classes; 0 marks "not classed".
+MAX_NUMBERED = 9
+
+
+def cells_visible_to(*, request: HttpRequest) -> QuerySet[Cell]:
+    return Cell.objects.filter(
+        image__batch__case__lab__memberships__user=authenticated_user(request)
+    ).select_related("image__batch__case__lab", "image__batch__model_version")
+
+
+def _groups(states: list[CellState], classes: list[str]) -> list[dict[str, Any]]:
+    """Cells by current label: unidentified first, then classes by count (most first), then
+    pending and not classed; every label gets a group (empty ones hidden) so a tile can move."""
+    by_label: dict[str, list[CellState]] = {}
+    for state in states:
+        by_label.setdefault(state.current, []).append(state)
+    counts = Counter({label: len(cells) for label, cells in by_label.items()})
+    ordered = sorted(classes, key=lambda label: (-counts[label], classes.index(label)))
+    labels = [UNIDENTIFIED, *ordered, PENDING, NOT_CLASSED]
+    labels += [label for label in by_label if label not in labels]  # classes of an older model
+    return [{"label": label, "cells": by_label.get(label, [])} for label in labels]
+
+
+def _choices(batch: Batch) -> list[dict[str, str]]:
+    labels = review_labels(model_version=batch.model_version)
+    choices = []
+    for index, label in enumerate(labels[:-1]):
+        key = str(index + 1) if index < MAX_NUMBERED else ""
+        choices.append({"label": label, "key": key})
+    choices.append({"label": NOT_CLASSED, "key": "0"})
+    return choices
+
+
+def _differential_context(report: Report | None) -> dict[str, Any]:
+    return {
+        "report": report,
+        "rows": report.differential if report else [],
+        "flags": report.flags if report else [],
+        "wbc_cells": report.wbc_cells if report else 0,
+        "show_absolute": bool(report and report.wbc_count is not None),
+    }
+
+
+@require_GET
+def review(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(
+        services.batches_visible_to(user=authenticated_user(request)).select_related(
+            "case__patient"
+        ),
+        pk=batch_id,
+    )
+    states = batch_cells(batch=batch)
+    threshold = batch.model_version.threshold
+    report = latest_report(batch=batch)
+    return render(
+        request,
+        "cases/review.html",
+        {
+            "batch": batch,
+            "case": batch.case,
+            "groups": _groups(states, list(batch.model_version.classes)),
+            "cell_count": len(states),
+            "choices": _choices(batch),
+            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "unidentified": UNIDENTIFIED,
+            **_differential_context(report),
+        },
+    )
+
+
+@require_POST
+def reclassify(request: HttpRequest, batch_id: int) -> JsonResponse:
+    """JSON in: {"cells": [ids], "label": "..."}; JSON out: the cells' new labels and the
+    differential as HTML. Errors: {"error": message} with 400 (bad request) or 403 (role)."""
+    batch = get_object_or_404(
+        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+    )
+    try:
+        body = json.loads(request.body or b"{}")
+        ids = [int(pk) for pk in body["cells"]]
+        label = str(body["label"])
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": 'Send {"cells": [ids], "label": "..."}.'}, status=400)
+    cells = Cell.objects.filter(image__batch=batch, pk__in=ids)
+    try:
+        reviews = review_cells(actor=authenticated_user(request), cells=cells, label=label)
+    except PermissionDenied as exc:
+        return JsonResponse({"error": str(exc)}, status=403)
+    except services.ServiceError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    report = latest_report(batch=batch)
+    return JsonResponse(
+        {
+            "label": reviews[0].label,
+            "cells": [review.cell_id for review in reviews],
+            "differential": render_to_string(
+                "reports/_live_differential.html", _differential_context(report), request
+            ),
+        }
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def cell_detail(request: HttpRequest, cell_id: int) -> HttpResponse:
+    cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
+    batch = cell.image.batch
+    if request.method == "POST":
+        try:
+            review_cells(
+                actor=authenticated_user(request), cells=[cell], label=request.POST.get("label", "")
+            )
+        except (PermissionDenied, services.ServiceError) as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Review saved.")
+        return redirect("cases:cell", cell_id=cell.pk)
+    state = batch_cells(batch=batch, cell_ids=[cell.pk])[0]
+    prediction = Prediction.objects.filter(cell=cell, model_version=batch.model_version).first()
+    probabilities = (
+        sorted(prediction.probabilities.items(), key=lambda item: -item[1]) if prediction else []
+    )
+    threshold = batch.model_version.threshold
+    return render(
+        request,
+        "cases/cell_detail.html",
+        {
+            "cell": cell,
+            "state": state,
+            "batch": batch,
+            "case": batch.case,
+            "prediction": prediction,
+            "probabilities": [
+                {"label": label, "percent": 100 * p, "shown": f"{100 * p:.1f}"}
+                for label, p in probabilities
+            ],
+            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "history": review_history(cell=cell),
+            "choices": _choices(batch),
+            "unidentified": UNIDENTIFIED,
+        },
+    )
+
+
+def _png(data: bytes) -> HttpResponse:
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse:
+    """The cell's picture for the gallery: the small copy fitted to the model when the whole
+    image is the cell, else the box cut out of the stored image."""
+    cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
+    image = cell.image
+    if cell.box is None:
+        stored = image.model_input or image.file
+        if not stored:
+            raise Http404("No stored image for this cell.")
+        response = FileResponse(stored.open("rb"), content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
+    if not image.file:
+        raise Http404("No stored image for this cell.")
+    from PIL import Image as PILImage
+
+    x, y, width, height = (int(v) for v in cell.box)
+    with image.file.open("rb") as handle, PILImage.open(handle) as picture:
+        crop = picture.crop((x, y, x + width, y + height)).convert("RGB")
+        crop.thumbnail((192, 192))
+        buffer = io.BytesIO()
+        crop.save(buffer, format="PNG")
+    return _png(buffer.getvalue())
+
+
+@require_GET
+def cell_heatmap(request: HttpRequest, cell_id: int) -> HttpResponse:
+    """Grad-CAM of the cell's predicted class, computed on first request and cached."""
+    from webportal.cases.explain import ExplainError, heatmap_png
+
+    cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
+    try:
+        return _png(heatmap_png(cell=cell))
+    except ExplainError as exc:
+        raise Http404(str(exc)) from exc
