@@ -22,6 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 PROCESS_BATCH_TASK = "workers.tasks.process_batch"
 SWEEP_BATCHES_TASK = "workers.tasks.sweep_batches"
 DELIVER_WEBHOOK_TASK = "workers.tasks.deliver_webhook"
+EXPLAIN_CELL_TASK = "workers.tasks.explain_cell"
 
 app = Celery("hematovision", include=["workers.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -16,7 +16,12 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from webportal.cases import classifiers, processing
-from webportal.celery import DELIVER_WEBHOOK_TASK, PROCESS_BATCH_TASK, SWEEP_BATCHES_TASK
+from webportal.celery import (
+    DELIVER_WEBHOOK_TASK,
+    EXPLAIN_CELL_TASK,
+    PROCESS_BATCH_TASK,
+    SWEEP_BATCHES_TASK,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +84,11 @@ def deliver_webhook(self: Task[Any, Any], delivery_id: int) -> None:
     retry_in = webhooks.attempt_delivery(delivery_id=delivery_id)
     if retry_in is not None:
         raise self.retry(countdown=retry_in)
+
+
+@shared_task(name=EXPLAIN_CELL_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)
+def explain_cell(cell_id: int) -> None:
+    """The Grad-CAM heatmap of one cell for its page; idempotent (kept once stored)."""
+    from webportal.cases import explain_worker
+
+    explain_worker.compute_heatmap(cell_id=cell_id)

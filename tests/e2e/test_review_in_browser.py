@@ -17,12 +17,12 @@ from PIL import Image as PILImage
 from playwright.sync_api import Page, expect
 
 from tests.conftest import SAMPLES
-from tests.e2e.conftest import PASSWORD
-from tests.factories import MembershipFactory, PatientFactory
-from tests.services import wait_until
+from tests.factories import PASSWORD, MembershipFactory, PatientFactory
+from tests.services import celery_worker
 from webportal.accounts.models import Role
-from webportal.cases import processing, services
+from webportal.cases import processing, registry, services
 from webportal.cases.models import Batch, Case, Review
+from webportal.celery import use_broker
 from webportal.reports.models import Report
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -63,7 +63,7 @@ def reviewed_batch(db: None) -> tuple[Batch, object]:
     pathologist = MembershipFactory.create(role=Role.PATHOLOGIST)
     pathologist.user.first_name, pathologist.user.last_name = "Maria", "Okafor"
     pathologist.user.save()
-    services.register_model(checkpoint_path=PBC_MODEL, name="pbc8-mobilenetv2")
+    registry.register_model(checkpoint_path=PBC_MODEL, name="pbc8-mobilenetv2")
     case = Case.objects.create(
         lab=pathologist.lab,
         accession_number="H26-004217",
@@ -142,15 +142,19 @@ def test_a_pathologist_reclassifies_with_the_keyboard_and_signs(
         page.keyboard.press("7")
         expect(unidentified).to_have_count(0)
 
-    page.locator("li.tile a.name").first.click()
-    expect(page.locator("img.heatmap")).to_be_visible()
-    # The heatmap is computed on this first request (the page's CSP rules out wait_for_function).
-    heatmap = page.locator("img.heatmap")
-    wait_until(
-        lambda: heatmap.evaluate("img => img.complete && img.naturalWidth > 0"),
-        timeout=60,
-        what="the Grad-CAM heatmap to load",
-    )
+    # The cell page asks a worker for the Grad-CAM heatmap and shows it when it is stored.
+    broker = ("filesystem://", tmp_path / "broker")
+    use_broker(*broker)
+    try:
+        with celery_worker(
+            broker_url=broker[0], broker_folder=broker[1], log_path=tmp_path / "worker.log"
+        ):
+            page.locator("li.tile a.name").first.click()
+            expect(page.locator("#heatmap-status")).to_have_text("Computing the heatmap…")
+            expect(page.locator("img.heatmap")).to_be_visible(timeout=90_000)
+    finally:
+        use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
+    assert page.locator("img.heatmap").evaluate("img => img.naturalWidth") > 0
     _shot(page, "cell-page.png", tmp_path)
 
     report = batch.reports.get()

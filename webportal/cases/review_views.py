@@ -21,16 +21,10 @@ from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts.services import authenticated_user
-from webportal.cases import services
+from webportal.cases import heatmaps, selectors, services
 from webportal.cases.models import Batch, Cell, Prediction
-from webportal.cases.reviews import (
-    PENDING,
-    CellState,
-    batch_cells,
-    review_cells,
-    review_history,
-    review_labels,
-)
+from webportal.cases.reviews import review_cells, review_history, review_labels
+from webportal.cases.selectors import PENDING, CellState, batch_cells
 from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
 from webportal.reports.models import Report
 from webportal.reports.services import latest_report
@@ -81,7 +75,7 @@ def _differential_context(report: Report | None) -> dict[str, Any]:
 @require_GET
 def review(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(
-        services.batches_visible_to(user=authenticated_user(request)).select_related(
+        selectors.batches_visible_to(user=authenticated_user(request)).select_related(
             "case__patient"
         ),
         pk=batch_id,
@@ -110,7 +104,7 @@ def reclassify(request: HttpRequest, batch_id: int) -> JsonResponse:
     """JSON in: {"cells": [ids], "label": "..."}; JSON out: the cells' new labels and the
     differential as HTML. Errors: {"error": message} with 400 (bad request) or 403 (role)."""
     batch = get_object_or_404(
-        services.batches_visible_to(user=authenticated_user(request)), pk=batch_id
+        selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
     try:
         body = json.loads(request.body or b"{}")
@@ -212,11 +206,14 @@ def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse
 
 @require_GET
 def cell_heatmap(request: HttpRequest, cell_id: int) -> HttpResponse:
-    """Grad-CAM of the cell's predicted class, computed on first request and cached."""
-    from webportal.cases.explain import ExplainError, heatmap_png
-
+    """The Grad-CAM PNG of the cell's predicted class when a worker has made it; until then
+    202 (the request is passed on to a worker) and the page's script asks again."""
     cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
-    try:
-        return _png(heatmap_png(cell=cell))
-    except ExplainError as exc:
-        raise Http404(str(exc)) from exc
+    png = heatmaps.cached_heatmap(cell=cell)
+    if png is not None:
+        return _png(png)
+    if not heatmaps.request_heatmap(cell=cell):
+        raise Http404("No heatmap can be made for this cell (no prediction or no image).")
+    response = JsonResponse({"status": "computing"}, status=202)
+    response["Retry-After"] = "1"
+    return response

@@ -174,7 +174,7 @@ def test_a_2000_cell_batch_reviews_fast_in_a_fixed_number_of_queries(
         )
 
 
-def test_the_heatmap_is_computed_once_and_then_served_from_the_cache(
+def test_the_heatmap_is_asked_of_a_worker_once_then_served_from_storage(
     member, case, tiny_model, monkeypatch
 ) -> None:
     import io as _io
@@ -182,26 +182,35 @@ def test_the_heatmap_is_computed_once_and_then_served_from_the_cache(
     from PIL import Image as PILImage
 
     from tests.conftest import noisy_jpeg_bytes
-    from webportal.cases import processing, services
+    from webportal.cases import explain_worker, processing, services
+    from webportal.celery import EXPLAIN_CELL_TASK, app
 
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", _io.BytesIO(noisy_jpeg_bytes((64, 48))))]
     )
     processing.process_batch(batch_id=batch.pk)
     cell = Cell.objects.get(image__batch=batch)
+    sent: list[tuple[str, tuple[int, ...]]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, args, **_: sent.append((name, args)))
     client = _client(member.user)
-    first = client.get(reverse("cases:cell_heatmap", args=[cell.pk]))
-    assert first.status_code == 200
-    assert first["Content-Type"] == "image/png"
-    with PILImage.open(_io.BytesIO(first.content)) as picture:
+    url = reverse("cases:cell_heatmap", args=[cell.pk])
+
+    first = client.get(url)
+    again = client.get(url)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert sent == [(EXPLAIN_CELL_TASK, (cell.pk,))]  # asked once, not on every poll
+
+    name = explain_worker.compute_heatmap(cell_id=cell.pk)  # what the worker's task does
+    assert name is not None
+    ready = client.get(url)
+    assert ready.status_code == 200
+    assert ready["Content-Type"] == "image/png"
+    with PILImage.open(_io.BytesIO(ready.content)) as picture:
         assert picture.size == (tiny_model.input_size, tiny_model.input_size)
 
     def no_second_computation(*args, **kwargs):
         raise AssertionError("the heatmap was computed again")
 
-    monkeypatch.setattr("ml.explain.explain_png", no_second_computation)
-    second = client.get(reverse("cases:cell_heatmap", args=[cell.pk]))
-    assert second.status_code == 200
-    assert second.content == first.content
-    crop = client.get(reverse("cases:cell_crop", args=[cell.pk]))
-    assert crop.status_code == 200
+    monkeypatch.setattr(explain_worker, "explain_png", no_second_computation)
+    assert explain_worker.compute_heatmap(cell_id=cell.pk) == name  # a repeated message
+    assert client.get(reverse("cases:cell_crop", args=[cell.pk])).status_code == 200
