@@ -2,7 +2,7 @@
 
 It runs the shipped PBC model in-process on the committed demo cells (and flipped copies of
 them), so the gallery, the cell page's heatmap and the report show real output. With
-HEMATOVISION_SCREENSHOTS=<folder> it saves the screenshots committed under docs/screenshots.
+SCREENSHOT_DIR=<folder> it saves the screenshots committed under docs/screenshots.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def reviewed_batch(db: None) -> tuple[Batch, object]:
 
 
 def _shot(page: Page, name: str, tmp_path: Path) -> None:
-    folder = Path(os.environ.get("HEMATOVISION_SCREENSHOTS", tmp_path))
+    folder = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / name))
 
