@@ -74,8 +74,8 @@ def explain_png(classifier: Classifier, image: Image.Image, label: str) -> bytes
     """Grad-CAM of `label` for one cell image, drawn over the image as the model saw it."""
     fitted = classifier.fit_to_input(image.convert("RGB"))
     x = classifier.to_input(fitted)[None].to(classifier.device)
-    model = classifier.model
-    cam = grad_cam(model, x.contiguous(), classifier.classes.index(label))
+    # The eager PyTorch model: a faster engine swapped in for inference may have no gradients.
+    cam = grad_cam(classifier.eager, x.contiguous(), classifier.classes.index(label))
     buffer = io.BytesIO()
     overlay(fitted, cam).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -62,3 +62,18 @@ def test_explain_png_draws_the_heatmap_over_the_fitted_cell(tmp_path: Path) -> N
     for before, after in zip(weights_before, classifier.model.parameters(), strict=True):
         assert torch.equal(before, after)
         assert after.grad is None
+
+
+def test_explain_uses_the_eager_model_even_when_a_faster_engine_is_swapped_in(
+    tmp_path: Path,
+) -> None:
+    path = make_tiny_checkpoint(tmp_path / "tiny.pt", ["a", "b"], input_size=32)
+    classifier = Classifier.load(path, device="cpu")
+
+    class LogitsOnly(nn.Module):  # an engine that gives no gradients
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("Grad-CAM must not run the inference engine")
+
+    classifier.model = LogitsOnly()
+    png = explain_png(classifier, Image.new("RGB", (40, 40), (150, 60, 160)), "a")
+    assert png.startswith(b"\x89PNG")
