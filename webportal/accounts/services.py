@@ -237,7 +237,11 @@ def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None)
     """
     require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="choose the lab's model")
     with transaction.atomic():
-        lab = Lab.objects.select_for_update().select_related("active_model").get(pk=lab.pk)
+        lab = (
+            Lab.objects.select_for_update(of=("self",))
+            .select_related("active_model")
+            .get(pk=lab.pk)
+        )
         if lab.active_model == model_version:
             return lab
         before = {"model": str(lab.active_model) if lab.active_model else "newest registered"}
