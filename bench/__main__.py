@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench --json var/bench.json [--images 512] [--model PATH] [--data DIR]
 
-Pipeline: the raw model in-process against the whole system (upload, filesystem broker, real
-celery workers, SQLite) on --images real cells, with one worker and with two. Engine: eager fp32
+Pipeline: the raw model in-process (the worker's engine, and eager fp32 as the baseline)
+against the whole system (upload, filesystem broker, real celery workers, SQLite) on --images
+real cells, with one worker and with two. Engine: eager fp32
 against the CPU engines of ml.engine on the model's held-out validation images. Details and the
 last measured figures: bench/README.md. A full run takes several minutes on two cores.
 """
@@ -24,7 +25,7 @@ from bench.data import pipeline_images
 from bench.machine import machine_info, wait_for_quiet
 from bench.report import EngineRun, ModelRun, PipelineRun, build_report, format_summary, write_json
 from ml.checkpoint import sha256_of
-from ml.engine import ENGINES
+from ml.engine import ENGINES, choose_engine
 from ml.inference import Classifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,6 +134,14 @@ def run_pipeline(
     samples = pipeline_images(args.data, args.images)
     classifier = Classifier.load(args.model, device="cpu")
     chunks = pipeline.decode_images(classifier, samples, CHUNK_SIZE)
+    # The worker's engine, chosen as the worker chooses it (INFERENCE_ENGINE=auto), checked on
+    # the first cells; the eager model stays as the baseline.
+    choice = choose_engine(
+        classifier.eager, input_size=classifier.input_size, check=chunks[0][:8], wanted="auto"
+    )
+    engine = Classifier.load(args.model, device="cpu")
+    engine.model, engine.engine = choice.model, choice.name
+    print(f"worker engine: {choice.name} {list(choice.passed_over)}", flush=True)
     model_runs: list[ModelRun] = []
     runs: list[PipelineRun] = []
     with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
@@ -141,13 +150,15 @@ def run_pipeline(
         # 2 workers): the VM's speed drifts over minutes, and a burst of load elsewhere should
         # hit one run of a setting, not all of them.
         for repeat in range(args.repeats):
+            print(f"raw model, eager, 1 thread, run {repeat + 1}...", flush=True)
+            model_runs.append(pipeline.time_model(classifier, chunks, threads=1))
             for threads in (1, 2):
-                print(f"raw model, {threads} thread(s), run {repeat + 1}...", flush=True)
-                model_runs.append(pipeline.time_model(classifier, chunks, threads=threads))
+                print(f"raw model, {choice.name}, {threads} thread(s), run {repeat + 1}...")
+                model_runs.append(pipeline.time_model(engine, chunks, threads=threads))
             for workers in (1, 2):
                 print(f"whole system, {workers} worker(s), run {repeat + 1}...", flush=True)
                 runs.append(pipeline.run_system(system, samples, workers=workers))
-        del chunks, classifier
+        del chunks, classifier, engine
         print("profiling the worker's job in-process...", flush=True)
         profile = pipeline.profile_worker(system, samples[: args.profile_images])
     return model_runs, runs, profile

@@ -1,7 +1,7 @@
 """The machine a benchmark ran on, and how much of its CPU other processes took meanwhile.
 
 On a shared 2-core machine another process's work slows a run down as much as our own code
-does: every timed run records the CPU time of the whole machine (/proc/stat) against the CPU
+does: every timed run records the CPU time of the whole machine (psutil) against the CPU
 time of our own processes (this one's process group and the worker processes' groups, children
 that finished included), and reports the difference as `other_cores`: the cores that other
 processes used on average while the run was timed.
@@ -19,9 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def machine_info() -> dict[str, Any]:
@@ -83,30 +82,25 @@ def metered(into: dict[str, float], groups: Iterable[int] = ()) -> Iterator[None
 
 def _group_cpu(groups: set[int]) -> float:
     """CPU seconds of every live process in `groups`, with their waited-for children's."""
-    total_ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    total = 0.0
+    for process in psutil.process_iter():
         try:
-            text = stat.read_text()
-        except OSError:  # the process ended meanwhile
+            if os.getpgid(process.pid) not in groups:
+                continue
+            times = process.cpu_times()
+        except (psutil.Error, ProcessLookupError):  # it ended meanwhile
             continue
-        # Fields after the command name (which may hold spaces): state ppid pgrp ... utime
-        # stime cutime cstime are fields 3, 4, 5, ..., 14-17 of proc(5).
-        fields = text.rsplit(")", 1)[1].split()
-        if int(fields[2]) in groups:
-            total_ticks += sum(int(value) for value in fields[11:15])
-    return total_ticks / CLOCK_TICKS
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def _machine_busy() -> float:
-    """CPU seconds spent not idle, summed over all CPUs (first line of /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    ticks = [int(value) for value in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    # guest and guest_nice (fields 9, 10) are already counted in user and nice.
-    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
+    """CPU seconds spent not idle since boot, summed over all CPUs (iowait counts as idle)."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    # guest and guest_nice are already counted in user and nice: leave them out of the sum.
+    counted = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return sum(getattr(times, name, 0.0) for name in counted) - idle
 
 
 def _cpu_model() -> str:

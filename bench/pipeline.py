@@ -21,12 +21,12 @@ import os
 import secrets
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence, Sized
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
-from unittest import mock
 
 import torch
 from PIL import Image as PILImage
@@ -38,6 +38,7 @@ from ml.inference import Classifier
 
 if TYPE_CHECKING:
     from webportal.cases.models import Batch, Case
+    from webportal.cases.services import PreparedUpload
 
 T = TypeVar("T")
 
@@ -76,6 +77,7 @@ def time_model(classifier: Classifier, chunks: Sequence[torch.Tensor], *, thread
             classifier.predict_logits(tensor)
             seconds.append(time.perf_counter() - start)
     return ModelRun(
+        engine=classifier.engine,
         threads=threads,
         batch_size=len(chunks[0]),
         images=sum(len(t) for t in chunks),
@@ -221,15 +223,16 @@ def run_system(system: System, samples: Sequence[Sample], *, workers: int) -> Pi
     uploads = [upload_files(part) for part in parts]  # read from disk before the clock starts
     cpu: dict[str, float] = {}
     with running_workers(system, workers) as processes, metered(cpu, [w.pid for w in processes]):
-        store = _Stopwatch()
         start = time.perf_counter()
-        with (
-            mock.patch.object(
-                services, "_store_accepted_image", store.wrap(services._store_accepted_image)
-            ),
-            transaction.atomic(),
-        ):
-            batches = [_submit(case, files) for files in uploads]
+        # The upload as the portal does it: validation and storage outside the transaction,
+        # then the rows of both batches in one commit, which sends their messages.
+        prepared = [_prepare(case, files) for files in uploads]
+        store_seconds = time.perf_counter() - start
+        with transaction.atomic():
+            batches = [
+                services.submit_prepared_batch(case=case, created_by=None, prepared=upload)
+                for upload in prepared
+            ]
         # The atomic block has committed and its on_commit hooks have sent the messages.
         upload_seconds = time.perf_counter() - start
         first_queued = {b.pk: _enqueued_at(b.pk) for b in batches}
@@ -241,9 +244,17 @@ def run_system(system: System, samples: Sequence[Sample], *, workers: int) -> Pi
         batches=[b.pk for b in batches],
         first_queued=first_queued,
         upload_seconds=upload_seconds,
-        store_seconds=store.total,
+        store_seconds=store_seconds,
         deliveries=received,
         cpu=cpu,
+    )
+
+
+def _prepare(case: Case, files: list[tuple[str, BinaryIO]]) -> PreparedUpload:
+    from webportal.cases import services
+
+    return services.prepare_upload(
+        model_version=services.active_model_for(lab=case.lab), files=files
     )
 
 
@@ -330,38 +341,15 @@ def _pipeline_run(
 # --- (c) where the worker's time goes -------------------------------------------------------
 
 
-class _Stopwatch:
-    """Adds up the time spent in wrapped calls, from any thread."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self.total += seconds
-            self.calls += 1
-
-    def wrap(self, func: Callable[..., T]) -> Callable[..., T]:
-        def timed(*args: Any, **kwargs: Any) -> T:
-            start = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self.add(time.perf_counter() - start)
-
-        return timed
-
-
 def profile_worker(
     system: System, samples: Sequence[Sample], *, threads: int = 1
 ) -> dict[str, Any]:
     """Run the worker's job in this process on one batch, timing each stage (seconds).
 
-    Same code as the worker (processing.process_batch), same thread count; the stages are
-    wrapped, not changed. Main-thread stages add up to the wall time; decoding runs in the
-    prefetch thread, overlapped with the forward pass, and only its wait shows on the main thread.
+    Same code as the worker (processing.process_batch), same thread count, same engine; the
+    stages are timed by processing's own hooks (recording_stages). Main-thread stages add up
+    to the wall time; decoding runs in the prefetch thread, overlapped with the forward pass,
+    and only its wait shows on the main thread.
     """
     from django.db import transaction
 
@@ -376,81 +364,42 @@ def profile_worker(
     # The message it sent stays in the broker folder: no worker is running now.
     model_version = Batch.objects.select_related("model_version").get(pk=batch.pk).model_version
     classifier = classifiers.load_classifier(model_version=model_version)  # loading is not timed
-    watches = {
-        name: _Stopwatch()
-        for name in (
-            "open_cell",
-            "preprocess",
-            "forward",
-            "predict_tensor",
-            "save",
-            "cancel_check",
-            "finish",
-            "next_chunk",
-        )
-    }
-    chunks_original = processing._prefetched_chunks
+    stages: dict[str, float] = defaultdict(float)
+    lock = threading.Lock()
 
-    def timed_chunks(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        chunks = chunks_original(*args, **kwargs)
-        while True:
-            start = time.perf_counter()
-            item = next(chunks, None)
-            watches["next_chunk"].add(time.perf_counter() - start)
-            if item is None:
-                return
-            yield item
+    def record(stage: str, seconds: float) -> None:  # from both threads
+        with lock:
+            stages[stage] += seconds
 
-    timed: list[tuple[Any, str, str]] = [  # (owner, attribute, stopwatch)
-        (processing, "_open_cell", "open_cell"),
-        (processing, "_save_predictions", "save"),
-        (processing, "_is_cancelled", "cancel_check"),
-        (processing, "_finish", "finish"),
-        (classifier, "preprocess", "preprocess"),
-        (classifier, "predict_logits", "forward"),
-        (classifier, "predict_tensor", "predict_tensor"),
-    ]
-    patches: list[AbstractContextManager[Any]] = [
-        mock.patch.object(owner, name, watches[watch].wrap(getattr(owner, name)))
-        for owner, name, watch in timed
-    ]
-    patches.append(mock.patch.object(processing, "_prefetched_chunks", timed_chunks))
     cpu: dict[str, float] = {}
-    with ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
+    with processing.recording_stages(record):
         start = time.perf_counter()
         with metered(cpu):
             outcome = processing.process_batch(batch_id=batch.pk, time_budget=3600.0)
         wall = time.perf_counter() - start
     if outcome.status != "done":
         raise RuntimeError(f"profiled batch ended {outcome.status}")
-    stages = {name: watch.total for name, watch in watches.items()}
     main_thread = (
-        stages["next_chunk"]
-        + stages["predict_tensor"]
-        + stages["save"]
-        + stages["cancel_check"]
-        + stages["finish"]
+        "wait_for_next_chunk",
+        "forward",
+        "softmax_and_dicts",
+        "save_predictions",
+        "cancel_checks",
+        "finish_and_report",
     )
     images = outcome.classified
     return {
         "images": images,
         "threads": threads,
+        "engine": classifier.engine,
         "wall_seconds": wall,
         "images_per_second": images / wall if wall else 0.0,
         "main_thread_seconds": {
-            "wait_for_next_chunk": stages["next_chunk"],
-            "forward": stages["forward"],
-            "softmax_and_dicts": stages["predict_tensor"] - stages["forward"],
-            "save_predictions": stages["save"],
-            "cancel_checks": stages["cancel_check"],
-            "finish_and_report": stages["finish"],
-            "other": wall - main_thread,
+            **{name: stages[name] for name in main_thread},
+            "other": wall - sum(stages[name] for name in main_thread),
         },
         "prefetch_thread_seconds": {
-            "open_and_decode_png": stages["open_cell"],
-            "resize_normalise": stages["preprocess"],
+            name: stages[name] for name in ("open_and_decode_png", "resize_normalise")
         },
         "decode_costs_ms_per_image": decode_costs(classifier, samples, batch.pk),
         "cpu": cpu,

@@ -168,7 +168,11 @@ class Classifier:
 
     def predict_tensor(self, batch: torch.Tensor) -> list[CellPrediction]:
         """Predictions for a batch made by `preprocess`, in one forward pass."""
-        probs = torch.softmax(self.predict_logits(batch), dim=1).cpu()
+        return self.predictions_from_logits(self.predict_logits(batch))
+
+    def predictions_from_logits(self, logits: torch.Tensor) -> list[CellPrediction]:
+        """Label, confidence and probabilities per row of calibrated logits."""
+        probs = torch.softmax(logits, dim=1).cpu()
         out: list[CellPrediction] = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)

@@ -23,6 +23,13 @@ MODEL_RUNS = [
     ModelRun(threads=1, batch_size=32, images=64, batch_seconds=[1.0, 1.0]),  # 32 images/s
     ModelRun(threads=2, batch_size=32, images=64, batch_seconds=[0.5, 0.5]),  # 64 images/s
 ]
+# The worker's engine beside eager: the raw-model figure is the engine's.
+ENGINE_MODEL_RUNS = [
+    ModelRun(threads=1, batch_size=32, images=64, batch_seconds=[2.0, 2.0]),  # eager: 16/s
+    ModelRun(
+        threads=1, batch_size=32, images=64, batch_seconds=[0.5, 0.5], engine="ort-fp32"
+    ),  # 64 images/s
+]
 PIPELINE_RUNS = [
     PipelineRun(
         workers=1,
@@ -92,9 +99,22 @@ def test_report_has_every_contract_key_with_ratios_consistent_with_the_raw_figur
     assert out["engine_accuracy_delta"] == pytest.approx(-0.002)
     assert out["meets_targets"] == {
         "pipeline_vs_model": False,
+        "pipeline_vs_eager": False,
         "two_vs_one_worker": False,
         "engine_accuracy_delta": True,
     }
+    assert out["worker_engine"] == "eager"
+    assert out["pipeline_vs_eager"] == pytest.approx(25.6 / 32.0)
+
+
+def test_the_raw_model_figure_is_the_workers_engine_and_eager_is_the_baseline():
+    out = report(model_runs=ENGINE_MODEL_RUNS)
+
+    assert out["worker_engine"] == "ort-fp32"
+    assert out["model_images_per_second"] == pytest.approx(64.0)
+    assert out["pipeline_vs_model"] == pytest.approx(25.6 / 64.0)
+    assert out["pipeline_vs_eager"] == pytest.approx(25.6 / 16.0)
+    assert out["per_repeat"]["pipeline_vs_model"] == [pytest.approx(25.6 / 64.0)]
 
 
 def test_raw_runs_are_kept_with_their_derived_figures():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,38 @@ from webportal.cases.services import ServiceError, send_batch
 from webportal.reports.services import write_preliminary_report
 
 logger = logging.getLogger(__name__)
+
+
+# --- timing hooks ---------------------------------------------------------------------------
+
+# Called with (stage, seconds) after each stage of process_batch while one is installed (the
+# benchmark's profile); None in the product. The decoding stages run in the read-ahead thread.
+StageHook = Callable[[str, float], None]
+_stage_hook: StageHook | None = None
+
+
+@contextmanager
+def recording_stages(hook: StageHook) -> Iterator[None]:
+    """Report the time of each stage of process_batch to `hook` within the block."""
+    global _stage_hook
+    previous, _stage_hook = _stage_hook, hook
+    try:
+        yield
+    finally:
+        _stage_hook = previous
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    hook = _stage_hook
+    if hook is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        hook(name, time.perf_counter() - start)
 
 
 # --- the job --------------------------------------------------------------------------------
@@ -68,19 +101,32 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
     chunk_size = chunk_size_for(classifier=classifier)
     deadline = time.monotonic() + budget
     classified = 0
-    for cells, tensor in _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier):
-        if _is_cancelled(batch_id):
+    chunks = _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier)
+    while True:
+        with _stage("wait_for_next_chunk"):
+            chunk = next(chunks, None)
+        if chunk is None:
+            break
+        cells, tensor = chunk
+        with _stage("cancel_checks"):
+            cancelled = _is_cancelled(batch_id)
+        if cancelled:
             logger.info("batch %s was cancelled", batch_id)
             return Outcome(Batch.Status.CANCELLED, classified, len(missing) - classified)
-        predictions = classifier.predict_tensor(tensor)
-        _save_predictions(
-            batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
-        )
+        with _stage("forward"):
+            logits = classifier.predict_logits(tensor)
+        with _stage("softmax_and_dicts"):
+            predictions = classifier.predictions_from_logits(logits)
+        with _stage("save_predictions"):
+            _save_predictions(
+                batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
+            )
         classified += len(cells)
         if time.monotonic() > deadline and classified < len(missing):
             send_batch(batch_id=batch_id, queue=batch.queue)
             return Outcome(Batch.Status.PROCESSING, classified, len(missing) - classified)
-    return _finish(batch_id=batch_id, classified=classified)
+    with _stage("finish_and_report"):
+        return _finish(batch_id=batch_id, classified=classified)
 
 
 def _claim(*, batch_id: int) -> Batch | None:
@@ -115,10 +161,12 @@ def _prefetched_chunks(
     chunks = [cells[i : i + chunk_size] for i in range(0, len(cells), chunk_size)]
 
     def decode(chunk: Sequence[Cell]) -> torch.Tensor:
-        opened = [_open_cell(cell, geometry=classifier.geometry) for cell in chunk]
-        return classifier.preprocess(
-            [image for image, _ in opened], fitted=[fitted for _, fitted in opened]
-        )
+        with _stage("open_and_decode_png"):
+            opened = [_open_cell(cell, geometry=classifier.geometry) for cell in chunk]
+        with _stage("resize_normalise"):
+            return classifier.preprocess(
+                [image for image, _ in opened], fitted=[fitted for _, fitted in opened]
+            )
 
     yield from zip(chunks, read_ahead(decode(chunk) for chunk in chunks), strict=True)
 

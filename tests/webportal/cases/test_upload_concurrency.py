@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +16,14 @@ from django.db import connection
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import LabFactory
-from webportal.cases import processing, services
+from webportal.cases import classifiers, processing, services
 from webportal.cases.models import Batch, Case, Image, ModelVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# Files in the large upload; the closing figures were measured with 2000:
+# UPLOAD_CONTENTION_FILES=2000 pytest tests/webportal/cases/test_upload_concurrency.py -s -k other
+UPLOAD_FILES = int(os.environ.get("UPLOAD_CONTENTION_FILES", "40"))
 
 
 def _files_pausing_midway(
@@ -40,6 +45,7 @@ def test_other_writes_go_through_while_a_large_upload_is_being_validated(
         created_by=None,
         files=[(f"o{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(3)],
     )
+    classifiers.load_classifier(model_version=tiny_model)  # as a started worker has it
     midway, go_on = threading.Event(), threading.Event()
     uploaded: list[Batch] = []
     failure: list[BaseException] = []
@@ -50,7 +56,7 @@ def test_other_writes_go_through_while_a_large_upload_is_being_validated(
                 services.submit_batch(
                     case=case,
                     created_by=None,
-                    files=_files_pausing_midway(40, midway=midway, go_on=go_on),
+                    files=_files_pausing_midway(UPLOAD_FILES, midway=midway, go_on=go_on),
                 )
             )
         except BaseException as exc:
@@ -67,17 +73,24 @@ def test_other_writes_go_through_while_a_large_upload_is_being_validated(
         # Another lab's request writes a case; a worker classifies a batch (its progress rows).
         other_lab = LabFactory.create()
         services.create_case(lab=other_lab, created_by=None, accession_number="OTHER-1")
+        case_seconds = time.monotonic() - started
         outcome = processing.process_batch(batch_id=other_batch.pk)
         waited = time.monotonic() - started
     finally:
         go_on.set()
         uploader.join(timeout=120)
+    upload_seconds = time.monotonic() - started
+    print(
+        f"\nupload of {UPLOAD_FILES} files: another lab's case written in {case_seconds:.2f}s, "
+        f"a worker's batch of 3 done in {waited - case_seconds:.2f}s, both while the upload was "
+        f"halfway; the upload finished {upload_seconds:.1f}s after"
+    )
     assert not failure, failure
     assert outcome.status == Batch.Status.DONE
     assert waited < 10, f"the other writes waited {waited:.1f}s for the upload"
     assert Case.objects.filter(lab=other_lab, accession_number="OTHER-1").exists()
-    assert uploaded[0].total_images == 40
-    assert Image.objects.filter(batch=uploaded[0], status=Image.Status.OK).count() == 40
+    assert uploaded[0].total_images == UPLOAD_FILES
+    assert Image.objects.filter(batch=uploaded[0], status=Image.Status.OK).count() == UPLOAD_FILES
 
 
 def test_a_failed_upload_leaves_no_file_behind(tiny_model: ModelVersion, case: Case) -> None:

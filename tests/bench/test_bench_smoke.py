@@ -1,0 +1,51 @@
+"""The benchmark itself runs: `python -m bench` end to end on a tiny checkpoint and 4 images."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ml.testing import make_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "samples" / "demo"
+
+pytestmark = [pytest.mark.slow, pytest.mark.worker]
+
+
+def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    for name in ("lymphocyte", "neutrophil"):
+        (data / name).mkdir(parents=True)
+        for image in sorted(DEMO.glob(f"{name}-*.jpg")):
+            shutil.copy(image, data / name / image.name)
+    model = make_tiny_checkpoint(tmp_path / "tiny.pt", ["lymphocyte", "neutrophil"])
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "webportal.settings"}
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", str(out), "--only", "pipeline",
+         "--images", "4", "--repeats", "1", "--profile-images", "4",
+         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["worker_engine"] in {"ort-fp32", "fused-channels-last", "eager"}
+    for key in ("pipeline_vs_model", "pipeline_vs_eager", "two_vs_one_worker"):
+        assert (report[key] or 0) > 0, key
+    assert {run["engine"] for run in report["model_runs"]} == {"eager", report["worker_engine"]}
+    assert [run["workers"] for run in report["pipeline_runs"]] == [1, 2]
+    assert all(run["images"] == 4 for run in report["pipeline_runs"])
+    profile = report["worker_profile"]
+    assert profile["images"] == 4
+    assert profile["engine"] == report["worker_engine"]
+    assert set(profile["prefetch_thread_seconds"]) == {"open_and_decode_png", "resize_normalise"}
