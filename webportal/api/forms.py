@@ -16,8 +16,15 @@ class TokenForm(forms.Form):
 
 
 class WebhookForm(forms.Form):
-    url = forms.URLField(label="URL", max_length=500, assume_scheme="https")
-    description = forms.CharField(max_length=200, required=False)
+    url = forms.URLField(
+        label="URL",
+        max_length=500,
+        assume_scheme="https",
+        widget=forms.URLInput(attrs={"size": 60, "placeholder": "https://lis.example.org/hooks"}),
+    )
+    description = forms.CharField(
+        max_length=200, required=False, widget=forms.TextInput(attrs={"size": 60})
+    )
     events = forms.MultipleChoiceField(
         choices=WebhookEndpoint.Event.choices,
         widget=forms.CheckboxSelectMultiple,
