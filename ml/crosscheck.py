@@ -426,6 +426,25 @@ def score(
     return out
 
 
+def by_source(
+    cells: Sequence[Cell],
+    idx: np.ndarray,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    known: torch.Tensor,
+    thresholds: dict[str, float | None],
+) -> dict[str, dict[str, Any]]:
+    """`score` for the cells of each source among idx (probs: rows of idx, in order)."""
+    sources = np.array([cells[i].source for i in idx])
+    out = {}
+    for source in sorted(set(sources.tolist())):
+        sel = torch.as_tensor(np.nonzero(sources == source)[0])
+        result = score(probs[sel], labels[torch.as_tensor(idx)][sel], classes, known, thresholds)
+        out[source] = {k: v for k, v in result.items() if not k.startswith("_")}
+    return out
+
+
 def guard_report(
     guard: OODGuard,
     in_halves: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -531,6 +550,10 @@ def run(
             },
             "history": fold.history,
         }
+        # The same, source by source (e.g. PBC alone, to compare with a PBC-only model).
+        entry["val_by_source"] = by_source(
+            cells, val, val_probs, labels, classes, fold.known, {"val": val_threshold}
+        )
         train_feats = fold.logits(eval_acts, train)[1]
         guard = OODGuard.fit(train_feats, labels[train])
         halves = []
@@ -550,6 +573,9 @@ def run(
             kept[left] = result
             entry["left_out"] = {k: v for k, v in result.items() if not k.startswith("_")}
             entry["left_out"]["threshold_for_target"] = fold_thresholds[left]
+            entry["left_out_by_source"] = by_source(
+                cells, test, probs, labels, classes, fold.known, {"val": val_threshold}
+            )
             entry["guard"] = guard_report(guard, halves, feats, args.seed, args.guard_batches)
         else:
             entry["guard"] = guard_report(guard, halves, None, args.seed, args.guard_batches)
