@@ -93,3 +93,46 @@ def test_head_only_trains_the_classifier_alone_on_pooled_features(tmp_path):
     changed = [k for k in state if not torch.equal(state[k], reference[k])]
     assert changed == ["classifier.1.weight", "classifier.1.bias"]
     assert len(report["folds"]["all"]["history"]) == 4
+
+
+def test_the_markdown_report_has_a_row_per_left_out_lab_and_source():
+    from ml.crosscheck_report import markdown
+
+    scored = {
+        "n": 10,
+        "untaught": {"platelet": 3},
+        "accuracy": 0.5,
+        "macro_f1": 0.4,
+        "coverage@cross": 0.1,
+        "accuracy_above@cross": 1.0,
+        "coverage@val": 0.6,
+        "accuracy_above@val": 0.7,
+    }
+    report = {
+        "cross_threshold": 0.97,
+        "threshold_unattainable_on": ["b"],
+        "folds": {
+            "a": {
+                "trained_on": ["b"],
+                "left_out": scored,
+                "left_out_by_source": {"s1": scored},
+                "guard": {"thresholds": {}, "batch_20": {"auroc": 0.9, "flagged": 0.8}},
+            },
+            "all": {"trained_on": ["a", "b"], "val": scored, "guard": {"batch_20": {}}},
+        },
+        "adaptation": {
+            "lab": "a",
+            "n_test": 5,
+            "curve": {"0": {"accuracy_all": 0.2, "accuracy_common": 0.3, "runs": [{}]}},
+        },
+    }
+
+    text = markdown(report)
+
+    assert (
+        "| a | b | 10 | platelet 3 | 0.5000 | 0.4000 | 0.1000 / 1.0000 | 0.6000 / 0.7000 |" in text
+    )
+    assert "| a (s1) |" in text
+    assert "| a | 20 | 0.9000 | 0.8000 | n/a |" in text
+    assert "| 0 | 0.2000 | 0.3000 | 1 |" in text
+    assert "no threshold reaches the target on: b" in text
