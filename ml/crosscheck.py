@@ -528,7 +528,9 @@ def run(
     for left in [*labs, "all"]:
         inside = cell_lab != left
         train, val = np.nonzero(inside & ~is_val)[0], np.nonzero(inside & is_val)[0]
-        fold = Fold(args, left, model, initial, masks, labels)
+        # Each fold its own copy: the adaptation curve starts from the fold that never saw
+        # the lab, and the written model is the all-labs fold, whatever ran in between.
+        fold = Fold(args, left, copy.deepcopy(model), initial, masks, labels)
         fold.fit(eval_acts, aug_acts, train, val, epochs=args.epochs, head_epochs=args.head_epochs)
         folds[left] = fold
         val_probs, val_feats = fold.probs(eval_acts, val)
