@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +17,11 @@ from ml.locate import (
     CROP_CONTEXT,
     DEFAULT_PARAMS,
     crop_cell,
+    image_kind,
     list_images,
     locate,
 )
-from ml.locate import main as locate_main
+from ml.locate.cli import main as locate_main
 from ml.locate_eval import iou, read_voc_boxes
 from ml.testing import make_tiny_checkpoint
 from ml.transforms import eval_transform
@@ -218,3 +222,45 @@ def test_a_false_positive_and_a_miss_are_counted():
     assert figures["precision"] == 0.0
     assert len(figures["missed"]) == 2
     assert len(figures["false_positives"]) == 1
+
+
+def test_a_camera_field_is_a_field_and_a_single_cell_crop_is_a_cell():
+    field = open_field("BloodImage_00000")
+    assert image_kind(field.size, locate(field)) == "field"
+    # A PBC-like crop (360x363) is a single cell by its size, whatever is located in it.
+    crop = field.crop((200, 100, 560, 463))
+    assert image_kind(crop.size, locate(crop)) == "cell"
+
+
+def test_a_field_sized_image_without_a_white_cell_is_a_field():
+    empty = open_field("BloodImage_00020-top")
+    assert image_kind(empty.size, locate(empty)) == "field"
+
+
+def test_a_close_up_of_one_cell_is_a_cell_though_field_sized():
+    field = open_field("BloodImage_00000")
+    cell = locate(field)[0]
+    x1, y1, x2, y2 = cell.box
+    close_up = field.crop((x1 - 20, y1 - 20, x2 + 20, y2 + 20)).resize((640, 560))
+    found = locate(close_up, DEFAULT_PARAMS.for_pixel_scale(640 / (x2 - x1 + 40)))
+    assert image_kind(close_up.size, found) == "cell"
+
+
+OUT = ("--json", "-")
+
+
+def test_python_dash_m_runs_the_command_line(tmp_path):
+    model = make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"], resize="stain")
+    images = tmp_path / "one"
+    images.mkdir()
+    shutil.copy(FIELDS / "BloodImage_00000.jpg", images)
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.locate", "--model", str(model), "--images", str(images), *OUT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(FIELDS.parents[1])},
+    )
+    (entry,) = json.loads(result.stdout)
+    assert entry["image"] == "BloodImage_00000.jpg"
+    assert len(entry["cells"]) == 1

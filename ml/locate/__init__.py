@@ -36,6 +36,12 @@ nucleus touches the edge). A sliver of a cut cell is not reported.
 Parameters are in pixels of fields like BCCD's (640x480, a red cell about 100 px across); for
 other magnifications scale them with `LocateParams.for_pixel_scale`.
 
+Field or single cell: an upload is a field when its longer side is at least
+`FIELD_MIN_LONG_SIDE` pixels (camera fields: 640 and more; single-cell crops such as PBC's
+360x363 or the Kaggle set's 320x240 are smaller), unless what is located in it says otherwise:
+one white cell whose box covers at least `SINGLE_CELL_MIN_COVER` of the image is a single cell
+photographed close up (`image_kind`). A batch may force either kind.
+
 Crops: a square centred on the cell's box, `CROP_CONTEXT` times its longer side, black outside
 the field (as the classifiers' training images are padded), which the classifier then fits with
 its own eval geometry (e.g. the Kaggle model's stain crop).
@@ -43,14 +49,10 @@ its own eval geometry (e.g. the Kaggle model's stain crop).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +61,10 @@ from scipy import ndimage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CROP_CONTEXT = 1.5  # crop side over the cell box's longer side
+FIELD_MIN_LONG_SIDE = 500  # pixels: an image whose longer side is shorter is a single cell
+SINGLE_CELL_MIN_COVER = 0.5  # one located cell this large (box over image area): a close-up
+
+Kind = Literal["field", "cell"]
 
 
 @dataclass(frozen=True)
@@ -179,87 +185,22 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
-def locate_folder(
-    paths: Iterable[Path],
-    model: str | Path,
-    *,
-    params: LocateParams = DEFAULT_PARAMS,
-    batch_size: int = 32,
-) -> list[dict[str, Any]]:
-    """The JSON contract's entries for `paths`: locate, crop, classify (crops batched)."""
-    from ml.inference import Classifier
-
-    classifier = Classifier.load(model)
-    results: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], Image.Image]] = []
-
-    def flush() -> None:
-        predictions = classifier.predict([crop for _, crop in pending], batch_size=batch_size)
-        for (entry, _), pred in zip(pending, predictions, strict=True):
-            entry["label"] = pred.label
-            entry["confidence"] = round(pred.confidence, 6)
-        pending.clear()
-
-    for path in paths:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-        cells = []
-        for cell in locate(image, params):
-            entry: dict[str, Any] = {"box": list(cell.box), "cut_by_border": cell.cut_by_border}
-            cells.append(entry)
-            pending.append((entry, crop_cell(image, cell.box)))
-        results.append({"image": path.name, "cells": cells})
-        if len(pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
-    # The contract's key order: box, label, confidence (then extras).
-    for result in results:
-        result["cells"] = [
-            {
-                "box": c["box"],
-                "label": c["label"],
-                "confidence": c["confidence"],
-                "cut_by_border": c["cut_by_border"],
-            }
-            for c in result["cells"]
-        ]
-    return results
+def kind_by_size(width: int, height: int) -> Kind:
+    """What an image's size alone says: a whole field, or a single-cell crop."""
+    return "field" if max(width, height) >= FIELD_MIN_LONG_SIDE else "cell"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True, help="classifier checkpoint (ml/weights/*.pt)")
-    p.add_argument("--images", required=True, help="folder of field images")
-    p.add_argument("--json", required=True, help="write the results here ('-': stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
-    return p
+def image_kind(size: tuple[int, int], cells: Sequence[LocatedCell]) -> Kind:
+    """Field or single cell, from the image's size and what was located in it.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    if not Path(args.images).is_dir():
-        print(f"{args.images} is not a folder", file=sys.stderr)
-        return 2
-    if not Path(args.model).is_file():
-        print(f"no checkpoint at {args.model}", file=sys.stderr)
-        return 2
-    paths = list_images(args.images)
-    if not paths:
-        print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.images}", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    results = locate_folder(paths, args.model, batch_size=args.batch_size)
-    elapsed = time.perf_counter() - start
-    text = json.dumps(results, indent=1)
-    if args.json == "-":
-        print(text)
-    else:
-        Path(args.json).write_text(text + "\n")
-    cells = sum(len(r["cells"]) for r in results)
-    print(f"{len(results)} images, {cells} white cells, {elapsed:.1f} s", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    A field-sized image holding one white cell that covers most of it is a close-up of a
+    single cell; anything else field-sized is a field, also when no white cell is found in it.
+    """
+    width, height = size
+    if kind_by_size(width, height) == "cell":
+        return "cell"
+    if len(cells) == 1:
+        x1, y1, x2, y2 = cells[0].box
+        if (x2 - x1) * (y2 - y1) >= SINGLE_CELL_MIN_COVER * width * height:
+            return "cell"
+    return "field"

@@ -1,0 +1,5 @@
+"""python -m ml.locate: see ml/locate/cli.py."""
+
+from ml.locate.cli import main
+
+raise SystemExit(main())
