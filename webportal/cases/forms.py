@@ -65,3 +65,14 @@ class MultipleFileField(forms.FileField):
 class BatchUploadForm(forms.Form):
     images = MultipleFileField(label="Images or .zip archives")
     priority = forms.ChoiceField(choices=Batch.Priority.choices, initial=Batch.Priority.ROUTINE)
+    image_kind = forms.ChoiceField(
+        label="The images are",
+        choices=Batch.ImageKind.choices,
+        initial=Batch.ImageKind.AUTO,
+        required=False,
+        help_text="Whole fields: every white cell in them is found and classified. "
+        "Detect: by each image's size and content.",
+    )
+
+    def clean_image_kind(self) -> str:
+        return str(self.cleaned_data.get("image_kind") or Batch.ImageKind.AUTO)

@@ -89,8 +89,15 @@ class Batch(models.Model):
         ROUTINE = "routine", "Routine"
         STAT = "stat", "STAT"
 
+    class ImageKind(models.TextChoices):
+        AUTO = "auto", "Detect (fields and single cells)"
+        FIELD = "field", "Whole fields"
+        CELL = "cell", "Single cells"
+
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="batches")
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.ROUTINE)
+    # What the uploaded images are: detected per image (ml.locate.image_kind), or forced.
+    image_kind = models.CharField(max_length=10, choices=ImageKind.choices, default=ImageKind.AUTO)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
     total_images = models.PositiveIntegerField(default=0)
@@ -142,7 +149,16 @@ class Image(models.Model):
         OK = "ok", "Accepted"
         REJECTED = "rejected", "Rejected"
 
+    class Kind(models.TextChoices):
+        FIELD = "field", "Whole field"
+        CELL = "cell", "Single cell"
+
     batch = models.ForeignKey(Batch, on_delete=models.PROTECT, related_name="images")
+    # A single cell has one Cell (box None) from the upload on; a field gets one Cell per white
+    # cell when the worker has located them (located_at, white_cells: 0 = none found).
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CELL)
+    located_at = models.DateTimeField(null=True, blank=True)
+    white_cells = models.PositiveIntegerField(null=True, blank=True)
     original_name = models.CharField(max_length=500)
     file = models.FileField(upload_to=image_upload_path, blank=True)
     # The image already fitted to its batch's model input (a small PNG the worker reads instead
@@ -165,9 +181,17 @@ class Image(models.Model):
 
 
 class Cell(models.Model):
+    class Origin(models.TextChoices):
+        UPLOAD = "upload", "Uploaded as one cell"
+        LOCATED = "located", "Located in a field"
+        REVIEWER = "reviewer", "Added by a reviewer"
+
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="cells")
-    # (x, y, width, height) in image pixels; None means the whole image is one cell.
+    # (x, y, width, height) in image pixels; None means the whole image is one cell. (ml.locate
+    # and its JSON use [x1, y1, x2, y2]: x = x1, width = x2 - x1.) What the classifier sees of
+    # a boxed cell is ml.locate.crop_cell: a square 1.5x the box's longer side around it.
     box = models.JSONField(null=True, blank=True)
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.UPLOAD)
 
     class Meta:
         ordering = ["id"]

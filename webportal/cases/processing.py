@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from ml.inference import CellPrediction, Classifier, read_ahead
+from ml.locate import crop_cell, image_kind, locate
 from webportal.api import webhooks
 from webportal.cases.classifiers import chunk_size_for, load_classifier
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
@@ -77,8 +78,11 @@ class Outcome:
 def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome:
     """Classify the cells of a batch still without a prediction, within a time budget.
 
-    When the budget runs out with work left, the batch goes back to the end of its queue;
-    when every cell is done, the report is written and the batch is marked done.
+    Whole fields not yet located are located on the way (ml.locate), in the same chunks: their
+    white cells become Cell rows with boxes, saved with their predictions in one transaction,
+    so a redelivered batch never locates a field twice. When the budget runs out with work
+    left, the batch goes back to the end of its queue; when every cell is done, the report is
+    written and the batch is marked done.
     """
     budget = settings.BATCH_TIME_SLICE_SECONDS if time_budget is None else time_budget
     batch = _claim(batch_id=batch_id)
@@ -98,33 +102,53 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         .select_related("image")
         .order_by("id")
     )
+    fields = list(
+        Image.objects.filter(
+            batch_id=batch_id,
+            status=Image.Status.OK,
+            kind=Image.Kind.FIELD,
+            located_at__isnull=True,
+        ).order_by("id")
+    )
+    # In upload order: a cell's image id, a field's own id.
+    work: list[Cell | Image] = sorted(
+        [*missing, *fields], key=lambda u: u.image_id if isinstance(u, Cell) else u.pk
+    )
+    detect = batch.image_kind == Batch.ImageKind.AUTO
     chunk_size = chunk_size_for(classifier=classifier)
     deadline = time.monotonic() + budget
-    classified = 0
-    chunks = _prefetched_chunks(missing, chunk_size=chunk_size, classifier=classifier)
+    classified = done = 0
+    chunks = _prefetched_chunks(work, chunk_size=chunk_size, classifier=classifier, detect=detect)
     while True:
         with _stage("wait_for_next_chunk"):
             chunk = next(chunks, None)
         if chunk is None:
             break
-        cells, tensor = chunk
+        units, decoded = chunk
         with _stage("cancel_checks"):
             cancelled = _is_cancelled(batch_id)
         if cancelled:
             logger.info("batch %s was cancelled", batch_id)
-            return Outcome(Batch.Status.CANCELLED, classified, len(missing) - classified)
-        with _stage("forward"):
-            logits = classifier.predict_logits(tensor)
-        with _stage("softmax_and_dicts"):
-            predictions = classifier.predictions_from_logits(logits)
+            return Outcome(Batch.Status.CANCELLED, classified, len(work) - done)
+        predictions: list[CellPrediction] = []
+        if decoded.tensor is not None:
+            with _stage("forward"):
+                logits = classifier.predict_logits(decoded.tensor)
+            with _stage("softmax_and_dicts"):
+                predictions = classifier.predictions_from_logits(logits)
         with _stage("save_predictions"):
             _save_predictions(
-                batch_id=batch_id, model_version=model_version, cells=cells, predictions=predictions
+                batch_id=batch_id,
+                model_version=model_version,
+                units=units,
+                located=decoded.located,
+                predictions=predictions,
             )
-        classified += len(cells)
-        if time.monotonic() > deadline and classified < len(missing):
+        classified += len(predictions)
+        done += len(units)
+        if time.monotonic() > deadline and done < len(work):
             send_batch(batch_id=batch_id, queue=batch.queue)
-            return Outcome(Batch.Status.PROCESSING, classified, len(missing) - classified)
+            return Outcome(Batch.Status.PROCESSING, classified, len(work) - done)
     with _stage("finish_and_report"):
         return _finish(batch_id=batch_id, classified=classified)
 
@@ -150,41 +174,80 @@ def _is_cancelled(batch_id: int) -> bool:
     return Batch.objects.filter(pk=batch_id, status=Batch.Status.CANCELLED).exists()
 
 
-def _prefetched_chunks(
-    cells: Sequence[Cell], *, chunk_size: int, classifier: Classifier
-) -> Iterator[tuple[Sequence[Cell], torch.Tensor]]:
-    """Chunks of cells with their input tensor, the next one decoded while this one runs.
+Box = tuple[int, int, int, int]
 
-    The cells and their image rows are loaded already: decoding in the read-ahead thread reads
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A chunk made ready in the read-ahead thread."""
+
+    tensor: torch.Tensor | None  # one row per cell to classify, in the chunk's order
+    # field image id -> the (x, y, width, height) boxes of the white cells located in it; None:
+    # the image turned out a close-up of one cell (its one row is the whole image)
+    located: dict[int, list[Box] | None]
+
+
+def _prefetched_chunks(
+    work: Sequence[Cell | Image], *, chunk_size: int, classifier: Classifier, detect: bool
+) -> Iterator[tuple[Sequence[Cell | Image], _Decoded]]:
+    """Chunks of work with their input tensor, the next one decoded while this one runs.
+
+    A unit is a cell to classify or a field to locate; a field adds one row per white cell
+    found. The cells and images are loaded already: decoding in the read-ahead thread reads
     files, never the database (a Django connection belongs to its thread).
     """
-    chunks = [cells[i : i + chunk_size] for i in range(0, len(cells), chunk_size)]
+    chunks = [work[i : i + chunk_size] for i in range(0, len(work), chunk_size)]
 
-    def decode(chunk: Sequence[Cell]) -> torch.Tensor:
-        with _stage("open_and_decode_png"):
-            opened = [_open_cell(cell, geometry=classifier.geometry) for cell in chunk]
+    def decode(chunk: Sequence[Cell | Image]) -> _Decoded:
+        pictures: list[PILImage.Image] = []
+        fitted: list[bool] = []
+        located: dict[int, list[Box] | None] = {}
+        for unit in chunk:
+            if isinstance(unit, Cell):
+                with _stage("open_and_decode_png"):
+                    picture, was_fitted = _open_cell(unit, geometry=classifier.geometry)
+                pictures.append(picture)
+                fitted.append(was_fitted)
+                continue
+            with _stage("open_and_decode_png"):
+                field = _open_original(unit)
+            with _stage("locate_and_crop"):
+                if detect and image_kind(field) == "cell":
+                    located[unit.pk] = None
+                    pictures.append(field)
+                    fitted.append(False)
+                    continue
+                cells = locate(field)
+                located[unit.pk] = [cell.xywh for cell in cells]
+                pictures += [crop_cell(field, cell.box) for cell in cells]
+                fitted += [False] * len(cells)
         with _stage("resize_normalise"):
-            return classifier.preprocess(
-                [image for image, _ in opened], fitted=[fitted for _, fitted in opened]
-            )
+            tensor = classifier.preprocess(pictures, fitted=fitted) if pictures else None
+        return _Decoded(tensor=tensor, located=located)
 
     yield from zip(chunks, read_ahead(decode(chunk) for chunk in chunks), strict=True)
+
+
+def _open_original(image: Image) -> PILImage.Image:
+    with image.file.open("rb") as handle, PILImage.open(handle) as stored:
+        return stored.convert("RGB")
 
 
 def _open_cell(cell: Cell, *, geometry: str) -> tuple[PILImage.Image, bool]:
     """The cell's pixels and whether they are the copy fitted at upload for this geometry.
 
     The fitted copy gives the same input tensor as the original at a third of the decoding cost.
+    A cell with a box (located in a field, or drawn by a reviewer) is cut out as the locator
+    cuts it (ml.locate.crop_cell), so the classifier sees it framed alike either way.
     """
     image = cell.image
     if cell.box is None and image.model_input and image.model_input_geometry == geometry:
         with image.model_input.open("rb") as handle, PILImage.open(handle) as fitted:
             return fitted.convert("RGB"), True
-    with image.file.open("rb") as handle, PILImage.open(handle) as stored:
-        picture = stored.convert("RGB")
+    picture = _open_original(image)
     if cell.box is not None:
         x, y, width, height = cell.box
-        picture = picture.crop((x, y, x + width, y + height))
+        picture = crop_cell(picture, (x, y, x + width, y + height))
     return picture, False
 
 
@@ -192,10 +255,33 @@ def _save_predictions(
     *,
     batch_id: int,
     model_version: ModelVersion,
-    cells: Sequence[Cell],
+    units: Sequence[Cell | Image],
+    located: dict[int, list[Box] | None],
     predictions: Sequence[CellPrediction],
 ) -> None:
+    """One chunk's results in one transaction: the cells found in its fields (and the fields
+    marked located), every prediction, the batch's progress."""
+    now = timezone.now()
     with transaction.atomic():
+        cells: list[Cell | None] = []  # None: a row whose field another delivery saved first
+        for unit in units:
+            if isinstance(unit, Cell):
+                cells.append(unit)
+                continue
+            boxes = located[unit.pk]
+            if boxes is None:  # a close-up of one cell after all
+                found = [Cell(image=unit, box=None, origin=Cell.Origin.UPLOAD)]
+                update = {"kind": Image.Kind.CELL, "located_at": now, "white_cells": 1}
+            else:
+                found = [
+                    Cell(image=unit, box=list(box), origin=Cell.Origin.LOCATED) for box in boxes
+                ]
+                update = {"located_at": now, "white_cells": len(boxes)}
+            # Only a field not located yet: a racing delivery that got here first wins.
+            if Image.objects.filter(pk=unit.pk, located_at__isnull=True).update(**update):
+                cells += Cell.objects.bulk_create(found)
+            else:
+                cells += [None] * len(found)
         Prediction.objects.bulk_create(
             [
                 Prediction(
@@ -206,15 +292,29 @@ def _save_predictions(
                     probabilities=prediction.probabilities,
                 )
                 for cell, prediction in zip(cells, predictions, strict=True)
+                if cell is not None
             ],
             ignore_conflicts=True,
         )
-        done = Prediction.objects.filter(
-            cell__image__batch_id=batch_id, model_version=model_version
-        ).count()
         Batch.objects.filter(pk=batch_id).update(
-            processed_images=done, heartbeat_at=timezone.now(), stalled_attempts=0
+            processed_images=_images_done(batch_id=batch_id, model_version=model_version),
+            heartbeat_at=now,
+            stalled_attempts=0,
         )
+
+
+def _images_done(*, batch_id: int, model_version: ModelVersion) -> int:
+    """Accepted images with nothing left to do: fields located (their cells were classified in
+    the same transaction) and single cells with a prediction from the batch's model."""
+    return (
+        Image.objects.filter(batch_id=batch_id, status=Image.Status.OK)
+        .filter(
+            Q(kind=Image.Kind.FIELD, located_at__isnull=False)
+            | Q(kind=Image.Kind.CELL, cells__predictions__model_version=model_version)
+        )
+        .distinct()
+        .count()
+    )
 
 
 def _finish(*, batch_id: int, classified: int) -> Outcome:

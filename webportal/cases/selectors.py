@@ -129,6 +129,14 @@ def rejected_images(*, batch: Batch) -> QuerySet[Image]:
     return batch.images.filter(status=Image.Status.REJECTED).order_by("id")
 
 
+def fields_without_white_cells(*, batch: Batch) -> QuerySet[Image]:
+    """Whole fields in which the worker located no white cell: said on the batch page, since
+    they add nothing to the differential."""
+    return batch.images.filter(
+        status=Image.Status.OK, kind=Image.Kind.FIELD, white_cells=0
+    ).order_by("id")
+
+
 # --- the queue's bookkeeping ----------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from ml.geometry import eval_geometry, geometry_key
+from ml.locate import kind_by_size
 from webportal.accounts.models import Lab
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
@@ -265,6 +266,7 @@ def _store_accepted_image(
         width=accepted.width,
         height=accepted.height,
         status=Image.Status.OK,
+        kind=kind_by_size(accepted.width, accepted.height),
     )
     stem = uuid.uuid4().hex
     image.file.name = default_storage.save(f"{folder}/{stem}.png", ContentFile(accepted.content))
@@ -285,6 +287,7 @@ def submit_batch(
     files: Iterable[tuple[str, BinaryIO]],
     priority: str = Batch.Priority.ROUTINE,
     hold_if_duplicate: bool = False,
+    image_kind: str = Batch.ImageKind.AUTO,
 ) -> Batch:
     """Validate and store every file, then write the rows in one short transaction and queue
     the batch once they are committed.
@@ -294,7 +297,11 @@ def submit_batch(
     same files sent again, e.g. after going back in the browser) is stored but held, not
     queued, until the user confirms it (`confirm_batch`) or cancels it.
     `created_by` None means the system; a user must be staff, pathologist or integrator.
+    `image_kind`: whether the images are whole fields (the worker locates their white cells)
+    or single cells; "auto" decides per image, by its size (ml.locate.kind_by_size) and, for a
+    field-sized image, by its content when the worker reads it (ml.locate.image_kind).
     """
+    _check_image_kind(image_kind)
     if created_by is not None:
         require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     prepared = prepare_upload(model_version=active_model_for(lab=case.lab), files=files)
@@ -304,7 +311,13 @@ def submit_batch(
         prepared=prepared,
         priority=priority,
         hold_if_duplicate=hold_if_duplicate,
+        image_kind=image_kind,
     )
+
+
+def _check_image_kind(image_kind: str) -> None:
+    if image_kind not in Batch.ImageKind.values:
+        raise ServiceError(f"Unknown image kind {image_kind!r}: one of {Batch.ImageKind.values}.")
 
 
 def submit_prepared_batch(
@@ -314,10 +327,12 @@ def submit_prepared_batch(
     prepared: PreparedUpload,
     priority: str = Batch.Priority.ROUTINE,
     hold_if_duplicate: bool = False,
+    image_kind: str = Batch.ImageKind.AUTO,
 ) -> Batch:
     """The rows of a prepared upload, in one short transaction; its files are deleted if the
     rows cannot be written. A caller that wraps this in its own transaction discards the
     upload itself when that one rolls back."""
+    _check_image_kind(image_kind)
     if created_by is not None:
         require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     model_version = prepared.model_version
@@ -327,6 +342,7 @@ def submit_prepared_batch(
             batch = Batch(
                 case=case,
                 priority=priority,
+                image_kind=image_kind,
                 model_version=model_version,
                 created_by=created_by,
                 total_images=accepted,
@@ -341,12 +357,16 @@ def submit_prepared_batch(
             batch.save()
             for image in prepared.images:
                 image.batch = batch
+                if image_kind != Batch.ImageKind.AUTO:
+                    image.kind = image_kind  # forced; else the size said it (prepare_upload)
             images = Image.objects.bulk_create(prepared.images, batch_size=500)
+            # A single cell is one Cell from now on; a field's cells are made by the worker
+            # when it locates them (processing.py).
             Cell.objects.bulk_create(
                 [
                     Cell(image=image, box=None)
                     for image in images
-                    if image.status == Image.Status.OK
+                    if image.status == Image.Status.OK and image.kind == Image.Kind.CELL
                 ],
                 batch_size=500,
             )
@@ -361,6 +381,7 @@ def submit_prepared_batch(
                 after={
                     "case": case.accession_number,
                     "priority": batch.priority,
+                    "image_kind": batch.image_kind,
                     "status": batch.status,
                     "accepted": accepted,
                     "rejected": rejected,

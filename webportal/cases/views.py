@@ -53,6 +53,7 @@ def case_detail(request: HttpRequest, case_id: int) -> HttpResponse:
                 ],
                 priority=form.cleaned_data["priority"],
                 hold_if_duplicate=True,
+                image_kind=form.cleaned_data["image_kind"],
             )
         except (services.ServiceError, RoleRequired) as exc:
             form.add_error(None, str(exc))
@@ -91,6 +92,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "case": batch.case,
             "cells": cells,
             "rejected": selectors.rejected_images(batch=batch),
+            "empty_fields": selectors.fields_without_white_cells(batch=batch),
             "differential": differential,
             "max_count": max_count,
             "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
