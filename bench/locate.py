@@ -13,14 +13,21 @@ processes used meanwhile (`other_cores`, bench/machine.py).
 - `locate_classify_raw`: decode, locate, crop and classify every cell with `--model`, in one
   process with one intra-op thread (as one worker runs), the crops of `--chunk` fields per
   forward pass; fields/s and cells/s. The portal's worker is compared with this figure.
+- `worker` (with `--worker`): the same fields uploaded as one batch of whole fields to a fresh
+  portal (SQLite, filesystem broker, media in a temp folder: bench.pipeline.setup_system) and
+  worked by one real Celery worker process (one intra-op thread, model loaded and warmed before
+  the clock); fields/s from the message queued (the upload's commit) to the batch done.
+  `worker_vs_raw` = its fields/s over the raw locate+classify figure (target >= 0.90).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,6 +117,41 @@ def time_locate_classify(
     }
 
 
+def time_worker(system: Any, paths: Sequence[Path]) -> dict[str, Any]:
+    """One batch of `paths` as whole fields through one real worker process (see above)."""
+    from bench import pipeline
+    from webportal.cases import services
+    from webportal.cases.models import Batch, Case, Cell
+
+    case = Case.objects.get(pk=system.case_id)
+    files = [(p.name, io.BytesIO(p.read_bytes())) for p in paths]  # read before the clock
+    usage: dict[str, float] = {}
+    with (
+        pipeline.running_workers(system, 1) as workers,
+        metered(usage, [w.pid for w in workers]),
+    ):
+        start = time.time()
+        batch = services.submit_batch(
+            case=case, created_by=None, files=files, image_kind=Batch.ImageKind.FIELD
+        )
+        queued = time.time()  # the commit has sent the message
+        pipeline._wait_until_done([batch.pk])
+    batch.refresh_from_db()
+    assert batch.finished_at is not None
+    seconds = batch.finished_at.timestamp() - queued
+    cells = Cell.objects.filter(image__batch=batch).count()
+    return {
+        "batch_id": batch.pk,
+        "fields": batch.total_images,
+        "cells": cells,
+        "upload_seconds": queued - start,
+        "seconds": seconds,
+        "fields_per_second": batch.total_images / seconds,
+        "cells_per_second": cells / seconds,
+        "cpu": usage,
+    }
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.locate",
@@ -123,6 +165,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=32, help="fields per classify chunk")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument("--worker", action="store_true", help="also time the portal's real worker")
+    p.add_argument("--workdir", type=Path, help="keep the portal's files here (default: temp)")
     return p
 
 
@@ -143,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "locate_2_processes": [],
         "locate_classify_raw": [],
     }
+    system = None
+    temp = tempfile.TemporaryDirectory(prefix="hv-bench-locate-")
+    if args.worker:
+        from bench import pipeline
+
+        # Before anything imports Django: the settings are read once.
+        system = pipeline.setup_system(args.workdir or Path(temp.name), args.model)
+        runs["worker"] = []
     # The pool forks before this process starts torch's thread pools (forking after can hang).
     context = multiprocessing.get_context("fork")
     with context.Pool(2, initializer=_pool_init) as pool:
@@ -155,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             runs["locate_1_process"].append(time_locate(paths, 1))
             runs["locate_2_processes"].append(time_locate(paths, 2, pool))
             runs["locate_classify_raw"].append(time_locate_classify(classifier, paths, args.chunk))
+            if system is not None:
+                runs["worker"].append(time_worker(system, paths))
+    temp.cleanup()
     summary = {name: best(r) for name, r in runs.items()}
     report = {
         "summary": {
@@ -174,6 +229,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ),
             "locate_classify_fields_per_cpu_second": max(
                 r["fields_per_cpu_second"] for r in runs["locate_classify_raw"]
+            ),
+            **(
+                {
+                    "worker_fields_per_second": summary["worker"]["fields_per_second"],
+                    "worker_vs_raw": summary["worker"]["fields_per_second"]
+                    / summary["locate_classify_raw"]["fields_per_second"],
+                }
+                if "worker" in summary
+                else {}
             ),
             "max_other_cores_in_used_runs": max(r["cpu"]["other_cores"] for r in summary.values()),
         },

@@ -20,6 +20,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from ml.locate import crop_cell
 from webportal.accounts.services import authenticated_user
 from webportal.cases import heatmaps, selectors, services
 from webportal.cases.models import Batch, Cell, Prediction
@@ -181,7 +182,7 @@ def _png(data: bytes) -> HttpResponse:
 @require_GET
 def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse:
     """The cell's picture for the gallery: the small copy fitted to the model when the whole
-    image is the cell, else the box cut out of the stored image."""
+    image is the cell, else its crop from the field as the classifier saw it."""
     cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
     image = cell.image
     if cell.box is None:
@@ -197,7 +198,8 @@ def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse
 
     x, y, width, height = (int(v) for v in cell.box)
     with image.file.open("rb") as handle, PILImage.open(handle) as picture:
-        crop = picture.crop((x, y, x + width, y + height)).convert("RGB")
+        # As the classifier saw it: the locator's square around the box (ml.locate.crop_cell).
+        crop = crop_cell(picture.convert("RGB"), (x, y, x + width, y + height))
         crop.thumbnail((192, 192))
         buffer = io.BytesIO()
         crop.save(buffer, format="PNG")

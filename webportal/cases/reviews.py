@@ -7,7 +7,7 @@ Reviews are appended, never edited; predictions are never touched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -16,8 +16,8 @@ from django.db.models import QuerySet
 from webportal.accounts.models import Role
 from webportal.accounts.services import REVIEWERS, require_role
 from webportal.audit.models import Action
-from webportal.audit.services import record_events
-from webportal.cases.models import Batch, Cell, ModelVersion, Review
+from webportal.audit.services import record_event, record_events
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Review
 from webportal.cases.selectors import (
     PENDING,
     CellState,
@@ -33,6 +33,7 @@ from webportal.reports.services import latest_report, refresh_preliminary_report
 __all__ = [
     "PENDING",
     "CellState",
+    "add_missed_cell",
     "batch_cells",
     "current_counts",
     "current_label",
@@ -131,6 +132,50 @@ def review_cells(
         )
         refresh_preliminary_report(batch=batch)
     return reviews
+
+
+CELL_ADDED = "cell.added"  # an audit action: a reviewer drew a white cell the locator missed
+MIN_DRAWN_SIDE = 8  # pixels: a smaller drawn box is a slip of the mouse
+
+
+def add_missed_cell(
+    *, actor: User, image: Image, box: Sequence[int], label: str, via_api: bool = False
+) -> Cell:
+    """A white cell the locator missed in a field, drawn by a reviewer: a new Cell with its
+    box (x, y, width, height in the field's pixels) and the reviewer's label as its review.
+
+    Audited (the cell added, then its label as any review) and counted in the differential at
+    once. The same rules as review_cells: a reviewer's role, a finished batch, a pathologist
+    once the report is signed. A box outside the field or too small is refused.
+    """
+    if image.kind != Image.Kind.FIELD:
+        raise ServiceError("Cells can be added to whole fields only.")
+    x, y, width, height = (int(v) for v in box)
+    if width < MIN_DRAWN_SIDE or height < MIN_DRAWN_SIDE:
+        raise ServiceError(f"Draw a box at least {MIN_DRAWN_SIDE} pixels wide and high.")
+    if x < 0 or y < 0 or x + width > (image.width or 0) or y + height > (image.height or 0):
+        raise ServiceError("The box must lie inside the field.")
+    with transaction.atomic():
+        batch = Batch.objects.select_related("case__lab").get(pk=image.batch_id)
+        require_role(
+            user=actor,
+            lab=batch.case.lab,
+            allowed=reviewer_roles(via_api=via_api),
+            action="add cells",
+        )
+        cell = Cell.objects.create(
+            image=image, box=[x, y, width, height], origin=Cell.Origin.REVIEWER
+        )
+        record_event(
+            lab=batch.case.lab,
+            actor=actor,
+            action=CELL_ADDED,
+            obj=cell,
+            after={"image": image.original_name, "box": [x, y, width, height]},
+        )
+        # Labels, checks and the recount as for any review; an error undoes the new cell.
+        review_cells(actor=actor, cells=[cell], label=label, via_api=via_api)
+    return cell
 
 
 def review_history(*, cell: Cell) -> QuerySet[Review]:

@@ -35,6 +35,10 @@ def images_visible_to(*, user: User) -> QuerySet[Image]:
     return Image.objects.filter(batch__case__lab__memberships__user=user)
 
 
+def cells_visible_to(*, user: User) -> QuerySet[Cell]:
+    return Cell.objects.filter(image__batch__case__lab__memberships__user=user)
+
+
 # A cell of a batch still being classified: no prediction yet, counted nowhere.
 PENDING = "pending"
 

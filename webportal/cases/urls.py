@@ -1,6 +1,6 @@
 from django.urls import path
 
-from webportal.cases import review_views, views
+from webportal.cases import field_views, review_views, views
 
 app_name = "cases"
 
@@ -17,4 +17,5 @@ urlpatterns = [
     path("cells/<int:cell_id>/", review_views.cell_detail, name="cell"),
     path("cells/<int:cell_id>/crop.png", review_views.cell_crop, name="cell_crop"),
     path("cells/<int:cell_id>/heatmap.png", review_views.cell_heatmap, name="cell_heatmap"),
+    path("images/<int:image_id>/field/", field_views.field_detail, name="field_detail"),
 ]
