@@ -12,7 +12,9 @@ processes used meanwhile (`other_cores`, bench/machine.py).
   warmed before the clock): what two cores give (contract: >= 20 fields/s).
 - `locate_classify_raw`: decode, locate, crop and classify every cell with `--model`, in one
   process with one intra-op thread (as one worker runs), the crops of `--chunk` fields per
-  forward pass; fields/s and cells/s. The portal's worker is compared with this figure.
+  forward pass, on the engine the worker picks (ml.engine.choose_engine, "auto"); fields/s and
+  cells/s. The portal's worker is compared with this figure. `locate_classify_raw_eager`: the
+  same with the eager model.
 - `worker` (with `--worker`): the same fields uploaded as one batch of whole fields to a fresh
   portal (SQLite, filesystem broker, media in a temp folder: bench.pipeline.setup_system) and
   worked by one real Celery worker process (one intra-op thread, model loaded and warmed before
@@ -38,6 +40,7 @@ from PIL import Image
 
 from bench.machine import machine_info, metered, wait_for_quiet
 from ml.checkpoint import sha256_of
+from ml.engine import choose_engine
 from ml.inference import Classifier
 from ml.locate import crop_cell, list_images, locate
 
@@ -199,14 +202,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     with context.Pool(2, initializer=_pool_init) as pool:
         pool.map(locate_files, [paths[:2], paths[2:4]])  # imports and first calls, unclocked
-        classifier = Classifier.load(args.model, device="cpu")
+        eager = Classifier.load(args.model, device="cpu")
         torch.set_num_threads(1)
+        # The raw figure runs the engine the worker runs (INFERENCE_ENGINE=auto, checked on
+        # a few crops as the worker checks it); eager is timed beside it.
+        with Image.open(paths[0]) as first:
+            field = first.convert("RGB")
+        check = eager.preprocess([crop_cell(field, c.box) for c in locate(field)] or [field])
+        choice = choose_engine(eager.eager, input_size=eager.input_size, check=check, wanted="auto")
+        classifier = Classifier.load(args.model, device="cpu")
+        classifier.model, classifier.engine = choice.model, choice.name
         classifier.warm_up(args.chunk)
+        eager.warm_up(args.chunk)
+        runs["locate_classify_raw_eager"] = []
         for repeat in range(args.repeats):
             print(f"run {repeat + 1} of {args.repeats}...", flush=True)
             runs["locate_1_process"].append(time_locate(paths, 1))
             runs["locate_2_processes"].append(time_locate(paths, 2, pool))
             runs["locate_classify_raw"].append(time_locate_classify(classifier, paths, args.chunk))
+            runs["locate_classify_raw_eager"].append(time_locate_classify(eager, paths, args.chunk))
             if system is not None:
                 runs["worker"].append(time_worker(system, paths))
     temp.cleanup()
@@ -222,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ],
             "locate_classify_raw_cells_per_second": summary["locate_classify_raw"][
                 "cells_per_second"
+            ],
+            "locate_classify_raw_eager_fields_per_second": summary["locate_classify_raw_eager"][
+                "fields_per_second"
             ],
             # Load-independent: CPU time per field, whatever else ran. Two cores at this rate.
             "locate_fields_per_cpu_second": max(
@@ -248,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "model": str(args.model),
             "model_sha256": sha256_of(args.model),
             "chunk_fields": args.chunk,
+            "engine": classifier.engine,
             "repeats": args.repeats,
             "command": " ".join(sys.argv),
         },
