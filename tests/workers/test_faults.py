@@ -44,6 +44,8 @@ FAST_RESCUE = {
     "SWEEP_INTERVAL_SECONDS": "1",
     "BATCH_TIME_SLICE_SECONDS": "2",
     "INFERENCE_CHUNK_SIZE": "8",
+    # The slow model must stay slow: a faster engine would finish a batch within one slice.
+    "INFERENCE_ENGINE": "eager",
 }
 
 
