@@ -151,7 +151,11 @@ def test_the_whole_bad_input_corpus_leaves_the_worker_standing_and_the_batch_don
     broker = ("filesystem://", tmp_path / "broker")
     use_broker(*broker)
     with _worker(broker, tmp_path, settings) as worker:
-        batch = services.submit_batch(case=case, created_by=None, files=files)
+        # Single cells, declared: the edge cases include a 1 x max-side strip, which detection
+        # would rightly take for a whole field without a white cell (no Cell, no prediction).
+        batch = services.submit_batch(
+            case=case, created_by=None, files=files, image_kind=Batch.ImageKind.CELL
+        )
         wait_until(lambda: _finished(batch.pk), timeout=180, what="the batch to finish")
         assert worker.poll() is None, "the worker died"
     batch.refresh_from_db()
