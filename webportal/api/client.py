@@ -101,13 +101,16 @@ class Client:
         files: Iterable[str | Path | tuple[str, bytes]],
         *,
         priority: str = "routine",
+        image_kind: str = "auto",
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Upload images or ZIPs; send the same key again after a failure, never a new one."""
+        """Upload images or ZIPs; send the same key again after a failure, never a new one.
+        `image_kind`: `field` (whole smear fields), `cell` (single cells) or `auto`."""
         boundary = uuid.uuid4().hex
         parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="priority"\r\n\r\n'
-            f"{priority}\r\n".encode()
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+            for name, value in (("priority", priority), ("image_kind", image_kind))
         ]
         for item in files:
             name, content = (

@@ -55,6 +55,7 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
             "case",
             "accession_number",
             "priority",
+            "image_kind",
             "status",
             "progress_percent",
             "total_images",
@@ -99,6 +100,18 @@ class BatchCreateSerializer(serializers.Serializer[Any]):
         help_text="Images (JPEG, PNG, TIFF, BMP) and/or ZIP archives of them; repeat the field.",
     )
     priority = serializers.ChoiceField(choices=Batch.Priority.choices, default="routine")
+    image_kind = serializers.ChoiceField(
+        choices=Batch.ImageKind.choices,
+        default=Batch.ImageKind.AUTO,
+        help_text="What the images are: `field` (whole smear fields: every white cell is "
+        "located, cropped and classified), `cell` (each image is one white cell), or `auto` "
+        "(decided per image from its size and content), as the portal's upload form.",
+        error_messages={
+            "invalid_choice": '"{input}" is not an image kind; use one of: '
+            + ", ".join(Batch.ImageKind.values)
+            + "."
+        },
+    )
 
 
 class CaseBriefSerializer(serializers.ModelSerializer[Case]):

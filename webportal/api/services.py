@@ -27,8 +27,17 @@ class Submitted:
     replayed: bool  # True when an earlier request with the same key made this batch
 
 
-def upload_fingerprint(*, case: Case, priority: str, files: Sequence[UploadedFile[Any]]) -> str:
-    digest = hashlib.sha256(f"{case.pk}\n{priority}\n".encode())
+def upload_fingerprint(
+    *,
+    case: Case,
+    priority: str,
+    files: Sequence[UploadedFile[Any]],
+    image_kind: str = Batch.ImageKind.AUTO,
+) -> str:
+    # A forced image kind is part of the upload; "auto" adds nothing, so keys stored before
+    # the API took image_kind keep their fingerprints.
+    kind = "" if image_kind == Batch.ImageKind.AUTO else f"{image_kind}\n"
+    digest = hashlib.sha256(f"{case.pk}\n{priority}\n{kind}".encode())
     for upload in files:
         file_digest = hashlib.sha256()
         for chunk in upload.chunks():
@@ -44,16 +53,20 @@ def submit_batch_once(
     created_by: User | None,
     files: Sequence[UploadedFile[Any]],
     priority: str,
+    image_kind: str = Batch.ImageKind.AUTO,
     idempotency_key: str = "",
 ) -> Submitted:
-    """Submit a batch; with a key, a retry of the same upload returns the batch made first."""
+    """Submit a batch; with a key, a retry of the same upload returns the batch made first.
+    `image_kind` as `services.submit_batch` (auto, field or cell)."""
     named = [(upload.name or "unnamed", cast(BinaryIO, upload)) for upload in files]
     if not idempotency_key:
         batch = services.submit_batch(
-            case=case, created_by=created_by, files=named, priority=priority
+            case=case, created_by=created_by, files=named, priority=priority, image_kind=image_kind
         )
         return Submitted(batch=batch, replayed=False)
-    fingerprint = upload_fingerprint(case=case, priority=priority, files=files)
+    fingerprint = upload_fingerprint(
+        case=case, priority=priority, files=files, image_kind=image_kind
+    )
     earlier = _earlier(case=case, key=idempotency_key, fingerprint=fingerprint)
     if earlier is not None:
         return earlier
@@ -67,7 +80,11 @@ def submit_batch_once(
     try:
         with transaction.atomic():
             batch = services.submit_prepared_batch(
-                case=case, created_by=created_by, prepared=prepared, priority=priority
+                case=case,
+                created_by=created_by,
+                prepared=prepared,
+                priority=priority,
+                image_kind=image_kind,
             )
             IdempotencyKey.objects.create(
                 lab=case.lab, key=idempotency_key, fingerprint=fingerprint, batch=batch

@@ -214,6 +214,7 @@ class CaseBatches(generics.ListAPIView[Batch]):
                 created_by=authenticated_user(request),
                 files=serializer.validated_data["files"],
                 priority=serializer.validated_data["priority"],
+                image_kind=serializer.validated_data["image_kind"],
                 idempotency_key=key,
             )
         except api_services.IdempotencyConflict as exc:

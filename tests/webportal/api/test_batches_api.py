@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -9,9 +10,11 @@ from rest_framework.test import APIClient
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import CaseFactory
 from webportal.cases import processing, services
-from webportal.cases.models import Batch, ModelVersion
+from webportal.cases.models import Batch, Cell, Image, ModelVersion
 
 pytestmark = pytest.mark.django_db
+
+FIELD = Path(__file__).resolve().parents[3] / "samples" / "fields" / "BloodImage_00000.jpg"
 
 
 def _upload(name: str, content: bytes) -> io.BytesIO:
@@ -47,6 +50,7 @@ def test_an_integrator_submits_a_batch_with_a_token_and_reads_the_reasons(
     assert response["Location"] == body["url"]
     assert body["status"] == "queued"
     assert body["priority"] == "stat"
+    assert body["image_kind"] == "auto"
     assert (body["total_images"], body["rejected_files"]) == (2, 1)
     assert body["rejected"][0]["original_name"] == "readme.jpg"
     assert body["rejected"][0]["reject_reason"]
@@ -203,3 +207,81 @@ def test_more_files_than_the_limit_is_a_json_error_stating_it(
     assert response.json()["error"] == "too_large"
     assert "at most 3 files can be sent at once" in response.json()["detail"]
     assert not Batch.objects.filter(case=case).exists()
+
+
+@pytest.mark.parametrize(
+    ("image_kind", "name", "content", "kind"),
+    [
+        # A 48x48 image is a single cell by its size; forced, it is a field to locate in.
+        ("field", "small.jpg", noisy_jpeg_bytes(), Image.Kind.FIELD),
+        # A 640x480 camera field is a field by its size; forced, it is one cell.
+        ("cell", "field.jpg", FIELD.read_bytes(), Image.Kind.CELL),
+    ],
+)
+def test_an_integrator_forces_the_image_kind_of_a_batch(
+    api: APIClient, case, tiny_model: ModelVersion, image_kind, name, content, kind
+) -> None:
+    response = api.post(
+        reverse("api:case_batches", args=[case.pk]),
+        {"files": [_upload(name, content)], "image_kind": image_kind},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["image_kind"] == image_kind
+    batch = Batch.objects.get(pk=body["id"])
+    assert batch.image_kind == image_kind
+    (image,) = batch.images.all()
+    assert image.kind == kind
+    # A single cell is its one Cell at once; a field's cells come from the worker.
+    assert Cell.objects.filter(image=image).count() == (1 if kind == Image.Kind.CELL else 0)
+
+
+def test_without_an_image_kind_the_size_decides_per_image(
+    api: APIClient, case, tiny_model: ModelVersion
+) -> None:
+    response = api.post(
+        reverse("api:case_batches", args=[case.pk]),
+        {"files": [_upload("small.jpg", noisy_jpeg_bytes()), _upload("f.jpg", FIELD.read_bytes())]},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.content
+    kinds = dict(Image.objects.filter(batch_id=response.json()["id"]).values_list(
+        "original_name", "kind"
+    ))  # fmt: skip
+    assert kinds == {"small.jpg": Image.Kind.CELL, "f.jpg": Image.Kind.FIELD}
+
+
+def test_an_unknown_image_kind_is_refused_with_the_kinds_it_may_be(
+    api: APIClient, case, tiny_model: ModelVersion
+) -> None:
+    response = api.post(
+        reverse("api:case_batches", args=[case.pk]),
+        {"files": [_upload("a.jpg", noisy_jpeg_bytes())], "image_kind": "smear"},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid"
+    (message,) = body["fields"]["image_kind"]
+    assert '"smear" is not an image kind' in message
+    assert "auto, field, cell" in message
+    assert not Batch.objects.exists()
+
+
+def test_the_same_idempotency_key_with_another_image_kind_is_a_conflict(
+    api: APIClient, case, tiny_model: ModelVersion
+) -> None:
+    content = noisy_jpeg_bytes()
+    url = reverse("api:case_batches", args=[case.pk])
+    statuses = [
+        api.post(
+            url,
+            {"files": [_upload("a.jpg", content)], "image_kind": kind},
+            format="multipart",
+            HTTP_IDEMPOTENCY_KEY="upload-9",
+        ).status_code
+        for kind in ("field", "field", "cell")
+    ]
+    assert statuses == [201, 200, 409]
+    assert Batch.objects.filter(case=case).get().image_kind == "field"

@@ -24,6 +24,9 @@ def test_the_client_creates_uploads_retries_cancels_and_raises_the_error_shape(
     assert again["id"] == batch["id"]
     assert Batch.objects.filter(case_id=case["id"]).count() == 1
     assert api.batch(batch["id"])["total_images"] == 2
+    assert batch["image_kind"] == "auto"
+    fields = api.upload_batch(case["id"], [("f.jpg", noisy_jpeg_bytes())], image_kind="field")
+    assert Batch.objects.get(pk=fields["id"]).image_kind == fields["image_kind"] == "field"
     assert api.cancel_batch(batch["id"])["status"] == "cancelled"
     with pytest.raises(ApiError) as conflict:
         api.cancel_batch(batch["id"])

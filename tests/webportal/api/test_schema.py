@@ -19,6 +19,19 @@ def test_the_schema_is_openapi_3_and_documents_v1_only() -> None:
     assert "Error" in schema["components"]["schemas"]
 
 
+def test_the_upload_takes_an_image_kind_and_the_batch_shows_it() -> None:
+    response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    schema = response.json()
+    upload = schema["paths"]["/api/v1/cases/{case_id}/batches/"]["post"]["requestBody"]
+    ref = upload["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    kind = schema["components"]["schemas"][ref]["properties"]["image_kind"]
+    if "$ref" in kind or "allOf" in kind:  # an enum component
+        target = (kind.get("$ref") or kind["allOf"][0]["$ref"]).rsplit("/", 1)[-1]
+        kind = schema["components"]["schemas"][target]
+    assert kind["enum"] == ["auto", "field", "cell"]
+    assert "image_kind" in schema["components"]["schemas"]["Batch"]["properties"]
+
+
 def test_the_docs_page_has_no_inline_script_and_its_assets_come_from_this_server() -> None:
     response = Client().get("/api/docs/")
     assert response.status_code == 200
