@@ -1,4 +1,4 @@
-# HematoVision: `make run` starts the portal, a worker and a demo batch; `make test` runs the suite.
+# HematoVision: `make run` starts the portal, two workers and a demo batch; `make test` runs the suite.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The portal on http://127.0.0.1:$(PORT) plus one worker, on the embedded default (SQLite,
-# filesystem broker, local media). Ctrl-C stops both.
+# The portal on http://127.0.0.1:$(PORT) plus two workers (classification; the `adapt` queue),
+# on the embedded default (SQLite, filesystem broker, local media). Ctrl-C stops them all.
 run: $(STAMP)
 	DEBUG=true PORT=$(PORT) $(BIN)/python -m webportal.run
 

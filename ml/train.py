@@ -33,7 +33,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -498,6 +498,7 @@ def fit_tail(
     device: torch.device,
     last_path: Path,
     n_classes: int = 0,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Fit:
     """Train the head, then the tail, on the cached activations; keep the best epoch by val
     accuracy (then loss), stop early; save resumable state every epoch."""
@@ -567,6 +568,8 @@ def fit_tail(
             f"best {fit.best_key[0]:.4f} @ {fit.best_epoch} | {time.time() - t_start:.0f}s",
             flush=True,
         )
+        if on_epoch is not None:
+            on_epoch({**fit.history[-1], "epochs": args.epochs})
         atomic_save(
             {
                 "epoch": epoch + 1,
@@ -692,7 +695,13 @@ def calibrate_and_write(
     return metrics
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def main(
+    args: argparse.Namespace, on_epoch: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train (or fine-tune, with --init) and write the checkpoint; returns its metrics.
+
+    on_epoch, if given, is called after every epoch with that epoch's history row plus
+    "epochs" (the maximum): a caller's progress report (the portal's adaptation job)."""
     t_start = time.time()
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -715,8 +724,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     fit = make_fit(args, model, tail, last_path)
     if fit.start_epoch < args.epochs:  # a resumed run with no epochs left needs no cache
         cache = build_cache(args, trunk, data, device)
-        fit = fit_tail(args, model, tail, cache, fit, device, last_path, len(data.classes))
+        fit = fit_tail(
+            args, model, tail, cache, fit, device, last_path, len(data.classes), on_epoch
+        )
     return calibrate_and_write(args, model, data, fit, device, out, t_start)
+
+
+def fine_tune(
+    *,
+    init: str | Path,
+    data: str | Path,
+    out: str | Path,
+    options: Sequence[str] = (),
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """`python -m ml.train --init INIT --data DATA --out OUT OPTIONS...` as a function call:
+    fine-tune a checkpoint on one lab's folder (one sub-folder per class); returns the metrics
+    on the folder's own val split. The portal's adaptation worker calls this."""
+    argv = ["--init", str(init), "--data", str(data), "--out", str(out), *options]
+    return main(get_args_parser().parse_args(argv), on_epoch=on_epoch)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,17 @@ from django.contrib.auth.models import User
 from factory.declarations import LazyAttribute, LazyFunction, SelfAttribute, Sequence, SubFactory
 
 from webportal.accounts.models import Lab, Membership, Role
-from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Prediction
+from webportal.adaptation.models import AdaptationJob
+from webportal.cases.models import (
+    Batch,
+    Case,
+    Cell,
+    Image,
+    ModelVersion,
+    Patient,
+    Prediction,
+    Review,
+)
 from webportal.reports.models import Report
 
 PBC_CLASSES = [
@@ -161,4 +171,95 @@ def classified_batch(
     )
     if with_report:
         write_preliminary_report(batch=batch)
+    return batch
+
+
+class ReviewFactory(factory.django.DjangoModelFactory[Review]):
+    class Meta:
+        model = Review
+
+    reviewer = SubFactory(UserFactory)
+    reviewer_role = Role.PATHOLOGIST
+    label = "neutrophil"
+
+
+class AdaptationJobFactory(factory.django.DjangoModelFactory[AdaptationJob]):
+    class Meta:
+        model = AdaptationJob
+
+    lab = SubFactory(LabFactory)
+    base_model = SubFactory(ModelVersionFactory)
+
+
+# A colour per class, so a tiny model can tell the classes of reviewed_batch's pictures apart.
+CLASS_COLOURS = [(200, 60, 60), (60, 160, 60), (60, 60, 200), (180, 160, 40), (140, 60, 160)]
+
+
+def cell_png(label_index: int, seed: int, size: int = 40) -> bytes:
+    """A small PNG: the class's colour with a little noise (a different file for each seed)."""
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(seed)
+    colour = np.array(CLASS_COLOURS[label_index % len(CLASS_COLOURS)], dtype=np.int16)
+    pixels = colour + rng.integers(-25, 26, size=(size, size, 3))
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def reviewed_batch(
+    *,
+    case: Case,
+    model_version: ModelVersion,
+    labels: Seq[str],
+    reviewer: User,
+    with_files: bool = False,
+    predicted: str | None = None,
+) -> Batch:
+    """A finished batch of one single-cell image per label, each cell reviewed with its label
+    (a person's confirmation or correction of the model's `predicted`, default: the label).
+    With files, each image is a small PNG in its class's colour (cell_png)."""
+    from django.core.files.base import ContentFile
+
+    batch = Batch.objects.create(
+        case=case,
+        model_version=model_version,
+        status=Batch.Status.DONE,
+        total_images=len(labels),
+        processed_images=len(labels),
+    )
+    classes = list(model_version.classes)
+    cells = []
+    for i, label in enumerate(labels):
+        image = Image.objects.create(
+            batch=batch, original_name=f"cell-{i:05d}.png", status=Image.Status.OK
+        )
+        if with_files:
+            seed = batch.pk * 100_000 + i
+            index = classes.index(label) if label in classes else 0
+            image.file.save(f"cell-{i:05d}.png", ContentFile(cell_png(index, seed)))
+        cells.append(Cell.objects.create(image=image))
+    Prediction.objects.bulk_create(
+        [
+            Prediction(
+                cell=cell,
+                model_version=model_version,
+                label=predicted or label,
+                confidence=0.9,
+                probabilities={
+                    name: 0.9 if name == (predicted or label) else 0.0 for name in classes
+                },
+            )
+            for cell, label in zip(cells, labels, strict=True)
+        ]
+    )
+    Review.objects.bulk_create(
+        [
+            Review(cell=cell, reviewer=reviewer, reviewer_role=Role.PATHOLOGIST, label=label)
+            for cell, label in zip(cells, labels, strict=True)
+        ]
+    )
     return batch

@@ -23,14 +23,20 @@ PROCESS_BATCH_TASK = "workers.tasks.process_batch"
 SWEEP_BATCHES_TASK = "workers.tasks.sweep_batches"
 DELIVER_WEBHOOK_TASK = "workers.tasks.deliver_webhook"
 EXPLAIN_CELL_TASK = "workers.tasks.explain_cell"
+ADAPT_MODEL_TASK = "workers.tasks.adapt_model"
 
 app = Celery("hematovision", include=["workers.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
-# Workers consume `-Q stat,housekeeping,routine`; with Redis, the "priority" order strategy
-# always looks at the queues in that order, so a STAT batch overtakes a routine backlog.
+# Classification workers consume `-Q stat,housekeeping,routine`; with Redis, the "priority"
+# order strategy always looks at the queues in that order, so a STAT batch overtakes a routine
+# backlog.
 QUEUES = ("stat", "housekeeping", "routine")
+# Fine-tuning a model to a lab (minutes to hours) has a queue of its own, consumed by its own
+# worker (`-Q adapt`), so it never holds up a batch. Name the queues with -Q on every worker:
+# a worker started without -Q consumes every declared queue, this one included.
+ADAPT_QUEUE = "adapt"
 
 
 def broker_transport_options(
@@ -85,17 +91,31 @@ def _defaults() -> dict[str, Any]:
         ),
         broker_connection_retry_on_startup=True,
         task_default_queue="routine",
-        # Declared, so a plain `celery worker` consumes all three, in this order; each has its
-        # own exchange and key, so a message lands in exactly one queue.
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+        # Declared, each with its own exchange and key, so a message lands in exactly one
+        # queue; workers name theirs with -Q (classification, or `adapt`).
+        task_queues=[
+            Queue(name, Exchange(name), routing_key=name) for name in (*QUEUES, ADAPT_QUEUE)
+        ],
         task_routes={
             SWEEP_BATCHES_TASK: {"queue": "housekeeping"},
             DELIVER_WEBHOOK_TASK: {"queue": "housekeeping"},
+            ADAPT_MODEL_TASK: {"queue": ADAPT_QUEUE},
         },
         beat_schedule={
             "sweep-batches": {
                 "task": SWEEP_BATCHES_TASK,
                 "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
+            }
+        },
+        # A fine-tune runs for minutes to hours: its own limits, and its message is
+        # acknowledged on receipt (no Redis redelivery to a second worker while the first
+        # still trains); a job whose worker died is found by its stale heartbeat instead
+        # (webportal.adaptation.services.start_adaptation).
+        task_annotations={
+            ADAPT_MODEL_TASK: {
+                "time_limit": settings.ADAPT_TIME_LIMIT_SECONDS,
+                "soft_time_limit": max(1, settings.ADAPT_TIME_LIMIT_SECONDS - 60),
+                "acks_late": False,
             }
         },
         task_soft_time_limit=settings.TASK_SOFT_TIME_LIMIT_SECONDS,

@@ -1,7 +1,10 @@
 """The embedded default in one command: `python -m webportal.run` (what `make run` calls).
 
 Migrates, creates the demo lab and user (printed), registers the shipped model, submits the
-demo batch, then runs the portal on http://127.0.0.1:$PORT and one Celery worker until Ctrl-C.
+demo batch, then runs the portal on http://127.0.0.1:$PORT and two Celery workers until Ctrl-C:
+one classifies (queues stat, housekeeping, routine, with the sweeper's scheduler), the other
+consumes only the `adapt` queue (a lab admin's fine-tune, which may run for an hour and must
+never hold up a batch).
 
 It supervises both: a worker that dies (even of SIGKILL) is cleared away with every process it
 started (its pool child, the sweeper's scheduler), the batches it held are sent again at once,
@@ -21,6 +24,8 @@ import time
 from collections import deque
 from pathlib import Path
 from types import FrameType
+
+from webportal.celery import ADAPT_QUEUE, QUEUES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
@@ -72,22 +77,29 @@ class Supervisor:
         python = sys.executable
         self.manage = [python, "manage.py"]
         self.port = port
-        # One worker process with the sweeper's scheduler (beat) embedded: enough for one
-        # machine.
-        self.worker_command = [
+        # One classifying worker process with the sweeper's scheduler (beat) embedded: enough
+        # for one machine.
+        worker = [
             python, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
             "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        self.worker_command = [
+            *worker, "-Q", ",".join(QUEUES), "--hostname", "classify@%h",
             "--beat", "--schedule", str(var_dir / "celerybeat-schedule"),
         ]  # fmt: skip
+        # The adaptation worker: its own process, so a fine-tune never delays a batch.
+        self.adapt_worker_command = [*worker, "-Q", ADAPT_QUEUE, "--hostname", "adapt@%h"]
         self.portal_command = [*self.manage, "runserver", "--noreload", f"127.0.0.1:{port}"]
         # The filesystem broker deletes a message when a worker fetches it: the dead worker's
         # batch would wait for the sweeper (minutes). No other worker exists here, so every
         # batch still processing or queued is sent again now; a duplicate message is harmless.
         self.rescue_command = [*self.manage, "rescue_batches", "--all"]
         self.worker: subprocess.Popen[bytes] | None = None
+        self.adapt_worker: subprocess.Popen[bytes] | None = None
         self.portal: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.deaths: deque[float] = deque()
+        self.adapt_deaths: deque[float] = deque()
 
     @staticmethod
     def _start(command: list[str]) -> subprocess.Popen[bytes]:
@@ -122,6 +134,28 @@ class Supervisor:
         self.worker = self._start(self.worker_command)
         return True
 
+    def restart_adapt_worker(self, returncode: int) -> None:
+        """Clear a dead adaptation worker away and start a new one, unless it keeps dying (then
+        the portal and the classifying worker go on without it). The adaptation it was running
+        is lost: its page says so once its heartbeat is stale, and the admin starts it again."""
+        assert self.adapt_worker is not None
+        now = time.monotonic()
+        self.adapt_deaths.append(now)
+        while self.adapt_deaths and now - self.adapt_deaths[0] > RESTART_WINDOW_SECONDS:
+            self.adapt_deaths.popleft()
+        how = f"signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+        _kill_group(self.adapt_worker, grace=5.0)
+        if len(self.adapt_deaths) >= MAX_RESTARTS:
+            _say(
+                f"the adaptation worker stopped ({how}) {len(self.adapt_deaths)} times within "
+                f"{RESTART_WINDOW_SECONDS:.0f} s; it is not started again (batches go on). Read "
+                "its log above for the cause."
+            )
+            self.adapt_worker = None
+            return
+        _say(f"the adaptation worker stopped ({how}); a new one starts.")
+        self.adapt_worker = self._start(self.adapt_worker_command)
+
     def run(self) -> int:
         subprocess.run([*self.manage, "migrate", "--noinput"], check=True)
         subprocess.run([*self.manage, "seed_demo"], check=True)
@@ -132,10 +166,11 @@ class Supervisor:
     def serve(self) -> int:
         """Start the worker and the portal and watch them until stopped; the exit status."""
         self.worker = self._start(self.worker_command)
+        self.adapt_worker = self._start(self.adapt_worker_command)
         self.portal = self._start(self.portal_command)
         print(
             f"\nHematoVision: http://127.0.0.1:{self.port}/  "
-            "(Ctrl-C stops the portal and the worker)\n",
+            "(Ctrl-C stops the portal and the workers)\n",
             flush=True,
         )
         status = 0
@@ -151,9 +186,12 @@ class Supervisor:
             if code is not None and not self.restart_worker(code):
                 status = 1
                 break
+            if self.adapt_worker is not None and self.adapt_worker.poll() is not None:
+                self.restart_adapt_worker(self.adapt_worker.returncode)
             time.sleep(0.2)
-        for child in (self.portal, self.worker):
-            _kill_group(child, grace=STOP_TIMEOUT_SECONDS)
+        for child in (self.portal, self.worker, self.adapt_worker):
+            if child is not None:
+                _kill_group(child, grace=STOP_TIMEOUT_SECONDS)
         return status
 
 

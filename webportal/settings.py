@@ -144,6 +144,7 @@ INSTALLED_APPS = [
     "webportal.audit",
     "webportal.worklist",
     "webportal.quality",
+    "webportal.adaptation",
     "webportal.api",
 ]
 
@@ -327,6 +328,29 @@ SWEEP_INTERVAL_SECONDS = env_int("SWEEP_INTERVAL_SECONDS", 60)
 BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
     "BROKER_VISIBILITY_TIMEOUT_SECONDS", 2 * TASK_TIME_LIMIT_SECONDS
 )
+
+# Adapting a model to a lab (webportal.adaptation): a lab admin fine-tunes the lab's model on
+# its reviewed cells, on the `adapt` queue. Each class needs this many reviewed cells to train
+# on and this many held out (other cases than the training cells') to measure it on; this share
+# of the cells (percent) is held out.
+ADAPT_MIN_TRAIN_CELLS = env_int("ADAPT_MIN_TRAIN_CELLS", 10)
+ADAPT_MIN_HELDOUT_CELLS = env_int("ADAPT_MIN_HELDOUT_CELLS", 5)
+ADAPT_HELDOUT_PERCENT = env_int("ADAPT_HELDOUT_PERCENT", 25, maximum=90)
+# `python -m ml.train` options after --init/--data/--out (docs/MODELS.md, "Adapting a model").
+ADAPT_TRAIN_OPTIONS = env_str(
+    "ADAPT_TRAIN_OPTIONS",
+    "--trunk-blocks 17 --views 4 --epochs 10 --head-epochs 0 --stain-jitter --batch-size 32",
+)
+# Intra-op threads of the fine-tune; 0 leaves PyTorch's default (all cores).
+ADAPT_THREADS = env_int("ADAPT_THREADS", 0, minimum=0, maximum=1024)
+# An adaptation runs for up to this long; one whose worker showed no sign of life for
+# ADAPT_STALE_AFTER_SECONDS counts as lost (its worker died) and a new one may start.
+ADAPT_TIME_LIMIT_SECONDS = env_int("ADAPT_TIME_LIMIT_SECONDS", 6 * 3600)
+ADAPT_STALE_AFTER_SECONDS = env_int("ADAPT_STALE_AFTER_SECONDS", 1800)
+# Where adapted checkpoints are kept (the workers that classify with them must see the folder)
+# and where a running adaptation writes its exported cells (deleted when it ends).
+ADAPTED_MODELS_DIR = Path(env_str("ADAPTED_MODELS_DIR", str(VAR_DIR / "models")))
+ADAPT_WORK_DIR = Path(env_str("ADAPT_WORK_DIR", str(VAR_DIR / "adaptation")))
 
 # The model a lab gets until its admin picks another; registered by `manage.py register_model`.
 DEFAULT_MODEL_PATH = Path(

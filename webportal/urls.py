@@ -39,6 +39,7 @@ urlpatterns = [
     path("", worklist_views.home, name="home"),
     path("", include("webportal.worklist.urls")),
     path("", include("webportal.accounts.urls")),
+    path("", include("webportal.adaptation.urls")),
     path("", include("webportal.audit.urls")),
     path("", include("webportal.quality.urls")),
     path("", include("webportal.cases.urls")),

@@ -17,10 +17,13 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from webportal.cases import classifiers, processing
 from webportal.celery import (
+    ADAPT_MODEL_TASK,
+    ADAPT_QUEUE,
     DELIVER_WEBHOOK_TASK,
     EXPLAIN_CELL_TASK,
     PROCESS_BATCH_TASK,
     SWEEP_BATCHES_TASK,
+    app,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,13 @@ def sweep_batches() -> None:
 
 @worker_process_init.connect
 def load_models_after_fork(**_: object) -> None:
-    """Load the models each pool process will use once, after fork (CUDA cannot cross fork)."""
+    """Load the models each pool process will use once, after fork (CUDA cannot cross fork).
+
+    A worker consuming only the `adapt` queue classifies nothing: it loads none (the pool
+    process inherits the queues its parent selected with -Q)."""
+    consumed = set(app.amqp.queues.consume_from)
+    if consumed and consumed <= {ADAPT_QUEUE}:
+        return
     try:
         classifiers.preload_classifiers()
     except Exception:
@@ -92,3 +101,18 @@ def explain_cell(cell_id: int) -> None:
     from webportal.cases import explain_worker
 
     explain_worker.compute_heatmap(cell_id=cell_id)
+
+
+@shared_task(name=ADAPT_MODEL_TASK)
+def adapt_model(job_id: int) -> None:
+    """Fine-tune a lab's model on its reviewed cells (the `adapt` queue, a worker of its own).
+
+    Acknowledged on receipt and never retried (webportal.celery's annotations): a fine-tune is
+    long, and a repeated message finds the job no longer queued and does nothing. A failure is
+    written on the job with its reason by the runner."""
+    from webportal.adaptation import runner
+
+    try:
+        runner.run_adaptation(job_id=job_id)
+    except Exception:
+        logger.exception("adaptation %s failed", job_id)

@@ -161,12 +161,14 @@ def test_init_fine_tunes_a_model_on_a_new_folder_and_lowers_its_loss(tmp_path, i
     start = make_tiny_checkpoint(tmp_path / "start.pt", classes, input_size=32, resize="pad")
     out = tmp_path / "adapted.pt"
     before = _folder_loss(start, image_folder, classes)
-    argv = ["--data", str(image_folder), "--out", str(out), "--init", str(start)]
-    argv += ["--views", "2", "--epochs", "4", "--head-epochs", "1", "--batch-size", "6"]
-    argv += ["--val-fraction", "0.34", "--workers", "0", "--lr", "3e-3", "--input-size", "64"]
+    options = ["--views", "2", "--epochs", "4", "--head-epochs", "1", "--batch-size", "6"]
+    options += ["--val-fraction", "0.34", "--workers", "0", "--lr", "3e-3", "--input-size", "64"]
+    epochs: list[dict[str, object]] = []
 
-    train.main(train.get_args_parser().parse_args(argv))
+    # The function the portal's adaptation worker calls: `--init` with a progress callback.
+    train.fine_tune(init=start, data=image_folder, out=out, options=options, on_epoch=epochs.append)
 
+    assert [(row["epoch"], row["epochs"]) for row in epochs] == [(e, 4) for e in range(4)]
     meta = read_metadata(out)
     assert meta.classes == classes  # the model's classes, not the folder's
     assert (meta.input_size, meta.resize) == (32, "pad")  # the model's geometry wins

@@ -30,6 +30,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import MembershipFactory
 from webportal.accounts.models import Membership, Role
+from webportal.adaptation.models import AdaptationJob
 from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
 from webportal.api.tokens import issue_token
 from webportal.api.webhooks import emit, register_endpoint
@@ -120,6 +121,7 @@ def foreign_world(tiny_model: ModelVersion) -> World:
     if not WebhookDelivery.objects.filter(endpoint=webhook).exists():
         emit(lab=other.lab, event="batch.done", data={"batch": batch.pk})
     token = issue_token(lab=other.lab, username="other-lis").token
+    AdaptationJob.objects.create(lab=other.lab, base_model=tiny_model)
     batch.refresh_from_db()
     return World(visitors=visitors, batch=batch, token=token)
 

@@ -56,6 +56,7 @@ def supervisor(tmp_path: Path) -> run.Supervisor:
     sup = run.Supervisor(port="0", var_dir=tmp_path)
     sup.worker_command = [sys.executable, "-c", WORKER, str(tmp_path / "workers")]
     sup.portal_command = [sys.executable, "-c", SLEEPER]
+    sup.adapt_worker_command = [sys.executable, "-c", SLEEPER]
     rescued = tmp_path / "rescued"
     sup.rescue_command = [sys.executable, "-c", f"open({str(rescued)!r}, 'a').write('x')"]
     return sup
@@ -134,3 +135,30 @@ def test_a_portal_that_dies_stops_the_worker_with_a_message(
     [(worker, child)] = workers_started(notes)
     assert not alive(worker)
     assert not alive(child)
+
+
+def test_the_adaptation_worker_is_its_own_process_on_its_own_queue_and_is_replaced_alone(
+    supervisor: run.Supervisor, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    real = run.Supervisor(port="0", var_dir=tmp_path)
+    assert real.adapt_worker_command[real.adapt_worker_command.index("-Q") + 1] == "adapt"
+    assert real.worker_command[real.worker_command.index("-Q") + 1] == "stat,housekeeping,routine"
+    seen: dict[str, object] = {}
+
+    def actions() -> None:
+        wait_for(lambda: supervisor.adapt_worker is not None and supervisor.worker is not None)
+        first, worker = supervisor.adapt_worker, supervisor.worker
+        assert first is not None
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: supervisor.adapt_worker is not first)
+        seen.update(
+            replaced=supervisor.adapt_worker is not None and supervisor.adapt_worker.poll() is None,
+            classifying_worker_same=supervisor.worker is worker,
+        )
+
+    status = serve_while(supervisor, actions)
+
+    assert seen == {"replaced": True, "classifying_worker_same": True}
+    assert "the adaptation worker stopped (signal 9); a new one starts" in capfd.readouterr().err
+    assert not (tmp_path / "rescued").exists()  # no batch was held by it
+    assert status == 0

@@ -26,15 +26,13 @@ class ActiveModelForm(forms.Form):
     model_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.none(),
         required=False,
-        empty_label="Always the newest registered model",
+        empty_label="Always the newest shared model",
         label="Model for new batches",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, models: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model_version"].queryset = ModelVersion.objects.order_by(  # type: ignore[attr-defined]
-            "-created_at", "-id"
-        )
+        self.fields["model_version"].queryset = models  # type: ignore[attr-defined]
 
 
 class ReferenceRangeForm(forms.Form):

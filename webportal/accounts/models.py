@@ -13,7 +13,8 @@ class Lab(models.Model):
     name = models.CharField(max_length=200, unique=True)
     # The lab's short name in URLs, commands (`issue_token --lab SLUG`) and FHIR identifiers.
     slug = models.SlugField(max_length=50, unique=True)
-    # The model this lab's new batches run with; None means the newest registered model.
+    # The model this lab's new batches run with; None means the newest shared model
+    # (ModelVersion.lab None).
     active_model = models.ForeignKey(
         "cases.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from rest_framework.request import Request
 
@@ -225,17 +225,25 @@ def remove_member(*, admin: User, membership: Membership) -> None:
         membership.delete()
 
 
+def models_for(*, lab: Lab) -> QuerySet[ModelVersion]:
+    """The models a lab may choose: the shared ones and those adapted to its own cells."""
+    return ModelVersion.objects.filter(Q(lab=None) | Q(lab=lab)).order_by("-created_at", "-id")
+
+
 def members_of(*, lab: Lab) -> QuerySet[Membership]:
     return Membership.objects.filter(lab=lab).select_related("user").order_by("user__username")
 
 
 def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None) -> Lab:
-    """Choose the model the lab's new batches run with (None: always the newest registered).
+    """Choose the model the lab's new batches run with (None: always the newest shared model).
 
     A new model is activated by a person, never silently; batches already uploaded keep
     the model they were uploaded with.
     """
     require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="choose the lab's model")
+    if model_version is not None and model_version.lab_id not in (None, lab.pk):
+        # A model adapted to another lab's cells is that lab's alone.
+        raise AccountError(f"{model_version} is not a model of {lab}.")
     with transaction.atomic():
         lab = (
             Lab.objects.select_for_update(of=("self",))
@@ -244,7 +252,7 @@ def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None)
         )
         if lab.active_model == model_version:
             return lab
-        before = {"model": str(lab.active_model) if lab.active_model else "newest registered"}
+        before = {"model": str(lab.active_model) if lab.active_model else "newest shared"}
         lab.active_model = model_version
         lab.save(update_fields=["active_model"])
         record_event(
@@ -253,6 +261,6 @@ def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None)
             action=Action.MODEL_ACTIVATED,
             obj=lab,
             before=before,
-            after={"model": str(model_version) if model_version else "newest registered"},
+            after={"model": str(model_version) if model_version else "newest shared"},
         )
         return lab

@@ -19,7 +19,6 @@ from webportal.accounts.forms import (
     RoleForm,
 )
 from webportal.accounts.models import Lab, Membership
-from webportal.cases.models import ModelVersion
 
 
 def admin_lab(request: HttpRequest, lab_id: int) -> Lab:
@@ -117,7 +116,10 @@ def member_remove(request: HttpRequest, lab_id: int, membership_id: int) -> Http
 @require_http_methods(["GET", "POST"])
 def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
     lab = admin_lab(request, lab_id)
-    form = ActiveModelForm(request.POST or None, initial={"model_version": lab.active_model})
+    choices = services.models_for(lab=lab)
+    form = ActiveModelForm(
+        request.POST or None, initial={"model_version": lab.active_model}, models=choices
+    )
     if request.method == "POST" and form.is_valid():
         services.activate_model(
             admin=services.authenticated_user(request),
@@ -132,7 +134,7 @@ def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
         {
             "lab": lab,
             "form": form,
-            "models": ModelVersion.objects.order_by("-created_at", "-id"),
+            "models": choices,
         },
     )
 
@@ -183,7 +185,7 @@ def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
             messages.error(request, "Give both limits as numbers from 0 to 100.")
         return redirect("accounts:reference_ranges", lab_id=lab.pk)
     ranges = reference_ranges_for(lab=lab)
-    model = lab.active_model or ModelVersion.objects.order_by("-created_at", "-id").first()
+    model = lab.active_model or services.models_for(lab=lab).filter(lab=None).first()
     labels = list(dict.fromkeys([*(model.classes if model else []), *ranges]))
     rows = [
         {

@@ -110,7 +110,7 @@ def preload_classifiers() -> None:
         torch.set_num_threads(settings.INFERENCE_THREADS)
     wanted = {lab.active_model for lab in Lab.objects.select_related("active_model")}
     wanted.discard(None)
-    newest = ModelVersion.objects.order_by("-created_at", "-id").first()
+    newest = ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()
     if newest is not None:
         wanted.add(newest)
     for model_version in wanted:

@@ -26,6 +26,12 @@ class ModelVersion(models.Model):
     # Below this calibrated confidence a cell counts as "unidentified" until a human looks.
     threshold = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict)
+    # None: a shared model (shipped, registered by `manage.py register_model`) that every lab
+    # may choose. A lab: a model adapted to that lab's reviewed cells (webportal.adaptation):
+    # only that lab sees and may activate it, and it is never a lab's default by being newest.
+    lab = models.ForeignKey(
+        "accounts.Lab", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

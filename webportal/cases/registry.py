@@ -7,16 +7,28 @@ Reading a checkpoint needs PyTorch, so this lives apart from `services` (the por
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.db import transaction
 
 from ml.checkpoint import read_metadata, sha256_of
+from webportal.accounts.models import Lab
 from webportal.cases.models import ModelVersion
 from webportal.cases.services import ServiceError
 
 
-def register_model(*, checkpoint_path: Path, name: str = "") -> ModelVersion:
-    """Register a checkpoint file; registering the same file again returns the same row."""
+def register_model(
+    *,
+    checkpoint_path: Path,
+    name: str = "",
+    lab: Lab | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register a checkpoint file; registering the same file again returns the same row.
+
+    `lab`: a model adapted to that lab's cells, seen and chosen by that lab only (None: shared).
+    `extra_metrics` join the checkpoint's own (e.g. an adaptation's held-out figures).
+    """
     if not checkpoint_path.is_file():
         raise ServiceError(f"No checkpoint file at {checkpoint_path}")
     digest = sha256_of(checkpoint_path)
@@ -37,5 +49,6 @@ def register_model(*, checkpoint_path: Path, name: str = "") -> ModelVersion:
             std=list(meta.std),
             temperature=meta.temperature,
             threshold=meta.threshold,
-            metrics=meta.metrics,
+            metrics={**meta.metrics, **(extra_metrics or {})},
+            lab=lab,
         )

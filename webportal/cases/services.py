@@ -45,7 +45,8 @@ class ServiceError(Exception):
 def active_model_for(*, lab: Lab) -> ModelVersion:
     if lab.active_model is not None:
         return lab.active_model
-    newest = ModelVersion.objects.order_by("-created_at", "-id").first()
+    # The newest shared model: one adapted to a lab is never any lab's model by being newest.
+    newest = ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()
     if newest is None:
         raise ServiceError(
             "No model is registered yet: run `python manage.py register_model PATH` first."

@@ -193,7 +193,7 @@ def test_activating_a_model_is_the_admins_and_is_recorded() -> None:
     lab = services.activate_model(admin=admin.user, lab=admin.lab, model_version=model)
     assert lab.active_model == model
     event = AuditEvent.objects.get(action=Action.MODEL_ACTIVATED)
-    assert event.before == {"model": "newest registered"}
+    assert event.before == {"model": "newest shared"}
     assert event.after == {"model": str(model)}
     services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
     lab.refresh_from_db()

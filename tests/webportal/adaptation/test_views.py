@@ -1,0 +1,199 @@
+"""The lab admin's adaptation pages: who may see and use them, and what they show."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from tests.factories import (
+    AdaptationJobFactory,
+    CaseFactory,
+    LabFactory,
+    MembershipFactory,
+    ModelVersionFactory,
+    reviewed_batch,
+)
+from webportal.accounts.models import Role
+from webportal.adaptation import services
+from webportal.adaptation.models import AdaptationJob
+from webportal.audit.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
+PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
+
+
+@pytest.fixture
+def base_model():
+    return ModelVersionFactory.create(classes=CLASSES, name="pbc8")
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def finished_job(lab, base_model) -> AdaptationJob:
+    adapted = ModelVersionFactory.create(classes=CLASSES, lab=lab, name="pbc8 adapted")
+    return AdaptationJobFactory.create(
+        lab=lab,
+        base_model=base_model,
+        result_model=adapted,
+        status=AdaptationJob.Status.DONE,
+        plan={
+            "classes": ["lymphocyte", "neutrophil"],
+            "train": {"lymphocyte": 18, "neutrophil": 18},
+            "heldout": {"lymphocyte": 6, "neutrophil": 6},
+        },
+        figures={
+            "heldout_cases": 2,
+            "base": {
+                "n": 12,
+                "accuracy": 0.5,
+                "macro_f1": 0.48,
+                "coverage": 0.25,
+                "accuracy_above_threshold": 1.0,
+                "per_class": {
+                    "lymphocyte": {"support": 6, "recall": 1 / 3},
+                    "neutrophil": {"support": 6, "recall": 2 / 3},
+                },
+            },
+            "adapted": {
+                "n": 12,
+                "accuracy": 11 / 12,
+                "macro_f1": 0.91,
+                "coverage": 0.75,
+                "accuracy_above_threshold": 1.0,
+                "per_class": {
+                    "lymphocyte": {"support": 6, "recall": 5 / 6},
+                    "neutrophil": {"support": 6, "recall": 1.0},
+                },
+            },
+        },
+    )
+
+
+@pytest.mark.parametrize("role", [Role.STAFF, Role.PATHOLOGIST, Role.INTEGRATOR])
+def test_a_member_who_is_not_the_labs_admin_is_refused_every_adaptation_url(
+    role: str, lab, base_model
+) -> None:
+    job = finished_job(lab, base_model)
+    client = client_for(MembershipFactory.create(lab=lab, role=role).user)
+
+    answers = [
+        client.get(reverse("adaptation:adaptation", args=[lab.pk])).status_code,
+        client.post(reverse("adaptation:start", args=[lab.pk])).status_code,
+        client.get(reverse("adaptation:job", args=[lab.pk, job.pk])).status_code,
+        client.post(
+            reverse("adaptation:decide", args=[lab.pk, job.pk]), {"decision": "activate"}
+        ).status_code,
+    ]
+
+    assert answers == [403, 403, 403, 403]
+    assert not AdaptationJob.objects.exclude(pk=job.pk).exists()
+    lab.refresh_from_db()
+    assert lab.active_model is None
+
+
+def test_another_labs_adaptations_are_not_found_even_under_ones_own_lab(lab, base_model) -> None:
+    job = finished_job(lab, base_model)
+    other_admin = MembershipFactory.create(lab=LabFactory.create(), role=Role.ADMIN).user
+    own_lab = other_admin.memberships.get().lab
+    client = client_for(other_admin)
+
+    answers = [
+        client.get(reverse("adaptation:adaptation", args=[lab.pk])).status_code,
+        client.get(reverse("adaptation:job", args=[lab.pk, job.pk])).status_code,
+        client.get(reverse("adaptation:job", args=[own_lab.pk, job.pk])).status_code,
+        client.post(
+            reverse("adaptation:decide", args=[own_lab.pk, job.pk]), {"decision": "activate"}
+        ).status_code,
+    ]
+
+    assert answers == [404, 404, 404, 404]
+    own_page = client.get(reverse("adaptation:adaptation", args=[own_lab.pk]))
+    assert own_page.status_code == 200
+    assert f"#{job.pk}" not in own_page.content.decode()
+
+
+def test_the_page_shows_the_reviewed_cells_per_class_and_why_one_is_left_out(
+    lab, base_model
+) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    reviewer = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST).user
+    lab.active_model = base_model
+    lab.save()
+    for _ in range(8):
+        reviewed_batch(
+            case=CaseFactory.create(lab=lab),
+            model_version=base_model,
+            labels=PER_CASE,
+            reviewer=reviewer,
+        )
+
+    page = client_for(admin).get(reverse("adaptation:adaptation", args=[lab.pk])).content.decode()
+
+    assert "Start adaptation" in page
+    assert "no: 6 to train on and 2 held out; it needs 10 and 5" in page  # monocyte
+    assert '<td class="num">18</td>\n      <td class="num">6</td>' in page
+
+
+def test_too_few_reviewed_cells_show_the_reason_instead_of_the_start_button(
+    lab, base_model
+) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    lab.active_model = base_model
+    lab.save()
+
+    page = client_for(admin).get(reverse("adaptation:adaptation", args=[lab.pk])).content.decode()
+
+    assert "Too few reviewed cells to adapt the model yet" in page
+    assert "Start adaptation" not in page
+
+
+def test_the_job_page_shows_both_models_figures_and_activating_is_audited(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    job = finished_job(lab, base_model)
+    client = client_for(admin)
+
+    page = client.get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+    assert "On 12 held-out reviewed cells of 2 cases not used for training" in page
+    assert "50.0%" in page
+    assert "91.7%" in page
+    assert "33.3%" in page
+    assert "83.3%" in page
+    assert "Activate for" in page
+
+    response = client.post(
+        reverse("adaptation:decide", args=[lab.pk, job.pk]), {"decision": "activate"}
+    )
+
+    assert response.status_code == 302
+    lab.refresh_from_db()
+    assert lab.active_model == job.result_model
+    assert AuditEvent.objects.filter(
+        lab=lab, actor=admin, action=services.ADAPTATION_ACTIVATED, object_id=str(job.pk)
+    ).exists()
+    page = client.get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+    assert "in use" in page
+    assert "Stop using it" in page
+
+
+def test_the_model_page_lists_the_labs_own_adapted_model_but_not_another_labs(
+    lab, base_model
+) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    ours = finished_job(lab, base_model).result_model
+    theirs = finished_job(LabFactory.create(), base_model).result_model
+    assert theirs is not None
+    theirs.name = "someone else's adapted model"
+    theirs.save()
+
+    page = client_for(admin).get(reverse("accounts:lab_model", args=[lab.pk])).content.decode()
+
+    assert ours is not None
+    assert ours.name in page
+    assert "someone else" not in page

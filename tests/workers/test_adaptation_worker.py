@@ -1,0 +1,101 @@
+"""A real Celery worker consuming only the `adapt` queue adapts a tiny model to a lab's reviewed
+cells: a new, inactive model version of that lab appears with its held-out figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.conf import LazySettings
+
+from ml.checkpoint import read_metadata, sha256_of
+from tests.conftest import TINY_CLASSES
+from tests.factories import CaseFactory, MembershipFactory, reviewed_batch
+from tests.services import celery_worker, wait_until
+from webportal.accounts.models import Role
+from webportal.adaptation import services
+from webportal.adaptation.models import AdaptationJob
+from webportal.audit.models import AuditEvent
+from webportal.cases.models import Batch, ModelVersion
+from webportal.celery import use_broker
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+# Per case: 3 lymphocytes, 3 neutrophils, 1 monocyte (too few monocytes to take part).
+PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
+
+
+def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_its_figures(
+    tiny_model: ModelVersion, tmp_path: Path, settings: LazySettings
+) -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    lab = admin.lab
+    reviewer = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST).user
+    for _ in range(8):
+        reviewed_batch(
+            case=CaseFactory.create(lab=lab),
+            model_version=tiny_model,
+            labels=PER_CASE,
+            reviewer=reviewer,
+            with_files=True,
+        )
+    broker = tmp_path / "broker"
+    use_broker("filesystem://", broker)
+    models_dir, work_dir = tmp_path / "models", tmp_path / "work"
+    env = {
+        # A recipe of seconds for a 32-pixel model on one thread.
+        "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16",
+        "ADAPT_THREADS": "1",
+        "ADAPTED_MODELS_DIR": str(models_dir),
+        "ADAPT_WORK_DIR": str(work_dir),
+    }
+    log = tmp_path / "adapt-worker.log"
+
+    with celery_worker(
+        broker_url="filesystem://",
+        broker_folder=broker,
+        log_path=log,
+        extra_env=env,
+        queues="adapt",
+    ):
+        job = services.start_adaptation(admin=admin.user, lab=lab)
+        wait_until(
+            lambda: not AdaptationJob.objects.get(pk=job.pk).is_active,
+            timeout=300,
+            what="the adaptation to finish",
+        )
+
+    job.refresh_from_db()
+    lab.refresh_from_db()
+    assert job.status == AdaptationJob.Status.DONE, f"{job.error}\n{log.read_text()[-4000:]}"
+    assert job.epochs_done == job.epochs_planned == 2
+    adapted = job.result_model
+    assert adapted is not None
+    assert adapted != tiny_model
+    # A model of this lab only, and not in use until the admin activates it.
+    assert adapted.lab == lab
+    assert lab.active_model is None
+    assert not Batch.objects.filter(model_version=adapted).exists()
+    # The checkpoint kept, registered under its own sha256, with the base model's classes.
+    path = Path(adapted.checkpoint_path)
+    assert path.parent == models_dir
+    assert path.is_file()
+    assert sha256_of(path) == adapted.checkpoint_sha256
+    assert read_metadata(path).classes == TINY_CLASSES == adapted.classes
+    assert not any(work_dir.iterdir())  # the exported copies of the lab's cells are gone
+    # Both models measured on the same held-out cells: two whole cases, 6 + 6 cells.
+    assert job.plan["heldout"] == {"lymphocyte": 6, "neutrophil": 6}
+    for model in ("base", "adapted"):
+        figures = job.figures[model]
+        assert figures["n"] == 12
+        assert 0.0 <= figures["accuracy"] <= 1.0
+        assert {k: v["support"] for k, v in figures["per_class"].items()} == {
+            "lymphocyte": 6,
+            "neutrophil": 6,
+        }
+    assert adapted.metrics["adaptation"]["base"] == job.figures["base"]
+    assert adapted.metrics["adaptation"]["adapted"] == job.figures["adapted"]
+    assert AuditEvent.objects.filter(
+        action=services.ADAPTATION_FINISHED, object_id=str(job.pk), lab=lab
+    ).exists()
+    assert "loaded" not in log.read_text()  # an adaptation worker loads no classifier

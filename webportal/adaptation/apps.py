@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AdaptationConfig(AppConfig):
+    name = "webportal.adaptation"
+    label = "adaptation"

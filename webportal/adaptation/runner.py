@@ -1,0 +1,153 @@
+"""The adaptation worker's side: export, fine-tune, measure, register.
+
+Only the worker consuming the `adapt` queue imports this module (through workers.tasks): it
+brings in PyTorch. The steps, each reported on the job row with a heartbeat:
+
+1. claim the job (queued -> running; a repeated message finds nothing to claim);
+2. export the plan's cells (kept on the job since the start) to a work folder
+   (`webportal.adaptation.export`): train/ and heldout/, one sub-folder per class;
+3. fine-tune the base checkpoint on train/ with `ml.train.fine_tune` (`--init`: its classes
+   kept, the loss masked to the lab's classes, temperature and threshold refitted), options
+   from ADAPT_TRAIN_OPTIONS, progress per epoch;
+4. evaluate the base and the adapted model on heldout/ (`ml.evaluate.evaluate_folder`);
+5. keep the checkpoint in ADAPTED_MODELS_DIR and register it as a ModelVersion of the lab,
+   with both figures in its metrics, inactive; the job is done.
+
+The work folder (copies of clinical images) is deleted whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+
+from ml.checkpoint import sha256_of
+from ml.evaluate import evaluate_folder
+from ml.inference import Classifier
+from ml.train import fine_tune
+from webportal.adaptation import services
+from webportal.adaptation.export import export_cells
+from webportal.adaptation.models import AdaptationJob
+from webportal.adaptation.selectors import HELDOUT, TRAIN
+from webportal.cases.models import ModelVersion
+from webportal.cases.registry import register_model
+from webportal.cases.services import ServiceError
+
+logger = logging.getLogger(__name__)
+
+Stage = AdaptationJob.Stage
+FIGURE_KEYS = ("n", "accuracy", "macro_f1", "coverage", "accuracy_above_threshold", "threshold")
+
+
+def train_options() -> list[str]:
+    """ADAPT_TRAIN_OPTIONS, with what a Celery pool process needs: no DataLoader worker
+    processes (a pool process is a daemon and may not start children) and its thread count."""
+    options = shlex.split(settings.ADAPT_TRAIN_OPTIONS)
+    options += ["--workers", "0"]
+    threads = settings.ADAPT_THREADS or torch.get_num_threads()
+    return [*options, "--threads", str(threads)]
+
+
+def figures_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of an ml.evaluate report the page and the registry keep."""
+    return {
+        **{key: report.get(key) for key in FIGURE_KEYS},
+        "per_class": {
+            label: {k: row[k] for k in ("support", "precision", "recall", "f1")}
+            for label, row in report["per_class"].items()
+            if row["support"] > 0
+        },
+    }
+
+
+def _checkpoint_of(model_version: ModelVersion) -> Path:
+    path = Path(model_version.checkpoint_path)
+    if not path.is_file():
+        raise ServiceError(f"The checkpoint of {model_version} is missing at {path}.")
+    if sha256_of(path) != model_version.checkpoint_sha256:
+        raise ServiceError(f"The checkpoint at {path} does not match the sha256 registered.")
+    return path
+
+
+def _measure(path: Path, heldout: Path) -> dict[str, Any]:
+    return figures_of(evaluate_folder(Classifier.load(path), heldout, workers=0))
+
+
+def run_adaptation(*, job_id: int) -> None:
+    """Run one adaptation job to the end; a job not queued is left as it is. An error fails
+    the job with its reason (the task's caller logs it)."""
+    job = services.claim(job_id=job_id)
+    if job is None:
+        logger.info("adaptation %s: not queued, nothing to do", job_id)
+        return
+    work = Path(settings.ADAPT_WORK_DIR) / f"job-{job.pk}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _run(job, work)
+    except BaseException as exc:
+        services.mark_failed(job_id=job.pk, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(job: AdaptationJob, work: Path) -> None:
+    base_path = _checkpoint_of(job.base_model)
+    services.report_progress(job_id=job.pk, stage=Stage.EXPORTING)
+    for side in (TRAIN, HELDOUT):
+        export_cells(lab=job.lab, cells=job.plan["cells"][side], folder=work / side)
+
+    options = train_options()
+    services.report_progress(job_id=job.pk, stage=Stage.TRAINING, epochs_done=0)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        services.report_progress(
+            job_id=job.pk,
+            stage=Stage.TRAINING,
+            epochs_done=int(row["epoch"]) + 1,
+            epochs_planned=int(row["epochs"]),
+        )
+
+    out = work / "out" / "adapted.pt"
+    training = fine_tune(
+        init=base_path, data=work / TRAIN, out=out, options=options, on_epoch=on_epoch
+    )
+
+    services.report_progress(job_id=job.pk, stage=Stage.EVALUATING)
+    figures = {
+        "base": _measure(base_path, work / HELDOUT),
+        "adapted": _measure(out, work / HELDOUT),
+        "group_by": job.plan["group_by"],
+        "heldout_cases": job.plan.get("heldout_cases"),
+        "training_val": {k: training.get(k) for k in ("n", "accuracy", "macro_f1")},
+        "epochs": training.get("best_epoch"),
+        "options": options,
+    }
+
+    services.report_progress(job_id=job.pk, stage=Stage.REGISTERING)
+    kept_dir = Path(settings.ADAPTED_MODELS_DIR)
+    kept_dir.mkdir(parents=True, exist_ok=True)
+    digest = sha256_of(out)
+    kept = kept_dir / f"{job.lab.slug}-adapt{job.pk}-{digest[:12]}.pt"
+    shutil.copyfile(out, kept)
+    model = register_model(
+        checkpoint_path=kept,
+        name=f"{job.base_model.name} adapted to {job.lab.slug} (#{job.pk})",
+        lab=job.lab,
+        extra_metrics={"adaptation": {"job": job.pk, "base_model": job.base_model.pk, **figures}},
+    )
+    services.finish(job_id=job.pk, result_model=model, figures=figures)
+    logger.info(
+        "adaptation %s: %s registered; held-out accuracy %.3f -> %.3f on %d cells",
+        job.pk,
+        model,
+        figures["base"]["accuracy"],
+        figures["adapted"]["accuracy"],
+        figures["adapted"]["n"],
+    )
