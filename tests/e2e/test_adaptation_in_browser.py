@@ -1,0 +1,157 @@
+"""A lab admin adapts the lab's model, in Chromium: the plan, a finished job's figures, and
+activating the adapted model; a running job's page reloads itself under the CSP.
+
+With SCREENSHOT_DIR set the 1366x768 screenshots land there (docs/screenshots/ holds the
+committed ones: `SCREENSHOT_DIR=docs/screenshots pytest tests/e2e/test_adaptation_in_browser.py`).
+The lab, its reviews and the job's figures are made up: the page is shown, not a result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.factories import (
+    PASSWORD,
+    CaseFactory,
+    LabFactory,
+    MembershipFactory,
+    ModelVersionFactory,
+    reviewed_batch,
+)
+from webportal.accounts.models import Membership, Role
+from webportal.adaptation import services
+from webportal.adaptation.models import AdaptationJob
+from webportal.cases.models import ModelVersion
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
+# Reviewed cells per case: a smear's usual mix, with too few basophils and igs to take part.
+PER_CASE = ["neutrophil"] * 6 + ["lymphocyte"] * 3 + ["monocyte", "eosinophil"]
+# Made-up share right per class (current, adapted) for the finished job's page.
+RECALLS = {
+    "eosinophil": (0.6, 0.8),
+    "lymphocyte": (0.733, 0.933),
+    "monocyte": (0.4, 0.8),
+    "neutrophil": (0.767, 0.967),
+}
+
+
+def _save(page: Page, name: str) -> None:
+    folder = os.environ.get("SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=False)
+
+
+def _lab() -> tuple[Membership, ModelVersion]:
+    lab = LabFactory.create(name="St Elsewhere Haematology")
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN, user__username="qm.kim")
+    pathologist = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST, user__username="dr.ng")
+    model = ModelVersionFactory.create(name="pbc8-mobilenetv2", classes=CLASSES)
+    lab.active_model = model
+    lab.save()
+    for number in range(20):
+        extra = ["basophil"] if number % 7 == 0 else (["ig"] if number % 5 == 0 else [])
+        reviewed_batch(
+            case=CaseFactory.create(lab=lab, accession_number=f"H26-{2000 + number}"),
+            model_version=model,
+            labels=[*PER_CASE, *extra],
+            reviewer=pathologist.user,
+        )
+    return admin, model
+
+
+def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
+    """What the adaptation worker writes at the end, with made-up figures."""
+    services.claim(job_id=job.pk)
+    adapted = ModelVersionFactory.create(
+        name=f"pbc8-mobilenetv2 adapted to {job.lab.slug} (#{job.pk})",
+        classes=CLASSES,
+        lab=job.lab,
+    )
+    heldout = job.plan["heldout"]
+    n = sum(heldout.values())
+
+    def figures(which: int, coverage: float, f1: float) -> dict[str, object]:
+        per_class = {
+            label: {"support": heldout[label], "recall": RECALLS[label][which]} for label in heldout
+        }
+        right = sum(heldout[c] * RECALLS[c][which] for c in heldout)
+        return {
+            "n": n,
+            "accuracy": right / n,
+            "macro_f1": f1,
+            "coverage": coverage,
+            "accuracy_above_threshold": 0.99 if which else 0.93,
+            "per_class": per_class,
+        }
+
+    services.finish(
+        job_id=job.pk,
+        result_model=adapted,
+        figures={
+            "base": figures(0, 0.41, 0.62),
+            "adapted": figures(1, 0.74, 0.87),
+            "heldout_cases": job.plan["heldout_cases"],
+            "group_by": job.plan["group_by"],
+        },
+    )
+    job.refresh_from_db()
+    return job
+
+
+def _log_in(page: Page, base: str, membership: Membership) -> None:
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", membership.user.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+
+
+def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
+    page: Page, console_errors: list[str], live_server
+) -> None:
+    admin, model = _lab()
+    lab = admin.lab
+    base = live_server.url
+    _log_in(page, base, admin)
+
+    page.goto(f"{base}/lab/{lab.pk}/adaptation/")
+    expect(page.locator("#plan tbody tr")).to_have_count(6)
+    expect(page.locator("#plan")).to_contain_text("no: ")  # basophil, ig: too few
+    _save(page, "adaptation")
+    page.click("text=Start adaptation")
+
+    job = AdaptationJob.objects.get(lab=lab)
+    expect(page).to_have_url(f"{base}/lab/{lab.pk}/adaptation/{job.pk}/")
+    expect(page.locator("#state")).to_contain_text("Waiting for the adaptation worker")
+    # The running page reloads itself (a static script: no CSP violation).
+    with page.expect_navigation(timeout=15_000):
+        pass
+    assert console_errors == []
+
+    job = _finished(job, model)
+    page.goto(f"{base}/lab/{lab.pk}/adaptation/{job.pk}/")
+    expect(page.locator("#summary")).to_contain_text("held-out reviewed cells")
+    expect(page.locator("#per-class tbody tr")).to_have_count(4)
+    _save(page, "adaptation-job")
+
+    page.click("text=Activate for St Elsewhere Haematology")
+    expect(page.locator(".message")).to_contain_text("now classifies the lab's new batches")
+    expect(page.locator("#decision")).to_contain_text("in use")
+    lab.refresh_from_db()
+    assert lab.active_model == job.result_model
+    assert console_errors == []
