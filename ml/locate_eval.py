@@ -2,12 +2,13 @@
 
     python -m ml.locate_eval --data ../shared/data/bccd --model ml/weights/kaggle4-mobilenetv2.pt \
         --json var/locate-eval.json
-    python -m ml.locate_eval --data ../shared/data/bccd --sweep     # tune on the tune half only
+    python -m ml.locate_eval --data ../shared/data/bccd --sweep merge  # tune half only (SWEEPS)
 
 `--data` holds `JPEGImages/*.jpg`, `Annotations/*.xml` (Pascal VOC; objects named `WBC` are the
 white cells) and `labels.csv` (`image,wbc_category`). The fields are split into two halves by
 blocks of 10 consecutive names (neighbouring fields of one smear stay on one side): `tune` chose
-the locator's parameters (`--sweep`), `report` did not; figures are given for both and all.
+the locator's parameters (`--sweep base`, then `--sweep merge`), `report` did not; figures are
+given for both and all.
 
 Detection: a located cell is a true positive when its box overlaps a not yet matched annotated
 white cell at IoU >= 0.5 (cells taken largest nucleus first); recall = matched / annotated,
@@ -225,30 +226,41 @@ def classify_located(
     )
 
 
-SWEEP = {
-    "stain_threshold": (30.0, 40.0, 50.0),
-    "min_nucleus_area": (2400, 3200, 4000),
-    "join_distance": (12, 24, 36),
-    "box_scale": (1.2, 1.3, 1.4),
+# The parameter searches, run in this order on the tune half (docs/MODELS.md): `base` chose the
+# stain, area, join and box parameters with the lobe merge off; `merge` then chose the merge's
+# (the others at their defaults, box scale again).
+SWEEPS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "base": {
+        "stain_threshold": (30.0, 40.0, 50.0),
+        "min_nucleus_area": (2400, 3200, 4000),
+        "join_distance": (12, 24, 36),
+        "box_scale": (1.2, 1.3, 1.4),
+        "merge_gap": (0,),
+    },
+    "merge": {
+        "merge_gap": (0, 12, 24, 36),
+        "merge_max_side": (200, 215, 230, 245, 260),
+        "box_scale": (1.2, 1.3),
+    },
 }
 
 
-def sweep(fields: Sequence[Field]) -> list[dict[str, Any]]:
-    """Every combination of SWEEP on the given fields, best first (recall + precision, then
+def sweep(fields: Sequence[Field], grid: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Every combination of `grid` on the given fields, best first (recall + precision, then
     mean IoU of the matches)."""
     images = {}
     for field in fields:
         with Image.open(field.path) as opened:
             images[field.name] = opened.convert("RGB")
     rows = []
-    for values in itertools.product(*SWEEP.values()):
-        changes: dict[str, Any] = dict(zip(SWEEP, values, strict=True))
+    for values in itertools.product(*grid.values()):
+        changes: dict[str, Any] = dict(zip(grid, values, strict=True))
         params = replace(DEFAULT_PARAMS, **changes)
         located = {f.name: locate(images[f.name], params) for f in fields}
         figures = detection_figures(fields, located)
         rows.append(
             {
-                **{k: v for k, v in asdict(params).items() if k in SWEEP},
+                **{k: v for k, v in asdict(params).items() if k in grid},
                 "recall": figures["recall"],
                 "precision": figures["precision"],
                 "mean_iou": figures["mean_iou_of_matches"],
@@ -281,7 +293,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="classifier checkpoint: also measure subtype accuracy")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--sweep", action="store_true", help="grid-search the tune half and print it")
+    p.add_argument(
+        "--sweep",
+        choices=sorted(SWEEPS),
+        help="grid-search the tune half with this grid (SWEEPS) and print the best rows",
+    )
     return p
 
 
@@ -292,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no annotated fields in {args.data}", file=sys.stderr)
         return 2
     if args.sweep:
-        rows = sweep([f for f in fields if f.split == "tune"])
+        rows = sweep([f for f in fields if f.split == "tune"], SWEEPS[args.sweep])
         for row in rows[:15]:
             print(json.dumps(row))
         if args.json:

@@ -26,6 +26,11 @@ figures that chose this):
    neutrophil's lobes) and extend it; smaller pieces alone are platelets or debris and are
    ignored. Two white cells side by side stay two as long as their nuclei do not touch (their
    cytoplasm may); nuclei that touch come out as one cell (a known limit).
+   A lobed nucleus (a neutrophil's segments, an eosinophil's two lobes) may also break into
+   several pieces that each pass `min_nucleus_area`: nuclei within `merge_gap` of each other
+   are one cell when their joint box's longer side is at most `merge_max_side` (a size prior:
+   no single white cell's nucleus is larger), closest pairs first; two cells' nuclei, a few
+   pixels apart too, together exceed it and stay two.
 3. The cell's box is the nucleus's bounding box scaled by `box_scale` about its centre (the
    cytoplasm around it), clipped to the image.
 
@@ -79,6 +84,11 @@ class LocateParams:
     join_distance: int = 36  # pieces this close to a nucleus (full-resolution px) belong to it
     box_scale: float = 1.2  # cell box side over nucleus box side
     downscale: int = 2  # work on the field shrunk by this factor
+    # Two nuclei this close (full-resolution px) are lobes of one cell if together they are no
+    # larger than one cell's nucleus can be (`merge_max_side`: the longer side of their joint
+    # box); 0 turns the merge off.
+    merge_gap: int = 24
+    merge_max_side: int = 240
 
     def for_pixel_scale(self, factor: float) -> LocateParams:
         """The same rule for fields magnified `factor` times BCCD's (lengths x f, areas x f^2)."""
@@ -86,6 +96,8 @@ class LocateParams:
             self,
             min_nucleus_area=round(self.min_nucleus_area * factor * factor),
             join_distance=round(self.join_distance * factor),
+            merge_gap=round(self.merge_gap * factor),
+            merge_max_side=round(self.merge_max_side * factor),
             downscale=max(1, round(self.downscale * factor)),
         )
 
@@ -139,11 +151,14 @@ def locate(image: Image.Image, params: LocateParams = DEFAULT_PARAMS) -> list[Lo
     big_ids = np.flatnonzero(areas * f * f >= params.min_nucleus_area)
     if big_ids.size == 0:
         return []
-    # Nuclei keep their own labels 1..n; a small piece takes the label of the nucleus within
-    # join_distance of it (the nearest by the dilation's maximum), or none.
+    # Nuclei keep their own labels 1..n, or share one when merged as lobes of one cell; a small
+    # piece takes the label of the nucleus within join_distance of it (the nearest by the
+    # dilation's maximum), or none.
+    group = _merge_lobes(pieces, big_ids, params)
     relabel = np.zeros(count + 1, dtype=np.int32)
-    relabel[big_ids] = np.arange(1, big_ids.size + 1, dtype=np.int32)
+    relabel[big_ids] = group
     nuclei = relabel[pieces]
+    group_area = np.bincount(group, weights=areas[big_ids])
     reach = 2 * max(1, round(params.join_distance / f)) + 1
     grown = ndimage.maximum_filter(nuclei, size=reach)
     owner = np.where(mask, np.where(nuclei > 0, nuclei, grown), 0)
@@ -163,10 +178,62 @@ def locate(image: Image.Image, params: LocateParams = DEFAULT_PARAMS) -> list[Lo
             min(height, round(cy + half_h)),
         )
         cut = nx1 <= 0 or ny1 <= 0 or nx2 >= width or ny2 >= height
-        area = int(areas[big_ids[i - 1]]) * f * f
+        area = int(group_area[i]) * f * f
         cells.append(LocatedCell(box, (nx1, ny1, nx2, ny2), area, cut))
     cells.sort(key=lambda c: -c.nucleus_area)
     return cells
+
+
+def _merge_lobes(
+    pieces: npt.NDArray[np.int32], big_ids: npt.NDArray[np.intp], params: LocateParams
+) -> npt.NDArray[np.int32]:
+    """The cell (1..) of each nucleus piece `big_ids[k]`: pieces within `merge_gap` of each other
+    share one when their joint box's longer side stays within `merge_max_side` (closest pairs
+    first), else each is its own cell."""
+    n = big_ids.size
+    parent = list(range(n))
+    if n > 1 and params.merge_gap > 0:
+        f = params.downscale
+        reach = max(1, round(params.merge_gap / f))
+        height, width = pieces.shape
+        index = {int(label): k for k, label in enumerate(big_ids)}
+        slices = ndimage.find_objects(pieces)
+        boxes: list[list[int]] = []
+        pairs: list[tuple[float, int, int]] = []  # (gap in working pixels, k, other)
+        for k, label in enumerate(big_ids):
+            ys, xs = slices[label - 1]
+            boxes.append([xs.start, ys.start, xs.stop, ys.stop])
+            y0, y1 = max(0, ys.start - reach), min(height, ys.stop + reach)
+            x0, x1 = max(0, xs.start - reach), min(width, xs.stop + reach)
+            window = pieces[y0:y1, x0:x1]
+            distance = ndimage.distance_transform_edt(window != label)
+            for v in np.unique(window[distance <= reach]):
+                other = index.get(int(v))
+                if other is not None and other > k:
+                    gap = float(distance[window == v].min())
+                    pairs.append((gap, k, other))
+        limit = params.merge_max_side / f
+
+        def root(k: int) -> int:
+            while parent[k] != k:
+                k = parent[k]
+            return k
+
+        joint = {k: list(b) for k, b in enumerate(boxes)}
+        for _, a, b in sorted(pairs):
+            ra, rb = root(a), root(b)
+            if ra == rb:
+                continue
+            ba, bb = joint[ra], joint[rb]
+            union = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
+            if max(union[2] - union[0], union[3] - union[1]) <= limit:
+                parent[rb] = ra
+                joint[ra] = union
+        roots = [root(k) for k in range(n)]
+    else:
+        roots = list(range(n))
+    order = {r: i for i, r in enumerate(dict.fromkeys(roots), start=1)}
+    return np.array([order[r] for r in roots], dtype=np.int32)
 
 
 def crop_cell(

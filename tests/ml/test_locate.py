@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,28 @@ def test_two_white_cells_side_by_side_come_out_as_two():
     cells = locate(open_field("BloodImage_00176"))
     best = [max(range(len(truth)), key=[iou(c.box, t) for t in truth].__getitem__) for c in cells]
     assert sorted(best) == list(range(len(truth)))
+
+
+def test_two_lobes_of_one_neutrophil_come_out_as_one_cell():
+    (truth,) = read_voc_boxes(FIELDS / "BloodImage_00005.xml")
+    field = open_field("BloodImage_00005")
+    # Without the merge the lobes, a few pixels apart, are two nuclei (two boxes).
+    assert len(locate(field, replace(DEFAULT_PARAMS, merge_gap=0))) == 2
+    (cell,) = locate(field)
+    assert iou(cell.box, truth) >= 0.5
+
+
+def test_nuclei_too_large_together_for_one_cell_stay_two_however_close():
+    field = open_field("BloodImage_00176")  # two cells, nuclei a few pixels apart
+    assert len(locate(field, replace(DEFAULT_PARAMS, merge_gap=60))) == 2
+    # The size prior is what keeps them apart: lift it and they merge.
+    assert len(locate(field, replace(DEFAULT_PARAMS, merge_gap=60, merge_max_side=1000))) == 1
+
+
+def test_the_merge_rule_scales_with_the_magnification():
+    scaled = DEFAULT_PARAMS.for_pixel_scale(2)
+    assert scaled.merge_gap == 2 * DEFAULT_PARAMS.merge_gap
+    assert scaled.merge_max_side == 2 * DEFAULT_PARAMS.merge_max_side
 
 
 def test_a_field_of_red_cells_and_platelets_has_no_white_cell():
@@ -209,6 +232,14 @@ def test_the_evaluation_scores_detection_and_subtype_on_a_bccd_like_folder(tmp_p
     # Only BloodImage_00000 has one annotated white cell and one category.
     assert report["subtype"]["all"]["fields"] == 1
     assert report["subtype"]["all"]["accuracy"] in (0.0, 1.0)
+
+
+def test_the_sweep_ranks_the_lobe_merge_first_on_a_field_with_a_split_nucleus(tmp_path):
+    data = make_bccd_like_folder(tmp_path / "bccd")
+    fields = [f for f in locate_eval.load_fields(data) if f.name == "BloodImage_00005"]
+    rows = locate_eval.sweep(fields, {"merge_gap": (0, 24)})
+    assert [r["merge_gap"] for r in rows] == [24, 0]
+    assert (rows[0]["precision"], rows[1]["precision"]) == (1.0, 0.5)
 
 
 def test_a_false_positive_and_a_miss_are_counted():
