@@ -33,9 +33,9 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # order strategy always looks at the queues in that order, so a STAT batch overtakes a routine
 # backlog.
 QUEUES = ("stat", "housekeeping", "routine")
-# Fine-tuning a model to a lab (minutes to hours) has a queue of its own, consumed by its own
-# worker (`-Q adapt`), so it never holds up a batch. Name the queues with -Q on every worker:
-# a worker started without -Q consumes every declared queue, this one included.
+# Fine-tuning a model to a lab (longer than any batch task) has a queue of its own, consumed
+# by its own worker (`-Q adapt`), so it never holds up a batch. Name the queues with -Q on
+# every worker: a worker started without -Q consumes every declared queue, this one included.
 ADAPT_QUEUE = "adapt"
 
 
@@ -107,7 +107,7 @@ def _defaults() -> dict[str, Any]:
                 "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
             }
         },
-        # A fine-tune runs for minutes to hours: its own limits, and its message is
+        # A fine-tune outlasts a batch's time limits: its own limits, and its message is
         # acknowledged on receipt (no Redis redelivery to a second worker while the first
         # still trains); a job whose worker died is found by its stale heartbeat instead
         # (webportal.adaptation.services.start_adaptation).

@@ -333,7 +333,8 @@ BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
 # its reviewed cells, on the `adapt` queue. Each class needs this many reviewed cells to train
 # on and this many held out (other cases than the training cells') to measure it on; this share
 # of the cells (percent) is held out.
-ADAPT_MIN_TRAIN_CELLS = env_int("ADAPT_MIN_TRAIN_CELLS", 10)
+# At least 4: ml.train holds 15% of the training cells of each class out to calibrate on.
+ADAPT_MIN_TRAIN_CELLS = env_int("ADAPT_MIN_TRAIN_CELLS", 10, minimum=4)
 ADAPT_MIN_HELDOUT_CELLS = env_int("ADAPT_MIN_HELDOUT_CELLS", 5)
 ADAPT_HELDOUT_PERCENT = env_int("ADAPT_HELDOUT_PERCENT", 25, maximum=90)
 # `python -m ml.train` options after --init/--data/--out (docs/MODELS.md, "Adapting a model").

@@ -45,10 +45,11 @@ Stage = AdaptationJob.Stage
 FIGURE_KEYS = ("n", "accuracy", "macro_f1", "coverage", "accuracy_above_threshold", "threshold")
 
 
-def train_options() -> list[str]:
-    """ADAPT_TRAIN_OPTIONS, with what a Celery pool process needs: no DataLoader worker
-    processes (a pool process is a daemon and may not start children) and its thread count."""
-    options = shlex.split(settings.ADAPT_TRAIN_OPTIONS)
+def train_options(recipe: str | None = None) -> list[str]:
+    """ADAPT_TRAIN_OPTIONS (or `recipe`), with what a Celery pool process needs: no DataLoader
+    worker processes (a pool process is a daemon and may not start children) and its thread
+    count (ADAPT_THREADS)."""
+    options = shlex.split(settings.ADAPT_TRAIN_OPTIONS if recipe is None else recipe)
     options += ["--workers", "0"]
     threads = settings.ADAPT_THREADS or torch.get_num_threads()
     return [*options, "--threads", str(threads)]

@@ -281,3 +281,25 @@ def summary_rows(job: AdaptationJob) -> list[dict[str, Any]]:
         {"label": label, "base": _percent(base.get(key)), "adapted": _percent(adapted.get(key))}
         for key, label in SUMMARY
     ]
+
+
+def why_not_activatable(job: AdaptationJob) -> str:
+    """Why the job's model may not be activated; empty when it may.
+
+    A model without a confidence threshold (no confidence at which its own validation cells
+    were right often enough: ml.metrics.choose_threshold) would accept every cell without a
+    person looking: measured on 12 cells a class of a lab the model never saw
+    (bench/README.md, "Adaptation"), that is what a small adaptation gives.
+    """
+    model = job.result_model
+    if model is None:
+        return "There is no adapted model."
+    if model.threshold is None:
+        target = model.metrics.get("target_accuracy")
+        share = f"{100 * float(target):g}% " if target is not None else ""
+        return (
+            "The adapted model has no confidence threshold: at no confidence were its own "
+            f"validation cells {share}right, so it would accept every cell without review. "
+            "It cannot be activated; review more cells of the lab and adapt again."
+        )
+    return ""

@@ -19,7 +19,12 @@ from django.utils import timezone
 from webportal.accounts.models import Lab
 from webportal.accounts.services import LAB_ADMINS, activate_model, require_role
 from webportal.adaptation.models import AdaptationJob
-from webportal.adaptation.selectors import active_job, adaptation_plan, is_stale
+from webportal.adaptation.selectors import (
+    active_job,
+    adaptation_plan,
+    is_stale,
+    why_not_activatable,
+)
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
 from webportal.cases.services import ServiceError, active_model_for
@@ -94,6 +99,9 @@ def decide(*, admin: User, job: AdaptationJob, activate: bool) -> AdaptationJob:
             )
         lab = job.lab
         if activate:
+            refused = why_not_activatable(job)
+            if refused:
+                raise ServiceError(refused)
             activate_model(admin=admin, lab=lab, model_version=job.result_model)
             status, action = AdaptationJob.Status.ACTIVATED, ADAPTATION_ACTIVATED
         else:

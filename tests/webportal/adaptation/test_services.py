@@ -30,7 +30,7 @@ from webportal.adaptation import selectors, services
 from webportal.adaptation.export import export_cells
 from webportal.adaptation.models import AdaptationJob
 from webportal.audit.models import AuditEvent
-from webportal.cases.models import Cell, Image, Review
+from webportal.cases.models import Cell, Image, ModelVersion, Review
 from webportal.cases.services import ServiceError, active_model_for
 from webportal.celery import ADAPT_MODEL_TASK
 from webportal.celery import app as celery_app
@@ -326,12 +326,30 @@ def test_the_worker_claims_a_job_once(lab, base_model) -> None:
 
 
 def test_settings_for_the_minimums_apply(lab, base_model, reviewer, settings: LazySettings) -> None:
-    settings.ADAPT_MIN_TRAIN_CELLS = 3
+    settings.ADAPT_MIN_TRAIN_CELLS = 4
     settings.ADAPT_MIN_HELDOUT_CELLS = 1
-    lab_with_cases(lab, base_model, reviewer, cases=4)
+    lab_with_cases(lab, base_model, reviewer, cases=5)
 
     plan = selectors.adaptation_plan(lab=lab, base_model=base_model)
 
     assert plan.classes == CLASSES
     assert plan.heldout["monocyte"] >= 1
-    assert plan.train["monocyte"] >= 3
+    assert plan.train["monocyte"] >= 4
+
+
+def test_an_adapted_model_without_a_threshold_cannot_be_activated_it_would_accept_every_cell(
+    lab, base_model, admin
+) -> None:
+    job = _finished_job(lab, base_model)
+    ModelVersion.objects.filter(pk=job.result_model_id).update(
+        threshold=None, metrics={"target_accuracy": 0.995}
+    )
+    job.refresh_from_db()
+
+    with pytest.raises(ServiceError, match="no confidence threshold") as refused:
+        services.decide(admin=admin, job=job, activate=True)
+
+    assert "99.5% right" in str(refused.value)
+    lab.refresh_from_db()
+    assert lab.active_model is None
+    assert services.decide(admin=admin, job=job, activate=False).status == "declined"

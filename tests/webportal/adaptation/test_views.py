@@ -197,3 +197,17 @@ def test_the_model_page_lists_the_labs_own_adapted_model_but_not_another_labs(
     assert ours is not None
     assert ours.name in page
     assert "someone else" not in page
+
+
+def test_the_job_page_offers_no_activation_of_a_model_without_a_threshold(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    job = finished_job(lab, base_model)
+    assert job.result_model is not None
+    job.result_model.threshold = None
+    job.result_model.save()
+
+    page = client_for(admin).get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+
+    assert "It cannot be activated" in page
+    assert "Activate for" not in page
+    assert "Keep the current model" in page
