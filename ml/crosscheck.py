@@ -31,10 +31,12 @@ Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
    thresholds calibrated on half of its val cells (batches drawn within one lab), and measured
    on the other half (false alarms) against batches of the left-out lab (AUROC, flag rate),
    for batches of 20 and 100 cells.
-6. Adaptation: the fold that never saw lab --adapt-lab is fine-tuned on n of that lab's
-   training cells per class (--adapt-n, --adapt-seeds) and scored on its val cells.
-7. With --out: the "all" model is written as a checkpoint with the cross-lab threshold and its
-   batch guard (key `ood`), plus <stem>.crosscheck.json.
+6. With --out: the "all" model is written as a checkpoint with the cross-lab threshold and its
+   batch guard (key `ood`). It is the first fold trained, and a provisional checkpoint (its
+   own val threshold) is written as soon as it is done.
+7. Adaptation: the fold that never saw lab --adapt-lab is fine-tuned on n of that lab's
+   training cells per class (--adapt-n, --adapt-seeds) and scored on its val cells; the
+   report is written before this step and again after it.
 
 Figures are computed on the cached activations of the eval view, which is what the full model
 computes on the same images up to the float16 rounding of the cache.
@@ -525,7 +527,8 @@ def run(
     folds: dict[str, Fold] = {}
     fold_thresholds: dict[str, float | None] = {}
     kept: dict[str, dict[str, Any]] = {}
-    for left in [*labs, "all"]:
+    # The all-labs fold first: its provisional checkpoint exists early in a long run.
+    for left in ["all", *labs]:
         inside = cell_lab != left
         train, val = np.nonzero(inside & ~is_val)[0], np.nonzero(inside & is_val)[0]
         # Each fold its own copy: the adaptation curve starts from the fold that never saw
@@ -590,6 +593,10 @@ def run(
             entry["guard_shipped_thresholds"] = dict(guard.thresholds)
             report["all_guard"] = guard
         report["folds"][left] = entry
+        if left == "all" and args.out:
+            # Provisional (its own val threshold only) until the left-out folds give the
+            # cross-lab threshold; rewritten below.
+            write_model(args, fold, {**report, "cross_threshold": None}, classes)
         print(f"fold {left} done at {time.time() - t_start:.0f}s", flush=True)
 
     # 4. One threshold that holds on every left-out lab.
@@ -608,24 +615,27 @@ def run(
             float(result["_correct"][acc].mean()) if acc.any() else None
         )
 
-    # 6. Adaptation learning curve.
+    # 6. The all-labs model, and the report so far (the adaptation curve is the slow part).
+    if args.out:
+        write_model(args, folds["all"], report, classes)
+    write_report(args, report, t_start)
+    print(format_table(report), flush=True)
+
+    # 7. Adaptation learning curve.
     if args.adapt_lab in folds:
         report["adaptation"] = adaptation_curve(
             args, folds[args.adapt_lab], eval_acts, aug_acts, cell_lab, is_val, labels, classes
         )
-
-    # 7. The all-labs model.
-    if args.out:
-        write_model(args, folds["all"], report, classes)
-    report["seconds"] = round(time.time() - t_start, 1)
-    guard_obj = report.pop("all_guard", None)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(format_table(report), flush=True)
-    if guard_obj is not None:
-        report["all_guard"] = guard_obj
+        write_report(args, report, t_start)
     return report
+
+
+def write_report(args: argparse.Namespace, report: dict[str, Any], t_start: float) -> None:
+    report["seconds"] = round(time.time() - t_start, 1)
+    if args.json:
+        body = {k: v for k, v in report.items() if k != "all_guard"}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(body, indent=2, default=str) + "\n")
 
 
 def adaptation_curve(
