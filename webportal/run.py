@@ -94,6 +94,9 @@ class Supervisor:
         # batch would wait for the sweeper (minutes). No other worker exists here, so every
         # batch still processing or queued is sent again now; a duplicate message is harmless.
         self.rescue_command = [*self.manage, "rescue_batches", "--all"]
+        # Likewise the one adaptation worker: the adaptation it ran is failed at once, with the
+        # reason, so its page does not wait for the heartbeat to go stale.
+        self.adapt_rescue_command = [*self.manage, "fail_lost_adaptations"]
         self.worker: subprocess.Popen[bytes] | None = None
         self.adapt_worker: subprocess.Popen[bytes] | None = None
         self.portal: subprocess.Popen[bytes] | None = None
@@ -135,9 +138,9 @@ class Supervisor:
         return True
 
     def restart_adapt_worker(self, returncode: int) -> None:
-        """Clear a dead adaptation worker away and start a new one, unless it keeps dying (then
-        the portal and the classifying worker go on without it). The adaptation it was running
-        is lost: its page says so once its heartbeat is stale, and the admin starts it again."""
+        """Clear a dead adaptation worker away, fail the adaptation it was running (the admin
+        starts it again), and start a new worker, unless it keeps dying (then the portal and
+        the classifying worker go on without it)."""
         assert self.adapt_worker is not None
         now = time.monotonic()
         self.adapt_deaths.append(now)
@@ -153,7 +156,8 @@ class Supervisor:
             )
             self.adapt_worker = None
             return
-        _say(f"the adaptation worker stopped ({how}); a new one starts.")
+        _say(f"the adaptation worker stopped ({how}); its adaptation is failed, a new one starts.")
+        subprocess.run(self.adapt_rescue_command, check=False)
         self.adapt_worker = self._start(self.adapt_worker_command)
 
     def run(self) -> int:

@@ -167,10 +167,17 @@ class MakeRun:
             self.lines.append(raw.decode(errors="replace"))
 
     def worker(self) -> Proc | None:
+        """The classifying worker (make run also starts one for the `adapt` queue)."""
         children = descendants(self.process.pid)
         self.groups |= {child.pgrp for child in children}
         for child in children:
-            if child.ppid == self.process.pid and "celery" in child.cmdline:
+            if child.ppid == self.process.pid and "classify@" in child.cmdline:
+                return child
+        return None
+
+    def adapt_worker(self) -> Proc | None:
+        for child in descendants(self.process.pid):
+            if child.ppid == self.process.pid and "adapt@" in child.cmdline:
                 return child
         return None
 
@@ -314,9 +321,11 @@ def test_sigkill_of_the_worker_restarts_it_clears_its_children_and_finishes_its_
 
 def test_when_the_supervisor_is_killed_every_child_goes_with_it(make_run: MakeRun) -> None:
     worker = wait_for(make_run.worker, START_TIMEOUT, "the worker")
+    adapt_worker = wait_for(make_run.adapt_worker, START_TIMEOUT, "the adaptation worker")
+    assert "-Q adapt" in adapt_worker.cmdline
     groups = {p.pgrp for p in descendants(make_run.process.pid)}
-    assert worker.pgrp in groups
-    assert len(groups) >= 2  # the portal's and the worker's
+    assert {worker.pgrp, adapt_worker.pgrp} <= groups
+    assert len(groups) >= 3  # the portal's and the two workers'
 
     make_run.process.kill()
     make_run.process.wait()

@@ -57,6 +57,8 @@ def supervisor(tmp_path: Path) -> run.Supervisor:
     sup.worker_command = [sys.executable, "-c", WORKER, str(tmp_path / "workers")]
     sup.portal_command = [sys.executable, "-c", SLEEPER]
     sup.adapt_worker_command = [sys.executable, "-c", SLEEPER]
+    lost = tmp_path / "lost-adaptations"
+    sup.adapt_rescue_command = [sys.executable, "-c", f"open({str(lost)!r}, 'a').write('x')"]
     rescued = tmp_path / "rescued"
     sup.rescue_command = [sys.executable, "-c", f"open({str(rescued)!r}, 'a').write('x')"]
     return sup
@@ -159,6 +161,8 @@ def test_the_adaptation_worker_is_its_own_process_on_its_own_queue_and_is_replac
     status = serve_while(supervisor, actions)
 
     assert seen == {"replaced": True, "classifying_worker_same": True}
-    assert "the adaptation worker stopped (signal 9); a new one starts" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "the adaptation worker stopped (signal 9); its adaptation is failed" in err
+    assert (tmp_path / "lost-adaptations").read_text() == "x"  # its adaptation, once
     assert not (tmp_path / "rescued").exists()  # no batch was held by it
     assert status == 0

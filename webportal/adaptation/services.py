@@ -25,17 +25,18 @@ from webportal.adaptation.selectors import (
     is_stale,
     why_not_activatable,
 )
+from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
 from webportal.cases.services import ServiceError, active_model_for
 from webportal.celery import ADAPT_MODEL_TASK, ADAPT_QUEUE, app
 
-# Audit actions (dotted names; the audit trail takes any).
-ADAPTATION_STARTED = "adaptation.started"
-ADAPTATION_FINISHED = "adaptation.finished"
-ADAPTATION_FAILED = "adaptation.failed"
-ADAPTATION_ACTIVATED = "adaptation.activated"
-ADAPTATION_DECLINED = "adaptation.declined"
+# Audit actions (labelled, and a filter of the trail browser).
+ADAPTATION_STARTED = Action.ADAPTATION_STARTED
+ADAPTATION_FINISHED = Action.ADAPTATION_FINISHED
+ADAPTATION_FAILED = Action.ADAPTATION_FAILED
+ADAPTATION_ACTIVATED = Action.ADAPTATION_ACTIVATED
+ADAPTATION_DECLINED = Action.ADAPTATION_DECLINED
 
 
 def send_adaptation(*, job_id: int) -> None:
@@ -190,3 +191,16 @@ def mark_failed(*, job_id: int, reason: str) -> None:
         job = AdaptationJob.objects.select_for_update().select_related("lab").get(pk=job_id)
         if job.is_active:
             _fail(job, reason=reason)
+
+
+def fail_running(*, reason: str) -> list[int]:
+    """Fail every running job with the reason (their worker is known to be gone); their ids."""
+    failed = []
+    running = AdaptationJob.objects.filter(status=AdaptationJob.Status.RUNNING)
+    for job_id in running.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = AdaptationJob.objects.select_for_update().select_related("lab").get(pk=job_id)
+            if job.status == AdaptationJob.Status.RUNNING:
+                _fail(job, reason=reason)
+                failed.append(job_id)
+    return failed

@@ -29,6 +29,11 @@ class Action(models.TextChoices):
     MODEL_ACTIVATED = "model.activated", "Model activated"
     THRESHOLD_CHANGED = "threshold.changed", "Threshold changed"
     REFERENCE_RANGE_CHANGED = "reference_range.changed", "Reference range changed"
+    ADAPTATION_STARTED = "adaptation.started", "Adaptation started"
+    ADAPTATION_FINISHED = "adaptation.finished", "Adaptation finished"
+    ADAPTATION_FAILED = "adaptation.failed", "Adaptation failed"
+    ADAPTATION_ACTIVATED = "adaptation.activated", "Adapted model activated"
+    ADAPTATION_DECLINED = "adaptation.declined", "Adapted model not used"
 
 
 class AppendOnlyError(Exception):

@@ -353,3 +353,22 @@ def test_an_adapted_model_without_a_threshold_cannot_be_activated_it_would_accep
     lab.refresh_from_db()
     assert lab.active_model is None
     assert services.decide(admin=admin, job=job, activate=False).status == "declined"
+
+
+def test_a_dead_adaptation_workers_running_job_is_failed_with_the_reason(lab, base_model) -> None:
+    from django.core.management import call_command
+
+    running = AdaptationJobFactory.create(lab=lab, base_model=base_model)
+    services.claim(job_id=running.pk)
+    queued = AdaptationJobFactory.create(lab=lab, base_model=base_model)
+
+    call_command("fail_lost_adaptations")
+
+    running.refresh_from_db()
+    queued.refresh_from_db()
+    assert running.status == AdaptationJob.Status.FAILED
+    assert "adaptation worker stopped" in running.error
+    assert queued.status == AdaptationJob.Status.QUEUED  # its message is still to come
+    assert AuditEvent.objects.filter(
+        action=services.ADAPTATION_FAILED, object_id=str(running.pk)
+    ).exists()
