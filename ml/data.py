@@ -152,6 +152,11 @@ def _descriptor_of_file(path: str | os.PathLike[str]) -> np.ndarray:
         return cell_descriptor(img)
 
 
+def file_descriptors(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """`cell_descriptor` of every file, one row each (float64)."""
+    return np.stack([_descriptor_of_file(p) for p in paths]).astype(np.float64)
+
+
 def near_duplicate_groups(
     paths: Sequence[str | os.PathLike[str]],
     labels: Sequence[int] | None = None,
@@ -159,6 +164,7 @@ def near_duplicate_groups(
     neighbours: int = 5,
     max_distance: float = 12.0,
     chunk: int = 1024,
+    descriptors: np.ndarray | None = None,
 ) -> list[int]:
     """Group id per path, putting near-copies of one cell (rotated, flipped, shifted) together.
 
@@ -168,12 +174,13 @@ def near_duplicate_groups(
     images of the same class are linked: a near-copy filed under another class is a labelling
     question, not a reason to merge two classes' groups. Linking too much only makes groups
     coarser (the split stays leak-free); linking too little leaks, hence the unconditional
-    nearest-neighbour link. Defaults tuned on the Kaggle set (docs/MODELS.md).
+    nearest-neighbour link. Defaults tuned on the Kaggle set (docs/MODELS.md). `descriptors`:
+    those of `paths` (`file_descriptors`) when the caller has them already.
     """
     n = len(paths)
     if n < 2:
         return list(range(n))
-    x = np.stack([_descriptor_of_file(p) for p in paths]).astype(np.float64)
+    x = file_descriptors(paths) if descriptors is None else descriptors.astype(np.float64)
     x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
     sq = (x**2).sum(axis=1)
     lab = None if labels is None else np.asarray(labels)

@@ -204,7 +204,12 @@ def locate_all(
 
 
 def classify_located(
-    fields: Sequence[Field], located: dict[str, list[LocatedCell]], model: Path, batch_size: int
+    fields: Sequence[Field],
+    located: dict[str, list[LocatedCell]],
+    model: Path,
+    batch_size: int,
+    *,
+    crop_min_side: int = 0,
 ) -> tuple[dict[tuple[str, int], tuple[str, float]], list[str]]:
     from ml.inference import Classifier
 
@@ -219,7 +224,7 @@ def classify_located(
             image = opened.convert("RGB")
         for i, cell in enumerate(cells):
             keys.append((field.name, i))
-            crops.append(crop_cell(image, cell.box))
+            crops.append(crop_cell(image, cell.box, min_side=crop_min_side))
     predictions = classifier.predict(crops, batch_size=batch_size)
     return {k: (p.label, p.confidence) for k, p in zip(keys, predictions, strict=True)}, list(
         classifier.classes
@@ -229,6 +234,75 @@ def classify_located(
 # The parameter searches, run in this order on the tune half (docs/MODELS.md): `base` chose the
 # stain, area, join and box parameters with the lobe merge off; `merge` then chose the merge's
 # (the others at their defaults, box scale again).
+SEEN_TAGS = ("validation", "training", "unmatched")
+
+
+def seen_by_model(
+    fields: Sequence[Field],
+    copies: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    max_distance: float = 12.0,
+) -> dict[str, dict[str, Any]]:
+    """Whether a model trained on `copies` (the Kaggle set: augmented copies of BCCD fields,
+    one folder per class) with a grouped split (`ml.train --group-by near-duplicate`) saw each
+    field's white cell: the split is made again as training made it, and each field (resized to
+    the copies' frame size) is matched to its nearest copy by `ml.data.cell_descriptor`.
+    `validation`: that copy's cell was in the model's validation side, never trained on;
+    `training`: it was trained on; `unmatched`: no copy within `max_distance` (the distance at
+    which `near_duplicate_groups` links copies). A field whose cell has no copy at all may
+    still match another cell's: the tag is an estimate (`mapping_class_agreement` in the
+    report checks it against labels.csv)."""
+    import numpy as np
+
+    from ml.data import (
+        cell_descriptor,
+        file_descriptors,
+        grouped_stratified_split,
+        list_samples,
+        near_duplicate_groups,
+    )
+
+    found = list_samples(copies)
+    classes = sorted({c for _, c in found})
+    paths = [p for p, _ in found]
+    labels = [classes.index(c) for _, c in found]
+    x = file_descriptors(paths)
+    groups = near_duplicate_groups(paths, labels, descriptors=x)
+    _, val_idx = grouped_stratified_split(labels, groups, val_fraction, seed)
+    in_val = np.zeros(len(paths), dtype=bool)
+    in_val[val_idx] = True
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / std
+    with Image.open(paths[0]) as first:
+        frame = first.size
+    out: dict[str, dict[str, Any]] = {}
+    for field in fields:
+        with Image.open(field.path) as opened:
+            img = opened.convert("RGB").resize(frame, Image.Resampling.BILINEAR)
+        d = (cell_descriptor(img).astype(np.float64) - mean) / std
+        dist = np.sqrt(((z - d) ** 2).sum(axis=1))
+        j = int(dist.argmin())
+        tag = "unmatched" if dist[j] > max_distance else ("validation" if in_val[j] else "training")
+        out[field.name] = {
+            "tag": tag,
+            "distance": round(float(dist[j]), 3),
+            "copy_class": classes[labels[j]].lower(),
+        }
+    return out
+
+
+def mapping_class_agreement(fields: Sequence[Field], seen: dict[str, dict[str, Any]]) -> float:
+    """Of the matched fields with one category, the share whose nearest copy is filed under it."""
+    pairs = [
+        (seen[f.name]["copy_class"], f.categories[0])
+        for f in fields
+        if len(f.categories) == 1 and seen[f.name]["tag"] != "unmatched"
+    ]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0
+
+
 SWEEPS: dict[str, dict[str, tuple[Any, ...]]] = {
     "base": {
         "stain_threshold": (30.0, 40.0, 50.0),
@@ -294,6 +368,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
+        "--crop-min-side",
+        type=int,
+        default=0,
+        help="crops at least this many pixels square (ml.locate.crop_cell's min_side)",
+    )
+    p.add_argument(
+        "--seen-split",
+        type=Path,
+        metavar="COPIES",
+        help="with --model trained on COPIES (the Kaggle TRAIN folder) with a grouped split: "
+        "subtype accuracy apart for fields whose cell was in its validation side (unseen), "
+        "its training side, or unmatched (seen_by_model)",
+    )
+    p.add_argument(
         "--sweep",
         choices=sorted(SWEEPS),
         help="grid-search the tune half with this grid (SWEEPS) and print the best rows",
@@ -324,13 +412,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, group in groups.items():
         report["detection"][name] = detection_figures(group, located)
     if args.model:
-        labels, classes = classify_located(fields, located, Path(args.model), args.batch_size)
+        labels, classes = classify_located(
+            fields, located, Path(args.model), args.batch_size, crop_min_side=args.crop_min_side
+        )
         report["model"] = str(args.model)
+        report["crop_min_side"] = args.crop_min_side
         report["subtype"] = {
             name: subtype_figures(group, located, labels, classes) for name, group in groups.items()
         }
     for name in groups:
         print(summary_line(name, report["detection"][name], report.get("subtype", {}).get(name)))
+    if args.model and args.seen_split:
+        from ml.checkpoint import read_metadata
+
+        recipe = read_metadata(args.model).recipe
+        val_fraction, seed = float(recipe.get("val_fraction", 0.15)), int(recipe.get("seed", 0))
+        seen = seen_by_model(fields, args.seen_split, val_fraction=val_fraction, seed=seed)
+        report["seen_split"] = {
+            "copies": str(args.seen_split),
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "mapping_class_agreement": mapping_class_agreement(fields, seen),
+            "fields": seen,
+            "subtype": {
+                tag: subtype_figures(
+                    [f for f in fields if seen[f.name]["tag"] == tag], located, labels, classes
+                )
+                for tag in SEEN_TAGS
+            },
+        }
+        for tag in SEEN_TAGS:
+            st = report["seen_split"]["subtype"][tag]
+            acc = "-" if st["accuracy"] is None else f"{st['accuracy']:.4f}"
+            print(f"subtype, cell in the model's {tag:10s}: {acc} (n={st['fields']})")
+        agreement = report["seen_split"]["mapping_class_agreement"]
+        print(f"(nearest copy's class = labels.csv on {agreement:.4f} of matched fields)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -237,12 +237,12 @@ def _merge_lobes(
 
 
 def crop_cell(
-    image: Image.Image, box: Sequence[int], *, context: float = CROP_CONTEXT
+    image: Image.Image, box: Sequence[int], *, context: float = CROP_CONTEXT, min_side: int = 0
 ) -> Image.Image:
-    """A square around `box` (x1, y1, x2, y2), `context` times its longer side, black outside
-    the image: what the classifier is given for that cell."""
+    """A square around `box` (x1, y1, x2, y2), `context` times its longer side (at least
+    `min_side`), black outside the image: what the classifier is given for that cell."""
     x1, y1, x2, y2 = box
-    side = max(1, round(max(x2 - x1, y2 - y1) * context))
+    side = max(1, min_side, round(max(x2 - x1, y2 - y1) * context))
     left = round((x1 + x2 - side) / 2)
     top = round((y1 + y2 - side) / 2)
     img = image if image.mode == "RGB" else image.convert("RGB")

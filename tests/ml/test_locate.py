@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from ml import locate_eval
+from ml.data import grouped_stratified_split, list_samples, near_duplicate_groups
 from ml.locate import (
     CROP_CONTEXT,
     DEFAULT_PARAMS,
@@ -141,6 +142,15 @@ def test_a_crop_is_a_square_of_context_times_the_longer_side_centred_on_the_box(
     assert tuple(tensor.shape) == (3, 96, 96)
 
 
+def test_a_crop_is_at_least_min_side_square():
+    field = open_field("BloodImage_00000")
+    cell = locate(field)[0]
+    x1, y1, x2, y2 = cell.box
+    side = round(max(x2 - x1, y2 - y1) * CROP_CONTEXT)
+    assert crop_cell(field, cell.box, min_side=side + 100).size == (side + 100, side + 100)
+    assert crop_cell(field, cell.box, min_side=10).size == (side, side)
+
+
 def test_a_crop_past_the_border_is_black_outside_the_field():
     field = open_field("BloodImage_00044")
     cut = next(c for c in locate(field) if c.cut_by_border)
@@ -240,6 +250,38 @@ def test_the_sweep_ranks_the_lobe_merge_first_on_a_field_with_a_split_nucleus(tm
     rows = locate_eval.sweep(fields, {"merge_gap": (0, 24)})
     assert [r["merge_gap"] for r in rows] == [24, 0]
     assert (rows[0]["precision"], rows[1]["precision"]) == (1.0, 0.5)
+
+
+def test_fields_are_tagged_by_the_split_side_of_their_nearest_augmented_copy(tmp_path):
+    data = make_bccd_like_folder(tmp_path / "bccd")
+    copies = tmp_path / "TRAIN"
+    copied = {
+        "NEUTROPHIL": ["BloodImage_00000", "BloodImage_00031"],
+        "EOSINOPHIL": ["BloodImage_00044"],
+    }
+    for folder, stems in copied.items():
+        (copies / folder).mkdir(parents=True)
+        for stem in stems:
+            half = open_field(stem).resize((320, 240))
+            for k, copy in enumerate([half, half.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]):
+                copy.save(copies / folder / f"{stem}_{k}.jpeg", quality=95)
+    fields = locate_eval.load_fields(data)
+
+    seen = locate_eval.seen_by_model(fields, copies, val_fraction=0.5, seed=0)
+
+    found = list_samples(copies)
+    classes = sorted({c for _, c in found})
+    labels = [classes.index(c) for _, c in found]
+    groups = near_duplicate_groups([p for p, _ in found], labels)
+    _, val = grouped_stratified_split(labels, groups, 0.5, 0)
+    side_of = {}
+    for i, (path, _) in enumerate(found):
+        side_of[path.stem.rsplit("_", 1)[0]] = "validation" if i in val else "training"
+    assert {"validation", "training"} == set(side_of.values())
+    for folder, stems in copied.items():
+        for stem in stems:
+            assert seen[stem]["tag"] == side_of[stem]
+            assert seen[stem]["copy_class"] == folder.lower()
 
 
 def test_a_false_positive_and_a_miss_are_counted():
