@@ -345,7 +345,8 @@ ADAPT_TRAIN_OPTIONS = env_str(
 # Intra-op threads of the fine-tune; 0 leaves PyTorch's default (all cores).
 ADAPT_THREADS = env_int("ADAPT_THREADS", 0, minimum=0, maximum=1024)
 # An adaptation runs for up to this long; one whose worker showed no sign of life for
-# ADAPT_STALE_AFTER_SECONDS counts as lost (its worker died) and a new one may start.
+# ADAPT_STALE_AFTER_SECONDS (or that no worker took in that time) counts as lost, and a new one
+# may start.
 ADAPT_TIME_LIMIT_SECONDS = env_int("ADAPT_TIME_LIMIT_SECONDS", 6 * 3600)
 ADAPT_STALE_AFTER_SECONDS = env_int("ADAPT_STALE_AFTER_SECONDS", 1800)
 # Where adapted checkpoints are kept (the workers that classify with them must see the folder)

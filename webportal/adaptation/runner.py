@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from ml.checkpoint import sha256_of
@@ -91,6 +92,14 @@ def run_adaptation(*, job_id: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
     try:
         _run(job, work)
+    except SoftTimeLimitExceeded:
+        limit = settings.ADAPT_TIME_LIMIT_SECONDS
+        services.mark_failed(
+            job_id=job.pk,
+            reason=f"It ran longer than its time limit (ADAPT_TIME_LIMIT_SECONDS, {limit} s) "
+            "and was stopped.",
+        )
+        raise
     except BaseException as exc:
         services.mark_failed(job_id=job.pk, reason=f"{type(exc).__name__}: {exc}")
         raise

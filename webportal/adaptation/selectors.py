@@ -233,11 +233,26 @@ def active_job(*, lab: Lab) -> AdaptationJob | None:
 
 
 def is_stale(job: AdaptationJob) -> bool:
-    """A running job whose worker has shown no sign of life for ADAPT_STALE_AFTER_SECONDS."""
-    if job.status != AdaptationJob.Status.RUNNING:
+    """A running job whose worker has shown no sign of life for ADAPT_STALE_AFTER_SECONDS, or
+    a queued one no worker took in that time (no worker consumes `adapt`, or the broker lost
+    the message)."""
+    if job.status == AdaptationJob.Status.RUNNING:
+        last = job.heartbeat_at or job.started_at or job.created_at
+    elif job.status == AdaptationJob.Status.QUEUED:
+        last = job.created_at
+    else:
         return False
-    last = job.heartbeat_at or job.started_at or job.created_at
     return timezone.now() - last > timedelta(seconds=settings.ADAPT_STALE_AFTER_SECONDS)
+
+
+def stale_reason(job: AdaptationJob) -> str:
+    minutes = round(settings.ADAPT_STALE_AFTER_SECONDS / 60)
+    if job.status == AdaptationJob.Status.QUEUED:
+        return (
+            f"No adaptation worker took it within {minutes} minutes: is a worker consuming "
+            "the adapt queue running (celery -A workers worker -Q adapt)?"
+        )
+    return f"Its worker gave no sign of life for {minutes} minutes: it stopped."
 
 
 def _percent(value: Any) -> float | None:

@@ -23,6 +23,7 @@ from webportal.adaptation.selectors import (
     active_job,
     adaptation_plan,
     is_stale,
+    stale_reason,
     why_not_activatable,
 )
 from webportal.audit.models import Action
@@ -54,7 +55,7 @@ def start_adaptation(*, admin: User, lab: Lab) -> AdaptationJob:
         lab = Lab.objects.select_for_update().get(pk=lab.pk)
         running = active_job(lab=lab)
         if running is not None and is_stale(running):
-            _fail(running, reason="Its worker stopped giving signs of life; start it again.")
+            _fail(running, reason=stale_reason(running))
         elif running is not None:
             raise ServiceError(
                 f"An adaptation of {lab} is already {running.get_status_display().lower()} "

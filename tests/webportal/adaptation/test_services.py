@@ -210,8 +210,16 @@ def test_only_the_labs_admin_may_start_and_a_second_one_waits_for_the_first(
     second = services.start_adaptation(admin=admin, lab=lab)
     first.refresh_from_db()
     assert first.status == AdaptationJob.Status.FAILED
-    assert "stopped giving signs of life" in first.error
+    assert "gave no sign of life for 30 minutes" in first.error
     assert second.pk != first.pk
+
+    # A queued job no worker took (no worker on the adapt queue) says what to check.
+    AdaptationJob.objects.filter(pk=second.pk).update(created_at=stale)
+    third = services.start_adaptation(admin=admin, lab=lab)
+    second.refresh_from_db()
+    assert second.status == AdaptationJob.Status.FAILED
+    assert "is a worker consuming the adapt queue running" in second.error
+    assert third.status == AdaptationJob.Status.QUEUED
 
 
 def test_the_export_writes_each_cell_as_the_classifier_sees_it_in_its_class_folder(
