@@ -29,6 +29,26 @@ class BatchCheck:
     threshold: float | None  # flag above this (None: batch too small to judge)
     flagged: bool  # True: these cells are unlike anything the model was validated on
     cells_checked: int
+    # The calibrated batch size whose threshold was used (None with no threshold).
+    threshold_size: int | None = None
+
+
+# A faster engine's guard features differ from eager's by float rounding only; one whose cell
+# scores move by more than this (relative to the score, or absolute below 1) on the check
+# cells is not used for the guard.
+MAX_GUARD_SCORE_CHANGE = 1e-3
+
+
+class PooledFeatures(nn.Module):
+    """A model's `features` trunk and the global average pool: the classifier's input, which
+    the batch guard (ml.ood) models."""
+
+    def __init__(self, features: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,10 @@ class Classifier:
         self.eager = self.model
         # Which engine `model` is (ml.engine names): "eager" until a faster one is swapped in.
         self.engine = "eager"
+        # The guard's features: the model as built until use_feature_engine swaps in a faster
+        # engine that gives the same scores.
+        self.feature_model: nn.Module = PooledFeatures(self.eager.get_submodule("features"))
+        self.feature_engine = "eager"
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
         # CUDA only (on a CPU it gains nothing); forcing it on a CPU tests the same code path.
         self.accelerate = self.device.type == "cuda" if accelerate is None else accelerate
@@ -121,10 +145,36 @@ class Classifier:
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features (the classifier's input) of a normalised batch, from the
-        model as built (`features` then `classifier`: mobilenet_v2, efficientnet_lite0)."""
-        features = self.eager.get_submodule("features")
-        x = features(batch.to(self.device).float())
-        return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).float().cpu()
+        model as built (`features` then `classifier`: mobilenet_v2, efficientnet_lite0), or
+        the faster engine of use_feature_engine."""
+        out: torch.Tensor = self.feature_model(batch.to(self.device).float())
+        return out.float().cpu()
+
+    def use_feature_engine(self, engine: str, *, check: torch.Tensor) -> str | None:
+        """Compute the guard's features with `engine` (ml.engine, CPU) from now on, if the
+        guard's cell scores of `check` (a preprocessed batch of real cells) stay within
+        MAX_GUARD_SCORE_CHANGE of eager's. Returns why not (the features stay eager), or None.
+
+        The check costs the worker a second forward pass over some cells per batch; on a CPU
+        eager is several times slower than the engine that classifies (bench.batch_check).
+        """
+        from ml.engine import optimise_for_cpu  # ONNX Runtime and the exporter, only if asked
+
+        if self.ood is None:
+            return "the checkpoint has no batch guard"
+        reference = PooledFeatures(self.eager.get_submodule("features"))
+        try:
+            fast = optimise_for_cpu(reference, input_size=self.input_size, engine=engine)
+        except (ImportError, RuntimeError, ValueError) as exc:
+            return f"{engine} could not be built: {exc}"
+        with torch.inference_mode():
+            want = self.ood.cell_scores(reference(check.float()).float())
+            got = self.ood.cell_scores(fast(check.float()).float())
+        change = float(((got - want).abs() / want.abs().clamp_min(1.0)).max())
+        if change > MAX_GUARD_SCORE_CHANGE:
+            return f"{engine} moved a guard score by {change:.1g} (limit {MAX_GUARD_SCORE_CHANGE})"
+        self.feature_model, self.feature_engine = fast, engine
+        return None
 
     def check_batch(self, batch: torch.Tensor, *, max_cells: int = 100) -> BatchCheck | None:
         """The batch guard's verdict on the cells of a batch made by `preprocess` (None when the
@@ -142,6 +192,7 @@ class Classifier:
             threshold=threshold,
             flagged=threshold is not None and score > threshold,
             cells_checked=len(feats),
+            threshold_size=self.ood.calibrated_size_for(len(feats)),
         )
 
     def warm_up(self, batch_size: int) -> None:

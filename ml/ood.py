@@ -70,11 +70,17 @@ class OODGuard:
     def batch_score(self, features: torch.Tensor) -> float:
         return float(self.cell_scores(features).mean())
 
+    def calibrated_size_for(self, n: int) -> int | None:
+        """The calibrated batch size whose threshold a batch of n cells is judged by: the
+        largest not above n (None: n is below every calibrated size)."""
+        sizes = [s for s in sorted(self.thresholds) if s <= n]
+        return sizes[-1] if sizes else None
+
     def threshold_for(self, n: int) -> float | None:
         """The flag threshold for a batch of n cells: that of the largest calibrated batch size
         not above n (smaller batches are noisier, so their thresholds are higher)."""
-        sizes = [s for s in sorted(self.thresholds) if s <= n]
-        return self.thresholds[sizes[-1]] if sizes else None
+        size = self.calibrated_size_for(n)
+        return None if size is None else self.thresholds[size]
 
     def flags(self, features: torch.Tensor) -> bool:
         t = self.threshold_for(len(features))

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from torch import nn
 
 from ml.checkpoint import save_checkpoint
 from ml.model import build_model
+from ml.ood import OODGuard
 from ml.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -19,10 +25,16 @@ def make_tiny_checkpoint(
     input_size: int = 32,
     seed: int = 0,
     resize: str = "crop",
+    temperature: float = 1.0,
+    threshold: float | None = None,
+    ood: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
 ) -> Path:
-    """Save a randomly initialised mobilenet_v2 checkpoint for `classes`; returns its path."""
-    torch.manual_seed(seed)
-    model = build_model("mobilenet_v2", len(classes), pretrained=None)
+    """Save a randomly initialised mobilenet_v2 checkpoint for `classes` (or `model`, built
+    so); returns its path."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = build_model("mobilenet_v2", len(classes), pretrained=None)
     save_checkpoint(
         path,
         model,
@@ -34,5 +46,82 @@ def make_tiny_checkpoint(
         recipe={"note": "random weights for tests"},
         metrics={},
         resize=resize,
+        temperature=temperature,
+        threshold=threshold,
+        ood=ood,
     )
     return Path(path)
+
+
+def synthetic_cells(
+    n: int, *, seed: int = 0, shifted: bool = False, size: int = 48
+) -> list[Image.Image]:
+    """n small single-cell pictures: a dark violet disc on a pale pink background, each with
+    its own position, radius and pixel noise. shifted=True draws them as a very different
+    camera and stain might: a pale yellow cell on a dark background."""
+    rng = np.random.default_rng(seed)
+    if shifted:
+        background, cell = np.array([90.0, 70.0, 110.0]), np.array([230.0, 220.0, 150.0])
+    else:
+        background, cell = np.array([236.0, 206.0, 214.0]), np.array([110.0, 50.0, 150.0])
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = []
+    for _ in range(n):
+        cx, cy = rng.uniform(0.4, 0.6, size=2) * size
+        radius = rng.uniform(0.22, 0.32) * size
+        inside = ((xx - cx) ** 2 + (yy - cy) ** 2 < radius**2)[..., None]
+        pixels = np.where(inside, cell, background) + rng.normal(0.0, 12.0, (size, size, 3))
+        out.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"))
+    return out
+
+
+def make_guarded_checkpoint(
+    path: str | os.PathLike[str],
+    classes: list[str],
+    *,
+    fit_on: Sequence[Image.Image],
+    calibrate_on: Sequence[Image.Image],
+    sizes: Sequence[int] = (1, 5, 20),
+    input_size: int = 32,
+    seed: int = 0,
+    temperature: float = 1.0,
+    threshold: float | None = None,
+) -> Path:
+    """A tiny checkpoint with a batch guard (`ml.ood`) for pictures like `fit_on`.
+
+    The random network's BatchNorm statistics are those of `fit_on` (as training would leave
+    them: a random network with its initial statistics gives nearly the same features for every
+    picture), the guard is fitted on its features of `fit_on` and calibrated on those of
+    `calibrate_on`. Pictures like those are in distribution; anything else may be flagged.
+    """
+    from ml.inference import Classifier  # the model as inference runs it, to fit its features
+
+    torch.manual_seed(seed)
+    model = build_model("mobilenet_v2", len(classes), pretrained=None)
+    make_tiny_checkpoint(path, classes, input_size=input_size, model=model)
+    inputs = Classifier.load(path, device="cpu").preprocess(list(fit_on))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batch
+    model.train()
+    with torch.no_grad():
+        model(inputs)
+    model.eval()
+    make_tiny_checkpoint(path, classes, input_size=input_size, model=model)
+    classifier = Classifier.load(path, device="cpu")
+    features = classifier.embed(inputs)
+    labels = torch.arange(len(features)) % len(classes)
+    guard = OODGuard.fit(features, labels, k=min(8, len(features) - len(classes)))
+    guard.calibrate(
+        [classifier.embed(classifier.preprocess(list(calibrate_on)))], sizes=sizes, seed=seed
+    )
+    return make_tiny_checkpoint(
+        path,
+        classes,
+        input_size=input_size,
+        temperature=temperature,
+        threshold=threshold,
+        ood=guard.to_dict(),
+        model=model,
+    )

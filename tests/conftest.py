@@ -8,7 +8,7 @@ import pytest
 from django.conf import LazySettings
 from PIL import Image as PILImage
 
-from ml.testing import make_tiny_checkpoint
+from ml.testing import make_guarded_checkpoint, make_tiny_checkpoint, synthetic_cells
 from tests.factories import CaseFactory, MembershipFactory
 from webportal.cases import registry
 from webportal.cases.models import ModelVersion
@@ -38,6 +38,44 @@ def tiny_model(db: None, tmp_path: Path) -> ModelVersion:
     """A randomly initialised, fast checkpoint registered as the newest model."""
     path = make_tiny_checkpoint(tmp_path / "tiny.pt", TINY_CLASSES)
     return registry.register_model(checkpoint_path=path, name="tiny")
+
+
+# A tiny model with a batch guard (ml.ood) fitted on ml.testing.synthetic_cells: cells drawn
+# like those are in distribution, shifted ones are not. Its temperature makes every cell's
+# confidence reach its threshold, so what keeps a cell from auto-acceptance is the guard alone.
+GUARDED_THRESHOLD = 0.4
+
+
+@pytest.fixture(scope="session")
+def guarded_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per session (about 10 s of CPU): fitted on 120 cells, calibrated on 100."""
+    return make_guarded_checkpoint(
+        tmp_path_factory.mktemp("guarded") / "guarded.pt",
+        TINY_CLASSES,
+        fit_on=synthetic_cells(120, seed=1),
+        calibrate_on=synthetic_cells(100, seed=2),
+        temperature=0.02,
+        threshold=GUARDED_THRESHOLD,
+    )
+
+
+@pytest.fixture
+def guarded_model(db: None, guarded_checkpoint: Path) -> ModelVersion:
+    """The guarded checkpoint registered as the newest model."""
+    return registry.register_model(checkpoint_path=guarded_checkpoint, name="guarded")
+
+
+def cell_pngs(
+    n: int, *, seed: int, shifted: bool = False, prefix: str = "cell"
+) -> list[tuple[str, io.BytesIO]]:
+    """Uploads of n synthetic single-cell pictures (ml.testing.synthetic_cells) as PNG files."""
+    files = []
+    for i, picture in enumerate(synthetic_cells(n, seed=seed, shifted=shifted)):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        buffer.seek(0)
+        files.append((f"{prefix}-{i:03d}.png", buffer))
+    return files
 
 
 @pytest.fixture

@@ -134,9 +134,11 @@ def classified_batch(
     model_version: ModelVersion,
     predictions: Seq[tuple[str, float]],
     with_report: bool = True,
+    **fields: object,
 ) -> Batch:
     """A finished batch of one single-cell image per (label, confidence), made in a few bulk
-    inserts (no files, no model), with its preliminary report."""
+    inserts (no files, no model), with its preliminary report; `fields` set other Batch
+    fields (e.g. the batch guard's verdict, ood_check=...)."""
     from webportal.reports.services import write_preliminary_report
 
     batch = Batch.objects.create(
@@ -145,6 +147,7 @@ def classified_batch(
         status=Batch.Status.DONE,
         total_images=len(predictions),
         processed_images=len(predictions),
+        **fields,
     )
     images = Image.objects.bulk_create(
         [

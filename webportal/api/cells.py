@@ -53,7 +53,8 @@ class CellSerializer(serializers.Serializer[Any]):
     )
     current_label = serializers.CharField(
         help_text="The latest review, else the prediction; `unidentified` below the model's "
-        "threshold, `pending` before classification."
+        "threshold or in a batch the batch check flagged (nothing auto-accepted there), "
+        "`pending` before classification and while the batch check is pending."
     )
     predicted = serializers.CharField(allow_null=True)
     confidence = serializers.FloatField(allow_null=True)

@@ -11,6 +11,7 @@ changes (recounted after reviews, signed, amended).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from django.shortcuts import get_object_or_404
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -32,7 +33,12 @@ from webportal.api import access
 from webportal.api.errors import Conflict
 from webportal.api.renderers import FhirJSONRenderer, JsonErrorsMixin, PDFRenderer
 from webportal.api.schema import errors
-from webportal.api.serializers import DifferentialRowSerializer, FlagSerializer
+from webportal.api.serializers import (
+    BatchCheckSerializer,
+    DifferentialRowSerializer,
+    FlagSerializer,
+)
+from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.reports import fhir, services
 from webportal.reports.models import Report
@@ -56,6 +62,7 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
     url = serializers.SerializerMethodField()
     pdf_url = serializers.SerializerMethodField()
     fhir_url = serializers.SerializerMethodField()
+    batch_check = serializers.SerializerMethodField()
 
     class Meta:
         model = Report
@@ -77,6 +84,7 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
             "wbc_count",
             "differential",
             "flags",
+            "batch_check",
             "comment",
             "morphology",
             "amendment_reason",
@@ -100,6 +108,13 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
 
     def get_fhir_url(self, report: Report) -> str:
         return self._reverse("api:batch_report_version_fhir", report)
+
+    @extend_schema_field(BatchCheckSerializer(allow_null=True))
+    def get_batch_check(self, report: Report) -> dict[str, Any] | None:
+        """The batch guard's verdict on the report's batch (decided once, before the first
+        version), as on the batch."""
+        summary = describe(report.batch)
+        return None if summary is None else dict(BatchCheckSerializer(asdict(summary)).data)
 
 
 class ReportEditSerializer(serializers.Serializer[Any]):

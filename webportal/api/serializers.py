@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from webportal.cases.batch_check import describe
 from webportal.cases.models import Batch, Case, Image, Patient
 from webportal.cases.selectors import rejected_images
 from webportal.reports.services import latest_report
@@ -37,6 +39,38 @@ class FlagSerializer(serializers.Serializer[Any]):
     message = serializers.CharField()
 
 
+class BatchCheckSerializer(serializers.Serializer[Any]):
+    """The batch guard's verdict (webportal.cases.batch_check.BatchCheckSummary)."""
+
+    status = serializers.ChoiceField(
+        choices=[c for c in Batch.Check.values if c != Batch.Check.NOT_CHECKED],
+        help_text=(
+            "`flagged`: the images are unlike anything the model was validated on, so no cell "
+            "is auto-accepted; `passed`: like them; `pending`: decided when every cell is "
+            "classified (nothing auto-accepted until then); `too_few`: too few cells to judge; "
+            "`no_guard`: the model has no batch check."
+        ),
+    )
+    status_display = serializers.CharField()
+    flagged = serializers.BooleanField()
+    auto_accepts = serializers.BooleanField(
+        help_text="Whether cells at or above the model's threshold count without a review."
+    )
+    score = serializers.FloatField(
+        allow_null=True, help_text="Mean distance of the checked cells from the validation data."
+    )
+    threshold = serializers.FloatField(allow_null=True, help_text="Flagged above this score.")
+    threshold_batch_size = serializers.IntegerField(
+        allow_null=True, help_text="The calibrated batch size (cells) the threshold is for."
+    )
+    cells_checked = serializers.IntegerField(allow_null=True)
+    headline = serializers.CharField()
+    explanation = serializers.CharField(help_text="What the verdict means, for a lab user.")
+    figures = serializers.CharField(
+        allow_blank=True, help_text="The score against the limit, in words; empty without them."
+    )
+
+
 class BatchSerializer(serializers.ModelSerializer[Batch]):
     case = serializers.IntegerField(source="case_id", read_only=True)
     accession_number = serializers.CharField(source="case.accession_number", read_only=True)
@@ -46,6 +80,7 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
     differential = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
     report_url = serializers.SerializerMethodField()
+    batch_check = serializers.SerializerMethodField()
 
     class Meta:
         model = Batch
@@ -69,8 +104,16 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
             "rejected",
             "differential",
             "report_url",
+            "batch_check",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(BatchCheckSerializer(allow_null=True))
+    def get_batch_check(self, batch: Batch) -> dict[str, Any] | None:
+        """The batch guard's verdict; None until a worker has taken the batch (and for
+        batches classified before batches were checked)."""
+        summary = describe(batch)
+        return None if summary is None else dict(BatchCheckSerializer(asdict(summary)).data)
 
     @extend_schema_field(RejectedFileSerializer(many=True))
     def get_rejected(self, batch: Batch) -> list[dict[str, Any]]:

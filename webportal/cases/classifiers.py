@@ -75,6 +75,13 @@ def use_fastest_engine(classifier: Classifier, *, model_version: ModelVersion) -
         len(images),
         choice.max_probability_change,
     )
+    if classifier.ood is not None and choice.name != "eager":
+        # The batch guard's features on the same engine, if it gives the guard's scores.
+        refused = classifier.use_feature_engine(choice.name, check=check)
+        if refused:
+            logger.warning("batch guard of %s stays on eager: %s", model_version, refused)
+        else:
+            logger.info("batch guard of %s: features on %s", model_version, choice.name)
 
 
 def _check_cells(model_version: ModelVersion) -> list[PILImage.Image]:

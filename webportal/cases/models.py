@@ -100,6 +100,22 @@ class Batch(models.Model):
         FIELD = "field", "Whole fields"
         CELL = "cell", "Single cells"
 
+    class Check(models.TextChoices):
+        """The batch guard's verdict (ml.ood): are these cells like the model's validation
+        images? Decided once per uploaded batch, when its last cell is classified."""
+
+        # Not claimed by a worker yet, or classified before batches were checked.
+        NOT_CHECKED = "not_checked", "Not checked"
+        # The model has a guard; the verdict comes when every cell is classified. Until then
+        # no cell is auto-accepted (selectors.current_label).
+        PENDING = "pending", "Checking"
+        NO_GUARD = "no_guard", "No batch check (the model has none)"
+        # Fewer cells than the smallest batch the guard was calibrated for (or none at all).
+        TOO_FEW = "too_few", "Too few cells to check"
+        PASSED = "passed", "Like the validation images"
+        # Unlike anything the model was validated on: no cell is auto-accepted.
+        FLAGGED = "flagged", "Unlike the validation images"
+
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="batches")
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.ROUTINE)
     # What the uploaded images are: detected per image (ml.locate.image_kind), or forced.
@@ -115,6 +131,15 @@ class Batch(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     stalled_attempts = models.PositiveIntegerField(default=0)
+    # The batch guard's verdict and its figures (processing.check_batch): the mean
+    # out-of-distribution score of the cells checked (at most 100, evenly spaced), the flag
+    # threshold used, and the calibrated batch size that threshold is for.
+    ood_check = models.CharField(max_length=12, choices=Check.choices, default=Check.NOT_CHECKED)
+    ood_score = models.FloatField(null=True, blank=True)
+    ood_threshold = models.FloatField(null=True, blank=True)
+    ood_threshold_size = models.PositiveIntegerField(null=True, blank=True)
+    ood_cells_checked = models.PositiveIntegerField(null=True, blank=True)
+    ood_checked_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -137,6 +162,11 @@ class Batch(models.Model):
     @property
     def queue(self) -> str:
         return "stat" if self.priority == self.Priority.STAT else "routine"
+
+    @property
+    def ood_flagged(self) -> bool:
+        """These images are unlike anything the model was validated on: nothing auto-accepted."""
+        return self.ood_check == self.Check.FLAGGED
 
     @property
     def progress_percent(self) -> int:

@@ -21,7 +21,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from ml.inference import CellPrediction, Classifier, read_ahead
+from ml.inference import BatchCheck, CellPrediction, Classifier, read_ahead
 from ml.locate import crop_cell, image_kind, locate
 from webportal.api import webhooks
 from webportal.cases.classifiers import chunk_size_for, load_classifier
@@ -96,6 +96,7 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
 
     model_version = batch.model_version
     classifier = load_classifier(model_version=model_version)
+    _open_batch_check(batch_id=batch_id, guarded=classifier.ood is not None)
     missing = list(
         Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
         .exclude(predictions__model_version=model_version)
@@ -149,8 +150,12 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         if time.monotonic() > deadline and done < len(work):
             send_batch(batch_id=batch_id, queue=batch.queue)
             return Outcome(Batch.Status.PROCESSING, classified, len(work) - done)
+    with _stage("batch_check"):
+        check = _check_if_pending(
+            batch_id=batch_id, model_version=model_version, classifier=classifier
+        )
     with _stage("finish_and_report"):
-        return _finish(batch_id=batch_id, classified=classified)
+        return _finish(batch_id=batch_id, classified=classified, check=check)
 
 
 def _claim(*, batch_id: int) -> Batch | None:
@@ -168,6 +173,119 @@ def _claim(*, batch_id: int) -> Batch | None:
     if not claimed:
         return None
     return Batch.objects.select_related("model_version").get(pk=batch_id)
+
+
+# --- the batch guard -------------------------------------------------------------------------
+
+# Cells the batch guard looks at, evenly spaced over the batch: its thresholds are calibrated
+# for batches of up to 100 cells (ml.ood.BATCH_SIZES), and each costs a decode and a forward
+# pass of the model as built.
+BATCH_CHECK_CELLS = 100
+
+
+def _open_batch_check(*, batch_id: int, guarded: bool) -> None:
+    """On the first claim, say whether a verdict is coming: pending (the model has a guard: no
+    cell is auto-accepted until the verdict) or no_guard. Later deliveries find it said."""
+    Batch.objects.filter(pk=batch_id, ood_check=Batch.Check.NOT_CHECKED).update(
+        ood_check=Batch.Check.PENDING if guarded else Batch.Check.NO_GUARD
+    )
+
+
+def _check_if_pending(
+    *, batch_id: int, model_version: ModelVersion, classifier: Classifier
+) -> BatchCheck | None:
+    """The guard's verdict on the batch, computed when it is still pending (None otherwise)."""
+    pending = Batch.objects.filter(pk=batch_id, ood_check=Batch.Check.PENDING).exists()
+    if not pending:
+        return None
+    return check_batch(batch_id=batch_id, model_version=model_version, classifier=classifier)
+
+
+def check_batch(
+    *, batch_id: int, model_version: ModelVersion, classifier: Classifier
+) -> BatchCheck:
+    """The batch guard's verdict on the cells of an uploaded batch (ml.ood), once every cell
+    is classified.
+
+    One verdict per uploaded batch, whatever the chunks and time slices it was classified in:
+    the cells the worker classified (single cells and cells located in fields; not those a
+    reviewer adds later), at most BATCH_CHECK_CELLS evenly spaced in upload order, read as the
+    classifier read them. The same cells give the same verdict on a redelivery. A batch with
+    no cell gets a verdict of 0 cells checked and no threshold (too few).
+    """
+    cells = list(
+        Cell.objects.filter(
+            image__batch_id=batch_id,
+            image__status=Image.Status.OK,
+            predictions__model_version=model_version,
+        )
+        .exclude(origin=Cell.Origin.REVIEWER)
+        .select_related("image")
+        .order_by("id")
+    )
+    step = max(1, -(-len(cells) // BATCH_CHECK_CELLS))
+    picked = cells[::step]
+    if not picked:
+        return BatchCheck(score=0.0, threshold=None, flagged=False, cells_checked=0)
+    pictures, fitted = _open_cells(picked, geometry=classifier.geometry)
+    tensor = classifier.preprocess(pictures, fitted=fitted)
+    check = classifier.check_batch(tensor, max_cells=BATCH_CHECK_CELLS)
+    if check is None:  # a model without a guard: never asked (no pending verdict)
+        raise ServiceError(f"{model_version} has no batch guard to check batch {batch_id} with")
+    return check
+
+
+def _open_cells(cells: Sequence[Cell], *, geometry: str) -> tuple[list[PILImage.Image], list[bool]]:
+    """The cells' pixels as the classifier read them; a field with several cells is decoded once
+    (its cells are consecutive in id order)."""
+    pictures: list[PILImage.Image] = []
+    fitted: list[bool] = []
+    field: tuple[int, PILImage.Image] | None = None
+    for cell in cells:
+        if cell.box is None:
+            picture, was_fitted = _open_cell(cell, geometry=geometry)
+        else:
+            if field is None or field[0] != cell.image_id:
+                field = (cell.image_id, _open_original(cell.image))
+            x, y, width, height = cell.box
+            picture, was_fitted = crop_cell(field[1], (x, y, x + width, y + height)), False
+        pictures.append(picture)
+        fitted.append(was_fitted)
+    return pictures, fitted
+
+
+def _record_check(batch: Batch, check: BatchCheck | None) -> None:
+    """Keep the verdict on the batch (in the caller's transaction), only while still pending:
+    the first delivery to finish decides, a redelivery changes nothing."""
+    if check is None or batch.ood_check != Batch.Check.PENDING:
+        return
+    if check.threshold is None:
+        batch.ood_check = Batch.Check.TOO_FEW
+    else:
+        batch.ood_check = Batch.Check.FLAGGED if check.flagged else Batch.Check.PASSED
+    batch.ood_score = check.score if check.cells_checked else None
+    batch.ood_threshold = check.threshold
+    batch.ood_threshold_size = check.threshold_size
+    batch.ood_cells_checked = check.cells_checked
+    batch.ood_checked_at = timezone.now()
+    batch.save(
+        update_fields=[
+            "ood_check",
+            "ood_score",
+            "ood_threshold",
+            "ood_threshold_size",
+            "ood_cells_checked",
+            "ood_checked_at",
+        ]
+    )
+    if batch.ood_check == Batch.Check.FLAGGED:
+        logger.warning(
+            "batch %s flagged by the batch guard: score %.3f > %.3f (%d cells)",
+            batch.pk,
+            check.score,
+            check.threshold,
+            check.cells_checked,
+        )
 
 
 def _is_cancelled(batch_id: int) -> bool:
@@ -317,11 +435,18 @@ def _images_done(*, batch_id: int, model_version: ModelVersion) -> int:
     )
 
 
-def _finish(*, batch_id: int, classified: int) -> Outcome:
+def _finish(*, batch_id: int, classified: int, check: BatchCheck | None) -> Outcome:
+    """The verdict, the preliminary report and done, in one transaction: a worker that dies
+    before it commits leaves the batch processing with its verdict pending, and the next
+    delivery checks again."""
     with transaction.atomic():
         batch = Batch.objects.select_for_update().select_related("model_version").get(pk=batch_id)
         if batch.status != Batch.Status.PROCESSING:
             return Outcome(batch.status, classified, 0)
+        _record_check(batch, check)
+        if batch.ood_check == Batch.Check.PENDING:
+            # Pending with no verdict at hand would leave every cell pending in a done batch.
+            raise ServiceError(f"Batch {batch_id} finished without its batch check")
         write_preliminary_report(batch=batch)
         batch.status = Batch.Status.DONE
         batch.finished_at = timezone.now()

@@ -66,11 +66,22 @@ def current_label(
     confidence: float | None,
     reviewed: str | None,
     threshold: float | None,
+    batch_check: str = Batch.Check.NOT_CHECKED,
 ) -> str:
+    """The one rule of auto-acceptance: a person's latest review, else the model's class when
+    its confidence reaches the threshold and the batch guard (Batch.ood_check) allows it.
+
+    A flagged batch auto-accepts nothing (every cell unidentified until reviewed); while the
+    guard's verdict is pending, a classified cell stays pending.
+    """
     if reviewed:
         return reviewed
     if predicted is None or confidence is None:
         return PENDING
+    if batch_check == Batch.Check.PENDING:
+        return PENDING
+    if batch_check == Batch.Check.FLAGGED:
+        return UNIDENTIFIED
     if threshold is not None and confidence < threshold:
         return UNIDENTIFIED
     return predicted
@@ -104,6 +115,7 @@ def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> lis
         )
     )
     threshold = model_version.threshold
+    batch_check = batch.ood_check
     return [
         CellState(
             cell_id=pk,
@@ -115,7 +127,11 @@ def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> lis
             reviewed=reviewed,
             reviewer_role=role,
             current=current_label(
-                predicted=predicted, confidence=confidence, reviewed=reviewed, threshold=threshold
+                predicted=predicted,
+                confidence=confidence,
+                reviewed=reviewed,
+                threshold=threshold,
+                batch_check=batch_check,
             ),
         )
         for pk, image_id, name, box, predicted, confidence, reviewed, role in rows

@@ -9,7 +9,7 @@ from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from webportal.accounts.services import RoleRequired, authenticated_user, labs_of
-from webportal.cases import selectors, services
+from webportal.cases import batch_check, selectors, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Batch
 from webportal.reports.differential import UNIDENTIFIED
@@ -98,6 +98,8 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
             "report": report,
             "unidentified": UNIDENTIFIED,
+            "pending": selectors.PENDING,
+            "batch_check": batch_check.describe(batch),
             "same_images_as": (
                 services.earlier_batch_with_same_images(batch=batch)
                 if batch.status == Batch.Status.HELD

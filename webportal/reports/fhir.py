@@ -12,6 +12,7 @@ from typing import Any
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
+from webportal.cases.batch_check import FLAG_CODE
 from webportal.reports.models import Report
 
 LOINC = "http://loinc.org"
@@ -146,8 +147,12 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
         f"Automated differential of {report.total_cells} cells (model "
         f"{report.model_version.name}); decision support, to be reviewed by a person."
     )
+    unlike = next((f["message"] for f in report.flags if f["code"] == FLAG_CODE), None)
+    if unlike:
+        conclusion += f" {unlike}"
     if unidentified:
-        conclusion += f" {unidentified} cell(s) below the confidence threshold are not classed."
+        why = "not auto-accepted" if unlike else "below the confidence threshold"
+        conclusion += f" {unidentified} cell(s) {why} are not classed."
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": f"report-{report.pk}",

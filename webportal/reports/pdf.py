@@ -19,6 +19,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from webportal.cases.batch_check import BatchCheckSummary, describe
 from webportal.reports.models import Report
 
 DECISION_SUPPORT = (
@@ -78,6 +79,15 @@ def _chart(rows: list[dict[str, Any]], font: str) -> Drawing:
     return drawing
 
 
+def _check_line(check: BatchCheckSummary | None) -> str:
+    """The batch check in the header: the verdict, with its score and limit when it has them."""
+    if check is None:
+        return "-"
+    if check.score is None or check.threshold is None:
+        return check.status_display
+    return f"{check.status_display} (score {check.score:.2f}, limit {check.threshold:.2f})"
+
+
 def render_report_pdf(*, report: Report) -> bytes:
     """The report as a PDF: header, differential (% and absolute), chart, flags, remarks,
     signature and the decision-support statement."""
@@ -93,6 +103,7 @@ def render_report_pdf(*, report: Report) -> bytes:
     case = batch.case
     lab = case.lab
     patient = case.patient.external_id if case.patient else "-"
+    check = describe(batch)
     status = report.status_label.upper()
     show_absolute = report.wbc_count is not None
 
@@ -115,6 +126,7 @@ def render_report_pdf(*, report: Report) -> bytes:
                     "Printed",
                     _when(timezone.now()),
                 ],
+                *([["Batch check", _check_line(check), "", ""]] if check is not None else []),
             ],
             colWidths=[25 * mm, 60 * mm, 22 * mm, 63 * mm],
             style=TableStyle(
@@ -124,6 +136,7 @@ def render_report_pdf(*, report: Report) -> bytes:
                     ("FONT", (2, 0), (2, -1), bold, 9),
                     ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ]
+                + ([("SPAN", (1, 5), (3, 5))] if check is not None else [])
             ),
         ),
         Spacer(1, 4 * mm),
@@ -138,6 +151,12 @@ def render_report_pdf(*, report: Report) -> bytes:
         )
     if not report.is_signed:
         story.append(Paragraph(NOT_VERIFIED, banner))
+    if check is not None and check.flagged:
+        story += [
+            Spacer(1, 2 * mm),
+            Paragraph(escape(f"{check.headline.upper()}."), banner),
+            Paragraph(escape(f"{check.explanation} {check.figures}"), body),
+        ]
 
     header = ["Class", "Count", "% WBC", "Reference %", "Flag"] + (
         ["x10^9/L"] if show_absolute else []

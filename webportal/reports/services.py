@@ -6,6 +6,7 @@ Every write is in one transaction with its audit event. Roles are checked here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_
 from webportal.api import webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
+from webportal.cases import batch_check
 from webportal.cases.models import Batch
 from webportal.cases.selectors import current_counts
 from webportal.cases.services import ServiceError
@@ -26,6 +28,7 @@ from webportal.reports.differential import (
     DEFAULT_REFERENCE_RANGES,
     UNIDENTIFIED,
     Differential,
+    Flag,
     build_differential,
 )
 from webportal.reports.models import ReferenceRange, Report
@@ -83,13 +86,18 @@ def set_reference_range(
 
 
 def compute_differential(*, batch: Batch, wbc_count: Decimal | None = None) -> Differential:
-    """The batch's differential from the current labels of its cells (reviews included)."""
-    return build_differential(
+    """The batch's differential from the current labels of its cells (reviews included), with
+    the batch guard's flag first when it flagged the batch."""
+    differential = build_differential(
         classes=batch.model_version.classes,
         counts=current_counts(batch=batch),
         wbc_count=wbc_count,
         reference_ranges=reference_ranges_for(lab=batch.case.lab),
     )
+    unlike = batch_check.flag_message(batch)
+    if unlike is None:
+        return differential
+    return replace(differential, flags=[Flag(batch_check.FLAG_CODE, unlike), *differential.flags])
 
 
 def _fill(report: Report, differential: Differential) -> None:

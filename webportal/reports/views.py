@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from webportal.accounts.services import authenticated_user, can_sign
+from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.reports import services
 from webportal.reports.forms import AmendForm, RemarksForm
@@ -63,6 +64,7 @@ def _render(
             "wbc_cells": report.wbc_cells,
             "show_absolute": report.wbc_count is not None,
             "decision_support": DECISION_SUPPORT,
+            "batch_check": describe(batch),
         },
         status=status,
     )

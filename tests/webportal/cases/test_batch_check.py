@@ -1,0 +1,257 @@
+"""The batch guard in the job (no worker process): the verdict, what it does to auto-acceptance,
+the report, and that it is made once per uploaded batch whatever the chunks, slices and crashes."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import LazySettings
+from django.contrib.auth.models import User
+
+from tests.conftest import GUARDED_THRESHOLD, cell_pngs
+from tests.factories import BatchFactory, MembershipFactory
+from webportal.accounts.models import Role
+from webportal.cases import batch_check, processing, services
+from webportal.cases.models import Batch, Cell, ModelVersion, Prediction
+from webportal.cases.reviews import review_cells
+from webportal.cases.selectors import PENDING, batch_cells, current_label
+from webportal.cases.services import ServiceError
+from webportal.reports import services as reports
+from webportal.reports.differential import UNIDENTIFIED
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(case, files) -> Batch:
+    batch = services.submit_batch(case=case, created_by=None, files=files)
+    processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    return batch
+
+
+def _pathologist(case) -> User:
+    return MembershipFactory.create(lab=case.lab, role=Role.PATHOLOGIST).user
+
+
+# --- the one rule of auto-acceptance ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("check", "confidence", "expected"),
+    [
+        (Batch.Check.PASSED, 0.99, "neutrophil"),
+        (Batch.Check.PASSED, 0.30, UNIDENTIFIED),  # below the threshold, as ever
+        (Batch.Check.NO_GUARD, 0.99, "neutrophil"),
+        (Batch.Check.TOO_FEW, 0.99, "neutrophil"),
+        (Batch.Check.NOT_CHECKED, 0.99, "neutrophil"),
+        (Batch.Check.FLAGGED, 0.99, UNIDENTIFIED),  # whatever its confidence
+        (Batch.Check.FLAGGED, 0.30, UNIDENTIFIED),
+        (Batch.Check.PENDING, 0.99, PENDING),  # not auto-accepted before the verdict
+    ],
+)
+def test_a_cell_is_auto_accepted_only_if_its_batch_check_allows_it(
+    check: str, confidence: float, expected: str
+) -> None:
+    assert (
+        current_label(
+            predicted="neutrophil",
+            confidence=confidence,
+            reviewed=None,
+            threshold=0.5,
+            batch_check=check,
+        )
+        == expected
+    )
+
+
+@pytest.mark.parametrize("check", [Batch.Check.FLAGGED, Batch.Check.PENDING])
+def test_a_review_stands_whatever_the_batch_check(check: str) -> None:
+    label = current_label(
+        predicted="neutrophil",
+        confidence=0.99,
+        reviewed="monocyte",
+        threshold=0.5,
+        batch_check=check,
+    )
+    assert label == "monocyte"
+
+
+# --- the verdict in the job ------------------------------------------------------------------
+
+
+def test_a_shifted_batch_is_flagged_and_auto_accepts_no_cell(guarded_model: ModelVersion, case):
+    batch = _run(case, cell_pngs(20, seed=4, shifted=True))
+
+    assert batch.status == Batch.Status.DONE
+    assert batch.ood_check == Batch.Check.FLAGGED
+    assert batch.ood_score is not None
+    assert batch.ood_threshold is not None
+    assert batch.ood_score > batch.ood_threshold
+    assert (batch.ood_cells_checked, batch.ood_threshold_size) == (20, 20)
+    assert batch.ood_checked_at is not None
+    states = batch_cells(batch=batch)
+    assert len(states) == 20
+    # Every cell was confident enough to be auto-accepted: the guard alone holds them back.
+    assert all(s.confidence is not None and s.confidence >= GUARDED_THRESHOLD for s in states)
+    assert {s.current for s in states} == {UNIDENTIFIED}
+    report = batch.reports.get()
+    counts = {row["label"]: row["count"] for row in report.differential}
+    assert counts[UNIDENTIFIED] == 20
+    assert report.flags[0]["code"] == batch_check.FLAG_CODE
+    assert f"{batch.ood_score:.2f}" in report.flags[0]["message"]
+    assert f"{batch.ood_threshold:.2f}" in report.flags[0]["message"]
+
+
+def test_a_batch_like_the_validation_cells_passes_and_confident_cells_are_accepted(
+    guarded_model: ModelVersion, case
+):
+    batch = _run(case, cell_pngs(20, seed=3))
+
+    assert batch.ood_check == Batch.Check.PASSED
+    assert batch.ood_score is not None
+    assert batch.ood_threshold is not None
+    assert batch.ood_score <= batch.ood_threshold
+    states = batch_cells(batch=batch)
+    assert all(s.current == s.predicted for s in states)
+    assert batch_check.FLAG_CODE not in {f["code"] for f in batch.reports.get().flags}
+
+
+def test_a_model_without_a_guard_checks_nothing_and_says_so(tiny_model: ModelVersion, case):
+    batch = _run(case, cell_pngs(3, seed=3))
+
+    assert batch.ood_check == Batch.Check.NO_GUARD
+    assert batch.ood_score is None
+    summary = batch_check.describe(batch)
+    assert summary is not None
+    assert not summary.flagged
+    assert summary.auto_accepts
+    assert "no batch check" in summary.explanation
+
+
+def test_a_batch_smaller_than_any_calibrated_size_is_too_few_to_judge(
+    guarded_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
+):
+    from ml.ood import OODGuard
+
+    monkeypatch.setattr(OODGuard, "calibrated_size_for", lambda self, n: None)
+    monkeypatch.setattr(OODGuard, "threshold_for", lambda self, n: None)
+    batch = _run(case, cell_pngs(3, seed=4, shifted=True))
+
+    assert batch.ood_check == Batch.Check.TOO_FEW
+    assert batch.ood_cells_checked == 3
+    assert all(s.current == s.predicted for s in batch_cells(batch=batch))
+
+
+def test_a_flagged_batch_is_signed_only_once_a_person_has_reviewed_every_cell(
+    guarded_model: ModelVersion, case
+):
+    batch = _run(case, cell_pngs(6, seed=4, shifted=True))
+    pathologist = _pathologist(case)
+    assert batch.ood_check == Batch.Check.FLAGGED
+
+    with pytest.raises(ServiceError, match="6 counted cells are still unidentified"):
+        reports.sign_report(actor=pathologist, report=batch.reports.get())
+    review_cells(
+        actor=pathologist, cells=Cell.objects.filter(image__batch=batch), label="lymphocyte"
+    )
+    signed = reports.sign_report(actor=pathologist, report=batch.reports.get())
+
+    counts = {row["label"]: row["count"] for row in signed.differential}
+    assert counts["lymphocyte"] == 6
+    assert counts[UNIDENTIFIED] == 0
+    # The signed report still says why nothing was auto-accepted.
+    assert signed.flags[0]["code"] == batch_check.FLAG_CODE
+
+
+# --- once per uploaded batch, whatever the slices and crashes --------------------------------
+
+
+def test_the_verdict_is_made_once_for_the_whole_batch_after_its_last_slice(
+    guarded_model: ModelVersion, case, settings: LazySettings
+):
+    settings.INFERENCE_CHUNK_SIZE = 8
+    batch = services.submit_batch(
+        case=case, created_by=None, files=cell_pngs(24, seed=4, shifted=True)
+    )
+
+    processing.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then back in line
+    batch.refresh_from_db()
+    assert batch.ood_check == Batch.Check.PENDING
+    states = batch_cells(batch=batch)
+    classified = [s for s in states if s.predicted is not None]
+    assert len(classified) == 8
+    assert {s.current for s in states} == {PENDING}  # nothing auto-accepted meanwhile
+
+    processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.DONE
+    assert batch.ood_check == Batch.Check.FLAGGED
+    assert batch.ood_cells_checked == 24  # every cell, not the last slice's
+
+
+def test_a_crash_before_the_verdict_is_committed_leaves_it_pending_and_the_next_delivery_decides(
+    guarded_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
+):
+    batch = services.submit_batch(case=case, created_by=None, files=cell_pngs(5, seed=4))
+
+    def crash(**_: object) -> None:
+        raise RuntimeError("worker lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(processing, "write_preliminary_report", crash)
+        with pytest.raises(RuntimeError):
+            processing.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert (batch.status, batch.ood_check) == (Batch.Status.PROCESSING, Batch.Check.PENDING)
+    assert batch.ood_score is None
+    assert not batch.reports.exists()
+
+    processing.process_batch(batch_id=batch.pk)  # the redelivery
+    batch.refresh_from_db()
+    first = (batch.ood_check, batch.ood_score, batch.ood_checked_at)
+    assert batch.status == Batch.Status.DONE
+    assert batch.ood_check == Batch.Check.PASSED
+    assert Prediction.objects.filter(cell__image__batch=batch).count() == 5
+    assert batch.reports.count() == 1
+
+    processing.process_batch(batch_id=batch.pk)  # a late duplicate message changes nothing
+    batch.refresh_from_db()
+    assert (batch.ood_check, batch.ood_score, batch.ood_checked_at) == first
+
+
+# --- in words ---------------------------------------------------------------------------------
+
+
+def test_a_batch_never_checked_says_nothing(db: None) -> None:
+    assert batch_check.describe(BatchFactory.create()) is None
+
+
+def test_a_flagged_batch_is_explained_with_its_score_and_limit(db: None) -> None:
+    batch = BatchFactory.create(
+        ood_check=Batch.Check.FLAGGED,
+        ood_score=6.137,
+        ood_threshold=3.168,
+        ood_threshold_size=20,
+        ood_cells_checked=24,
+    )
+    summary = batch_check.describe(batch)
+    assert summary is not None
+    assert summary.flagged
+    assert not summary.auto_accepts
+    assert summary.headline == batch_check.HEADLINE
+    assert "No cell is accepted automatically" in summary.explanation
+    assert summary.figures == (
+        "Distance score 6.14, above the limit of 3.17 set from batches of 20 of the model's "
+        "validation cells; 24 cells checked."
+    )
+
+
+def test_the_worker_computes_the_guard_features_on_the_engine_it_classifies_with(
+    guarded_model: ModelVersion, settings: LazySettings
+) -> None:
+    from webportal.cases.classifiers import load_classifier
+
+    if settings.INFERENCE_ENGINE == "eager":
+        pytest.skip("INFERENCE_ENGINE=eager: no faster engine to move the features to")
+    classifier = load_classifier(model_version=guarded_model)
+    assert classifier.engine != "eager"
+    assert classifier.feature_engine == classifier.engine
