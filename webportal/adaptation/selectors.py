@@ -99,10 +99,13 @@ def reviewed_cells(*, lab: Lab, classes: Sequence[str]) -> tuple[list[ReviewedCe
     """The lab's cells whose latest review gives one of `classes` (matched case-insensitively);
     and how many reviewed cells were not usable, by reason. One query."""
     latest = Review.objects.filter(cell=OuterRef("pk")).order_by("-id").values("label")[:1]
+    # Only reviewed cells get the latest-review subquery (a lab has far more cells than reviews).
+    reviewed = Review.objects.filter(cell__image__batch__case__lab=lab).values("cell_id")
     rows = (
-        Cell.objects.filter(image__batch__case__lab=lab, image__status=Image.Status.OK)
+        Cell.objects.filter(
+            pk__in=reviewed, image__batch__case__lab=lab, image__status=Image.Status.OK
+        )
         .annotate(reviewed=Subquery(latest))
-        .filter(reviewed__isnull=False)
         .order_by("pk")
         .values_list("pk", "reviewed", "image__batch__case_id", "image_id")
     )
