@@ -54,6 +54,12 @@ def test_the_batch_page_says_why_nothing_was_auto_accepted(flagged, people) -> N
     assert "&lt; 50.0%" not in html
 
 
+def test_the_worklist_marks_a_flagged_batch(flagged, people) -> None:
+    page = _client(people[Role.PATHOLOGIST]).get(reverse("worklist:worklist")).content.decode()
+    assert f"Batch #{flagged.pk}" in page
+    assert "unlike the validation images" in page
+
+
 def test_the_review_and_cell_pages_say_the_batch_was_flagged(flagged, people) -> None:
     client = _client(people[Role.PATHOLOGIST])
     review = client.get(reverse("cases:review", args=[flagged.pk])).content.decode()
