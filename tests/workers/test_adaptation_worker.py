@@ -93,6 +93,8 @@ def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_it
             "lymphocyte": 6,
             "neutrophil": 6,
         }
+    # Random tiny checkpoints carry no batch guard; the page learns that from these.
+    assert (job.figures["base_guard"], job.figures["adapted_guard"]) == (False, False)
     assert adapted.metrics["adaptation"]["base"] == job.figures["base"]
     assert adapted.metrics["adaptation"]["adapted"] == job.figures["adapted"]
     assert AuditEvent.objects.filter(

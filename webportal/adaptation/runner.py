@@ -28,7 +28,7 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from ml.checkpoint import sha256_of
+from ml.checkpoint import load_ood, sha256_of
 from ml.evaluate import evaluate_folder
 from ml.inference import Classifier
 from ml.train import fine_tune
@@ -135,6 +135,10 @@ def _run(job: AdaptationJob, work: Path) -> None:
         "adapted": _measure(out, work / HELDOUT),
         "group_by": job.plan["group_by"],
         "heldout_cases": job.plan.get("heldout_cases"),
+        # Whether each checkpoint carries a batch guard (ml.ood): --init does not carry the
+        # base model's over (the features moved), and the page says what that means.
+        "base_guard": load_ood(base_path) is not None,
+        "adapted_guard": load_ood(out) is not None,
         "training_val": {k: training.get(k) for k in ("n", "accuracy", "macro_f1")},
         "epochs": training.get("best_epoch"),
         "options": options,

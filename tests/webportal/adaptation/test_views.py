@@ -211,3 +211,16 @@ def test_the_job_page_offers_no_activation_of_a_model_without_a_threshold(lab, b
     assert "It cannot be activated" in page
     assert "Activate for" not in page
     assert "Keep the current model" in page
+
+
+def test_the_job_page_says_when_activating_would_lose_the_batch_check(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    job = finished_job(lab, base_model)
+    url = reverse("adaptation:job", args=[lab.pk, job.pk])
+    client = client_for(admin)
+    assert 'id="no-guard"' not in client.get(url).content.decode()  # nothing known: silent
+
+    job.figures = {**job.figures, "base_guard": True, "adapted_guard": False}
+    job.save()
+
+    assert "the adapted one has none" in client.get(url).content.decode()
