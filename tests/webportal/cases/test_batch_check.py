@@ -255,3 +255,32 @@ def test_the_worker_computes_the_guard_features_on_the_engine_it_classifies_with
     classifier = load_classifier(model_version=guarded_model)
     assert classifier.engine != "eager"
     assert classifier.feature_engine == classifier.engine
+
+
+def test_the_cells_located_in_fields_are_checked_as_the_classifier_read_them(
+    guarded_model: ModelVersion, case
+) -> None:
+    from PIL import Image as PILImage
+
+    from ml.locate import crop_cell
+    from tests.webportal.cases.test_fields import FIELDS, field_files
+    from webportal.cases.classifiers import load_classifier
+
+    names = ["BloodImage_00000.jpg", "BloodImage_00031.jpg"]
+    batch = _run(case, field_files(names))
+    cells = list(Cell.objects.filter(image__batch=batch).select_related("image").order_by("id"))
+
+    assert batch.status == Batch.Status.DONE
+    assert batch.ood_check in {Batch.Check.PASSED, Batch.Check.FLAGGED}
+    assert batch.ood_cells_checked == len(cells) > 0
+    # The same score from the crops cut here, field by field, as ml.locate cuts them.
+    crops = []
+    for cell in cells:
+        assert cell.box is not None
+        x, y, w, h = cell.box
+        with PILImage.open(FIELDS / cell.image.original_name) as field:
+            crops.append(crop_cell(field.convert("RGB"), (x, y, x + w, y + h)))
+    classifier = load_classifier(model_version=guarded_model)
+    expected = classifier.check_batch(classifier.preprocess(crops))
+    assert expected is not None
+    assert batch.ood_score == pytest.approx(expected.score, rel=1e-5)
