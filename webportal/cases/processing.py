@@ -223,8 +223,10 @@ def check_batch(
         .select_related("image")
         .order_by("id")
     )
-    step = max(1, -(-len(cells) // BATCH_CHECK_CELLS))
-    picked = cells[::step]
+    # Exactly min(n, BATCH_CHECK_CELLS) cells, evenly spaced: a batch of 101 cells is judged
+    # on 100 by the threshold for 100 (a stride of 2 would check 51, by the threshold for 20).
+    count = min(len(cells), BATCH_CHECK_CELLS)
+    picked = [cells[i * len(cells) // count] for i in range(count)]
     if not picked:
         return BatchCheck(score=0.0, threshold=None, flagged=False, cells_checked=0)
     pictures, fitted = _open_cells(picked, geometry=classifier.geometry)

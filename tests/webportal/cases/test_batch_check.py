@@ -284,3 +284,13 @@ def test_the_cells_located_in_fields_are_checked_as_the_classifier_read_them(
     expected = classifier.check_batch(classifier.preprocess(crops))
     assert expected is not None
     assert batch.ood_score == pytest.approx(expected.score, rel=1e-5)
+
+
+def test_a_batch_of_more_cells_than_the_check_takes_is_judged_on_exactly_that_many(
+    guarded_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processing, "BATCH_CHECK_CELLS", 10)
+    batch = _run(case, cell_pngs(13, seed=3))
+
+    assert batch.ood_cells_checked == 10
+    assert batch.ood_threshold_size == 5  # the largest calibrated size (1, 5, 20) not above 10
