@@ -399,7 +399,7 @@ def profile_worker(
             "other": wall - sum(stages[name] for name in main_thread),
         },
         "prefetch_thread_seconds": {
-            name: stages[name] for name in ("open_and_decode_png", "resize_normalise")
+            name: stages[name] for name in ("open_and_decode", "resize_normalise")
         },
         "decode_costs_ms_per_image": decode_costs(classifier, samples, batch.pk),
         "cpu": cpu,
@@ -410,7 +410,8 @@ def decode_costs(
     classifier: Classifier, samples: Sequence[Sample], batch_id: int
 ) -> dict[str, float]:
     """Milliseconds per image to turn a file into model input: what the worker reads (the copy
-    fitted to the model at upload), against the stored full-size PNG and the uploaded JPEG."""
+    fitted to the model at upload, an uncompressed BMP), against the same pixels as the level-1
+    PNG it read before, the stored full-size PNG and the uploaded JPEG."""
     from django.conf import settings
 
     from webportal.cases.models import Image
@@ -419,10 +420,16 @@ def decode_costs(
     rows = Image.objects.filter(batch_id=batch_id).order_by("id").values_list("file", "model_input")
     png_paths = [media / name for name, _ in rows]
     fitted_paths = [media / fitted for _, fitted in rows if fitted]
+    fitted_as_png = [_as_png(path) for path in fitted_paths]
     originals = [path for path, _ in samples]
+
+    def to_input(paths: Sequence[Path | BinaryIO]) -> torch.Tensor:
+        return classifier.preprocess([_open_rgb(p) for p in paths], fitted=[True] * len(paths))
+
     return {
-        "fitted_png_decode_preprocess": _ms_per_image(
-            lambda: classifier.preprocess([_open_rgb(p) for p in fitted_paths])
+        "fitted_copy_decode_preprocess": _ms_per_image(lambda: to_input(fitted_paths)),
+        "fitted_copy_as_png_decode_preprocess": _ms_per_image(
+            lambda: to_input([io.BytesIO(data) for data in fitted_as_png])
         ),
         "stored_png_decode": _ms_per_image(lambda: [_open_rgb(p) for p in png_paths]),
         "stored_png_decode_preprocess": _ms_per_image(
@@ -432,10 +439,18 @@ def decode_costs(
         "original_jpeg_decode_preprocess": _ms_per_image(
             lambda: classifier.preprocess([_open_rgb(p) for p in originals])
         ),
-        "fitted_png_bytes": _mean_size(fitted_paths),
+        "fitted_copy_bytes": _mean_size(fitted_paths),
+        "fitted_copy_as_png_bytes": sum(map(len, fitted_as_png)) / max(1, len(fitted_as_png)),
         "stored_png_bytes": _mean_size(png_paths),
         "original_jpeg_bytes": _mean_size(originals),
     }
+
+
+def _as_png(path: Path) -> bytes:
+    """The image re-encoded as the upload encoded fitted copies before (PNG, level 1)."""
+    out = io.BytesIO()
+    _open_rgb(path).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def _mean_size(paths: Sequence[Path]) -> float:

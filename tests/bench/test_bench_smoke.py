@@ -48,4 +48,4 @@ def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
     profile = report["worker_profile"]
     assert profile["images"] == 4
     assert profile["engine"] == report["worker_engine"]
-    assert set(profile["prefetch_thread_seconds"]) == {"open_and_decode_png", "resize_normalise"}
+    assert set(profile["prefetch_thread_seconds"]) == {"open_and_decode", "resize_normalise"}

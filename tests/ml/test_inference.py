@@ -155,6 +155,33 @@ def test_preprocess_only_converts_images_marked_as_fitted(tmp_path):
         clf.preprocess([original], fitted=[True, False])
 
 
+@pytest.mark.parametrize("resize", ["crop", "pad", "stain", "cell"])
+def test_preprocess_gives_torchvisions_tensors_bit_for_bit(tmp_path, resize):
+    """The batched conversion equals eval_transform (ToTensor then Normalize) image by image."""
+    clf = Classifier.load(
+        make_tiny_checkpoint(tmp_path / "m.pt", ["a", "b"], resize=resize), device="cpu"
+    )
+    generator = torch.Generator().manual_seed(1)
+    images = [
+        Image.fromarray(
+            torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator).numpy()
+        )
+        for h, w in [(53, 71), (40, 40), (90, 33)]
+    ]
+    images.append(images[0].convert("L"))  # not RGB: converted as before
+    expected = torch.stack([clf.transform(img.convert("RGB")) for img in images])
+
+    batch = clf.preprocess(images)
+
+    assert batch.dtype == torch.float32
+    assert batch.is_contiguous()
+    assert torch.equal(batch, expected)
+    fitted = [clf.fit_to_input(img.convert("RGB")) for img in images]
+    assert torch.equal(clf.preprocess(fitted, fitted=[True] * len(fitted)), expected)
+    with pytest.raises(ValueError, match="not fitted"):
+        clf.preprocess(images[:1], fitted=[True])
+
+
 def test_stain_crop_centres_the_violet_cell_and_ignores_a_distant_speck():
     from PIL import ImageDraw
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,20 +317,36 @@ def _prefetched_chunks(
     found. The cells and images are loaded already: decoding in the read-ahead thread reads
     files, never the database (a Django connection belongs to its thread).
     """
-    chunks = [work[i : i + chunk_size] for i in range(0, len(work), chunk_size)]
+    chunks = []
+    start = 0
+    for size in chunk_sizes(len(work), chunk_size):
+        chunks.append(work[start : start + size])
+        start += size
 
     def decode(chunk: Sequence[Cell | Image]) -> _Decoded:
         pictures: list[PILImage.Image] = []
         fitted: list[bool] = []
         located: dict[int, list[Box] | None] = {}
+        # The last whole image decoded: the boxed cells of one field (in image order) are cut
+        # from one decoding of it, not one each.
+        last: tuple[int, PILImage.Image] | None = None
+
+        def original(image: Image) -> PILImage.Image:
+            nonlocal last
+            if last is None or last[0] != image.pk:
+                last = (image.pk, _open_original(image))
+            return last[1]
+
         for unit in chunk:
             if isinstance(unit, Cell):
-                with _stage("open_and_decode_png"):
-                    picture, was_fitted = _open_cell(unit, geometry=classifier.geometry)
+                with _stage("open_and_decode"):
+                    picture, was_fitted = _open_cell(
+                        unit, geometry=classifier.geometry, original=original
+                    )
                 pictures.append(picture)
                 fitted.append(was_fitted)
                 continue
-            with _stage("open_and_decode_png"):
+            with _stage("open_and_decode"):
                 field = _open_original(unit)
             with _stage("locate_and_crop"):
                 if detect and image_kind(field) == "cell":
@@ -348,15 +365,46 @@ def _prefetched_chunks(
     yield from zip(chunks, read_ahead(decode(chunk) for chunk in chunks), strict=True)
 
 
+def chunk_sizes(total: int, size: int) -> list[int]:
+    """How many units go in each chunk: `size`, but smaller at both ends (size/8, /4, /2).
+
+    The first forward pass waits for its chunk to be decoded, and the last one has nothing to
+    overlap; small chunks there shorten both. With whole fields (about 13 ms of decoding and
+    locating each) a first chunk of 32 kept the model idle for 0.4 s.
+    """
+    ramp = sorted({max(1, size // divisor) for divisor in (8, 4, 2)})
+    sizes: list[int] = []
+    left = total
+    for step in ramp:
+        if left > 0:
+            sizes.append(min(step, left))
+            left -= sizes[-1]
+    tail = sum(ramp)
+    while left > tail:
+        sizes.append(min(size, left - tail))
+        left -= sizes[-1]
+    for step in reversed(ramp):
+        if left > 0:
+            sizes.append(min(step, left))
+            left -= sizes[-1]
+    return sizes
+
+
 def _open_original(image: Image) -> PILImage.Image:
     with image.file.open("rb") as handle, PILImage.open(handle) as stored:
         return stored.convert("RGB")
 
 
-def _open_cell(cell: Cell, *, geometry: str) -> tuple[PILImage.Image, bool]:
+def _open_cell(
+    cell: Cell,
+    *,
+    geometry: str,
+    original: Callable[[Image], PILImage.Image] = _open_original,
+) -> tuple[PILImage.Image, bool]:
     """The cell's pixels and whether they are the copy fitted at upload for this geometry.
 
-    The fitted copy gives the same input tensor as the original at a third of the decoding cost.
+    The fitted copy (stored uncompressed at the model's input size) gives the same input tensor
+    as the original in a fraction of the time: no decompression, no resizing.
     A cell with a box (located in a field, or drawn by a reviewer) is cut out as the locator
     cuts it (ml.locate.crop_cell), so the classifier sees it framed alike either way.
     """
@@ -364,7 +412,7 @@ def _open_cell(cell: Cell, *, geometry: str) -> tuple[PILImage.Image, bool]:
     if cell.box is None and image.model_input and image.model_input_geometry == geometry:
         with image.model_input.open("rb") as handle, PILImage.open(handle) as fitted:
             return fitted.convert("RGB"), True
-    picture = _open_original(image)
+    picture = original(image)
     if cell.box is not None:
         x, y, width, height = cell.box
         picture = crop_cell(picture, (x, y, x + width, y + height))
@@ -382,26 +430,46 @@ def _save_predictions(
     """One chunk's results in one transaction: the cells found in its fields (and the fields
     marked located), every prediction, the batch's progress."""
     now = timezone.now()
+    fields = [unit.pk for unit in units if isinstance(unit, Image)]
     with transaction.atomic():
+        # The chunk's fields still to locate, locked: a racing delivery that located one first
+        # wins, and this one drops that field's rows (on SQLite the IMMEDIATE transaction holds
+        # the write lock already; on PostgreSQL the row locks make a racer wait, then re-read).
+        free = (
+            set(
+                Image.objects.select_for_update()
+                .filter(pk__in=fields, located_at__isnull=True)
+                .values_list("pk", flat=True)
+            )
+            if fields
+            else set()
+        )
         cells: list[Cell | None] = []  # None: a row whose field another delivery saved first
+        found: list[Cell] = []
+        # (kind, white cells) -> the fields to mark so: one UPDATE per distinct count.
+        marks: dict[tuple[str, int], list[int]] = defaultdict(list)
         for unit in units:
             if isinstance(unit, Cell):
                 cells.append(unit)
                 continue
             boxes = located[unit.pk]
             if boxes is None:  # a close-up of one cell after all
-                found = [Cell(image=unit, box=None, origin=Cell.Origin.UPLOAD)]
-                update = {"kind": Image.Kind.CELL, "located_at": now, "white_cells": 1}
+                new = [Cell(image=unit, box=None, origin=Cell.Origin.UPLOAD)]
+                mark = (Image.Kind.CELL, 1)
             else:
-                found = [
-                    Cell(image=unit, box=list(box), origin=Cell.Origin.LOCATED) for box in boxes
-                ]
-                update = {"located_at": now, "white_cells": len(boxes)}
-            # Only a field not located yet: a racing delivery that got here first wins.
-            if Image.objects.filter(pk=unit.pk, located_at__isnull=True).update(**update):
-                cells += Cell.objects.bulk_create(found)
-            else:
-                cells += [None] * len(found)
+                new = [Cell(image=unit, box=list(box), origin=Cell.Origin.LOCATED) for box in boxes]
+                mark = (Image.Kind.FIELD, len(boxes))
+            if unit.pk not in free:
+                cells += [None] * len(new)
+                continue
+            found += new
+            cells += new
+            marks[mark].append(unit.pk)
+        for (kind, white_cells), pks in marks.items():
+            Image.objects.filter(pk__in=pks).update(
+                kind=kind, located_at=now, white_cells=white_cells
+            )
+        Cell.objects.bulk_create(found)  # sets each new cell's pk: its prediction refers to it
         Prediction.objects.bulk_create(
             [
                 Prediction(

@@ -185,16 +185,23 @@ def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse
     image is the cell, else its crop from the field as the classifier saw it."""
     cell = get_object_or_404(cells_visible_to(request=request), pk=cell_id)
     image = cell.image
+    from PIL import Image as PILImage
+
     if cell.box is None:
         stored = image.model_input or image.file
         if not stored:
             raise Http404("No stored image for this cell.")
-        response = FileResponse(stored.open("rb"), content_type="image/png")
-        response["Cache-Control"] = "private, max-age=3600"
-        return response
+        if str(stored.name).lower().endswith(".png"):
+            response = FileResponse(stored.open("rb"), content_type="image/png")
+            response["Cache-Control"] = "private, max-age=3600"
+            return response
+        # The fitted copy is kept uncompressed for the worker; the browser gets a PNG.
+        with stored.open("rb") as handle, PILImage.open(handle) as picture:
+            buffer = io.BytesIO()
+            picture.convert("RGB").save(buffer, format="PNG", compress_level=1)
+        return _png(buffer.getvalue())
     if not image.file:
         raise Http404("No stored image for this cell.")
-    from PIL import Image as PILImage
 
     x, y, width, height = (int(v) for v in cell.box)
     with image.file.open("rb") as handle, PILImage.open(handle) as picture:

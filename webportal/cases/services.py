@@ -29,7 +29,13 @@ from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
-from webportal.cases.uploads import DEFAULT_LIMITS, AcceptedImage, UploadLimits, inspect_uploads
+from webportal.cases.uploads import (
+    DEFAULT_LIMITS,
+    FITTED_COPY_SUFFIX,
+    AcceptedImage,
+    UploadLimits,
+    inspect_uploads,
+)
 from webportal.celery import PROCESS_BATCH_TASK, app
 
 logger = logging.getLogger(__name__)
@@ -274,7 +280,7 @@ def _store_accepted_image(
     prepared.stored_names.append(image.file.name)
     if accepted.model_input is not None:
         image.model_input.name = default_storage.save(
-            f"{folder}/{stem}.{geometry}.png", ContentFile(accepted.model_input)
+            f"{folder}/{stem}.{geometry}.{FITTED_COPY_SUFFIX}", ContentFile(accepted.model_input)
         )
         prepared.stored_names.append(image.model_input.name)
         image.model_input_geometry = geometry

@@ -149,3 +149,37 @@ def test_an_unknown_image_kind_is_refused_with_a_message(tiny_model: ModelVersio
         services.submit_batch(
             case=case, created_by=None, files=field_files(SAMPLES[:1]), image_kind="slide"
         )
+
+
+def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_first(
+    tiny_model: ModelVersion, case
+) -> None:
+    from ml.inference import CellPrediction
+
+    batch = services.submit_batch(
+        case=case, created_by=None, files=field_files(SAMPLES[:2]), image_kind="field"
+    )
+    first, second = batch.images.order_by("id")
+    # Another delivery located the first field and saved its cell meanwhile.
+    Image.objects.filter(pk=first.pk).update(located_at=first.created_at, white_cells=1)
+    Cell.objects.create(image=first, box=[1, 2, 3, 4], origin=Cell.Origin.LOCATED)
+    located = {first.pk: [(10, 10, 50, 50), (70, 70, 40, 40)], second.pk: [(5, 6, 30, 30)]}
+    guess = CellPrediction(label="a", confidence=0.9, probabilities={"a": 0.9, "b": 0.1})
+
+    processing._save_predictions(
+        batch_id=batch.pk,
+        model_version=tiny_model,
+        units=[first, second],
+        located=located,
+        predictions=[guess] * 3,
+    )
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert list(first.cells.values_list("box", flat=True)) == [[1, 2, 3, 4]]  # untouched
+    assert first.white_cells == 1
+    assert list(second.cells.values_list("box", flat=True)) == [[5, 6, 30, 30]]
+    assert (second.white_cells, second.kind) == (1, Image.Kind.FIELD)
+    assert second.located_at is not None
+    saved = Prediction.objects.filter(cell__image__batch=batch)
+    assert list(saved.values_list("cell__image_id", flat=True)) == [second.pk]

@@ -34,11 +34,13 @@ def test_a_spent_time_slice_saves_its_work_and_queues_the_rest(
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 2
     batch = _submit(case, count=5)
+    first = processing.chunk_sizes(5, 2)[0]  # one chunk's work, then the slice is spent
+    assert 1 <= first < 5
     outcome = processing.process_batch(batch_id=batch.pk, time_budget=0)
     batch.refresh_from_db()
-    assert (outcome.classified, outcome.remaining) == (2, 3)
+    assert (outcome.classified, outcome.remaining) == (first, 5 - first)
     assert batch.status == Batch.Status.QUEUED  # waiting in the queue again, not "processing"
-    assert batch.processed_images == 2
+    assert batch.processed_images == first
     assert len(_messages()) == 1
     processing.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
@@ -145,3 +147,15 @@ def test_finished_and_cancelled_batches_are_never_sent_back_to_work(
     report = processing.sweep_batches()
     assert report == processing.SweepReport(requeued_stuck=[], resent_queued=[], failed=[])
     assert processing.process_batch(batch_id=batch.pk).status == Batch.Status.CANCELLED
+
+
+@pytest.mark.parametrize("total", [0, 1, 5, 29, 60, 200, 512])
+@pytest.mark.parametrize("size", [1, 2, 32, 256])
+def test_chunks_cover_the_work_once_and_are_small_at_both_ends(total: int, size: int) -> None:
+    sizes = processing.chunk_sizes(total, size)
+    assert sum(sizes) == total
+    assert all(1 <= s <= size for s in sizes)
+    if total >= 4 * size:  # long enough for the full ramp at both ends
+        assert sizes[0] == max(1, size // 8)
+        assert sizes[-1] == max(1, size // 8)
+        assert size in sizes

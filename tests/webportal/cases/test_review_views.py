@@ -214,3 +214,29 @@ def test_the_heatmap_is_asked_of_a_worker_once_then_served_from_storage(
     monkeypatch.setattr(explain_worker, "explain_png", no_second_computation)
     assert explain_worker.compute_heatmap(cell_id=cell.pk) == name  # a repeated message
     assert client.get(reverse("cases:cell_crop", args=[cell.pk])).status_code == 200
+
+
+def test_a_cells_thumbnail_is_its_fitted_copy_served_as_png(member, case, tiny_model) -> None:
+    import io as _io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from tests.conftest import noisy_jpeg_bytes
+    from webportal.cases import services
+
+    batch = services.submit_batch(
+        case=case, created_by=None, files=[("a.jpg", _io.BytesIO(noisy_jpeg_bytes((64, 48))))]
+    )
+    cell = Cell.objects.select_related("image").get(image__batch=batch)
+    assert str(cell.image.model_input.name).endswith(".bmp")  # the worker's uncompressed copy
+    response = _client(member.user).get(reverse("cases:cell_crop", args=[cell.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    with (
+        PILImage.open(_io.BytesIO(response.content)) as served,
+        cell.image.model_input.open("rb") as handle,
+        PILImage.open(handle) as stored,
+    ):
+        assert served.format == "PNG"
+        assert np.array_equal(np.asarray(served.convert("RGB")), np.asarray(stored.convert("RGB")))

@@ -179,7 +179,7 @@ def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
     image = cell.image
     geometry = f"{tiny_model.input_size}-{tiny_model.resize}"
     assert image.model_input_geometry == geometry
-    assert str(image.model_input.name).endswith(f".{geometry}.png")
+    assert str(image.model_input.name).endswith(f".{geometry}.bmp")
 
     fitted, is_fitted = processing._open_cell(cell, geometry=geometry)
     original, is_original_fitted = processing._open_cell(cell, geometry="999-pad")  # another model

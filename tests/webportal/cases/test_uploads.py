@@ -749,7 +749,7 @@ def test_with_fit_each_accepted_image_also_carries_its_fitted_copy() -> None:
     assert isinstance(accepted, AcceptedImage)
     assert accepted.model_input is not None
     with Image.open(io.BytesIO(accepted.model_input)) as fitted:
-        assert (fitted.format, fitted.mode, fitted.size) == ("PNG", "RGB", (8, 6))
+        assert (fitted.format, fitted.mode, fitted.size) == ("BMP", "RGB", (8, 6))
     [unfitted] = run(("cell.jpg", good))
     assert isinstance(unfitted, AcceptedImage)
     assert unfitted.model_input is None
