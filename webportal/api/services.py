@@ -75,7 +75,7 @@ def submit_batch_once(
     # Decoding and storing happen before the transaction, which stays short (no lock held
     # while images are validated); its files are deleted if the rows are not kept.
     prepared = services.prepare_upload(
-        model_version=services.active_model_for(lab=case.lab), files=named
+        model_version=services.active_model_for(lab=case.lab), files=named, image_kind=image_kind
     )
     try:
         with transaction.atomic():

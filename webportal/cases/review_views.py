@@ -188,7 +188,8 @@ def cell_crop(request: HttpRequest, cell_id: int) -> HttpResponse | FileResponse
     from PIL import Image as PILImage
 
     if cell.box is None:
-        stored = image.model_input or image.file
+        fitted = image.model_input and image.model_input_geometry != services.FIELD_COPY
+        stored = image.model_input if fitted else image.file
         if not stored:
             raise Http404("No stored image for this cell.")
         if str(stored.name).lower().endswith(".png"):

@@ -166,9 +166,10 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     located = {first.pk: [(10, 10, 50, 50), (70, 70, 40, 40)], second.pk: [(5, 6, 30, 30)]}
     guess = CellPrediction(label="a", confidence=0.9, probabilities={"a": 0.9, "b": 0.1})
 
-    processing._save_predictions(
+    progress = processing._save_predictions(
         batch_id=batch.pk,
         model_version=tiny_model,
+        progress=1,  # the first field, done by the other delivery
         units=[first, second],
         located=located,
         predictions=[guess] * 3,
@@ -183,3 +184,63 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     assert second.located_at is not None
     saved = Prediction.objects.filter(cell__image__batch=batch)
     assert list(saved.values_list("cell__image_id", flat=True)) == [second.pk]
+    batch.refresh_from_db()
+    assert progress == batch.processed_images == 2
+
+
+def test_a_field_is_read_from_its_uncompressed_copy_which_goes_once_it_is_located(
+    tiny_model: ModelVersion, case, django_capture_on_commit_callbacks
+) -> None:
+    import numpy as np
+    from django.core.files.storage import default_storage
+
+    batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
+    image = batch.images.get()
+    assert image.model_input_geometry == services.FIELD_COPY
+    name = image.model_input.name
+    assert name.endswith(".field.bmp")
+    with (
+        image.model_input.open("rb") as copy_file,
+        PILImage.open(copy_file) as copy,
+        image.file.open("rb") as png_file,
+        PILImage.open(png_file) as png,
+    ):
+        assert copy.format == "BMP"
+        assert np.array_equal(np.asarray(copy.convert("RGB")), np.asarray(png.convert("RGB")))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        processing.process_batch(batch_id=batch.pk)
+
+    image.refresh_from_db()
+    assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
+    assert (image.model_input.name, image.model_input_geometry) == ("", "")
+    assert not default_storage.exists(name)
+
+
+def test_a_field_whose_copy_is_gone_is_read_from_its_png(tiny_model: ModelVersion, case) -> None:
+    from django.core.files.storage import default_storage
+
+    batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
+    image = batch.images.get()
+    default_storage.delete(image.model_input.name)  # as a racing delivery that located it does
+    processing.process_batch(batch_id=batch.pk)
+    image.refresh_from_db()
+    assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
+
+
+def test_only_fields_up_to_the_size_limit_get_the_uncompressed_copy(
+    tiny_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    geometry = f"{tiny_model.input_size}-{tiny_model.resize}"
+    as_cells = services.submit_batch(
+        case=case, created_by=None, files=field_files(SAMPLES[:1]), image_kind="cell"
+    )
+    assert as_cells.images.get().model_input_geometry == geometry  # a cell: the fitted copy
+    monkeypatch.setattr(services, "FIELD_COPY_MAX_PIXELS", 640 * 480 - 1)
+    too_big = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
+    image = too_big.images.get()
+    assert (image.kind, image.model_input_geometry) == (Image.Kind.FIELD, geometry)
+    processing.process_batch(batch_id=too_big.pk)
+    image.refresh_from_db()
+    assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
+    assert image.model_input_geometry == geometry  # a fitted copy is kept

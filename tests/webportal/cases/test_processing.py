@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import LazySettings
@@ -159,3 +160,32 @@ def test_chunks_cover_the_work_once_and_are_small_at_both_ends(total: int, size:
         assert sizes[0] == max(1, size // 8)
         assert sizes[-1] == max(1, size // 8)
         assert size in sizes
+
+
+def test_progress_counts_images_chunk_by_chunk_without_recounting_the_batch(
+    tiny_model: ModelVersion, case, settings: LazySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.INFERENCE_CHUNK_SIZE = 2
+    batch = _submit(case, count=7)
+    seen: list[int] = []
+    counts: list[int] = []
+    save, count = processing._save_predictions, processing._images_done
+
+    def saving(**kwargs: Any) -> int:
+        result = save(**kwargs)
+        seen.append(Batch.objects.get(pk=batch.pk).processed_images)
+        return result
+
+    def counting(**kwargs: Any) -> int:
+        counts.append(count(**kwargs))
+        return counts[-1]
+
+    monkeypatch.setattr(processing, "_save_predictions", saving)
+    monkeypatch.setattr(processing, "_images_done", counting)
+    processing.process_batch(batch_id=batch.pk)
+
+    sizes = processing.chunk_sizes(7, 2)
+    assert seen == [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    batch.refresh_from_db()
+    assert (batch.status, batch.processed_images) == (Batch.Status.DONE, 7)
+    assert counts == [0, 7]  # the whole batch counted at the start and the end, not per chunk
