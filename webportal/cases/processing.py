@@ -503,7 +503,7 @@ def _save_predictions(
             Image.objects.filter(pk__in=[unit.pk for unit in spent]).update(
                 model_input="", model_input_geometry=""
             )
-            names = [unit.model_input.name for unit in spent]
+            names = [str(unit.model_input.name) for unit in spent]
             transaction.on_commit(lambda: _delete_files(names))
         Cell.objects.bulk_create(found)  # sets each new cell's pk: its prediction refers to it
         Prediction.objects.bulk_create(

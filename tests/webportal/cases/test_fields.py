@@ -163,7 +163,10 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     # Another delivery located the first field and saved its cell meanwhile.
     Image.objects.filter(pk=first.pk).update(located_at=first.created_at, white_cells=1)
     Cell.objects.create(image=first, box=[1, 2, 3, 4], origin=Cell.Origin.LOCATED)
-    located = {first.pk: [(10, 10, 50, 50), (70, 70, 40, 40)], second.pk: [(5, 6, 30, 30)]}
+    located: dict[int, list[processing.Box] | None] = {
+        first.pk: [(10, 10, 50, 50), (70, 70, 40, 40)],
+        second.pk: [(5, 6, 30, 30)],
+    }
     guess = CellPrediction(label="a", confidence=0.9, probabilities={"a": 0.9, "b": 0.1})
 
     progress = processing._save_predictions(
@@ -197,7 +200,7 @@ def test_a_field_is_read_from_its_uncompressed_copy_which_goes_once_it_is_locate
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
     image = batch.images.get()
     assert image.model_input_geometry == services.FIELD_COPY
-    name = image.model_input.name
+    name = str(image.model_input.name)
     assert name.endswith(".field.bmp")
     with (
         image.model_input.open("rb") as copy_file,
@@ -222,7 +225,7 @@ def test_a_field_whose_copy_is_gone_is_read_from_its_png(tiny_model: ModelVersio
 
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
     image = batch.images.get()
-    default_storage.delete(image.model_input.name)  # as a racing delivery that located it does
+    default_storage.delete(str(image.model_input.name))  # as a racing delivery that located it
     processing.process_batch(batch_id=batch.pk)
     image.refresh_from_db()
     assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
