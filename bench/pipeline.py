@@ -348,8 +348,9 @@ def profile_worker(
 
     Same code as the worker (processing.process_batch), same thread count, same engine; the
     stages are timed by processing's own hooks (recording_stages). Main-thread stages add up
-    to the wall time; decoding runs in the prefetch thread, overlapped with the forward pass,
-    and only its wait shows on the main thread.
+    to the wall time; the forward pass runs in the model thread (the main thread saves the
+    chunk before meanwhile, and waits for the rest), decoding in the prefetch thread; only
+    their waits show on the main thread.
     """
     from django.db import transaction
 
@@ -381,10 +382,11 @@ def profile_worker(
         raise RuntimeError(f"profiled batch ended {outcome.status}")
     main_thread = (
         "wait_for_next_chunk",
-        "forward",
+        "wait_for_forward",
         "softmax_and_dicts",
         "save_predictions",
         "cancel_checks",
+        "batch_check",
         "finish_and_report",
     )
     images = outcome.classified
@@ -398,6 +400,7 @@ def profile_worker(
             **{name: stages[name] for name in main_thread},
             "other": wall - sum(stages[name] for name in main_thread),
         },
+        "model_thread_seconds": {"forward": stages["forward"]},
         "prefetch_thread_seconds": {
             name: stages[name] for name in ("open_and_decode", "resize_normalise")
         },

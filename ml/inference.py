@@ -225,8 +225,7 @@ class Classifier:
 
         The same values as `to_input` (torchvision's ToTensor then Normalize) image by image,
         bit for bit (the same float32 operations, element by element), in four vectorised
-        passes over the whole batch instead of a dozen small ones per image: a third of the
-        time per cell.
+        passes over the whole batch instead of several small ones per image.
         """
         size = (self.input_size, self.input_size)
         if not squares:

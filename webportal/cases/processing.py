@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -126,24 +127,11 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
     # over the whole batch after every chunk cost 0.5 ms per image at 512 images, and grows
     # with the batch); _finish writes the exact count.
     progress = _images_done(batch_id=batch_id, model_version=model_version)
-    chunks = _prefetched_chunks(work, chunk_size=chunk_size, classifier=classifier, detect=detect)
-    while True:
-        with _stage("wait_for_next_chunk"):
-            chunk = next(chunks, None)
-        if chunk is None:
-            break
-        units, decoded = chunk
-        with _stage("cancel_checks"):
-            cancelled = _is_cancelled(batch_id)
-        if cancelled:
-            logger.info("batch %s was cancelled", batch_id)
-            return Outcome(Batch.Status.CANCELLED, classified, len(work) - done)
-        predictions: list[CellPrediction] = []
-        if decoded.tensor is not None:
-            with _stage("forward"):
-                logits = classifier.predict_logits(decoded.tensor)
-            with _stage("softmax_and_dicts"):
-                predictions = classifier.predictions_from_logits(logits)
+    unsaved: tuple[Sequence[Cell | Image], _Decoded, list[CellPrediction]] | None = None
+
+    def save(pending: tuple[Sequence[Cell | Image], _Decoded, list[CellPrediction]]) -> None:
+        nonlocal progress, classified, done
+        units, decoded, predictions = pending
         with _stage("save_predictions"):
             progress = _save_predictions(
                 batch_id=batch_id,
@@ -155,9 +143,47 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
             )
         classified += len(predictions)
         done += len(units)
-        if time.monotonic() > deadline and done < len(work):
-            send_batch(batch_id=batch_id, queue=batch.queue)
-            return Outcome(Batch.Status.PROCESSING, classified, len(work) - done)
+
+    def forward(tensor: torch.Tensor) -> torch.Tensor:
+        with _stage("forward"):
+            return classifier.predict_logits(tensor)
+
+    chunks = _prefetched_chunks(work, chunk_size=chunk_size, classifier=classifier, detect=detect)
+    # The forward pass runs in the model's own thread (the engines release the GIL) while this
+    # thread saves the chunk before: its database writes, and on SQLite any wait for the write
+    # lock another worker holds, overlap the next forward pass instead of following it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as model_thread:
+        while True:
+            with _stage("wait_for_next_chunk"):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            units, decoded = chunk
+            with _stage("cancel_checks"):
+                cancelled = _is_cancelled(batch_id)
+            if cancelled:
+                if unsaved is not None:
+                    save(unsaved)
+                logger.info("batch %s was cancelled", batch_id)
+                return Outcome(Batch.Status.CANCELLED, classified, len(work) - done)
+            running = None
+            if decoded.tensor is not None:
+                running = model_thread.submit(forward, decoded.tensor)
+            if unsaved is not None:
+                save(unsaved)
+            predictions: list[CellPrediction] = []
+            if running is not None:
+                with _stage("wait_for_forward"):
+                    logits = running.result()
+                with _stage("softmax_and_dicts"):
+                    predictions = classifier.predictions_from_logits(logits)
+            unsaved = (units, decoded, predictions)
+            if time.monotonic() > deadline and done + len(units) < len(work):
+                save(unsaved)
+                send_batch(batch_id=batch_id, queue=batch.queue)
+                return Outcome(Batch.Status.PROCESSING, classified, len(work) - done)
+    if unsaved is not None:
+        save(unsaved)
     with _stage("batch_check"):
         check = _check_if_pending(
             batch_id=batch_id, model_version=model_version, classifier=classifier

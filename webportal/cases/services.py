@@ -232,11 +232,11 @@ class PreparedUpload:
 
 # A whole field the worker will locate keeps, as its `model_input`, an uncompressed copy of the
 # whole image (geometry FIELD_COPY) until the worker has located it, which then deletes it.
-# Decoding the stored 640x480 PNG took longer than locating the field's white cells (about 8
-# against 7 ms on an idle core); the BMP reads in about 0.5 ms. It is three times the PNG's
-# size (900 KB at 640x480), hence kept only while the field waits, and made only for fields
-# up to FIELD_COPY_MAX_PIXELS (12 MB uncompressed), so an upload's memory stays bounded by its
-# largest decoded image; a larger field is read from its PNG.
+# Decoding the stored 640x480 PNG took longer than locating the field's white cells (the
+# worker's stage timings, processing.recording_stages); a BMP has nothing to decompress. It
+# is three times the PNG's size (900 KB at 640x480), hence kept only while the field waits,
+# and made only for fields up to FIELD_COPY_MAX_PIXELS (12 MB uncompressed), so an upload's
+# memory stays bounded by its largest decoded image; a larger field is read from its PNG.
 FIELD_COPY = "field"
 FIELD_COPY_MAX_PIXELS = 4_000_000
 

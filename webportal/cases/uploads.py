@@ -529,11 +529,10 @@ def _decode_failure(exc: BaseException, fmt: str) -> str:
     )
 
 
-# The worker's copy of each image fitted to the model. Uncompressed: decoding a 192 px PNG
-# took 1.2 ms per cell on an idle core, about a fifth of a cell's whole cost in the worker
-# beside the ONNX Runtime engine's 5.5 ms forward pass (bench/README.md); a BMP of the same
-# pixels reads in 0.1 ms and costs nothing to write. It is twice the PNG's size (110 KB at
-# 192 px), and lossless, so the input tensor is the same.
+# The worker's copy of each image fitted to the model. Uncompressed: next to the ONNX Runtime
+# engine's 6-7 ms forward pass per cell, decoding and converting a 192 px PNG copy took 1.5 ms
+# and the BMP of the same pixels 0.6 ms (`decode_costs_ms_per_image`, bench/README.md); it is
+# twice the PNG's size (110 KB at 192 px), lossless, and costs nothing to write.
 FITTED_COPY_FORMAT = "BMP"
 FITTED_COPY_SUFFIX = "bmp"
 

@@ -178,7 +178,7 @@ def test_the_verdict_is_made_once_for_the_whole_batch_after_its_last_slice(
     assert batch.ood_check == Batch.Check.PENDING
     states = batch_cells(batch=batch)
     classified = [s for s in states if s.predicted is not None]
-    assert len(classified) == 8
+    assert 0 < len(classified) == processing.chunk_sizes(24, 8)[0] < 24
     assert {s.current for s in states} == {PENDING}  # nothing auto-accepted meanwhile
 
     processing.process_batch(batch_id=batch.pk)
