@@ -118,6 +118,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256, help="cells per cache file")
     p.add_argument("--print-freq", type=int, default=20)
     p.add_argument("--stage", choices=["cache", "all"], default="all", help="cache: stop after 2")
+    p.add_argument(
+        "--val-folder",
+        help="link every single-image val cell here as SOURCE/CLASS/FILE (for ml.evaluate), "
+        "then go on; boxed cells (voc) are left out",
+    )
     return p
 
 
@@ -774,6 +779,22 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_val_folder(cells: Sequence[Cell], is_val: np.ndarray, root: Path) -> int:
+    """Symlink each val cell that is a whole file as root/SOURCE/CLASS/FILE, so the shipped
+    model can be scored end to end on exactly these cells (`python -m ml.evaluate --data
+    root/SOURCE`). Cells cut from a field by a box are not files and are left out."""
+    linked = 0
+    for cell, val in zip(cells, is_val, strict=True):
+        if not val or cell.box is not None:
+            continue
+        link = root / cell.source / cell.label / cell.path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(cell.path.resolve())
+        linked += 1
+    return linked
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
     torch.set_num_threads(args.threads)
@@ -782,6 +803,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     root = cache_root(args)
     cells = load_cells(args, specs)
     classes = sorted({c.label for c in cells})
+    if args.val_folder:
+        is_val = split_cells(cells, classes, args.val_fraction, args.seed)
+        linked = write_val_folder(cells, is_val, Path(args.val_folder))
+        print(f"linked {linked} val cells under {args.val_folder}", flush=True)
     weights = None if args.weights == "none" else args.weights
     model = build_model(args.arch, len(classes), pretrained=weights)
     trunk, _ = split_trunk_tail(model, args.arch, args.trunk_blocks)

@@ -69,8 +69,19 @@ def test_leave_one_lab_out_reports_each_lab_and_writes_a_model_with_its_guard(tm
     # A second run finds every activation in the cache and computes none again.
     chunks = sorted((tmp_path / "cache").glob("*/chunk-*.pt"))
     stamps = [p.stat().st_mtime_ns for p in chunks]
-    crosscheck.main(crosscheck.get_args_parser().parse_args([*argv, "--stage", "cache"]))
+    val_dir = tmp_path / "val"
+    crosscheck.main(
+        crosscheck.get_args_parser().parse_args(
+            [*argv, "--stage", "cache", "--val-folder", str(val_dir)]
+        )
+    )
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
+
+    # --val-folder links exactly the val cells, under their source and class, for ml.evaluate.
+    linked = sorted(val_dir.glob("*/*/*"))
+    assert len(linked) == report["sources"]["one"]["val"] + report["sources"]["two"]["val"]
+    assert all(p.is_symlink() and p.resolve().parent.name == p.parent.name for p in linked)
+    assert {p.parts[-3] for p in linked} == {"one", "two"}
 
 
 def test_head_only_trains_the_classifier_alone_on_pooled_features(tmp_path):
