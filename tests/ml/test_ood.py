@@ -104,3 +104,34 @@ def test_the_classifier_checks_a_batch_with_the_guard_of_its_checkpoint(tmp_path
     assert check_out.score > check_in.score
     assert check_out.cells_checked == 20
     assert clf.check_batch(inside[:200], max_cells=50).cells_checked == 50  # type: ignore[union-attr]
+
+
+def test_the_guard_features_move_to_a_faster_engine_only_if_the_scores_stay(tmp_path):
+    from ml.inference import Classifier
+    from ml.testing import make_guarded_checkpoint, synthetic_cells
+
+    path = make_guarded_checkpoint(
+        tmp_path / "g.pt",
+        ["a", "b", "c"],
+        fit_on=synthetic_cells(60, seed=1),
+        calibrate_on=synthetic_cells(40, seed=2),
+    )
+    clf = Classifier.load(path, device="cpu")
+    cells = clf.preprocess(synthetic_cells(20, seed=3))
+    away = clf.preprocess(synthetic_cells(20, seed=4, shifted=True))
+    eager_in, eager_away = clf.check_batch(cells), clf.check_batch(away)
+
+    assert clf.use_feature_engine("no-such-engine", check=cells[:8]) is not None
+    assert clf.feature_engine == "eager"
+    assert clf.use_feature_engine("fused-channels-last", check=cells[:8]) is None
+    assert clf.feature_engine == "fused-channels-last"
+    fast_in, fast_away = clf.check_batch(cells), clf.check_batch(away)
+
+    assert eager_in is not None
+    assert fast_in is not None
+    assert eager_away is not None
+    assert fast_away is not None
+    assert fast_in.score == pytest.approx(eager_in.score, rel=1e-3)
+    assert fast_away.score == pytest.approx(eager_away.score, rel=1e-3)
+    assert (fast_in.flagged, fast_away.flagged) == (False, True)
+    assert (eager_in.flagged, eager_away.flagged) == (False, True)
