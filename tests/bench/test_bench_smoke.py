@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ml.testing import make_tiny_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "samples" / "demo"
+from tests.bench.conftest import ROOT, TinyBench
 
 pytestmark = [pytest.mark.slow, pytest.mark.worker]
 
 
 def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
-    tmp_path: Path,
+    tmp_path: Path, tiny_bench: TinyBench
 ) -> None:
-    data = tmp_path / "data"
-    for name in ("lymphocyte", "neutrophil"):
-        (data / name).mkdir(parents=True)
-        for image in sorted(DEMO.glob(f"{name}-*.jpg")):
-            shutil.copy(image, data / name / image.name)
-    model = make_tiny_checkpoint(tmp_path / "tiny.pt", ["lymphocyte", "neutrophil"])
+    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
     out = tmp_path / "bench.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "webportal.settings"}
-    env.pop("DATABASE_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--json", str(out), "--only", "pipeline",
          "--images", "4", "--repeats", "1", "--profile-images", "4",

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ml.testing import make_tiny_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "samples" / "demo"
+from tests.bench.conftest import ROOT, TinyBench
 
 pytestmark = [pytest.mark.slow]
 
 
-def test_the_side_by_side_benchmark_runs_one_and_two_processes(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for name in ("lymphocyte", "neutrophil"):
-        (data / name).mkdir(parents=True)
-        for image in sorted(DEMO.glob(f"{name}-*.jpg")):
-            shutil.copy(image, data / name / image.name)
-    model = make_tiny_checkpoint(tmp_path / "tiny.pt", ["lymphocyte", "neutrophil"])
+def test_the_side_by_side_benchmark_runs_one_and_two_processes(
+    tmp_path: Path, tiny_bench: TinyBench
+) -> None:
+    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
     out = tmp_path / "side.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "webportal.settings"}
-    env.pop("DATABASE_URL", None)
     result = subprocess.run(
         [sys.executable, "-m", "bench.side_by_side", "--json", str(out), "--images", "4",
          "--repeats", "1", "--model", str(model), "--data", str(data)],
