@@ -24,6 +24,7 @@ from tests.factories import (
     cell_png,
     reviewed_batch,
 )
+from tests.webportal.adaptation.conftest import CLASSES, PER_CASE
 from webportal.accounts.models import Role
 from webportal.accounts.services import AccountError, RoleRequired, activate_model
 from webportal.adaptation import selectors, services
@@ -36,15 +37,6 @@ from webportal.celery import ADAPT_MODEL_TASK
 from webportal.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
-# Per case: 3 lymphocytes, 3 neutrophils, 1 monocyte.
-PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
-
-
-@pytest.fixture
-def base_model():
-    return ModelVersionFactory.create(classes=CLASSES)
 
 
 @pytest.fixture

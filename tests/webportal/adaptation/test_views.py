@@ -14,20 +14,13 @@ from tests.factories import (
     ModelVersionFactory,
     reviewed_batch,
 )
+from tests.webportal.adaptation.conftest import CLASSES, PER_CASE
 from webportal.accounts.models import Role
 from webportal.adaptation import services
 from webportal.adaptation.models import AdaptationJob
 from webportal.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
-
-CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
-PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
-
-
-@pytest.fixture
-def base_model():
-    return ModelVersionFactory.create(classes=CLASSES, name="pbc8")
 
 
 def client_for(user) -> Client:
