@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webportal.reports import fhir
+from webportal.reports import fhir, hl7v2
 
 
 class FhirJSONRenderer(JSONRenderer):
@@ -35,6 +35,21 @@ class BytesRenderer(BaseRenderer):
 class PDFRenderer(BytesRenderer):
     media_type = "application/pdf"
     format = "pdf"
+
+
+class HL7Renderer(BytesRenderer):
+    """An HL7 v2 message (ER7 text, segments ended by carriage returns), as UTF-8 bytes."""
+
+    media_type = hl7v2.CONTENT_TYPE
+    format = "hl7"
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Any = None,
+    ) -> Any:
+        return data.encode("utf-8") if isinstance(data, str) else data
 
 
 class PNGRenderer(BytesRenderer):

@@ -31,7 +31,12 @@ from rest_framework.views import APIView
 from webportal.accounts.services import authenticated_user
 from webportal.api import access
 from webportal.api.errors import Conflict
-from webportal.api.renderers import FhirJSONRenderer, JsonErrorsMixin, PDFRenderer
+from webportal.api.renderers import (
+    FhirJSONRenderer,
+    HL7Renderer,
+    JsonErrorsMixin,
+    PDFRenderer,
+)
 from webportal.api.schema import errors
 from webportal.api.serializers import (
     BatchCheckSerializer,
@@ -40,9 +45,10 @@ from webportal.api.serializers import (
 )
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
-from webportal.reports import fhir, services
+from webportal.reports import fhir, hl7v2, services
 from webportal.reports.models import Report
 from webportal.reports.pdf import render_report_pdf
+from webportal.reports.results import result_document
 
 
 class ReportSerializer(serializers.ModelSerializer[Report]):
@@ -161,7 +167,12 @@ def etag(report: Report, representation: str) -> str:
 class ReportView(JsonErrorsMixin, APIView):
     """One report, in the representation the client accepts."""
 
-    renderer_classes: list[type[BaseRenderer]] = [JSONRenderer, PDFRenderer, FhirJSONRenderer]
+    renderer_classes: list[type[BaseRenderer]] = [
+        JSONRenderer,
+        PDFRenderer,
+        FhirJSONRenderer,
+        HL7Renderer,
+    ]
 
     def report(self, request: Request, **kwargs: Any) -> Report:
         raise NotImplementedError
@@ -181,7 +192,18 @@ class ReportView(JsonErrorsMixin, APIView):
             services.record_report_download(
                 actor=authenticated_user(request), report=report, kind="fhir"
             )
-            return Response(fhir.diagnostic_report(report=report), headers=headers)
+            bundle = fhir.report_bundle(report=report, pdf=render_report_pdf(report=report))
+            return Response(bundle, headers=headers)
+        if representation == "hl7":
+            services.record_report_download(
+                actor=authenticated_user(request), report=report, kind="hl7"
+            )
+            message = hl7v2.oru_r01(
+                document=result_document(report=report),
+                control_id=hl7v2.control_id_of(report=report),
+                sent_at=last_modified(report),
+            )
+            return Response(message, headers=headers)
         if representation == "pdf":
             services.record_report_download(
                 actor=authenticated_user(request), report=report, kind="pdf"
@@ -193,7 +215,15 @@ class ReportView(JsonErrorsMixin, APIView):
         return Response(body, headers=headers)
 
 
-FHIR_BODY = OpenApiResponse(response=OpenApiTypes.OBJECT, description="A FHIR R4 DiagnosticReport.")
+FHIR_BODY = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description="A FHIR R4 Bundle (type collection): the DiagnosticReport, its Observations, the "
+    "Patient, the Specimen and the lab; the PDF as presentedForm.",
+)
+HL7_BODY = OpenApiResponse(
+    response=OpenApiTypes.STR,
+    description="An HL7 v2.5.1 ORU^R01 message (ER7; segments end with a carriage return).",
+)
 PDF_BODY = OpenApiResponse(response=OpenApiTypes.BINARY, description="The signed-off PDF layout.")
 NOT_MODIFIED = OpenApiResponse(description="Not modified since the ETag / date the client sent.")
 REPORT_RESPONSES: dict[Any, Any] = {
@@ -258,8 +288,18 @@ class PdfOnly:
         return [PDFRenderer()]
 
 
+class HL7Only:
+    def get_renderers(self) -> list[BaseRenderer]:
+        return [HL7Renderer()]
+
+
 FHIR_RESPONSES: dict[Any, Any] = {
     (200, fhir.CONTENT_TYPE): FHIR_BODY,
+    304: NOT_MODIFIED,
+    **errors(404),
+}
+HL7_RESPONSES: dict[Any, Any] = {
+    (200, hl7v2.CONTENT_TYPE): HL7_BODY,
     304: NOT_MODIFIED,
     **errors(404),
 }
@@ -275,6 +315,25 @@ class LatestReportFhir(FhirOnly, ReportView):
 
 @extend_schema(tags=["reports"], summary="One report version as FHIR R4", responses=FHIR_RESPONSES)
 class ReportVersionFhir(FhirOnly, ReportVersion):
+    pass
+
+
+@extend_schema(
+    tags=["reports"],
+    summary="The latest report as an HL7 v2.5.1 ORU^R01 message",
+    responses=HL7_RESPONSES,
+)
+class LatestReportHL7(HL7Only, ReportView):
+    def report(self, request: Request, **kwargs: Any) -> Report:
+        return latest_of(request, kwargs["batch_id"])
+
+
+@extend_schema(
+    tags=["reports"],
+    summary="One report version as an HL7 v2.5.1 ORU^R01 message",
+    responses=HL7_RESPONSES,
+)
+class ReportVersionHL7(HL7Only, ReportVersion):
     pass
 
 

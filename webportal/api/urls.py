@@ -44,6 +44,16 @@ urlpatterns = [
         name="batch_report_fhir",
     ),
     path(
+        "batches/<int:batch_id>/report/hl7/",
+        _open(reports.LatestReportHL7.as_view()),
+        name="batch_report_hl7",
+    ),
+    path(
+        "batches/<int:batch_id>/reports/<int:version>/hl7/",
+        _open(reports.ReportVersionHL7.as_view()),
+        name="batch_report_version_hl7",
+    ),
+    path(
         "batches/<int:batch_id>/reports/",
         _open(reports.ReportVersions.as_view()),
         name="batch_reports",

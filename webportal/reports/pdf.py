@@ -242,6 +242,9 @@ def render_report_pdf(*, report: Report) -> bytes:
         title=f"Differential {case.accession_number} v{report.version}",
         author=lab.name,
         subject="White-cell differential",
+        # The same version gives the same bytes (no creation time or random document id), so
+        # the PDF inside a FHIR Bundle and its ETag stay put until the report changes.
+        invariant=True,
     )
 
     def footer(canvas: Any, doc: Any) -> None:

@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from tests.factories import ModelVersionFactory, classified_batch
 from webportal.cases import batch_check
 from webportal.cases.models import Batch
+from webportal.reports import fhir
 
 pytestmark = pytest.mark.django_db
 
@@ -46,9 +47,10 @@ def test_a_flagged_batch_says_so_with_its_figures_in_the_batch_and_the_report(
     assert {row["label"]: row["count"] for row in report["differential"]}["unidentified"] == 3
     cells = api.get(reverse("api:batch_cells", args=[batch.pk])).json()["results"]
     assert {cell["current_label"] for cell in cells} == {"unidentified"}
-    fhir = api.get(reverse("api:batch_report_fhir", args=[batch.pk])).json()
-    assert report["flags"][0]["message"] in fhir["conclusion"]
-    assert "3 cell(s) not auto-accepted are not classed" in fhir["conclusion"]
+    bundle = api.get(reverse("api:batch_report_fhir", args=[batch.pk])).json()
+    (diagnostic,) = fhir.resources_of(bundle, "DiagnosticReport")
+    assert report["flags"][0]["message"] in diagnostic["conclusion"]
+    assert "3 cell(s) not auto-accepted are not classed" in diagnostic["conclusion"]
 
 
 def test_a_batch_never_checked_has_no_verdict_and_one_without_a_guard_says_so(

@@ -15,6 +15,7 @@ from webportal.api.models import WebhookDelivery
 from webportal.audit.models import AuditEvent
 from webportal.cases import processing, services
 from webportal.cases.models import ModelVersion
+from webportal.reports import fhir
 
 pytestmark = pytest.mark.django_db
 
@@ -157,9 +158,11 @@ def test_an_integrator_may_not_sign_but_a_pathologists_token_signs_and_amends(
     assert (amended.json()["version"], amended.json()["status"]) == (2, "amended")
     versions = api.get(reverse("api:batch_reports", args=[done_batch.pk])).json()["results"]
     assert [(v["version"], v["superseded"]) for v in versions] == [(2, False), (1, True)]
-    fhir = api.get(reverse("api:batch_report_fhir", args=[done_batch.pk])).json()
-    assert fhir["status"] == "amended"
-    assert any(obs["id"].startswith("absolute-") for obs in fhir["contained"])
+    bundle = api.get(reverse("api:batch_report_fhir", args=[done_batch.pk])).json()
+    (diagnostic,) = fhir.resources_of(bundle, "DiagnosticReport")
+    assert diagnostic["status"] == "amended"
+    observations = fhir.resources_of(bundle, "Observation")
+    assert any("-absolute-" in obs["id"] for obs in observations)
     events = list(WebhookDelivery.objects.order_by("id").values_list("event", flat=True))
     assert events == ["report.final", "report.amended"]
 

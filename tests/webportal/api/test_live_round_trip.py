@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import LazySettings
 from django.db import connection
+from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from tests.conftest import noisy_jpeg_bytes
@@ -124,8 +125,12 @@ def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
     fhir = request("GET", f"{api}/batches/{batch_id}/report/", token=token,
                    headers={"Accept": "application/fhir+json"})  # fmt: skip
     assert fhir.headers["Content-Type"] == "application/fhir+json"
-    resource = DiagnosticReport.model_validate(fhir.json())
-    assert resource.subject is not None
+    bundle = Bundle.model_validate(fhir.json())
+    assert bundle.type == "collection"
+    assert bundle.entry is not None
+    diagnostic = bundle.entry[0].resource
+    assert isinstance(diagnostic, DiagnosticReport)
+    assert diagnostic.subject is not None
     explicit = request("GET", f"{api}/batches/{batch_id}/report/fhir/", token=token)
     assert explicit.json() == fhir.json()
     pdf = request("GET", f"{api}/batches/{batch_id}/report/", token=token,

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import pytest
 from django.urls import reverse
-from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.bundle import Bundle
 from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
 from webportal.cases import processing, services
 from webportal.cases.models import ModelVersion
 from webportal.reports import fhir
+from webportal.reports import services as report_services
 from webportal.reports.models import Report
 
 pytestmark = pytest.mark.django_db
@@ -42,44 +44,59 @@ def test_the_latest_report_is_json_by_default_and_fhir_when_asked(
     assert body["accession_number"] == "R-1"
     as_fhir = api.get(url, HTTP_ACCEPT="application/fhir+json")
     assert as_fhir["Content-Type"] == "application/fhir+json"
-    assert as_fhir.json()["resourceType"] == "DiagnosticReport"
+    assert as_fhir.json()["resourceType"] == "Bundle"
     explicit = api.get(reverse("api:batch_report_fhir", args=[done_batch.pk]))
     assert explicit["Content-Type"] == "application/fhir+json"
     assert explicit.json() == as_fhir.json()
     assert api.get(url, HTTP_ACCEPT="text/csv").status_code == 406
 
 
-def test_the_fhir_report_validates_and_carries_loinc_codes_and_the_patient(
+def test_the_fhir_bundle_validates_and_carries_loinc_codes_and_the_patient(
     api: APIClient, done_batch
 ) -> None:
-    resource = api.get(reverse("api:batch_report_fhir", args=[done_batch.pk])).json()
-    DiagnosticReport.model_validate(resource)
-    assert resource["status"] == "preliminary"
-    assert resource["subject"]["identifier"]["value"] == "MRN-9"
-    assert resource["performer"][0]["display"] == done_batch.case.lab.name
-    observations = {obs["id"]: obs for obs in resource["contained"]}
-    assert [ref["reference"][1:] for ref in resource["result"]] == list(observations)
+    bundle = api.get(reverse("api:batch_report_fhir", args=[done_batch.pk])).json()
+    Bundle.model_validate(bundle)
+    assert bundle["type"] == "collection"
+    (diagnostic,) = fhir.resources_of(bundle, "DiagnosticReport")
+    assert diagnostic["status"] == "preliminary"
+    assert diagnostic["meta"]["versionId"] == "1"
+    (patient,) = fhir.resources_of(bundle, "Patient")
+    assert patient["identifier"][0]["value"] == "MRN-9"
+    urls = {entry["resource"]["resourceType"]: entry["fullUrl"] for entry in bundle["entry"]}
+    assert diagnostic["subject"]["reference"] == urls["Patient"]
+    assert diagnostic["performer"][0]["display"] == done_batch.case.lab.name
+    observations = fhir.resources_of(bundle, "Observation")
+    by_url = {entry["fullUrl"]: entry["resource"] for entry in bundle["entry"]}
+    assert [by_url[ref["reference"]] for ref in diagnostic["result"]] == observations
     codes = {
         coding["code"]
-        for obs in observations.values()
+        for obs in observations
         for coding in obs["code"]["coding"]
         if coding["system"] == fhir.LOINC
     }
     # The tiny model knows lymphocytes, monocytes and neutrophils.
     assert {"26478-8", "26485-3", "26511-6"} <= codes
-    percents = [obs["valueQuantity"]["value"] for key, obs in observations.items()
-                if key.startswith("percent")]  # fmt: skip
+    percents = [obs["valueQuantity"]["value"] for obs in observations
+                if obs["valueQuantity"]["code"] == "%"]  # fmt: skip
     classed = sum(row["count"] for row in done_batch.reports.get().differential
                   if row["label"] != "unidentified")  # fmt: skip
     assert sum(percents) == pytest.approx(100 if classed else 0, abs=0.5)
 
 
-def test_absolute_counts_appear_when_the_white_cell_count_is_known(done_batch) -> None:
+def test_absolute_counts_in_fhir_are_the_reports_own_digits(done_batch) -> None:
     report = done_batch.reports.get()
-    resource = fhir.diagnostic_report(report=report, wbc_count=8.0)
-    absolute = [obs for obs in resource["contained"] if obs["id"].startswith("absolute-")]
-    assert {coding["code"] for obs in absolute for coding in obs["code"]["coding"]} >= {"26499-4"}
-    assert sum(obs["valueQuantity"]["value"] for obs in absolute) == pytest.approx(8.0, abs=0.1)
+    report.wbc_count = Decimal("8.00")
+    report.save()
+    report = report_services.refresh_preliminary_report(batch=done_batch) or report
+    bundle = fhir.report_bundle(report=report)
+    absolute = {
+        obs["code"]["coding"][0]["code"]: obs["valueQuantity"]
+        for obs in fhir.resources_of(bundle, "Observation")
+        if obs["valueQuantity"]["code"] == "10*9/L"
+    }
+    rows = {row["label"]: row for row in report.differential if row.get("absolute") is not None}
+    assert absolute["26499-4"]["value"] == rows["neutrophil"]["absolute"]
+    assert sum(quantity["value"] for quantity in absolute.values()) == pytest.approx(8.0, abs=0.1)
 
 
 def test_a_signed_report_is_final_with_its_interpreter_in_fhir(done_batch, member) -> None:
@@ -87,11 +104,13 @@ def test_a_signed_report_is_final_with_its_interpreter_in_fhir(done_batch, membe
     report.status, report.signed_by = Report.Status.FINAL, member.user
     report.signed_at = report.created_at
     report.save()
-    resource = fhir.diagnostic_report(report=report)
-    assert resource["status"] == "final"
-    assert {obs["status"] for obs in resource["contained"]} == {"final"}
-    interpreter = resource["resultsInterpreter"][0]
+    bundle = fhir.report_bundle(report=report)
+    (diagnostic,) = fhir.resources_of(bundle, "DiagnosticReport")
+    assert diagnostic["status"] == "final"
+    assert {obs["status"] for obs in fhir.resources_of(bundle, "Observation")} == {"final"}
+    interpreter = diagnostic["resultsInterpreter"][0]
     assert interpreter["identifier"]["value"] == member.user.username
+    assert "to be reviewed" not in diagnostic["conclusion"]
 
 
 def test_reports_answer_304_to_a_client_that_has_the_current_version(
