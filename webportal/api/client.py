@@ -168,6 +168,11 @@ class Client:
         )
         return resource
 
+    def report_hl7(self, batch_id: int, version: int | None = None) -> str:
+        """The report as an HL7 v2.5.1 ORU^R01 message (segments end with a carriage return)."""
+        path = self._report_path(batch_id, version) + "hl7/"
+        return self.request("GET", path, headers={"Accept": "application/hl7-v2"})[2].decode()
+
     def report_pdf(self, batch_id: int, version: int | None = None) -> bytes:
         path = self._report_path(batch_id, version) + "pdf/"
         return self.request("GET", path, headers={"Accept": "application/pdf"})[2]

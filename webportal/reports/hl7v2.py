@@ -183,7 +183,8 @@ def oru_r01(
         obx.obx_2 = "NM"
         obx.obx_3 = _code(result, document.lab_slug)
         obx.obx_5 = _number(result.value)
-        obx.obx_6 = f"{escaped(result.unit)}^{escaped(result.unit_text)}^UCUM"
+        # The UCUM code is its own text: "10^9/L" would need HL7's escape for "^".
+        obx.obx_6 = f"{escaped(result.unit)}^{escaped(result.unit)}^UCUM"
         if reference := _range(result):
             obx.obx_7 = reference
         for flag in _abnormal_flags(result):

@@ -249,7 +249,7 @@ def _results(report: Report) -> list[Result]:
                     count=count,
                 )
             )
-        else:
+        elif count:  # cells seen outside the differential; none seen is not a result
             results.append(
                 Result(
                     id=f"count-{key}",

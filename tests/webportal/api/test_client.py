@@ -37,3 +37,21 @@ def test_the_client_creates_uploads_retries_cancels_and_raises_the_error_shape(
     with pytest.raises(ApiError) as invalid:
         api.create_case(accession_number="")
     assert "accession_number" in invalid.value.fields
+
+
+def test_the_client_fetches_the_report_as_a_fhir_bundle_and_an_hl7_message(
+    live_server, member, tiny_model: ModelVersion
+) -> None:
+    from webportal.cases import processing
+
+    api = Client(live_server.url, token=tokens.issue_token(lab=member.lab, username="c").plaintext)
+    case = api.create_case(accession_number="CL-2", patient="MRN-6")
+    batch = api.upload_batch(case["id"], [("a.jpg", noisy_jpeg_bytes())])
+    processing.process_batch(batch_id=batch["id"])
+    bundle = api.report_fhir(batch["id"])
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["entry"][0]["resource"]["code"]["coding"][0]["code"] == "24318-8"
+    message = api.report_hl7(batch["id"], version=1)
+    segments = [segment.split("|")[0] for segment in message.split("\r") if segment]
+    assert segments[:4] == ["MSH", "PID", "ORC", "OBR"]
+    assert "|CL-2^HEMATOVISION|" in message
