@@ -418,8 +418,20 @@ WEBHOOK_RETRY_BASE_SECONDS = env_int("WEBHOOK_RETRY_BASE_SECONDS", 30)
 WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_REPLAY_WINDOW_SECONDS = 300
-# Plain http:// endpoints only where this is on (development, tests); production wants https.
-WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", DEBUG)
+
+# --- Issue 21: outbound calls, secrets at rest (docs/SECURITY.md) ------------------------------
+# Private hosts or networks that outbound calls (webhooks, HL7) may reach, e.g. an on-premises
+# LIS: comma-separated CIDR networks, addresses or host names. Empty by default, DEBUG included:
+# loopback, private, link-local and cloud metadata addresses are refused (webportal.outbound).
+# Plain http:// targets only with DEBUG on.
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", [])
+# The Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook secrets in the database;
+# unset, one is derived from SECRET_KEY (changing SECRET_KEY then makes stored secrets
+# unreadable: endpoints must be registered again). Several keys, comma-separated: the first
+# encrypts, all decrypt (key rotation).
+FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
+# How often the outbox sends what is due (Celery beat; `make run` embeds beat in its worker).
+WEBHOOK_POLL_SECONDS = env_int("WEBHOOK_POLL_SECONDS", 10, maximum=3600)
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` is clean there.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -22,11 +22,8 @@ import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -35,6 +32,7 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from webportal import outbound
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import require_role
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
@@ -82,17 +80,11 @@ def verify_signature(
 
 
 def _check_url(url: str) -> str:
-    url = url.strip()
-    parts = urlsplit(url)
-    allowed = {"https", "http"} if settings.WEBHOOK_ALLOW_HTTP else {"https"}
-    if parts.scheme not in allowed or not parts.hostname:
-        raise WebhookError(
-            "The URL must be https://HOST/..."
-            + (" (or http:// here)" if settings.WEBHOOK_ALLOW_HTTP else ".")
-        )
-    if parts.username or parts.password:
-        raise WebhookError("Put no credentials in the URL: every request is signed instead.")
-    return url
+    """https (http with DEBUG on), no credentials, a public host or one an operator allowed."""
+    try:
+        return outbound.vet_url(url)
+    except outbound.OutboundRefused as exc:
+        raise WebhookError(str(exc)) from None
 
 
 def register_endpoint(
@@ -277,10 +269,9 @@ def attempt_delivery(*, delivery_id: int) -> float | None:
     endpoint = delivery.endpoint
     body = _dumps(delivery.payload).encode()
     timestamp = int(time.time())
-    request = urllib.request.Request(  # noqa: S310 (the scheme was checked at registration)
+    answer = outbound.post(
         endpoint.url,
-        data=body,
-        method="POST",
+        content=body,
         headers={
             "Content-Type": "application/json",
             "User-Agent": "HematoVision-Webhooks/1",
@@ -288,18 +279,9 @@ def attempt_delivery(*, delivery_id: int) -> float | None:
             DELIVERY_HEADER: str(delivery.event_id),
             SIGNATURE_HEADER: sign(secret=endpoint.secret, timestamp=timestamp, body=body),
         },
+        timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
     )
-    status_code: int | None = None
-    error = ""
-    try:
-        with urllib.request.urlopen(  # noqa: S310
-            request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS
-        ) as response:
-            status_code = response.status
-    except urllib.error.HTTPError as exc:
-        status_code, error = exc.code, f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    status_code, error = answer.status_code, answer.error
     delivered = status_code is not None and 200 <= status_code < 300
     now = timezone.now()
     attempts = delivery.attempts + 1
