@@ -61,6 +61,7 @@ def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
         # The receivers listen on 127.0.0.1: allowed as an operator allows an on-site LIS.
         "DEBUG": "true",
         "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "WEBHOOK_POLL_SECONDS": "1",  # retries come from the outbox's poll (beat)
     }
     try:
         with (
@@ -71,6 +72,7 @@ def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
                 broker_folder=broker,
                 log_path=tmp_path / "worker.log",
                 extra_env=worker_env,
+                beat=True,
             ),
         ):
             hooks = [
