@@ -110,6 +110,20 @@ def _local_secret_key(var_dir: Path) -> str:
     return key
 
 
+def _owner_only(database: Path) -> None:
+    """The embedded database (and its -wal and -shm files, which SQLite creates with the
+    database's mode) readable by the owner only, in a folder only the owner can list (issue 21).
+    Created empty with mode 0600 when missing; an existing file of ours is narrowed to it."""
+    for path, mode in ((database.parent, 0o700), (database, 0o600)):
+        try:
+            if path == database and not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            elif path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+                path.chmod(mode)
+        except (FileExistsError, PermissionError):
+            pass
+
+
 _secret_key = os.environ.get("SECRET_KEY")
 if not _secret_key:
     production = sorted(name for name in PRODUCTION_SIGNALS if os.environ.get(name))
@@ -204,6 +218,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     # SQLite creates the file but not its folder.
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _owner_only(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -281,6 +296,10 @@ if S3_BUCKET:
         },
     }
 
+# Stored images and crops readable by the owner only (the web and worker processes run as one
+# user); folders likewise (issue 21, docs/SECURITY.md).
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 # Uploads: Django spools anything above this to disk instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
