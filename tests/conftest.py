@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from PIL import Image as PILImage
 
 from ml.testing import make_guarded_checkpoint, make_tiny_checkpoint, synthetic_cells
 from tests.factories import CaseFactory, MembershipFactory
+from webportal import outbound
 from webportal.cases import registry
 from webportal.cases.models import ModelVersion
 from webportal.celery import use_broker
@@ -31,6 +33,30 @@ def _broker_in_tmp(
     use_broker("filesystem://", tmp_path_factory.mktemp("broker"))
     yield
     use_broker(settings.CELERY_BROKER_URL, settings.CELERY_BROKER_FOLDER)
+
+
+EXAMPLE_PUBLIC_ADDRESS = "93.184.216.34"
+
+
+@pytest.fixture(autouse=True)
+def _example_names_are_public(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Webhook URLs on *.example (RFC 2606) resolve to a public address without DNS, so the
+    outbound guard (webportal.outbound) accepts them; every other name resolves as usual."""
+    real = outbound.resolve
+
+    def resolve(host: str, port: int) -> list[outbound.IPAddress]:
+        if host.endswith((".example", ".example.org")):
+            return [ipaddress.ip_address(EXAMPLE_PUBLIC_ADDRESS)]
+        return real(host, port)
+
+    monkeypatch.setattr(outbound, "resolve", resolve)
+
+
+@pytest.fixture
+def local_receivers_allowed(settings: LazySettings) -> None:
+    """Plain http (DEBUG) and 127.0.0.1 allowed as an operator would allow an on-site LIS."""
+    settings.DEBUG = True
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
 
 
 @pytest.fixture

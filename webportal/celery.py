@@ -22,6 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 PROCESS_BATCH_TASK = "workers.tasks.process_batch"
 SWEEP_BATCHES_TASK = "workers.tasks.sweep_batches"
 DELIVER_WEBHOOK_TASK = "workers.tasks.deliver_webhook"
+DELIVER_DUE_WEBHOOKS_TASK = "workers.tasks.deliver_due_webhooks"
 EXPLAIN_CELL_TASK = "workers.tasks.explain_cell"
 ADAPT_MODEL_TASK = "workers.tasks.adapt_model"
 
@@ -99,13 +100,21 @@ def _defaults() -> dict[str, Any]:
         task_routes={
             SWEEP_BATCHES_TASK: {"queue": "housekeeping"},
             DELIVER_WEBHOOK_TASK: {"queue": "housekeeping"},
+            DELIVER_DUE_WEBHOOKS_TASK: {"queue": "housekeeping"},
             ADAPT_MODEL_TASK: {"queue": ADAPT_QUEUE},
         },
         beat_schedule={
             "sweep-batches": {
                 "task": SWEEP_BATCHES_TASK,
                 "schedule": float(settings.SWEEP_INTERVAL_SECONDS),
-            }
+            },
+            # The webhook outbox: every delivery that is due, from the database.
+            "deliver-due-webhooks": {
+                "task": DELIVER_DUE_WEBHOOKS_TASK,
+                "schedule": float(settings.WEBHOOK_POLL_SECONDS),
+                # A poll that waited longer than the next one is worth nothing: drop it.
+                "options": {"expires": float(settings.WEBHOOK_POLL_SECONDS)},
+            },
         },
         # A fine-tune outlasts a batch's time limits: its own limits, and its message is
         # acknowledged on receipt (no Redis redelivery to a second worker while the first

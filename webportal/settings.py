@@ -110,6 +110,20 @@ def _local_secret_key(var_dir: Path) -> str:
     return key
 
 
+def _owner_only(database: Path) -> None:
+    """The embedded database (and its -wal and -shm files, which SQLite creates with the
+    database's mode) readable by the owner only, in a folder only the owner can list (issue 21).
+    Created empty with mode 0600 when missing; an existing file of ours is narrowed to it."""
+    for path, mode in ((database.parent, 0o700), (database, 0o600)):
+        try:
+            if path == database and not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            elif path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+                path.chmod(mode)
+        except (FileExistsError, PermissionError):
+            pass
+
+
 _secret_key = os.environ.get("SECRET_KEY")
 if not _secret_key:
     production = sorted(name for name in PRODUCTION_SIGNALS if os.environ.get(name))
@@ -204,6 +218,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     # SQLite creates the file but not its folder.
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _owner_only(Path(DATABASES["default"]["NAME"]))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -281,6 +296,10 @@ if S3_BUCKET:
         },
     }
 
+# Stored images and crops readable by the owner only (the web and worker processes run as one
+# user); folders likewise (issue 21, docs/SECURITY.md).
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 # Uploads: Django spools anything above this to disk instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
@@ -418,8 +437,20 @@ WEBHOOK_RETRY_BASE_SECONDS = env_int("WEBHOOK_RETRY_BASE_SECONDS", 30)
 WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_REPLAY_WINDOW_SECONDS = 300
-# Plain http:// endpoints only where this is on (development, tests); production wants https.
-WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", DEBUG)
+
+# --- Issue 21: outbound calls, secrets at rest (docs/SECURITY.md) ------------------------------
+# Private hosts or networks that outbound calls (webhooks, HL7) may reach, e.g. an on-premises
+# LIS: comma-separated CIDR networks, addresses or host names. Empty by default, DEBUG included:
+# loopback, private, link-local and cloud metadata addresses are refused (webportal.outbound).
+# Plain http:// targets only with DEBUG on.
+OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", [])
+# The Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook secrets in the database;
+# unset, one is derived from SECRET_KEY (changing SECRET_KEY then makes stored secrets
+# unreadable: endpoints must be registered again). Several keys, comma-separated: the first
+# encrypts, all decrypt (key rotation).
+FIELD_ENCRYPTION_KEYS = env_list("FIELD_ENCRYPTION_KEYS", [])
+# How often the outbox sends what is due (Celery beat; `make run` embeds beat in its worker).
+WEBHOOK_POLL_SECONDS = env_int("WEBHOOK_POLL_SECONDS", 10, maximum=3600)
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` is clean there.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -36,6 +36,7 @@ urlpatterns = [
     path("api/", include("webportal.api.legacy_urls")),
     re_path(r"^api/", login_not_required(csrf_exempt(errors.json_not_found))),
     path("integrations/", include("webportal.api.portal_urls")),
+    path("account/tokens/", include("webportal.api.personal_urls")),
     path("", worklist_views.home, name="home"),
     path("", include("webportal.worklist.urls")),
     path("", include("webportal.accounts.urls")),

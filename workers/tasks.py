@@ -7,9 +7,8 @@ imports it at start (the app's `include`).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
@@ -19,6 +18,7 @@ from webportal.cases import classifiers, processing
 from webportal.celery import (
     ADAPT_MODEL_TASK,
     ADAPT_QUEUE,
+    DELIVER_DUE_WEBHOOKS_TASK,
     DELIVER_WEBHOOK_TASK,
     EXPLAIN_CELL_TASK,
     PROCESS_BATCH_TASK,
@@ -77,22 +77,21 @@ def load_models_after_fork(**_: object) -> None:
         logger.exception("could not preload classifiers")
 
 
-@shared_task(
-    name=DELIVER_WEBHOOK_TASK,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    # Above WEBHOOK_MAX_ATTEMPTS: the service, not this count, decides when to give up.
-    max_retries=100,
-    retry_backoff=2,
-    retry_backoff_max=60,
-)
-def deliver_webhook(self: Task[Any, Any], delivery_id: int) -> None:
-    """One try; the service says when to try again (it gives up after WEBHOOK_MAX_ATTEMPTS)."""
+@shared_task(name=DELIVER_WEBHOOK_TASK)
+def deliver_webhook(delivery_id: int) -> None:
+    """One try of one new delivery, right after it was committed. Never retried from here: the
+    row's next try is in the database (`next_attempt_at`), and the poll below sends it."""
     from webportal.api import webhooks
 
-    retry_in = webhooks.attempt_delivery(delivery_id=delivery_id)
-    if retry_in is not None:
-        raise self.retry(countdown=retry_in)
+    webhooks.attempt_delivery(delivery_id=delivery_id)
+
+
+@shared_task(name=DELIVER_DUE_WEBHOOKS_TASK)
+def deliver_due_webhooks() -> None:
+    """The webhook outbox's poll (Celery beat, every WEBHOOK_POLL_SECONDS): what is due."""
+    from webportal.api import webhooks
+
+    webhooks.deliver_due()
 
 
 @shared_task(name=EXPLAIN_CELL_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)

@@ -29,7 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import MembershipFactory
-from webportal.accounts.models import Membership, Role
+from webportal.accounts.models import Invitation, Membership, Role
 from webportal.adaptation.models import AdaptationJob
 from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
 from webportal.api.tokens import issue_token
@@ -122,6 +122,7 @@ def foreign_world(tiny_model: ModelVersion) -> World:
         emit(lab=other.lab, event="batch.done", data={"batch": batch.pk})
     token = issue_token(lab=other.lab, username="other-lis").token
     AdaptationJob.objects.create(lab=other.lab, base_model=tiny_model)
+    Invitation.objects.create(lab=other.lab, username="someone-else", role=Role.PATHOLOGIST)
     batch.refresh_from_db()
     return World(visitors=visitors, batch=batch, token=token)
 
@@ -194,6 +195,7 @@ def test_another_labs_object_is_not_found_at_every_url_with_an_id_in_every_role(
     batch, token = foreign_world.batch, foreign_world.token
     assert Batch.objects.get(pk=batch.pk).status == batch.status == Batch.Status.DONE
     assert ApiToken.objects.get(pk=token.pk).revoked_at is None
+    assert not Invitation.objects.filter(answered_at__isnull=False).exists()
 
 
 @pytest.mark.parametrize("route", WITHOUT_IDS, ids=[route.name for route in WITHOUT_IDS])

@@ -215,3 +215,33 @@ def test_manage_py_runs_local_commands_with_no_variables_at_all(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
     assert (tmp_path / "secret_key").is_file()
+
+
+def test_the_embedded_database_its_folder_the_key_and_media_are_the_owners_alone(
+    tmp_path: Path,
+) -> None:
+    var = tmp_path / "var"
+    var.mkdir(mode=0o755)
+    old = var / "hematovision.sqlite3"
+    old.touch(mode=0o644)  # a file an earlier version left world-readable
+    old.chmod(0o644)
+    result = _manage("migrate", "--noinput", env={"HEMATOVISION_VAR_DIR": str(var)})
+    assert result.returncode == 0, result.stderr
+    for path, mode in [(var, 0o700), (old, 0o600), (var / "secret_key", 0o600)]:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    for sidecar in var.glob("hematovision.sqlite3-*"):
+        assert stat.S_IMODE(sidecar.stat().st_mode) & 0o077 == 0, sidecar
+    fresh = tmp_path / "fresh"
+    result = _manage("check", env={"HEMATOVISION_VAR_DIR": str(fresh)})
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((fresh / "hematovision.sqlite3").stat().st_mode) == 0o600
+
+
+def test_stored_media_is_readable_by_the_owner_only(settings, tmp_path: Path) -> None:
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import FileSystemStorage
+
+    storage = FileSystemStorage(location=tmp_path / "media")
+    name = storage.save("cases/1/cell.png", ContentFile(b"png"))
+    assert stat.S_IMODE((tmp_path / "media" / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "media" / "cases" / "1").stat().st_mode) == 0o700

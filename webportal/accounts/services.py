@@ -22,15 +22,19 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from rest_framework.request import Request
 
-from webportal.accounts.models import Lab, Membership, Role
+from webportal.accounts.models import Invitation, Lab, Membership, Role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
 
 # Who may do what; the services name one of these sets when they call require_role.
 CASE_WRITERS = frozenset({Role.STAFF, Role.PATHOLOGIST, Role.INTEGRATOR})
+# A person verifies; a machine never does (DESIGN.md, "Rules of trust"): reviews, report
+# remarks, signatures and amendments are a named person's, through their session or their
+# own personal token, never the integrator (service) account's, whatever the channel.
 REVIEWERS = frozenset({Role.STAFF, Role.PATHOLOGIST})
 SIGNERS = frozenset({Role.PATHOLOGIST})
 LAB_ADMINS = frozenset({Role.ADMIN})
@@ -82,6 +86,11 @@ def require_role(*, user: User, lab: Lab, allowed: Iterable[str], action: str = 
     message that says which role the action needs."""
     allowed = frozenset(allowed)
     role = role_in(user=user, lab=lab)
+    if role == Role.INTEGRATOR and role not in allowed:
+        raise RoleRequired(
+            f"A service (integrator) token may not {action}: only a person may, through their "
+            f"own session or personal token (a {_describe(allowed)} of {lab})."
+        )
     if role is None or role not in allowed:
         raise RoleRequired(f"Only a {_describe(allowed)} of {lab} may {action}.")
     return role
@@ -137,12 +146,23 @@ def _membership_values(membership: Membership) -> dict[str, str]:
     return {"username": membership.user.get_username(), "role": membership.role}
 
 
+INVITED = (
+    "{username} is invited as {role}: the invitation takes effect when the account of that name "
+    "accepts it on its Invitations page. To create a new account instead, give a new username "
+    "and a password."
+)
+
+
 def add_member_as_admin(
     *, admin: User, lab: Lab, username: str, role: str, password: str = ""
-) -> Membership:
-    """Add a user to the lab with a role; a new username needs a password and creates the user.
+) -> Membership | Invitation:
+    """Add someone to the lab with a role, or invite them.
 
-    Only the lab's admin may; the event names the member and the role.
+    A new username with a password creates the account and its membership at once. Any other
+    name becomes an invitation that the account of that name must accept: a lab admin never
+    takes someone (from another lab, or anywhere) into the lab alone. The answer is the same
+    invitation whether or not the name exists, so the form does not tell which usernames do.
+    Only the lab's admin may; the event names the member (or the invitation) and the role.
     """
     require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="add members")
     username = username.strip()
@@ -152,28 +172,74 @@ def add_member_as_admin(
         raise AccountError(f"Unknown role {role!r}.")
     with transaction.atomic():
         user = User.objects.filter(username=username).first()
-        created = user is None
-        if user is None:
-            if not password:
-                raise AccountError(
-                    f"There is no user {username!r} yet: give a password to create one."
-                )
+        if user is not None and Membership.objects.filter(user=user, lab=lab).exists():
+            raise AccountError(f"{username} is already a member of {lab}.")
+        if user is None and password:
             candidate = User(username=username)
             try:
                 validate_password(password, user=candidate)
             except ValidationError as exc:
                 raise AccountError(" ".join(exc.messages)) from exc
             user = User.objects.create_user(username=username, password=password)
-        elif Membership.objects.filter(user=user, lab=lab).exists():
-            raise AccountError(f"{username} is already a member of {lab}.")
-        membership = Membership.objects.create(user=user, lab=lab, role=role)
+            membership = Membership.objects.create(user=user, lab=lab, role=role)
+            record_event(
+                lab=lab,
+                actor=admin,
+                action=Action.MEMBER_ADDED,
+                obj=membership,
+                after={**_membership_values(membership), "new_user": True},
+            )
+            return membership
+        invitation = Invitation.objects.create(
+            lab=lab, username=username, role=role, invited_by=admin
+        )
         record_event(
             lab=lab,
             actor=admin,
-            action=Action.MEMBER_ADDED,
-            obj=membership,
-            after={**_membership_values(membership), "new_user": created},
+            action=Action.MEMBER_INVITED,
+            obj=invitation,
+            after={"username": username, "role": role},
         )
+        return invitation
+
+
+def invitations_for(*, user: User) -> QuerySet[Invitation]:
+    """The invitations waiting for this account's answer."""
+    return Invitation.objects.filter(
+        username=user.get_username(), answered_at__isnull=True
+    ).select_related("lab", "invited_by")
+
+
+def answer_invitation(*, user: User, invitation: Invitation, accept: bool) -> Membership | None:
+    """The invited account accepts (a membership with the offered role) or declines; audited."""
+    if invitation.username != user.get_username():
+        raise PermissionDenied("This invitation is not yours.")
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if invitation.answered_at is not None:
+            raise AccountError("This invitation was answered already.")
+        invitation.answered_at = timezone.now()
+        invitation.accepted = accept
+        invitation.save(update_fields=["answered_at", "accepted"])
+        if not accept:
+            record_event(
+                lab=invitation.lab, actor=user, action=Action.INVITATION_DECLINED,
+                obj=invitation, after={"username": invitation.username, "role": invitation.role},
+            )  # fmt: skip
+            return None
+        membership, created = Membership.objects.get_or_create(
+            user=user, lab=invitation.lab, defaults={"role": invitation.role}
+        )
+        if created:
+            record_event(
+                lab=invitation.lab,
+                actor=user,
+                action=Action.MEMBER_ADDED,
+                obj=membership,
+                after={**_membership_values(membership), "new_user": False,
+                       "invited_by": invitation.invited_by.get_username()
+                       if invitation.invited_by else None},
+            )  # fmt: skip
         return membership
 
 

@@ -20,6 +20,12 @@ urlpatterns = [
     ),
     path("lab/<int:lab_id>/model/", views.lab_model, name="lab_model"),
     path("lab/<int:lab_id>/ranges/", views.reference_ranges, name="reference_ranges"),
+    path("account/invitations/", views.invitations, name="invitations"),
+    path(
+        "account/invitations/<int:invitation_id>/answer/",
+        views.answer_invitation,
+        name="answer_invitation",
+    ),
     path(
         "account/password/",
         auth_views.PasswordChangeView.as_view(

@@ -18,7 +18,7 @@ from webportal.accounts.forms import (
     ReferenceRangeForm,
     RoleForm,
 )
-from webportal.accounts.models import Lab, Membership
+from webportal.accounts.models import Invitation, Lab, Membership
 
 
 def admin_lab(request: HttpRequest, lab_id: int) -> Lab:
@@ -55,9 +55,13 @@ def members(request: HttpRequest, lab_id: int) -> HttpResponse:
         except services.AccountError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(
-                request, f"{membership.user} added as {membership.get_role_display().lower()}."
-            )
+            role = membership.get_role_display().lower()
+            if isinstance(membership, Invitation):
+                messages.success(
+                    request, services.INVITED.format(username=membership.username, role=role)
+                )
+            else:
+                messages.success(request, f"{membership.user} added as {role}.")
             return redirect("accounts:members", lab_id=lab.pk)
     return render(
         request,
@@ -197,3 +201,27 @@ def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
         for label in labels
     ]
     return render(request, "accounts/reference_ranges.html", {"lab": lab, "rows": rows})
+
+
+@require_GET
+def invitations(request: HttpRequest) -> HttpResponse:
+    """The invitations waiting for the logged-in account: accept or decline each."""
+    user = services.authenticated_user(request)
+    return render(
+        request, "accounts/invitations.html", {"invitations": services.invitations_for(user=user)}
+    )
+
+
+@require_POST
+def answer_invitation(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    user = services.authenticated_user(request)
+    invitation = get_object_or_404(services.invitations_for(user=user), pk=invitation_id)
+    accept = request.POST.get("answer") == "accept"
+    try:
+        services.answer_invitation(user=user, invitation=invitation, accept=accept)
+    except services.AccountError as exc:
+        messages.error(request, str(exc))
+    else:
+        verb = "joined" if accept else "declined the invitation to"
+        messages.success(request, f"You {verb} {invitation.lab}.")
+    return redirect("accounts:invitations")

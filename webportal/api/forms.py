@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
+from webportal.accounts.models import Lab
 from webportal.api.models import ApiToken, WebhookEndpoint
 
 
@@ -10,9 +13,25 @@ class TokenForm(forms.Form):
     username = forms.CharField(
         label="Integrator account",
         max_length=150,
-        help_text="Created as an integrator of this lab if new; tokens act as this account.",
+        help_text=(
+            "A service account: created as an integrator of this lab if new; tokens act as "
+            "this account, which creates, uploads, reads and subscribes, and never reviews or "
+            "signs. A person makes their own token (API tokens, under their name)."
+        ),
     )
     scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ_WRITE)
+
+
+class PersonalTokenForm(forms.Form):
+    lab = forms.ModelChoiceField(queryset=Lab.objects.none(), empty_label=None)
+    name = forms.CharField(
+        max_length=100, help_text="What uses it, e.g. “my review script”.", required=False
+    )
+    scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ_WRITE)
+
+    def __init__(self, *args: Any, labs: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["lab"].queryset = labs  # type: ignore[attr-defined]
 
 
 class WebhookForm(forms.Form):

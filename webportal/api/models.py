@@ -7,6 +7,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from webportal import crypto
+
 
 class ApiToken(models.Model):
     """A named credential for a lab information system, never for a person.
@@ -81,8 +83,9 @@ class WebhookEndpoint(models.Model):
     description = models.CharField(max_length=200, blank=True)
     # Empty means every event.
     events = models.JSONField(default=list, blank=True)
-    # Kept in clear: the server needs it to sign. Shown once, when the endpoint is registered.
-    secret = models.CharField(max_length=100)
+    # The signing secret, encrypted (webportal.crypto): the server reads it back to sign.
+    # Shown once, when the endpoint is registered; use the `secret` property.
+    secret_encrypted = models.TextField(default="", editable=False)
     is_active = models.BooleanField(default=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -98,6 +101,14 @@ class WebhookEndpoint(models.Model):
     def wants(self, event: str) -> bool:
         return self.is_active and (not self.events or event in self.events)
 
+    @property
+    def secret(self) -> str:
+        return crypto.decrypt(self.secret_encrypted)
+
+    @secret.setter
+    def secret(self, plaintext: str) -> None:
+        self.secret_encrypted = crypto.encrypt(plaintext)
+
 
 class WebhookDelivery(models.Model):
     """One event for one endpoint, and how its delivery went: the log a lab admin reads."""
@@ -106,6 +117,8 @@ class WebhookDelivery(models.Model):
         PENDING = "pending", "Pending"
         DELIVERED = "delivered", "Delivered"
         FAILED = "failed", "Failed"
+        # The endpoint was removed before the event could be delivered.
+        CANCELLED = "cancelled", "Cancelled"
 
     endpoint = models.ForeignKey(
         WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
@@ -120,10 +133,20 @@ class WebhookDelivery(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The outbox: when the next try is due (None once delivered, failed or cancelled). The
+    # periodic task sends what is due; a sender claims a row by moving this on first.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_delivery_due",
+                condition=models.Q(status="pending"),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} -> {self.endpoint}"

@@ -118,7 +118,9 @@ def remove_webhook(request: HttpRequest, webhook_id: int) -> HttpResponse:
 def redeliver(request: HttpRequest, delivery_id: int) -> HttpResponse:
     labs = administered_labs(user=authenticated_user(request))
     delivery = get_object_or_404(
-        WebhookDelivery.objects.filter(endpoint__lab__in=labs).select_related("endpoint__lab"),
+        WebhookDelivery.objects.filter(
+            endpoint__lab__in=labs, endpoint__is_active=True
+        ).select_related("endpoint__lab"),
         pk=delivery_id,
     )
     webhooks.redeliver(delivery=delivery, actor=authenticated_user(request))

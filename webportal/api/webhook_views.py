@@ -151,7 +151,9 @@ class WebhookRedeliver(APIView):
     def post(self, request: Request, webhook_id: int, delivery_id: int) -> Response:
         delivery = get_object_or_404(
             WebhookDelivery.objects.filter(
-                endpoint__lab__in=access.labs(request), endpoint_id=webhook_id
+                endpoint__lab__in=access.labs(request),
+                endpoint_id=webhook_id,
+                endpoint__is_active=True,  # a removed endpoint gets nothing more: 404
             ).select_related("endpoint", "endpoint__lab"),
             pk=delivery_id,
         )

@@ -12,6 +12,17 @@ secret, compares in constant time, and refuses a timestamp older than the replay
 that recipe. Any 2xx answer is success; anything else (or no answer within the timeout) is
 tried again with exponential backoff, up to WEBHOOK_MAX_ATTEMPTS, then logged as failed; a lab
 admin can redeliver from the log.
+
+The deliveries are an outbox (DESIGN.md, "Nothing leaves without a record"): `emit` writes one
+row per endpoint in the transaction of the change it reports (a crash loses both or neither),
+due at once (`next_attempt_at`). A periodic task (`deliver_due`, Celery beat every
+WEBHOOK_POLL_SECONDS) sends every row that is due; after commit, a message for each new row
+asks a worker to try it at once, which only saves the wait for the next poll. Whoever sends a
+row claims it first (a conditional UPDATE moves `next_attempt_at` past the send's time limit),
+so the poll and that message never both send it, and a lost message only delays it. No
+countdown is ever handed to the broker, so nothing outlives its visibility timeout. The
+signing secret is stored encrypted (webportal.crypto); every request goes out through the
+guarded client (webportal.outbound).
 """
 
 from __future__ import annotations
@@ -22,11 +33,9 @@ import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -35,12 +44,16 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from webportal import crypto, outbound
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import require_role
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch
 from webportal.celery import DELIVER_WEBHOOK_TASK, app
+
+# Rows claimed per poll; the rest wait for the next one.
+DUE_PER_POLL = 200
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +95,11 @@ def verify_signature(
 
 
 def _check_url(url: str) -> str:
-    url = url.strip()
-    parts = urlsplit(url)
-    allowed = {"https", "http"} if settings.WEBHOOK_ALLOW_HTTP else {"https"}
-    if parts.scheme not in allowed or not parts.hostname:
-        raise WebhookError(
-            "The URL must be https://HOST/..."
-            + (" (or http:// here)" if settings.WEBHOOK_ALLOW_HTTP else ".")
-        )
-    if parts.username or parts.password:
-        raise WebhookError("Put no credentials in the URL: every request is signed instead.")
-    return url
+    """https (http with DEBUG on), no credentials, a public host or one an operator allowed."""
+    try:
+        return outbound.vet_url(url)
+    except outbound.OutboundRefused as exc:
+        raise WebhookError(str(exc)) from None
 
 
 def register_endpoint(
@@ -116,7 +123,7 @@ def register_endpoint(
             url=_check_url(url),
             events=events,
             description=description.strip()[:200],
-            secret=f"whsec_{secrets.token_urlsafe(32)}",
+            secret_encrypted=crypto.encrypt(f"whsec_{secrets.token_urlsafe(32)}"),
             created_by=actor,
         )
         record_event(
@@ -134,9 +141,13 @@ def remove_endpoint(*, endpoint: WebhookEndpoint, actor: User | None = None) -> 
         )
     with transaction.atomic():
         WebhookEndpoint.objects.filter(pk=endpoint.pk).update(is_active=False)
+        cancelled = WebhookDelivery.objects.filter(
+            endpoint=endpoint, status=WebhookDelivery.Status.PENDING
+        ).update(status=WebhookDelivery.Status.CANCELLED, next_attempt_at=None)
         record_event(
             lab=endpoint.lab, actor=actor, action="webhook.removed", obj=endpoint,
-            before={"active": endpoint.is_active}, after={"active": False},
+            before={"active": endpoint.is_active},
+            after={"active": False, "cancelled_deliveries": cancelled},
         )  # fmt: skip
     endpoint.refresh_from_db()
 
@@ -152,14 +163,28 @@ def deliveries_of(*, lab: Lab) -> QuerySet[WebhookDelivery]:
 # --- events -------------------------------------------------------------------------------
 
 
-def _send(delivery_id: int, countdown: float = 0) -> None:
+def _send(delivery_id: int) -> None:
+    """Ask a worker to try one row now (saves the wait for the next poll; may be lost)."""
     app.send_task(  # by name: the portal never imports workers/
-        DELIVER_WEBHOOK_TASK, args=(delivery_id,), queue="housekeeping", countdown=countdown or None
+        DELIVER_WEBHOOK_TASK, args=(delivery_id,), queue="housekeeping"
     )
 
 
+def _nudge_after_commit(delivery_ids: list[int]) -> None:
+    def nudge() -> None:
+        for delivery_id in delivery_ids:
+            try:
+                _send(delivery_id)
+            except Exception:  # the broker is down: the poll sends it from the database
+                logger.warning("webhook delivery %s left to the poll", delivery_id)
+
+    if delivery_ids:
+        transaction.on_commit(nudge)
+
+
 def emit(*, lab: Lab, event: str, data: dict[str, Any]) -> list[WebhookDelivery]:
-    """One delivery per endpoint of the lab that wants the event, sent after commit."""
+    """One delivery row per endpoint of the lab that wants the event, written in the caller's
+    transaction (the outbox), due at once."""
     body = {
         "type": event,
         "created_at": timezone.now(),
@@ -167,18 +192,19 @@ def emit(*, lab: Lab, event: str, data: dict[str, Any]) -> list[WebhookDelivery]
         "data": data,
     }
     deliveries = []
+    now = timezone.now()
     with transaction.atomic():
         for endpoint in endpoints_of(lab=lab):
             if not endpoint.wants(event):
                 continue
-            delivery = WebhookDelivery.objects.create(
-                endpoint=endpoint, event=event, payload=json.loads(_dumps(body))
-            )
+            delivery = WebhookDelivery(
+                endpoint=endpoint, event=event, payload=json.loads(_dumps(body)),
+                next_attempt_at=now,
+            )  # fmt: skip
             delivery.payload["id"] = str(delivery.event_id)
-            delivery.save(update_fields=["payload"])
+            delivery.save()
             deliveries.append(delivery)
-            delivery_id = delivery.pk
-            transaction.on_commit(lambda delivery_id=delivery_id: _send(delivery_id))  # type: ignore[misc]
+        _nudge_after_commit([delivery.pk for delivery in deliveries])
     return deliveries
 
 
@@ -216,7 +242,9 @@ def batch_finished(*, batch_id: int) -> None:
 
 
 def batch_finished_on_commit(*, batch_id: int) -> None:
-    transaction.on_commit(lambda: batch_finished(batch_id=batch_id))
+    """The name callers know; the rows are written now, in the caller's transaction, so the
+    event commits with the batch's new status or not at all (the outbox)."""
+    batch_finished(batch_id=batch_id)
 
 
 def report_changed(*, report_id: int) -> None:
@@ -250,7 +278,8 @@ def report_changed(*, report_id: int) -> None:
 
 
 def report_changed_on_commit(*, report_id: int) -> None:
-    transaction.on_commit(lambda: report_changed(report_id=report_id))
+    """The name callers know; the rows are written now, in the caller's transaction."""
+    report_changed(report_id=report_id)
 
 
 # --- delivery -----------------------------------------------------------------------------
@@ -266,21 +295,37 @@ def retry_delay(attempts: int) -> float:
     )
 
 
-def attempt_delivery(*, delivery_id: int) -> float | None:
-    """POST the event once; None when finished (delivered or given up), else seconds to wait.
+def _claim(*, delivery_id: int, now: Any) -> bool:
+    """Take the row for one send: only if still pending and due, and only one sender wins."""
+    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 60)
+    return bool(
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+        ).update(next_attempt_at=now + lease)
+    )
 
-    Safe to run twice: a delivered or failed delivery is not sent again.
+
+def attempt_delivery(*, delivery_id: int) -> float | None:
+    """POST the event once if it is due; None when finished (delivered, given up, cancelled)
+    or not ours to send now, else the seconds until its next try (written on the row).
+
+    Safe to run twice, at once or later: a row is claimed before it is sent.
     """
-    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
-    if delivery is None or delivery.status != WebhookDelivery.Status.PENDING:
+    now = timezone.now()
+    if not _claim(delivery_id=delivery_id, now=now):
         return None
+    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
     endpoint = delivery.endpoint
+    if not endpoint.is_active:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            status=WebhookDelivery.Status.CANCELLED, next_attempt_at=None
+        )
+        return None
     body = _dumps(delivery.payload).encode()
     timestamp = int(time.time())
-    request = urllib.request.Request(  # noqa: S310 (the scheme was checked at registration)
+    answer = outbound.post(
         endpoint.url,
-        data=body,
-        method="POST",
+        content=body,
         headers={
             "Content-Type": "application/json",
             "User-Agent": "HematoVision-Webhooks/1",
@@ -288,57 +333,68 @@ def attempt_delivery(*, delivery_id: int) -> float | None:
             DELIVERY_HEADER: str(delivery.event_id),
             SIGNATURE_HEADER: sign(secret=endpoint.secret, timestamp=timestamp, body=body),
         },
+        timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
     )
-    status_code: int | None = None
-    error = ""
-    try:
-        with urllib.request.urlopen(  # noqa: S310
-            request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS
-        ) as response:
-            status_code = response.status
-    except urllib.error.HTTPError as exc:
-        status_code, error = exc.code, f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-    delivered = status_code is not None and 200 <= status_code < 300
+    delivered = answer.ok
     now = timezone.now()
     attempts = delivery.attempts + 1
     gave_up = not delivered and attempts >= settings.WEBHOOK_MAX_ATTEMPTS
+    wait = None if delivered or gave_up else retry_delay(attempts)
     status = (
         WebhookDelivery.Status.DELIVERED
         if delivered
         else (WebhookDelivery.Status.FAILED if gave_up else WebhookDelivery.Status.PENDING)
     )
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+    # Only this row's claim is finished here; a removal meanwhile (cancelled) stays cancelled.
+    WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.PENDING).update(
         attempts=F("attempts") + 1,
-        last_status_code=status_code,
-        last_error=error[:2000],
+        last_status_code=answer.status_code,
+        last_error=answer.error[:2000],
         last_attempt_at=now,
         status=status,
         delivered_at=now if delivered else None,
+        next_attempt_at=None if wait is None else now + timedelta(seconds=wait),
     )
-    if delivered or gave_up:
+    if wait is None:
         log = logger.info if delivered else logger.warning
         log("webhook %s to %s: %s after %d attempt(s)", delivery.event, endpoint.url, status,
             attempts)  # fmt: skip
-        return None
-    return retry_delay(attempts)
+    return wait
+
+
+def deliver_due(*, limit: int = DUE_PER_POLL) -> int:
+    """The periodic task's work: try every pending row that is due; the number tried."""
+    due = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now()
+        )
+        .order_by("next_attempt_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for delivery_id in due:
+        attempt_delivery(delivery_id=delivery_id)
+    return len(due)
 
 
 def redeliver(*, delivery: WebhookDelivery, actor: User | None = None) -> WebhookDelivery:
-    """Send the same event again (same event id, so a receiver can tell), as a new log entry."""
+    """Send the same event again (same event id, so a receiver can tell), as a new log entry.
+
+    Only to an endpoint still registered: a removed one gets nothing more (WebhookError; the
+    views answer 404 before this)."""
     endpoint = delivery.endpoint
     if actor is not None:
         require_role(
             user=actor, lab=endpoint.lab, allowed=WEBHOOK_MANAGERS, action="redeliver webhooks"
         )
     with transaction.atomic():
+        if not WebhookEndpoint.objects.filter(pk=endpoint.pk, is_active=True).exists():
+            raise WebhookError("This endpoint was removed: nothing is sent to it any more.")
         again = WebhookDelivery.objects.create(
             endpoint=endpoint,
             event_id=delivery.event_id,
             event=delivery.event,
             payload=delivery.payload,
+            next_attempt_at=timezone.now(),
         )
-        again_id = again.pk
-        transaction.on_commit(lambda: _send(again_id))
+        _nudge_after_commit([again.pk])
     return again

@@ -24,6 +24,8 @@ class Action(models.TextChoices):
     REPORT_AMENDED = "report.amended", "Report amended"
     REPORT_DOWNLOADED = "report.downloaded", "Report downloaded"
     MEMBER_ADDED = "member.added", "Member added"
+    MEMBER_INVITED = "member.invited", "Member invited"
+    INVITATION_DECLINED = "member.invitation_declined", "Invitation declined"
     MEMBER_ROLE_CHANGED = "member.role_changed", "Member's role changed"
     MEMBER_REMOVED = "member.removed", "Member removed"
     MODEL_ACTIVATED = "model.activated", "Model activated"

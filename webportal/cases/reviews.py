@@ -43,9 +43,10 @@ __all__ = [
 ]
 
 
-def reviewer_roles(*, via_api: bool) -> frozenset[str]:
-    """Staff (first review) and pathologists; integrators too, through the API only."""
-    return REVIEWERS | {Role.INTEGRATOR} if via_api else REVIEWERS
+def reviewer_roles(*, via_api: bool = False) -> frozenset[str]:
+    """Staff (first review) and pathologists, through the portal or their personal token alike;
+    never the integrator (service) account (accounts.services.REVIEWERS)."""
+    return REVIEWERS
 
 
 def review_labels(*, model_version: ModelVersion) -> list[str]:

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from webportal.accounts.models import Lab, Role
+from webportal.accounts.models import Lab
 from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role
 from webportal.api import webhooks
 from webportal.audit.models import Action
@@ -37,8 +37,9 @@ __all__ = ["UNIDENTIFIED"]
 
 
 def _editors(*, via_api: bool) -> frozenset[str]:
-    """Who may edit a preliminary report's remarks: reviewers; integrators through the API."""
-    return REVIEWERS | {Role.INTEGRATOR} if via_api else REVIEWERS
+    """Who may edit a preliminary report's remarks: the reviewers, through the portal or their
+    personal token alike; never the integrator (service) account."""
+    return REVIEWERS
 
 
 # --- reference ranges -----------------------------------------------------------------------

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 
 from tests.factories import LabFactory, MembershipFactory, ModelVersionFactory, UserFactory
 from webportal.accounts import services
-from webportal.accounts.models import Membership, Role
+from webportal.accounts.models import Invitation, Membership, Role
 from webportal.audit.models import Action, AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -79,24 +80,49 @@ def _admin_of_new_lab():
     return MembershipFactory.create(role=Role.ADMIN)
 
 
-def test_a_lab_admin_adds_an_existing_user_and_the_trail_names_them() -> None:
+def test_a_lab_admin_only_invites_an_existing_user_who_joins_when_they_accept() -> None:
     admin = _admin_of_new_lab()
-    newcomer = UserFactory.create(username="dr-who")
-    membership = services.add_member_as_admin(
-        admin=admin.user, lab=admin.lab, username="dr-who", role=Role.PATHOLOGIST
+    elsewhere = MembershipFactory.create(role=Role.PATHOLOGIST)  # another lab's pathologist
+    invitation = services.add_member_as_admin(
+        admin=admin.user, lab=admin.lab, username=elsewhere.user.username, role=Role.PATHOLOGIST
     )
-    assert (membership.user, membership.role) == (newcomer, Role.PATHOLOGIST)
-    event = AuditEvent.objects.get(action=Action.MEMBER_ADDED)
-    assert (event.actor, event.lab) == (admin.user, admin.lab)
-    assert event.after == {"username": "dr-who", "role": "pathologist", "new_user": False}
+    assert isinstance(invitation, Invitation)
+    assert not Membership.objects.filter(user=elsewhere.user, lab=admin.lab).exists()
+    assert services.role_in(user=elsewhere.user, lab=admin.lab) is None
+    invited = AuditEvent.objects.get(action=Action.MEMBER_INVITED)
+    assert invited.actor == admin.user
+    assert invited.after == {"username": elsewhere.user.username, "role": "pathologist"}
+    with pytest.raises(PermissionDenied):
+        services.answer_invitation(user=admin.user, invitation=invitation, accept=True)
+    membership = services.answer_invitation(user=elsewhere.user, invitation=invitation, accept=True)
+    assert membership is not None
+    assert (membership.lab, membership.role) == (admin.lab, Role.PATHOLOGIST)
+    joined = AuditEvent.objects.get(action=Action.MEMBER_ADDED)
+    assert (joined.actor, joined.lab) == (elsewhere.user, admin.lab)
+    assert joined.after == {
+        "username": elsewhere.user.username,
+        "role": "pathologist",
+        "new_user": False,
+        "invited_by": admin.user.username,
+    }
+    with pytest.raises(services.AccountError, match="answered already"):
+        services.answer_invitation(user=elsewhere.user, invitation=invitation, accept=False)
+
+
+def test_a_declined_invitation_makes_no_membership_and_is_recorded() -> None:
+    admin = _admin_of_new_lab()
+    person = UserFactory.create()
+    invitation = services.add_member_as_admin(
+        admin=admin.user, lab=admin.lab, username=person.username, role=Role.STAFF
+    )
+    assert isinstance(invitation, Invitation)
+    assert services.answer_invitation(user=person, invitation=invitation, accept=False) is None
+    assert not Membership.objects.filter(user=person, lab=admin.lab).exists()
+    assert AuditEvent.objects.filter(action=Action.INVITATION_DECLINED, actor=person).exists()
 
 
 def test_a_new_username_needs_a_strong_password_and_then_creates_the_user() -> None:
     admin = _admin_of_new_lab()
-    with pytest.raises(services.AccountError, match="give a password"):
-        services.add_member_as_admin(
-            admin=admin.user, lab=admin.lab, username="tech1", role=Role.STAFF
-        )
     with pytest.raises(services.AccountError, match=r"too short|too common"):
         services.add_member_as_admin(
             admin=admin.user, lab=admin.lab, username="tech1", role=Role.STAFF, password="abc"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import Client
 from django.urls import reverse
 
 from tests.factories import MembershipFactory, ModelVersionFactory
-from webportal.accounts.models import Membership, Role
+from webportal.accounts.models import Invitation, Membership, Role
 from webportal.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -92,13 +94,40 @@ def test_a_member_of_another_lab_cannot_be_changed_through_this_labs_pages() -> 
     assert foreign.role == Role.STAFF
 
 
-def test_a_bad_new_member_is_explained_on_the_form() -> None:
+def test_the_add_member_form_answers_alike_for_a_username_that_exists_and_one_that_does_not() -> (
+    None
+):
     admin = MembershipFactory.create(role=Role.ADMIN)
-    response = _client(admin).post(
-        reverse("accounts:members", args=[admin.lab.pk]), {"username": "ghost", "role": "staff"}
+    existing = MembershipFactory.create(role=Role.PATHOLOGIST).user.username  # another lab's
+    client = _client(admin)
+    members = reverse("accounts:members", args=[admin.lab.pk])
+    pages = []
+    for username in (existing, "nobody-by-this-name"):
+        response = client.post(members, {"username": username, "role": "pathologist"}, follow=True)
+        assert response.status_code == 200
+        page = response.content.decode().replace(username, "NAME")
+        pages.append(re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', "", page))
+    assert pages[0] == pages[1]
+    assert "is invited as pathologist" in pages[0]
+    assert not Membership.objects.filter(lab=admin.lab, user__username=existing).exists()
+
+
+def test_an_invited_user_accepts_on_their_invitations_page() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    person = MembershipFactory.create(role=Role.STAFF)
+    _client(admin).post(
+        reverse("accounts:members", args=[admin.lab.pk]),
+        {"username": person.user.username, "role": "staff"},
     )
-    assert response.status_code == 200
-    assert b"give a password" in response.content
+    client = _client(person)
+    page = client.get(reverse("accounts:invitations")).content.decode()
+    assert str(admin.lab) in page
+    invitation = Invitation.objects.get()
+    stranger = _client(MembershipFactory.create(role=Role.STAFF))
+    answer = reverse("accounts:answer_invitation", args=[invitation.pk])
+    assert stranger.post(answer, {"answer": "accept"}).status_code == 404
+    assert client.post(answer, {"answer": "accept"}).status_code == 302
+    assert Membership.objects.get(user=person.user, lab=admin.lab).role == Role.STAFF
 
 
 def test_the_admin_activates_a_model_from_the_portal() -> None:

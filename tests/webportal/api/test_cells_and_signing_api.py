@@ -34,9 +34,22 @@ def done_batch(member, tiny_model: ModelVersion):
 
 @pytest.fixture
 def pathologist_api(member) -> APIClient:
+    """A pathologist's own personal token (made by them): it acts as them."""
     pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST)
-    issued = tokens.issue_token(lab=member.lab, username=pathologist.user.username)
+    issued = tokens.issue_personal_token(user=pathologist.user, lab=member.lab)
     return bearer(issued.plaintext)
+
+
+@pytest.fixture
+def staff_token(member) -> tokens.IssuedToken:
+    """A technologist's personal token: first review through the API."""
+    staff = MembershipFactory.create(lab=member.lab, role=Role.STAFF)
+    return tokens.issue_personal_token(user=staff.user, lab=member.lab)
+
+
+@pytest.fixture
+def staff_api(staff_token: tokens.IssuedToken) -> APIClient:
+    return bearer(staff_token.plaintext)
 
 
 def test_cells_are_paginated_with_prediction_probabilities_and_filters(
@@ -60,17 +73,18 @@ def test_cells_are_paginated_with_prediction_probabilities_and_filters(
     assert api.get(url, {"min_confidence": "x"}).status_code == 400
 
 
-def test_a_review_through_the_api_changes_the_current_label_and_is_audited(
-    api: APIClient, done_batch, issued
+def test_a_review_through_a_persons_token_changes_the_current_label_and_is_audited(
+    staff_api: APIClient, done_batch, staff_token
 ) -> None:
+    api = staff_api
     cell = api.get(reverse("api:batch_cells", args=[done_batch.pk])).json()["results"][0]
     other = next(label for label in TINY_CLASSES if label != cell["predicted"])
     response = api.post(cell["url"] + "reviews/", {"label": other}, format="json")
     assert response.status_code == 201, response.content
     (reviewed,) = response.json()
     assert reviewed["current_label"] == other
-    assert reviewed["reviews"][0]["reviewer"] == issued.token.user.username
-    assert reviewed["reviews"][0]["reviewer_role"] == Role.INTEGRATOR
+    assert reviewed["reviews"][0]["reviewer"] == staff_token.token.user.username
+    assert reviewed["reviews"][0]["reviewer_role"] == Role.STAFF
     assert AuditEvent.objects.filter(action="cell.reviewed", object_id=str(cell["id"])).exists()
     history = api.get(cell["url"] + "reviews/").json()
     assert [review["label"] for review in history] == [other]
@@ -81,9 +95,33 @@ def test_a_review_through_the_api_changes_the_current_label_and_is_audited(
     assert "not a class" in refused.json()["detail"]
 
 
-def test_many_cells_are_reviewed_at_once_and_a_foreign_cell_is_not_found(
+def test_a_service_token_never_reviews_relabels_edits_signs_or_amends(
     api: APIClient, done_batch
 ) -> None:
+    cells = api.get(reverse("api:batch_cells", args=[done_batch.pk])).json()["results"]
+    attempts = [
+        api.post(cells[0]["url"] + "reviews/", {"label": TINY_CLASSES[0]}, format="json"),
+        api.post(
+            reverse("api:batch_reviews", args=[done_batch.pk]),
+            {"cells": [cells[0]["id"]], "label": TINY_CLASSES[1]},
+            format="json",
+        ),
+        api.patch(reverse("api:batch_report", args=[done_batch.pk]), {"comment": "x"},
+                  format="json"),
+        api.post(reverse("api:batch_report_sign", args=[done_batch.pk]), {}, format="json"),
+        api.post(reverse("api:batch_report_amend", args=[done_batch.pk]), {"reason": "x"},
+                 format="json"),
+    ]  # fmt: skip
+    for response in attempts:
+        assert response.status_code == 403, response.content
+        assert "service (integrator) token may not" in response.json()["detail"]
+    assert not AuditEvent.objects.filter(action="cell.reviewed").exists()
+
+
+def test_many_cells_are_reviewed_at_once_and_a_foreign_cell_is_not_found(
+    staff_api: APIClient, done_batch
+) -> None:
+    api = staff_api
     ids = list(done_batch.images.values_list("cells__id", flat=True))
     response = api.post(
         reverse("api:batch_reviews", args=[done_batch.pk]),
@@ -167,7 +205,8 @@ def test_an_integrator_may_not_sign_but_a_pathologists_token_signs_and_amends(
     assert events == ["report.final", "report.amended"]
 
 
-def test_the_preliminary_report_is_edited_through_the_api(api: APIClient, done_batch) -> None:
+def test_the_preliminary_report_is_edited_through_the_api(staff_api: APIClient, done_batch) -> None:
+    api = staff_api
     url = reverse("api:batch_report", args=[done_batch.pk])
     edited = api.patch(url, {"comment": "smudged slide", "wbc_count": "5.1"}, format="json")
     assert edited.status_code == 200, edited.content

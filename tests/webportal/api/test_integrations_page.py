@@ -72,3 +72,15 @@ def test_staff_cannot_manage_tokens_nor_revoke_another_labs(admin_client) -> Non
     assert client.post(reverse("integrations:revoke_token", args=[foreign.pk])).status_code == 404
     foreign.refresh_from_db()
     assert foreign.is_active
+
+
+def test_the_integrations_page_refuses_a_token_for_a_member_who_is_a_person(admin_client) -> None:
+    client, admin = admin_client
+    pathologist = MembershipFactory.create(lab=admin.lab, role=Role.PATHOLOGIST)
+    response = client.post(
+        reverse("integrations:index"),
+        {"name": "sign as them", "username": pathologist.user.username, "scope": "read_write"},
+    )
+    assert response.status_code == 200
+    assert "not an integrator account" in response.content.decode()
+    assert not ApiToken.objects.exists()

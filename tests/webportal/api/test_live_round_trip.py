@@ -45,14 +45,25 @@ def _issue_token(lab_slug: str, settings: LazySettings) -> str:
 
 
 def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
-    live_server, member, tiny_model: ModelVersion, tmp_path: Path, settings: LazySettings
+    live_server,
+    member,
+    tiny_model: ModelVersion,
+    tmp_path: Path,
+    settings: LazySettings,
+    local_receivers_allowed: None,
 ) -> None:
-    settings.WEBHOOK_ALLOW_HTTP = True
     broker = tmp_path / "broker"
     use_broker("filesystem://", broker)
     api = f"{live_server.url}/api/v1"
     token = _issue_token(member.lab.slug, settings)
-    worker_env = {"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_MAX_ATTEMPTS": "3"}
+    worker_env = {
+        "WEBHOOK_RETRY_BASE_SECONDS": "1",
+        "WEBHOOK_MAX_ATTEMPTS": "3",
+        # The receivers listen on 127.0.0.1: allowed as an operator allows an on-site LIS.
+        "DEBUG": "true",
+        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "WEBHOOK_POLL_SECONDS": "1",  # retries come from the outbox's poll (beat)
+    }
     try:
         with (
             webhook_receiver() as healthy,
@@ -62,6 +73,7 @@ def test_an_integrator_round_trip_over_http_with_a_real_worker_and_webhooks(
                 broker_folder=broker,
                 log_path=tmp_path / "worker.log",
                 extra_env=worker_env,
+                beat=True,
             ),
         ):
             hooks = [

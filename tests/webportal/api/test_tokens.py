@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -13,6 +15,7 @@ from tests.webportal.api.conftest import bearer
 from webportal.accounts.models import Membership, Role
 from webportal.api import tokens
 from webportal.api.models import ApiToken
+from webportal.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -50,9 +53,78 @@ def test_issue_token_refuses_an_unknown_lab_and_someone_elses_account(member) ->
     with pytest.raises(CommandError, match="No lab with slug 'nope'"):
         call_command("issue_token", "--lab", "nope", "--username", "lis")
     outsider = UserFactory.create()
-    with pytest.raises(CommandError, match="does not belong to"):
+    with pytest.raises(CommandError, match="not an integrator account"):
         call_command("issue_token", "--lab", member.lab.slug, "--username", outsider.username)
+    # Without --role a token never acts as a person, even a member of the lab.
+    with pytest.raises(CommandError, match="not an integrator account"):
+        call_command("issue_token", "--lab", member.lab.slug, "--username", member.user.username)
     assert not ApiToken.objects.exists()
+
+
+def test_issue_token_with_a_role_prints_a_personal_token_for_that_person_alone(member) -> None:
+    out = io.StringIO()
+    call_command(
+        "issue_token", "--lab", member.lab.slug, "--username", "dr-who", "--role", "pathologist",
+        stdout=out, stderr=io.StringIO(),
+    )  # fmt: skip
+    printed = out.getvalue()
+    assert printed.count("\n") == 1
+    token = ApiToken.objects.get()
+    assert token.user.username == "dr-who"
+    assert Membership.objects.get(user=token.user, lab=member.lab).role == Role.PATHOLOGIST
+    assert (AuditEvent.objects.get(action="token.issued").after or {})["personal"] is True
+    # The same person again: a second token of theirs; a different role is refused.
+    call_command(
+        "issue_token", "--lab", member.lab.slug, "--username", "dr-who", "--role", "pathologist",
+        stdout=io.StringIO(), stderr=io.StringIO(),
+    )  # fmt: skip
+    assert ApiToken.objects.filter(user=token.user).count() == 2
+    with pytest.raises(CommandError, match="is pathologist in"):
+        call_command(
+            "issue_token", "--lab", member.lab.slug, "--username", "dr-who", "--role", "staff"
+        )
+    assert bearer(printed.strip()).get(reverse("api:case_list")).status_code == 200
+
+
+def test_a_lab_admin_cannot_make_a_token_for_a_person(member) -> None:
+    admin = MembershipFactory.create(lab=member.lab, role=Role.ADMIN)
+    pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST)
+    with pytest.raises(tokens.TokenError, match="not an integrator account"):
+        tokens.issue_token(
+            lab=member.lab, username=pathologist.user.username, created_by=admin.user
+        )
+    with pytest.raises(tokens.TokenError, match="makes their own token"):
+        tokens.issue_token(
+            lab=member.lab, username=pathologist.user.username, created_by=admin.user,
+            role=Role.PATHOLOGIST,
+        )  # fmt: skip
+    assert not ApiToken.objects.exists()
+
+
+def test_a_person_makes_and_revokes_their_own_token_in_the_portal(member) -> None:
+    pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST)
+    client = Client()
+    client.force_login(pathologist.user)
+    page = client.post(
+        reverse("personal_tokens:index"),
+        {"lab": member.lab.pk, "name": "my script", "scope": "read_write"},
+    )
+    assert page.status_code == 200
+    found = re.search(r"hv_[0-9a-f]{12}_[\w-]+", page.content.decode())
+    assert found is not None
+    token = ApiToken.objects.get()
+    assert (token.user, token.created_by) == (pathologist.user, pathologist.user)
+    assert bearer(found.group(0)).get(reverse("api:case_list")).status_code == 200
+    assert found.group(0) not in client.get(reverse("personal_tokens:index")).content.decode()
+    # Another person sees none of it and cannot revoke it.
+    other = Client()
+    other.force_login(MembershipFactory.create(lab=member.lab, role=Role.STAFF).user)
+    assert "my script" not in other.get(reverse("personal_tokens:index")).content.decode()
+    revoke = reverse("personal_tokens:revoke", args=[token.pk])
+    assert other.post(revoke).status_code == 404
+    assert client.post(revoke).status_code == 302
+    token.refresh_from_db()
+    assert not token.is_active
 
 
 def test_a_revoked_token_gets_401_and_its_last_use_stays_recorded(member, issued) -> None:

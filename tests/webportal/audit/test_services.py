@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from tests.factories import CaseFactory, LabFactory, UserFactory
@@ -43,6 +43,28 @@ def test_events_can_be_neither_changed_nor_deleted_through_the_orm() -> None:
         AuditEvent.objects.filter(pk=event.pk).update(action="x")
     with pytest.raises(AppendOnlyError):
         AuditEvent.objects.all().delete()
+    assert AuditEvent.objects.get(pk=event.pk).action == "case.created"
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the trigger is PostgreSQL's (CI runs there)"
+)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_auditevent SET action = 'forged' WHERE id = %s",
+        "DELETE FROM audit_auditevent WHERE id = %s",
+    ],
+)
+def test_postgresql_itself_refuses_to_change_or_remove_an_event(sql: str) -> None:
+    case = CaseFactory.create()
+    event = record_event(lab=case.lab, actor=None, action="case.created", obj=case)
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, [event.pk])
     assert AuditEvent.objects.get(pk=event.pk).action == "case.created"
 
 

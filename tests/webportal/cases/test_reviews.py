@@ -67,7 +67,7 @@ def test_not_classed_cells_leave_the_counts(batch, people) -> None:
         (Role.STAFF, True),
         (Role.PATHOLOGIST, True),
         (Role.ADMIN, False),
-        (Role.INTEGRATOR, False),  # only through the API
+        (Role.INTEGRATOR, False),  # a machine never reviews, through the API neither
     ],
 )
 def test_each_role_may_review_in_the_portal_or_not(batch, people, role, allowed) -> None:
@@ -81,11 +81,12 @@ def test_each_role_may_review_in_the_portal_or_not(batch, people, role, allowed)
         assert not Review.objects.exists()
 
 
-def test_an_integrator_may_review_through_the_api(batch, people) -> None:
-    review_cells(
-        actor=people[Role.INTEGRATOR], cells=_cells(batch)[:1], label="monocyte", via_api=True
-    )
-    assert Review.objects.get().reviewer_role == Role.INTEGRATOR
+def test_an_integrator_may_not_review_through_the_api_either(batch, people) -> None:
+    with pytest.raises(PermissionDenied, match="service \\(integrator\\) token may not"):
+        review_cells(
+            actor=people[Role.INTEGRATOR], cells=_cells(batch)[:1], label="monocyte", via_api=True
+        )
+    assert not Review.objects.exists()
 
 
 def test_a_user_of_another_lab_may_not_review(batch) -> None:
