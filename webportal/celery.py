@@ -23,6 +23,8 @@ PROCESS_BATCH_TASK = "workers.tasks.process_batch"
 SWEEP_BATCHES_TASK = "workers.tasks.sweep_batches"
 DELIVER_WEBHOOK_TASK = "workers.tasks.deliver_webhook"
 DELIVER_DUE_WEBHOOKS_TASK = "workers.tasks.deliver_due_webhooks"
+DELIVER_LIS_TASK = "workers.tasks.deliver_lis_message"
+DELIVER_DUE_LIS_TASK = "workers.tasks.deliver_due_lis_messages"
 EXPLAIN_CELL_TASK = "workers.tasks.explain_cell"
 ADAPT_MODEL_TASK = "workers.tasks.adapt_model"
 
@@ -101,6 +103,8 @@ def _defaults() -> dict[str, Any]:
             SWEEP_BATCHES_TASK: {"queue": "housekeeping"},
             DELIVER_WEBHOOK_TASK: {"queue": "housekeeping"},
             DELIVER_DUE_WEBHOOKS_TASK: {"queue": "housekeeping"},
+            DELIVER_LIS_TASK: {"queue": "housekeeping"},
+            DELIVER_DUE_LIS_TASK: {"queue": "housekeeping"},
             ADAPT_MODEL_TASK: {"queue": ADAPT_QUEUE},
         },
         beat_schedule={
@@ -113,6 +117,12 @@ def _defaults() -> dict[str, Any]:
                 "task": DELIVER_DUE_WEBHOOKS_TASK,
                 "schedule": float(settings.WEBHOOK_POLL_SECONDS),
                 # A poll that waited longer than the next one is worth nothing: drop it.
+                "options": {"expires": float(settings.WEBHOOK_POLL_SECONDS)},
+            },
+            # The LIS outbox (HL7 over MLLP), on the same schedule.
+            "deliver-due-lis-messages": {
+                "task": DELIVER_DUE_LIS_TASK,
+                "schedule": float(settings.WEBHOOK_POLL_SECONDS),
                 "options": {"expires": float(settings.WEBHOOK_POLL_SECONDS)},
             },
         },

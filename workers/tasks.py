@@ -18,7 +18,9 @@ from webportal.cases import classifiers, processing
 from webportal.celery import (
     ADAPT_MODEL_TASK,
     ADAPT_QUEUE,
+    DELIVER_DUE_LIS_TASK,
     DELIVER_DUE_WEBHOOKS_TASK,
+    DELIVER_LIS_TASK,
     DELIVER_WEBHOOK_TASK,
     EXPLAIN_CELL_TASK,
     PROCESS_BATCH_TASK,
@@ -92,6 +94,22 @@ def deliver_due_webhooks() -> None:
     from webportal.api import webhooks
 
     webhooks.deliver_due()
+
+
+@shared_task(name=DELIVER_LIS_TASK)
+def deliver_lis_message(delivery_id: int) -> None:
+    """One try of one new LIS delivery (HL7 over MLLP), right after it was committed."""
+    from webportal.api import lis
+
+    lis.attempt_delivery(delivery_id=delivery_id)
+
+
+@shared_task(name=DELIVER_DUE_LIS_TASK)
+def deliver_due_lis_messages() -> None:
+    """The LIS outbox's poll (Celery beat, every WEBHOOK_POLL_SECONDS): what is due."""
+    from webportal.api import lis
+
+    lis.deliver_due()
 
 
 @shared_task(name=EXPLAIN_CELL_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)

@@ -31,7 +31,13 @@ from tests.conftest import noisy_jpeg_bytes
 from tests.factories import MembershipFactory
 from webportal.accounts.models import Invitation, Membership, Role
 from webportal.adaptation.models import AdaptationJob
-from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
+from webportal.api.models import (
+    ApiToken,
+    LisDelivery,
+    LisEndpoint,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from webportal.api.tokens import issue_token
 from webportal.api.webhooks import emit, register_endpoint
 from webportal.cases import processing, services
@@ -123,6 +129,10 @@ def foreign_world(tiny_model: ModelVersion) -> World:
     token = issue_token(lab=other.lab, username="other-lis").token
     AdaptationJob.objects.create(lab=other.lab, base_model=tiny_model)
     Invitation.objects.create(lab=other.lab, username="someone-else", role=Role.PATHOLOGIST)
+    lis_endpoint = LisEndpoint.objects.create(lab=other.lab, host="lis.example.org", port=2575)
+    LisDelivery.objects.create(
+        endpoint=lis_endpoint, report=Report.objects.filter(batch=batch).get(), control_id="x-1"
+    )
     batch.refresh_from_db()
     return World(visitors=visitors, batch=batch, token=token)
 

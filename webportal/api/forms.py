@@ -50,3 +50,18 @@ class WebhookForm(forms.Form):
         required=False,
         help_text="None ticked: every event.",
     )
+
+
+class LisForm(forms.Form):
+    host = forms.CharField(
+        label="Host",
+        max_length=253,
+        widget=forms.TextInput(attrs={"size": 40, "placeholder": "lis.hospital.example"}),
+    )
+    port = forms.IntegerField(label="Port", min_value=1, max_value=65535, initial=2575)
+    receiving_application = forms.CharField(
+        label="Receiving application (MSH-5)", max_length=100, required=False
+    )
+    receiving_facility = forms.CharField(
+        label="Receiving facility (MSH-6)", max_length=100, required=False
+    )

@@ -150,3 +150,65 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} -> {self.endpoint}"
+
+
+class LisEndpoint(models.Model):
+    """A lab information system that takes signed and amended reports as HL7 v2.5.1 ORU^R01
+    over MLLP (TCP). Reached only through the outbound rules (webportal.outbound): an address
+    inside the hospital network needs the operator's OUTBOUND_ALLOWED_NETWORKS."""
+
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="+")
+    host = models.CharField(max_length=253)
+    port = models.PositiveIntegerField()
+    # MSH-5 and MSH-6 of every message: what the LIS expects to be called, if anything.
+    receiving_application = models.CharField(max_length=100, blank=True)
+    receiving_facility = models.CharField(max_length=100, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class LisDelivery(models.Model):
+    """One report version for one LIS, and how its delivery went (the outbox and its log)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    endpoint = models.ForeignKey(LisEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    report = models.ForeignKey("reports.Report", on_delete=models.PROTECT, related_name="+")
+    # MSH-10: the same on every try of this row, so the LIS can tell a repeat.
+    control_id = models.CharField(max_length=40, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # MSA-1 of the last acknowledgement (AA, AE, AR, CA, CE, CR), if one came.
+    ack_code = models.CharField(max_length=2, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "LIS deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="lis_delivery_due",
+                condition=models.Q(status="pending"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.control_id} -> {self.endpoint}"

@@ -12,9 +12,15 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from webportal.accounts.models import Lab
 from webportal.accounts.services import LAB_ADMINS, authenticated_user, labs_where
-from webportal.api import tokens, webhooks
-from webportal.api.forms import TokenForm, WebhookForm
-from webportal.api.models import ApiToken, WebhookDelivery, WebhookEndpoint
+from webportal.api import lis, tokens, webhooks
+from webportal.api.forms import LisForm, TokenForm, WebhookForm
+from webportal.api.models import (
+    ApiToken,
+    LisDelivery,
+    LisEndpoint,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 DELIVERIES_SHOWN = 50
 
@@ -43,6 +49,9 @@ def _page(request: HttpRequest, lab: Lab, **extra: Any) -> HttpResponse:
         "deliveries": webhooks.deliveries_of(lab=lab)[:DELIVERIES_SHOWN],
         "form": TokenForm(),
         "webhook_form": WebhookForm(),
+        "lis_endpoints": lis.endpoints_of(lab=lab),
+        "lis_deliveries": lis.deliveries_of(lab=lab)[:DELIVERIES_SHOWN],
+        "lis_form": LisForm(),
         **extra,
     }
     return render(request, "api/integrations.html", context)
@@ -125,3 +134,49 @@ def redeliver(request: HttpRequest, delivery_id: int) -> HttpResponse:
     )
     webhooks.redeliver(delivery=delivery, actor=authenticated_user(request))
     return redirect(f"/integrations/?lab={delivery.endpoint.lab.slug}#deliveries")
+
+
+@require_POST
+def register_lis(request: HttpRequest) -> HttpResponse:
+    if refused := _not_admin(request):
+        return refused
+    lab = _lab(request)
+    form = LisForm(request.POST)
+    if form.is_valid():
+        try:
+            lis.register_endpoint(
+                lab=lab,
+                host=form.cleaned_data["host"],
+                port=form.cleaned_data["port"],
+                receiving_application=form.cleaned_data["receiving_application"],
+                receiving_facility=form.cleaned_data["receiving_facility"],
+                actor=authenticated_user(request),
+            )
+        except lis.LisError as exc:
+            form.add_error("host", str(exc))
+        else:
+            return redirect(f"/integrations/?lab={lab.slug}#lis")
+    return _page(request, lab, lis_form=form)
+
+
+@require_POST
+def remove_lis(request: HttpRequest, lis_endpoint_id: int) -> HttpResponse:
+    labs = administered_labs(user=authenticated_user(request))
+    endpoint = get_object_or_404(
+        LisEndpoint.objects.filter(lab__in=labs, is_active=True), pk=lis_endpoint_id
+    )
+    lis.remove_endpoint(endpoint=endpoint, actor=authenticated_user(request))
+    return redirect(f"/integrations/?lab={endpoint.lab.slug}#lis")
+
+
+@require_POST
+def resend_lis(request: HttpRequest, lis_delivery_id: int) -> HttpResponse:
+    labs = administered_labs(user=authenticated_user(request))
+    delivery = get_object_or_404(
+        LisDelivery.objects.filter(endpoint__lab__in=labs, endpoint__is_active=True).select_related(
+            "endpoint__lab", "report"
+        ),
+        pk=lis_delivery_id,
+    )
+    lis.resend(delivery=delivery, actor=authenticated_user(request))
+    return redirect(f"/integrations/?lab={delivery.endpoint.lab.slug}#lis-deliveries")

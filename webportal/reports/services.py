@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from webportal.accounts.models import Lab
 from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role
-from webportal.api import webhooks
+from webportal.api import lis, webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases import batch_check
@@ -272,6 +272,7 @@ def sign_report(
             after=_snapshot(report),
         )  # fmt: skip
         webhooks.report_changed_on_commit(report_id=report.pk)
+        lis.report_changed(report=report)
     return report
 
 
@@ -331,6 +332,7 @@ def amend_report(
             after={**_snapshot(new), "reason": reason},
         )
         webhooks.report_changed_on_commit(report_id=new.pk)
+        lis.report_changed(report=new)
     return new
 
 
