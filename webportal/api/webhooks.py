@@ -212,9 +212,14 @@ def _dumps(body: Any) -> str:
     return json.dumps(body, cls=DjangoJSONEncoder, separators=(",", ":"), sort_keys=True)
 
 
+def absolute(path: str) -> str:
+    """A link a receiver can follow: PUBLIC_URL and the API path."""
+    return f"{settings.PUBLIC_URL}{path}"
+
+
 def batch_finished(*, batch_id: int) -> None:
     """batch.done or batch.failed, with what a client needs to fetch the result."""
-    batch = Batch.objects.select_related("case", "case__lab").get(pk=batch_id)
+    batch = Batch.objects.select_related("case", "case__lab", "case__patient").get(pk=batch_id)
     if batch.status not in {Batch.Status.DONE, Batch.Status.FAILED}:
         return
     event = (
@@ -231,9 +236,10 @@ def batch_finished(*, batch_id: int) -> None:
                 "status": batch.status,
                 "case": batch.case_id,
                 "accession_number": batch.case.accession_number,
+                "patient": batch.case.patient.external_id if batch.case.patient else None,
                 "error": batch.error,
-                "url": f"/api/v1/batches/{batch.pk}/",
-                "report_url": f"/api/v1/batches/{batch.pk}/report/"
+                "url": absolute(f"/api/v1/batches/{batch.pk}/"),
+                "report_url": absolute(f"/api/v1/batches/{batch.pk}/report/")
                 if batch.status == Batch.Status.DONE
                 else None,
             }
@@ -251,30 +257,52 @@ def report_changed(*, report_id: int) -> None:
     """report.final when signed, report.amended when a new signed version replaces one."""
     from webportal.reports.models import Report
 
-    report = Report.objects.select_related("batch__case__lab").get(pk=report_id)
+    report = Report.objects.select_related(
+        "batch__case__lab", "batch__case__patient", "signed_by"
+    ).get(pk=report_id)
     event = {
         Report.Status.FINAL: WebhookEndpoint.Event.REPORT_FINAL,
         Report.Status.AMENDED: WebhookEndpoint.Event.REPORT_AMENDED,
     }.get(Report.Status(report.status))
     if event is None:
         return
-    base = f"/api/v1/batches/{report.batch_id}/reports/{report.version}/"
-    emit(
-        lab=report.batch.case.lab,
-        event=event,
-        data={
-            "report": {
-                "id": report.pk,
-                "batch": report.batch_id,
-                "accession_number": report.batch.case.accession_number,
-                "version": report.version,
-                "status": report.status,
-                "url": base,
-                "pdf_url": f"{base}pdf/",
-                "fhir_url": f"{base}fhir/",
-            }
-        },
+    emit(lab=report.batch.case.lab, event=event, data={"report": report_summary(report)})
+
+
+def report_summary(report: Any) -> dict[str, Any]:
+    """What a receiver files a report event by: who, which version and what it replaces, when
+    it was issued and by whom, and absolute links to every form of it."""
+    from webportal.reports.models import Report
+
+    base = absolute(f"/api/v1/batches/{report.batch_id}/reports/{report.version}/")
+    replaced = (
+        Report.objects.filter(batch_id=report.batch_id, version=report.version - 1).first()
+        if report.version > 1
+        else None
     )
+    signer = report.signed_by
+    patient = report.batch.case.patient
+    return {
+        "id": report.pk,
+        "batch": report.batch_id,
+        "case": report.batch.case_id,
+        "accession_number": report.batch.case.accession_number,
+        "patient": patient.external_id if patient else None,
+        "version": report.version,
+        "status": report.status,
+        "critical": bool(getattr(report, "critical", False)),
+        "issued_at": report.signed_at or report.created_at,
+        "signed_by": None
+        if signer is None
+        else {"username": signer.get_username(), "name": signer.get_full_name()},
+        "replaces_version": replaced.version if replaced else None,
+        "replaces_issued_at": (replaced.signed_at or replaced.created_at) if replaced else None,
+        "amendment_reason": report.amendment_reason or None,
+        "url": base,
+        "pdf_url": f"{base}pdf/",
+        "fhir_url": f"{base}fhir/",
+        "hl7_url": f"{base}hl7/",
+    }
 
 
 def report_changed_on_commit(*, report_id: int) -> None:

@@ -16,7 +16,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.factories import MembershipFactory
+from tests.factories import CaseFactory, MembershipFactory
 from tests.webportal.api.receiver import webhook_receiver
 from webportal import crypto
 from webportal.accounts.models import Role
@@ -72,7 +72,10 @@ def test_a_finished_batch_posts_a_signed_event_to_the_labs_endpoint(
     assert event["type"] == headers["hematovision-event"] == "batch.done"
     assert event["id"] == headers["hematovision-delivery"] == str(delivery.event_id)
     assert event["data"]["batch"]["id"] == batch.pk
-    assert event["data"]["batch"]["report_url"] == f"/api/v1/batches/{batch.pk}/report/"
+    assert event["data"]["batch"]["report_url"] == (
+        f"{settings.PUBLIC_URL}/api/v1/batches/{batch.pk}/report/"
+    )
+    assert event["data"]["batch"]["patient"] == (case.patient.external_id if case.patient else None)
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 1, 200)
 
@@ -379,3 +382,39 @@ def test_webhook_secrets_are_encrypted_at_rest(member, settings) -> None:
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     with pytest.raises(crypto.DecryptionFailed):
         _ = WebhookEndpoint.objects.get(pk=endpoint.pk).secret
+
+
+def test_a_report_event_says_who_which_version_what_it_replaces_and_links_absolutely(
+    member, settings, django_capture_on_commit_callbacks
+) -> None:
+    from tests.factories import ModelVersionFactory, PatientFactory, classified_batch
+    from webportal.reports import services as reports
+
+    settings.PUBLIC_URL = "https://portal.example.org"
+    webhooks.register_endpoint(lab=member.lab, url="https://lis.example/hook")
+    case = CaseFactory.create(
+        lab=member.lab, patient=PatientFactory.create(lab=member.lab, external_id="MRN-3")
+    )
+    batch = classified_batch(
+        case=case,
+        model_version=ModelVersionFactory.create(classes=["neutrophil", "lymphocyte"]),
+        predictions=[("neutrophil", 0.99)] * 3,
+    )
+    pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST).user
+    pathologist.first_name, pathologist.last_name = "Ada", "Path"
+    pathologist.save()
+    signed = reports.sign_report(actor=pathologist, report=batch.reports.get())
+    amended = reports.amend_report(actor=pathologist, report=signed, reason="relabelled a cell")
+    final, amendment = (
+        d.payload["data"]["report"]
+        for d in WebhookDelivery.objects.filter(event__startswith="report.").order_by("pk")
+    )
+    assert (final["version"], final["replaces_version"], final["patient"]) == (1, None, "MRN-3")
+    assert final["signed_by"] == {"username": pathologist.username, "name": "Ada Path"}
+    assert final["url"] == f"https://portal.example.org/api/v1/batches/{batch.pk}/reports/1/"
+    assert final["hl7_url"].endswith("/reports/1/hl7/")
+    assert (amendment["version"], amendment["replaces_version"]) == (2, 1)
+    assert amendment["amendment_reason"] == "relabelled a cell"
+    assert amended.signed_at is not None
+    assert amendment["issued_at"][:19] == amended.signed_at.isoformat()[:19]
+    assert amendment["replaces_issued_at"] is not None
