@@ -253,6 +253,34 @@ def report_changed_on_commit(*, report_id: int) -> None:
     transaction.on_commit(lambda: report_changed(report_id=report_id))
 
 
+def report_critical_on_commit(*, report_id: int) -> None:
+    """report.critical: a category the lab marks critical (blast) was counted, when a
+    preliminary report first becomes critical and when a critical report is signed or amended
+    (issue 19). The body is report_changed's, with the critical flags."""
+
+    def send() -> None:
+        from webportal.reports.models import Report
+
+        report = Report.objects.select_related("batch__case__lab").get(pk=report_id)
+        base = f"/api/v1/batches/{report.batch_id}/reports/{report.version}/"
+        emit(
+            lab=report.batch.case.lab,
+            event=WebhookEndpoint.Event.REPORT_CRITICAL,
+            data={
+                "report": {
+                    "id": report.pk, "batch": report.batch_id, "version": report.version,
+                    "accession_number": report.batch.case.accession_number,
+                    "status": report.status, "critical": report.critical,
+                    "critical_results": [f["message"] for f in report.flags
+                                         if f["code"] == "critical"],
+                    "url": base, "pdf_url": f"{base}pdf/", "fhir_url": f"{base}fhir/",
+                }
+            },
+        )  # fmt: skip
+
+    transaction.on_commit(send)
+
+
 # --- delivery -----------------------------------------------------------------------------
 
 

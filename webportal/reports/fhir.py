@@ -8,12 +8,15 @@ erythroblasts) and cells the model left unidentified are counted, not put in the
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from typing import Any
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from webportal.cases.batch_check import FLAG_CODE
+from webportal.reports.differential import shown
 from webportal.reports.models import Report
+from webportal.reports.vocabulary import PERCENT_LOINC, loinc_of
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -21,29 +24,37 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 CONTENT_TYPE = "application/fhir+json"
 
-# Class -> (LOINC code, display) for % of leukocytes and for the absolute count.
-PERCENT_LOINC = {
-    "neutrophil": ("26511-6", "Neutrophils/100 leukocytes in Blood"),
-    "lymphocyte": ("26478-8", "Lymphocytes/100 leukocytes in Blood"),
-    "monocyte": ("26485-3", "Monocytes/100 leukocytes in Blood"),
-    "eosinophil": ("26450-7", "Eosinophils/100 leukocytes in Blood"),
-    "basophil": ("30180-4", "Basophils/100 leukocytes in Blood"),
-}
+# Class -> (LOINC code, display) for % of leukocytes (the lab vocabulary's, panel 24318-8)
+# and for the absolute count.
 ABSOLUTE_LOINC = {
     "neutrophil": ("26499-4", "Neutrophils [#/volume] in Blood"),
     "lymphocyte": ("26474-7", "Lymphocytes [#/volume] in Blood"),
     "monocyte": ("26484-6", "Monocytes [#/volume] in Blood"),
     "eosinophil": ("26449-9", "Eosinophils [#/volume] in Blood"),
     "basophil": ("26444-0", "Basophils [#/volume] in Blood"),
+    "blast": ("30376-8", "Blasts [#/volume] in Blood"),
+    "promyelocyte": ("26523-1", "Promyelocytes [#/volume] in Blood"),
+    "myelocyte": ("30446-9", "Myelocytes [#/volume] in Blood"),
+    "metamyelocyte": ("30433-7", "Metamyelocytes [#/volume] in Blood"),
+    "band-neutrophil": ("26507-4", "Band form neutrophils [#/volume] in Blood"),
+    "variant-lymphocyte": ("26477-0", "Variant lymphocytes [#/volume] in Blood"),
+    "plasma-cell": ("30458-4", "Plasma cells [#/volume] in Blood"),
+}
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+INTERPRETATION = {
+    "H": ("H", "High"),
+    "L": ("L", "Low"),
+    "critical": ("AA", "Critical abnormal"),
 }
 DIFFERENTIAL_PANEL = ("69738-3", "Differential panel, method unspecified - Blood")
 NOT_LEUKOCYTES = {"platelet", "erythroblast", "unidentified", "not-classed"}
+LEUKOCYTE_GROUP = "wbc"
 
 
 def _class_key(label: str) -> str:
     """`Neutrophils` and `neutrophil` are one class."""
-    key = label.strip().lower().replace(" ", "_")
-    if key == "not_classed":
+    key = "-".join(label.strip().lower().replace("_", " ").split())
+    if key == "not-classed":
         return "not-classed"  # FHIR ids allow letters, digits, "-" and "."
     return key[:-1] if key.endswith("s") and not key.endswith("ss") else key
 
@@ -100,7 +111,10 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
             **({"subject": subject} if subject else {}),
             "effectiveDateTime": batch.created_at.isoformat(),
         }
-        if key in NOT_LEUKOCYTES:
+        interpretation = INTERPRETATION.get("critical" if row.get("critical") else row.get("flag"))
+        if interpretation:
+            base["interpretation"] = [{"coding": [_coding(V3_INTERPRETATION, *interpretation)]}]
+        if key in NOT_LEUKOCYTES or row.get("group", LEUKOCYTE_GROUP) != LEUKOCYTE_GROUP:
             observations.append(
                 {
                     **base,
@@ -112,13 +126,19 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
                 }
             )  # fmt: skip
             continue
-        # The report's own % of leukocytes (largest-remainder rounded) where it has one.
+        # The report's own % of leukocytes, as stored (reports.differential.shown): one number
+        # everywhere. (Snapshots from before groups were stored have no group: computed.)
         percent = (
             row["percent"]
-            if row.get("group") == "wbc"
-            else (round(100 * row["count"] / leukocytes, 1) if leukocytes else 0.0)
+            if row.get("group") == LEUKOCYTE_GROUP
+            else (shown(Fraction(100 * row["count"], leukocytes)) if leukocytes else 0.0)
         )
-        codings = [_coding(LOINC, *PERCENT_LOINC[key])] if key in PERCENT_LOINC else []
+        code, display = row.get("loinc") or "", ""
+        if code:
+            display = next((d for c, d in PERCENT_LOINC.values() if c == code), "")
+        else:
+            code, display = loinc_of(row["label"])
+        codings = [_coding(LOINC, code, display or row["label"])] if code else []
         observations.append(
             {
                 **base,
@@ -135,7 +155,11 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
                     "id": f"absolute-{key}",
                     "code": {"coding": [*absolute, local], "text": f"{row['label']} count"},
                     "valueQuantity": {
-                        "value": round(wbc_count * percent / 100, 2),
+                        "value": (
+                            row["absolute"]
+                            if row.get("absolute") is not None
+                            else shown(Fraction(str(wbc_count)) * Fraction(str(percent)) / 100, 2)
+                        ),
                         "unit": "10^9/L",
                         "system": UCUM,
                         "code": "10*9/L",
@@ -147,6 +171,9 @@ def diagnostic_report(*, report: Report, wbc_count: float | None = None) -> dict
         f"Automated differential of {report.total_cells} cells (model "
         f"{report.model_version.name}); decision support, to be reviewed by a person."
     )
+    critical = [f["message"] for f in report.flags if f["code"] == "critical"]
+    if critical:
+        conclusion = f"{' '.join(critical)} {conclusion}"
     unlike = next((f["message"] for f in report.flags if f["code"] == FLAG_CODE), None)
     if unlike:
         conclusion += f" {unlike}"
