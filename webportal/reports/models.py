@@ -156,8 +156,9 @@ class CellCategory(models.Model):
 
 class ReportPolicy(models.Model):
     """A lab's rules for signing (lab admins): the minimum of leukocytes (CLSI H20-A2: 100),
-    and whether every cell must be verified by a person first (ICSH 2014/2016 recommendation
-    for digital morphology analysers)."""
+    and whether every cell must be verified by a person first (ICSH review and
+    recommendations on digital morphology analysers, Kratz et al. 2019, doi:10.1111/ijlh.13042:
+    a skilled morphologist remains essential to verify the pre-classification)."""
 
     lab = models.OneToOneField("accounts.Lab", on_delete=models.CASCADE, related_name="+")
     min_leukocytes = models.PositiveIntegerField(

@@ -35,8 +35,9 @@ PERCENT_LOINC: dict[str, tuple[str, str]] = {
     "smudge cell": ("34992-8", "Smudge cells/100 leukocytes in Blood"),
 }
 
-# The default morphology categories beside the model's classes (ICSH 2014 cell
-# identification; CLSI H20-A2). Smudge cells are counted per 100 leukocytes, outside the
+# The default morphology categories beside the model's classes (CLSI H20-A2's reference
+# differential and the ICSH recommendations for the nomenclature of peripheral blood cells,
+# Palmer et al. 2015, doi:10.1111/ijlh.12327). Smudge cells are counted per 100 leukocytes, outside the
 # denominator; artefacts are counted nowhere.
 DEFAULT_CATEGORIES: tuple[Category, ...] = (
     Category("blast", Group.WBC, critical=True),
