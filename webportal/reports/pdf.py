@@ -156,7 +156,7 @@ def render_report_pdf(*, report: Report) -> bytes:
     if report.critical:
         story.append(
             Paragraph(
-                escape("CRITICAL RESULT. " + " ".join(wording.critical_messages(report))),
+                escape(" ".join(wording.critical_messages(report))),
                 critical_banner,
             )
         )
