@@ -37,8 +37,8 @@ PERCENT_LOINC: dict[str, tuple[str, str]] = {
 
 # The default morphology categories beside the model's classes (CLSI H20-A2's reference
 # differential and the ICSH recommendations for the nomenclature of peripheral blood cells,
-# Palmer et al. 2015, doi:10.1111/ijlh.12327). Smudge cells are counted per 100 leukocytes, outside the
-# denominator; artefacts are counted nowhere.
+# Palmer et al. 2015, doi:10.1111/ijlh.12327). Smudge cells are counted per 100
+# leukocytes, outside the denominator; artefacts are counted nowhere.
 DEFAULT_CATEGORIES: tuple[Category, ...] = (
     Category("blast", Group.WBC, critical=True),
     Category("promyelocyte", Group.WBC),
