@@ -47,10 +47,13 @@ from webportal.reports.pdf import render_report_pdf
 
 class VerificationSerializer(serializers.Serializer[Any]):
     person_verified_cells = serializers.IntegerField(
-        help_text="Cells whose latest review is a person's (never a machine account's)."
+        allow_null=True,
+        help_text="Cells whose latest review is a person's (never a machine account's); null "
+        "for a version written before this was counted.",
     )
     model_accepted_cells = serializers.IntegerField(
-        help_text="Cells the model labelled at or above its threshold with no review."
+        allow_null=True,
+        help_text="Cells the model labelled at or above its threshold with no review.",
     )
     labelled_cells = serializers.IntegerField()
     every_cell_verified_by_a_person = serializers.BooleanField()

@@ -47,9 +47,10 @@ class Report(models.Model):
     # A category the lab marks critical (blast by default) was counted (reports.vocabulary).
     critical = models.BooleanField(default=False)
     # Of the cells counted: how many a person's latest review labelled, and how many the model
-    # labelled above its threshold with no review (selectors.current_label).
-    person_verified_cells = models.PositiveIntegerField(default=0)
-    model_accepted_cells = models.PositiveIntegerField(default=0)
+    # labelled above its threshold with no review (selectors.current_label). None: a version
+    # written before these were counted (not recorded: never shown as verified).
+    person_verified_cells = models.PositiveIntegerField(null=True, blank=True)
+    model_accepted_cells = models.PositiveIntegerField(null=True, blank=True)
     signed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -89,7 +90,10 @@ class Report(models.Model):
     @property
     def fully_verified(self) -> bool:
         """Every labelled cell's label is a person's (none accepted by the model alone)."""
-        return 0 < self.labelled_cells == self.person_verified_cells
+        return (
+            self.person_verified_cells is not None
+            and 0 < self.labelled_cells == self.person_verified_cells
+        )
 
     @property
     def percent_total(self) -> float:
@@ -97,7 +101,7 @@ class Report(models.Model):
         from webportal.reports.differential import Group, shown_total
 
         return shown_total(row["percent"] for row in self.differential
-                           if row["group"] == Group.WBC)  # fmt: skip
+                           if row.get("group") == Group.WBC)  # fmt: skip
 
 
 class ReferenceRange(models.Model):

@@ -25,10 +25,16 @@ def verification_line(report: Report) -> str:
     """How many cells a person verified and how many the model accepted, naming the model."""
     model = report.model_version
     labelled = report.labelled_cells
-    others = labelled - report.person_verified_cells - report.model_accepted_cells
+    person, accepted = report.person_verified_cells, report.model_accepted_cells
+    if person is None or accepted is None:
+        return (
+            "Not recorded: this version was written before the report counted who verified "
+            f"its cells. Model: {model.name} (threshold {threshold_text(model.threshold)})."
+        )
+    others = labelled - person - accepted
     line = (
-        f"{report.person_verified_cells} of {labelled} cells verified by a person; "
-        f"{report.model_accepted_cells} accepted by the model without review (confidence at "
+        f"{person} of {labelled} cells verified by a person; "
+        f"{accepted} accepted by the model without review (confidence at "
         f"or above its threshold {threshold_text(model.threshold)}). Model: {model.name}."
     )
     if others > 0:
@@ -49,6 +55,12 @@ def decision_support(report: Report) -> str:
             "Decision support: the cell classes were proposed by an automated classifier and "
             "every cell was verified by a qualified person before this report was signed. It "
             "is not an unattended diagnosis."
+        )
+    if report.person_verified_cells is None:
+        return (
+            "Decision support: the cell classes were proposed by an automated classifier; how "
+            "many a person verified was not recorded for this version. A pathologist signed "
+            "the report. It is not an unattended diagnosis."
         )
     return (
         "Decision support: the cell classes were proposed by an automated classifier; "

@@ -180,3 +180,25 @@ def test_one_number_everywhere_page_pdf_json_and_fhir(batch, people) -> None:
     assert report.percent_total == 99.9
     assert "Leukocytes counted 27 99.9" in pdf
     assert wording.ROUNDING_NOTE.split(",")[0] in page
+
+
+def test_a_version_written_before_verification_was_counted_never_reads_verified(
+    lab_case, model_version, people
+) -> None:
+    from django.utils import timezone
+
+    from tests.factories import ReportFactory
+    from webportal.cases.models import Batch
+
+    report = ReportFactory.create(
+        batch=Batch.objects.create(case=lab_case, model_version=model_version),
+        status="final",
+        signed_at=timezone.now(),
+        signed_by=people[Role.PATHOLOGIST],
+    )
+    assert report.person_verified_cells is None
+    assert not report.fully_verified
+    assert wording.verification_line(report).startswith("Not recorded")
+    assert "qualified person" not in wording.decision_support(report)
+    page = _client(people[Role.PATHOLOGIST]).get(reverse("reports:report", args=[report.pk]))
+    assert "Not recorded" in page.content.decode()
