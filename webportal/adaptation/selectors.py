@@ -118,7 +118,7 @@ def reviewed_cells(*, lab: Lab, classes: Sequence[str]) -> tuple[list[ReviewedCe
         elif label.lower() not in by_lower:
             # A category of the lab's vocabulary the model lacks (blast, smudge cell, ...): a
             # model is never taught a class it does not have (issue 19).
-            skipped["a category the model does not know (never taught to it)"] += 1
+            skipped["of a category the model does not know (never taught to it)"] += 1
         else:
             found.append(ReviewedCell(cell_id, by_lower[label.lower()], case_id, image_id))
     return found, skipped

@@ -124,4 +124,4 @@ def test_adaptation_never_learns_a_category_the_model_lacks(batch, people, model
     review_cells(actor=people[Role.PATHOLOGIST], cells=cells[2:3], label="neutrophil")
     found, skipped = reviewed_cells(lab=batch.case.lab, classes=model_version.classes)
     assert [cell.label for cell in found] == ["neutrophil"]
-    assert skipped["a category the model does not know (never taught to it)"] == 2
+    assert skipped["of a category the model does not know (never taught to it)"] == 2
