@@ -266,3 +266,12 @@ def reviewed_batch(
         ]
     )
     return batch
+
+
+def allow_small_counts(lab: Lab) -> None:
+    """The lab signs from one leukocyte on (its own minimum: reports.ReportPolicy), for tests
+    of other rules on small batches; the default minimum of 100 is tested in
+    tests/webportal/reports/test_minimum_and_intervals.py."""
+    from webportal.reports.models import ReportPolicy
+
+    ReportPolicy.objects.update_or_create(lab=lab, defaults={"min_leukocytes": 1})

@@ -149,6 +149,8 @@ def test_the_pathologists_loop_from_upload_to_amended_report_and_patient_history
     doc.keyboard.press("2")
     expect(tiles).to_have_count(0)
     doc.goto(f"{base}/reports/{report.pk}/")
+    # Four cells, under the lab's minimum of 100 leukocytes: signed with a stated reason.
+    doc.fill("#id_below_minimum_reason", "Four test images.")
     doc.click("button:has-text('Sign report')")
     expect(doc.locator("h1 .status")).to_contain_text("final")
     _shot(doc, "report")

@@ -53,7 +53,7 @@ class Plan:
     train: dict[str, int]  # class -> cells, for every class with a reviewed cell
     heldout: dict[str, int]
     left_out: dict[str, str]  # class -> why it is not used
-    not_used: dict[str, int]  # "not classed", "not a class of the model"
+    not_used: dict[str, int]  # "not classed", "a category the model does not know ..."
     problem: str  # empty when the plan can be run
     cells: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # side -> (id, label)
     heldout_cases: int = 0
@@ -116,7 +116,9 @@ def reviewed_cells(*, lab: Lab, classes: Sequence[str]) -> tuple[list[ReviewedCe
         if label == Review.NOT_CLASSED:
             skipped["not classed"] += 1
         elif label.lower() not in by_lower:
-            skipped["not a class of the model"] += 1
+            # A category of the lab's vocabulary the model lacks (blast, smudge cell, ...): a
+            # model is never taught a class it does not have (issue 19).
+            skipped["of a category the model does not know (never taught to it)"] += 1
         else:
             found.append(ReviewedCell(cell_id, by_lower[label.lower()], case_id, image_id))
     return found, skipped

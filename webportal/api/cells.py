@@ -64,7 +64,9 @@ class CellSerializer(serializers.Serializer[Any]):
 
 class ReviewCreateSerializer(serializers.Serializer[Any]):
     label = serializers.CharField(  # type: ignore[assignment]
-        max_length=100, help_text="One of the model's classes, or `not classed`."
+        max_length=100,
+        help_text="A label of the lab's cell vocabulary (the model's classes, the morphology "
+        "categories it lacks, e.g. `blast`, and the lab's own), or `not classed`.",
     )
 
 
@@ -204,7 +206,7 @@ class CellReviews(APIView):
         summary="Review the cell: give it a class (or `not classed`); audited like the portal",
         request=ReviewCreateSerializer,
         responses={201: CellSerializer(many=True), **REVIEW_ERRORS},
-        description="409 when the batch is not done, the label is not a class of the model, "
+        description="409 when the batch is not done, the label is not in the lab's vocabulary, "
         "the report is signed (a pathologist amends instead), or a technologist would "
         "overrule a pathologist.",
     )

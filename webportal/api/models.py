@@ -77,6 +77,7 @@ class WebhookEndpoint(models.Model):
         BATCH_FAILED = "batch.failed", "Batch failed"
         REPORT_FINAL = "report.final", "Report signed (final)"
         REPORT_AMENDED = "report.amended", "Report amended"
+        REPORT_CRITICAL = "report.critical", "Critical result in a report"
 
     lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="webhooks")
     url = models.URLField(max_length=500)

@@ -45,10 +45,28 @@ from webportal.api.serializers import (
 )
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
-from webportal.reports import fhir, hl7v2, services
+from webportal.reports import fhir, hl7v2, services, wording
 from webportal.reports.models import Report
 from webportal.reports.pdf import render_report_pdf
 from webportal.reports.results import result_document
+
+
+class VerificationSerializer(serializers.Serializer[Any]):
+    person_verified_cells = serializers.IntegerField(
+        allow_null=True,
+        help_text="Cells whose latest review is a person's (never a machine account's); null "
+        "for a version written before this was counted.",
+    )
+    model_accepted_cells = serializers.IntegerField(
+        allow_null=True,
+        help_text="Cells the model labelled at or above its threshold with no review.",
+    )
+    labelled_cells = serializers.IntegerField()
+    every_cell_verified_by_a_person = serializers.BooleanField()
+    model = serializers.CharField()
+    threshold = serializers.FloatField(allow_null=True)
+    statement = serializers.CharField()
+    decision_support = serializers.CharField()
 
 
 class ReportSerializer(serializers.ModelSerializer[Report]):
@@ -69,6 +87,7 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
     pdf_url = serializers.SerializerMethodField()
     fhir_url = serializers.SerializerMethodField()
     batch_check = serializers.SerializerMethodField()
+    verification = serializers.SerializerMethodField()
 
     class Meta:
         model = Report
@@ -88,8 +107,11 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
             "total_cells",
             "wbc_cells",
             "wbc_count",
+            "critical",
             "differential",
             "flags",
+            "verification",
+            "below_minimum_reason",
             "batch_check",
             "comment",
             "morphology",
@@ -122,6 +144,20 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
         summary = describe(report.batch)
         return None if summary is None else dict(BatchCheckSerializer(asdict(summary)).data)
 
+    @extend_schema_field(VerificationSerializer)
+    def get_verification(self, report: Report) -> dict[str, Any]:
+        """Who gave the cells their labels: a person, or the model above its threshold."""
+        return {
+            "person_verified_cells": report.person_verified_cells,
+            "model_accepted_cells": report.model_accepted_cells,
+            "labelled_cells": report.labelled_cells,
+            "every_cell_verified_by_a_person": report.fully_verified,
+            "model": report.model_version.name,
+            "threshold": report.model_version.threshold,
+            "statement": wording.verification_line(report),
+            "decision_support": wording.decision_support(report),
+        }
+
 
 class ReportEditSerializer(serializers.Serializer[Any]):
     comment = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
@@ -135,7 +171,18 @@ class ReportEditSerializer(serializers.Serializer[Any]):
     )
 
 
-class AmendSerializer(ReportEditSerializer):
+class SignSerializer(ReportEditSerializer):
+    below_minimum_reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Why the report is signed with fewer leukocytes than the lab's minimum "
+        "(default 100, CLSI H20-A2); printed on the report. Without it such a signature is "
+        "refused (409); with no leukocyte counted it is refused whatever the reason.",
+    )
+
+
+class AmendSerializer(SignSerializer):
     reason = serializers.CharField(max_length=10_000, help_text="Why the report is amended.")
 
 
@@ -361,15 +408,17 @@ class ReportVersions(generics.ListAPIView[Report]):
 @extend_schema(
     tags=["reports"],
     summary="Sign the latest (preliminary) report: a pathologist's account only",
-    request=ReportEditSerializer,
+    request=SignSerializer,
     responses={200: ReportSerializer, **errors(400, 403, 404, 409)},
     description="403 for an account that may not sign (an integrator); 409 when the report is "
-    "signed already or cells are still unidentified.",
+    "signed already, cells are still unidentified, no leukocyte was counted, fewer "
+    "leukocytes than the lab's minimum were counted and no `below_minimum_reason` is given, "
+    "or the lab asks for every cell to be verified by a person and some were not.",
 )
 class SignReport(APIView):
     def post(self, request: Request, batch_id: int) -> Response:
         report = latest_of(request, batch_id)
-        serializer = ReportEditSerializer(data=request.data)
+        serializer = SignSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data: dict[str, Any] = serializer.validated_data
         try:
@@ -379,6 +428,7 @@ class SignReport(APIView):
                 comment=data.get("comment"),
                 morphology=data.get("morphology"),
                 wbc_count=data.get("wbc_count"),
+                below_minimum_reason=data.get("below_minimum_reason"),
             )
         except ServiceError as exc:
             raise Conflict(str(exc)) from exc
@@ -405,6 +455,7 @@ class AmendReport(APIView):
                 comment=data.get("comment"),
                 morphology=data.get("morphology"),
                 wbc_count=data.get("wbc_count"),
+                below_minimum_reason=data.get("below_minimum_reason"),
             )
         except ServiceError as exc:
             raise Conflict(str(exc)) from exc

@@ -26,12 +26,29 @@ class DifferentialRowSerializer(serializers.Serializer[Any]):
     group = serializers.CharField(help_text="wbc, erythroblast, other, unidentified, ...")
     count = serializers.IntegerField()
     percent = serializers.FloatField(
-        allow_null=True, help_text="% of leukocytes (per 100 WBC for erythroblasts)."
+        allow_null=True,
+        help_text="% of leukocytes (per 100 WBC for erythroblasts and smudge cells), rounded "
+        "on its own to one decimal (the column may add up to 99.9 or 100.1).",
     )
     absolute = serializers.FloatField(allow_null=True, help_text="x10^9/L, with a WBC count.")
     low = serializers.FloatField(allow_null=True, help_text="Reference range used for the flag.")
     high = serializers.FloatField(allow_null=True)
-    flag = serializers.CharField(allow_blank=True, help_text='"H", "L" or "".')
+    flag = serializers.CharField(
+        allow_blank=True, help_text='"H", "L" or "": decided on the unrounded value.'
+    )
+    ci_low = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        help_text="Exact binomial (Clopper-Pearson) 95% interval of `percent`, low end, % "
+        "(CLSI H20-A2, as Rümke's table); leukocyte rows with leukocytes counted.",
+    )
+    ci_high = serializers.FloatField(required=False, allow_null=True)
+    loinc = serializers.CharField(
+        required=False, allow_blank=True, help_text="LOINC code of the /100 leukocytes result."
+    )
+    critical = serializers.BooleanField(
+        required=False, help_text="A category the lab marks critical, counted."
+    )
 
 
 class FlagSerializer(serializers.Serializer[Any]):

@@ -310,6 +310,24 @@ def report_changed_on_commit(*, report_id: int) -> None:
     report_changed(report_id=report_id)
 
 
+def report_critical_on_commit(*, report_id: int) -> None:
+    """report.critical: a category the lab marks critical (blast) was counted, when a
+    preliminary report first becomes critical and when a critical report is signed or amended.
+    The body is report_changed's, with the critical findings; the rows are written now, in the
+    caller's transaction (the outbox), like every event's."""
+    from webportal.reports.models import Report
+
+    report = Report.objects.select_related(
+        "batch__case__lab", "batch__case__patient", "signed_by"
+    ).get(pk=report_id)
+    critical_results = [f["message"] for f in report.flags if f["code"] == "critical"]
+    emit(
+        lab=report.batch.case.lab,
+        event=WebhookEndpoint.Event.REPORT_CRITICAL,
+        data={"report": {**report_summary(report), "critical_results": critical_results}},
+    )
+
+
 # --- delivery -----------------------------------------------------------------------------
 
 

@@ -55,7 +55,10 @@ def field_detail(request: HttpRequest, image_id: int) -> HttpResponse:
             "batch": batch,
             "case": batch.case,
             "boxes": boxes,
-            "labels": batch.model_version.classes,
+            # The lab's vocabulary (a drawn cell may be a blast), "not classed" left out.
+            "labels": reviews.review_labels(model_version=batch.model_version, lab=batch.case.lab)[
+                :-1
+            ],
             "can_review": batch.status == Batch.Status.DONE,
         },
     )

@@ -29,9 +29,11 @@ from webportal.cases.selectors import PENDING, CellState, batch_cells
 from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
 from webportal.reports.models import Report
 from webportal.reports.services import latest_report
+from webportal.reports.wording import differential_context, threshold_text
 
-# Number keys 1-9 pick the first nine classes; 0 marks "not classed".
-MAX_NUMBERED = 9
+# Keys 1-9 pick the first nine categories of the lab's vocabulary, then the letters a-z the
+# next ones (the morphology categories the model lacks); 0 marks "not classed".
+KEYS = "123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def cells_visible_to(*, request: HttpRequest) -> QuerySet[Cell]:
@@ -54,23 +56,23 @@ def _groups(states: list[CellState], classes: list[str]) -> list[dict[str, Any]]
 
 
 def _choices(batch: Batch) -> list[dict[str, str]]:
-    labels = review_labels(model_version=batch.model_version)
+    labels = review_labels(model_version=batch.model_version, lab=batch.case.lab)
     choices = []
     for index, label in enumerate(labels[:-1]):
-        key = str(index + 1) if index < MAX_NUMBERED else ""
+        key = KEYS[index] if index < len(KEYS) else ""
         choices.append({"label": label, "key": key})
     choices.append({"label": NOT_CLASSED, "key": "0"})
     return choices
 
 
+SIGNED_HINT = (
+    "The report is signed: this change is not in it. Amend the report to issue it "
+    "(the amendment is counted from the cells' current classes)."
+)
+
+
 def _differential_context(report: Report | None) -> dict[str, Any]:
-    return {
-        "report": report,
-        "rows": report.differential if report else [],
-        "flags": report.flags if report else [],
-        "wbc_cells": report.wbc_cells if report else 0,
-        "show_absolute": bool(report and report.wbc_count is not None),
-    }
+    return differential_context(report)
 
 
 @require_GET
@@ -94,6 +96,7 @@ def review(request: HttpRequest, batch_id: int) -> HttpResponse:
             "cell_count": len(states),
             "choices": _choices(batch),
             "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "threshold": threshold_text(threshold),
             "unidentified": UNIDENTIFIED,
             **_differential_context(report),
         },
@@ -125,6 +128,7 @@ def reclassify(request: HttpRequest, batch_id: int) -> JsonResponse:
         {
             "label": reviews[0].label,
             "cells": [review.cell_id for review in reviews],
+            "hint": SIGNED_HINT if report is not None and report.is_signed else "",
             "differential": render_to_string(
                 "reports/_live_differential.html", _differential_context(report), request
             ),
@@ -144,7 +148,9 @@ def cell_detail(request: HttpRequest, cell_id: int) -> HttpResponse:
         except (PermissionDenied, services.ServiceError) as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(request, "Review saved.")
+            report = latest_report(batch=batch)
+            signed = report is not None and report.is_signed
+            messages.success(request, "Review saved." + (f" {SIGNED_HINT}" if signed else ""))
         return redirect("cases:cell", cell_id=cell.pk)
     state = batch_cells(batch=batch, cell_ids=[cell.pk])[0]
     prediction = Prediction.objects.filter(cell=cell, model_version=batch.model_version).first()

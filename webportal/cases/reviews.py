@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import QuerySet
 
-from webportal.accounts.models import Role
+from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import REVIEWERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event, record_events
@@ -26,8 +26,8 @@ from webportal.cases.selectors import (
     current_label,
 )
 from webportal.cases.services import ServiceError
-from webportal.reports.differential import NOT_CLASSED
-from webportal.reports.services import latest_report, refresh_preliminary_report
+from webportal.reports.services import latest_report, refresh_preliminary_report, vocabulary_for
+from webportal.reports.vocabulary import find_label, review_choices
 
 # The reads of cells and their current labels are selectors; named here too for callers.
 __all__ = [
@@ -49,20 +49,21 @@ def reviewer_roles(*, via_api: bool = False) -> frozenset[str]:
     return REVIEWERS
 
 
-def review_labels(*, model_version: ModelVersion) -> list[str]:
-    """What a reviewer may choose: the model's classes, then "not classed"."""
-    return [*model_version.classes, NOT_CLASSED]
+def review_labels(*, model_version: ModelVersion, lab: Lab) -> list[str]:
+    """What a reviewer may choose: the lab's vocabulary (the model's classes, the morphology
+    categories the model lacks, the lab's own; reports.vocabulary), then "not classed"."""
+    return review_choices(vocabulary_for(lab=lab, model_version=model_version))
 
 
-def _normalise_label(label: str, *, model_version: ModelVersion) -> str:
-    wanted = label.strip().lower()
-    for choice in review_labels(model_version=model_version):
-        if choice.lower() == wanted:
-            return choice
-    raise ServiceError(
-        f"{label!r} is not a class of model {model_version.name}; choose one of "
-        f"{', '.join(review_labels(model_version=model_version))}."
-    )
+def _normalise_label(label: str, *, model_version: ModelVersion, lab: Lab) -> str:
+    vocabulary = vocabulary_for(lab=lab, model_version=model_version)
+    found = find_label(label, vocabulary)
+    if found is None:
+        raise ServiceError(
+            f"{label!r} is not in the lab's cell vocabulary; choose one of "
+            f"{', '.join(review_choices(vocabulary))}."
+        )
+    return found
 
 
 def review_cells(
@@ -98,7 +99,7 @@ def review_cells(
                 f"The batch is {batch.get_status_display().lower()}: cells can be reviewed "
                 "once it is done."
             )
-        chosen = _normalise_label(label, model_version=batch.model_version)
+        chosen = _normalise_label(label, model_version=batch.model_version, lab=lab)
         report = latest_report(batch=batch)
         if report is not None and report.is_signed and role != Role.PATHOLOGIST:
             raise ServiceError(

@@ -17,8 +17,10 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from ml.agreement import cohen_kappa
 from webportal.accounts.models import Lab
 from webportal.cases.models import Batch, Cell, ModelVersion, Prediction, Review
-from webportal.reports.differential import NOT_CLASSED
+from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
 from webportal.reports.models import Report
+
+OTHER_CATEGORY = "other category"
 
 SIGNED_STATUSES = (Report.Status.FINAL, Report.Status.AMENDED)
 
@@ -104,7 +106,9 @@ def agreement(
         .values_list("predicted", "reviewed")
     )
     classes = list(model_version.classes)
-    columns = [*classes, NOT_CLASSED]
+    # A category of the lab's vocabulary the model lacks (blast, smudge cell, ...; issue 19):
+    # one column, counted as a change of the model's class, outside kappa (square matrix).
+    columns = [*classes, OTHER_CATEGORY, NOT_CLASSED]
     index = {label: i for i, label in enumerate(columns)}
     matrix = np.zeros((len(classes), len(columns)), dtype=np.int64)
     reviewed_cells = 0
@@ -112,6 +116,8 @@ def agreement(
         if reviewed is not None:
             reviewed_cells += 1
         final = reviewed if reviewed is not None else predicted
+        if final not in index and final != UNIDENTIFIED:
+            final = OTHER_CATEGORY
         if predicted in index and final in index:
             matrix[index[predicted], index[final]] += 1
     square = matrix[:, : len(classes)]
@@ -121,7 +127,7 @@ def agreement(
             label=label,
             predicted=int(matrix[i].sum()),
             kept=int(matrix[i, i]),
-            changed=int(square[i].sum() - matrix[i, i]),
+            changed=int(square[i].sum() - matrix[i, i] + matrix[i, len(classes)]),
             not_classed=int(matrix[i, -1]),
         )
         for i, label in enumerate(classes)

@@ -1,18 +1,25 @@
 """The differential as a lab reports it: pure arithmetic, no database.
 
-- Percentages are of leukocytes (WBC). Erythroblasts (nucleated red cells) are reported per
-  100 WBC, platelets apart; unidentified cells and cells marked "not classed" are outside the
-  denominator and shown apart.
-- Shown percentages are rounded to one decimal place by the largest-remainder method, so the
-  leukocyte percentages always add up to exactly 100.0.
+- The categories come from the lab's vocabulary (`webportal.reports.vocabulary`): the model's
+  classes plus morphology categories the model does not know (blast, band neutrophil, ...).
+- Percentages are of leukocytes (WBC). Erythroblasts (nucleated red cells) and smudge cells
+  are reported per 100 WBC, platelets apart; unidentified cells, artefacts and cells marked
+  "not classed" are outside the denominator and shown apart.
+- Each shown value is rounded on its own, half up, to one decimal (`shown`, the one rounding
+  function of every output: page, PDF, JSON, FHIR), so the leukocyte column may add up to 99.9
+  or 100.1; flags are decided on the exact, unrounded value (CLSI H20-A2 reports each class
+  as counted; forcing the column to 100.0 moved values across reference limits).
+- Each leukocyte percentage carries its exact binomial (Clopper-Pearson) 95 % confidence
+  interval, the interval Rümke's table gives (CLSI H20-A2, Reference leukocyte (WBC)
+  differential count).
 - With a WBC count (x10^9/L) each leukocyte class also gets an absolute count.
-- Flags: a class outside the lab's reference range, immature cells present, unidentified cells
-  left, too few leukocytes counted for a reliable differential.
+- Flags: a critical category found, a class outside the lab's reference range, immature cells
+  present, unidentified cells left, fewer leukocytes counted than the lab's minimum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
@@ -22,12 +29,16 @@ UNIDENTIFIED = "unidentified"
 NOT_CLASSED = "not classed"
 
 # Classes outside the leukocyte denominator, by name (case-insensitive; classes come from the
-# checkpoint, these are the names the shipped models use).
-PER_100_WBC = frozenset({"erythroblast"})
+# checkpoint, these are the names the shipped models use and the lab vocabulary's defaults).
+PER_100_WBC = frozenset({"erythroblast", "smudge cell"})
 APART = frozenset({"platelet"})
-IMMATURE = frozenset({"ig", "erythroblast"})
-# Under this many leukocytes a differential is statistically weak (the usual manual count is 100).
+NOT_COUNTED = frozenset({"artefact"})
+IMMATURE = frozenset({"ig", "erythroblast", "promyelocyte", "myelocyte", "metamyelocyte"})
+# The lab's minimum of leukocytes to sign without a stated reason, unless the lab sets its own
+# (CLSI H20-A2 takes 100 cells as the smallest routine count; 200 halves its imprecision).
 MIN_RELIABLE_WBC = 100
+# The confidence of the interval each percentage carries.
+CONFIDENCE = 0.95
 
 # Adult reference intervals, % of leukocytes. A lab replaces them with its own.
 DEFAULT_REFERENCE_RANGES: dict[str, tuple[float, float]] = {
@@ -45,7 +56,29 @@ class Group:
     PER_100_WBC = "per_100_wbc"
     APART = "apart"
     UNIDENTIFIED = "unidentified"
+    # Not in any count: "not classed" and the categories a lab counts nowhere (artefacts).
     NOT_CLASSED = "not_classed"
+
+
+# The groups a lab may give a category of its own (the others are the system's).
+CATEGORY_GROUPS = {
+    Group.WBC: "leukocyte (in the % denominator)",
+    Group.PER_100_WBC: "counted apart, per 100 leukocytes",
+    Group.APART: "counted apart",
+    Group.NOT_CLASSED: "not counted (artefact / not a cell)",
+}
+
+
+@dataclass(frozen=True)
+class Category:
+    """One label a reviewer may give a cell (webportal.reports.vocabulary builds the list)."""
+
+    label: str
+    group: str = Group.WBC
+    loinc: str = ""  # LOINC code of the "/100 leukocytes" result, "" where none
+    loinc_display: str = ""
+    critical: bool = False  # found at all, the report is critical
+    in_model: bool = False  # one of the model's classes (the only ones it is ever taught)
 
 
 @dataclass(frozen=True)
@@ -59,11 +92,16 @@ class Row:
     low: float | None = None  # the reference range used for the flag
     high: float | None = None
     flag: str = ""  # "H", "L" or ""
+    # The percentage's exact binomial 95 % interval (leukocyte rows with leukocytes counted).
+    ci_low: float | None = None
+    ci_high: float | None = None
+    loinc: str = ""
+    critical: bool = False  # a critical category with cells counted
 
 
 @dataclass(frozen=True)
 class Flag:
-    code: str  # out_of_range | immature | unidentified | low_count
+    code: str  # critical | out_of_range | immature | unidentified | low_count | no_leukocytes
     message: str
 
 
@@ -82,6 +120,10 @@ class Differential:
         found = self.row(UNIDENTIFIED)
         return found.count if found else 0
 
+    @property
+    def critical(self) -> bool:
+        return any(row.critical for row in self.rows)
+
     def rows_json(self) -> list[dict[str, Any]]:
         return [asdict(row) for row in self.rows]
 
@@ -93,7 +135,7 @@ def group_of(label: str) -> str:
     name = label.lower()
     if name == UNIDENTIFIED:
         return Group.UNIDENTIFIED
-    if name == NOT_CLASSED:
+    if name == NOT_CLASSED or name in NOT_COUNTED:
         return Group.NOT_CLASSED
     if name in PER_100_WBC:
         return Group.PER_100_WBC
@@ -102,12 +144,38 @@ def group_of(label: str) -> str:
     return Group.WBC
 
 
+def shown(value: Fraction | Decimal | float | int, places: int = 1) -> float:
+    """The one rounding of every shown number (page, PDF, JSON, FHIR): half up, `places`
+    decimals, each value on its own. 11/27 = 40.74 % is 40.7; 3/146 = 2.05 % is 2.1."""
+    exact = value if isinstance(value, Fraction) else Fraction(Decimal(str(value)))
+    decimal = Decimal(exact.numerator) / Decimal(exact.denominator)
+    return float(decimal.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
+def shown_total(percents: Iterable[float | None]) -> float:
+    """The sum of values already shown (so it may read 99.9 or 100.1), itself shown."""
+    return shown(sum((Fraction(Decimal(str(p))) for p in percents if p is not None), Fraction(0)))
+
+
+def clopper_pearson(count: int, total: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact binomial interval of count/total (a proportion, 0-1): Clopper and Pearson's,
+    which Rümke's table for the differential count tabulates (CLSI H20-A2). The beta
+    quantiles come from SciPy's inverse regularized incomplete beta function."""
+    from scipy.special import betaincinv
+
+    if total <= 0 or not 0 <= count <= total:
+        raise ValueError(f"No interval for {count} of {total}.")
+    alpha = 1 - confidence
+    low = 0.0 if count == 0 else float(betaincinv(count, total - count + 1, alpha / 2))
+    high = 1.0 if count == total else float(betaincinv(count + 1, total - count, 1 - alpha / 2))
+    return low, high
+
+
 def largest_remainder(counts: Sequence[int], *, decimals: int = 1) -> list[float]:
     """Percentages of sum(counts) with `decimals` places that add up to exactly 100.
 
-    Each share gets its rounded-down value; the units left go to the largest remainders
-    (ties: the larger count, then the earlier class), so 1/16 shows as 6.3 or 6.2 as the
-    total needs, never 6.25 or a column summing to 99.9.
+    No longer how reports round (each value is rounded on its own, `shown`); kept for the
+    migration that filled in the reports written before (reports/migrations/0002).
     """
     total = sum(counts)
     if total == 0:
@@ -124,48 +192,66 @@ def largest_remainder(counts: Sequence[int], *, decimals: int = 1) -> list[float
     return [floor / 10**decimals for floor in floors]
 
 
-def _round(value: Fraction, places: str) -> float:
-    exact = Decimal(value.numerator) / Decimal(value.denominator)
-    return float(exact.quantize(Decimal(places), rounding=ROUND_HALF_UP))
+def _categories(classes: Sequence[str], categories: Sequence[Category]) -> list[Category]:
+    """The vocabulary to count by: `categories` when given, else the model's classes alone."""
+    if categories:
+        return list(categories)
+    return [Category(label, group_of(label), in_model=True) for label in classes]
 
 
 def build_differential(
     *,
-    classes: Sequence[str],
+    classes: Sequence[str] = (),
     counts: Mapping[str, int],
+    categories: Sequence[Category] = (),
     wbc_count: Decimal | None = None,
     reference_ranges: Mapping[str, tuple[float, float]] | None = None,
     min_reliable_wbc: int = MIN_RELIABLE_WBC,
 ) -> Differential:
-    """The differential of `counts` (current label -> cells) for a model with `classes`."""
+    """The differential of `counts` (current label -> cells) by `categories` (the lab's
+    vocabulary: webportal.reports.vocabulary), or by the model's `classes` alone.
+
+    The model's classes always have a row; a category of the lab's own has one when cells were
+    given it.
+    """
     ranges = {
         label.lower(): bounds
         for label, bounds in (
             DEFAULT_REFERENCE_RANGES if reference_ranges is None else reference_ranges
         ).items()
     }
-    wbc_labels = [label for label in classes if group_of(label) == Group.WBC]
-    wbc_counts = [counts.get(label, 0) for label in wbc_labels]
-    wbc_cells = sum(wbc_counts)
-    percents = dict(zip(wbc_labels, largest_remainder(wbc_counts), strict=True))
+    vocabulary = [
+        category
+        for category in _categories(classes, categories)
+        if category.in_model or counts.get(category.label, 0)
+    ]
+    wbc_cells = sum(counts.get(c.label, 0) for c in vocabulary if c.group == Group.WBC)
 
     rows: list[Row] = []
     flags: list[Flag] = []
-    for label in classes:
+    critical: list[str] = []
+    for category in vocabulary:
+        label, group = category.label, category.group
         count = counts.get(label, 0)
-        group = group_of(label)
+        is_critical = category.critical and count > 0
         if group == Group.WBC:
-            percent = percents[label]
+            exact = Fraction(100 * count, wbc_cells) if wbc_cells else None
+            percent = shown(exact) if exact is not None else 0.0
+            ci_low = ci_high = None
+            if wbc_cells:
+                low_p, high_p = clopper_pearson(count, wbc_cells)
+                ci_low, ci_high = shown(100 * low_p), shown(100 * high_p)
             absolute = (
-                _round(Fraction(wbc_count) * count / wbc_cells, "0.01")
+                shown(Fraction(wbc_count) * count / wbc_cells, 2)
                 if wbc_count is not None and wbc_cells
                 else None
             )
             low, high = ranges.get(label.lower(), (None, None))
             flag = ""
-            if wbc_cells and high is not None and percent > high:
+            # Decided on the exact value: 3 of 146 basophils (2.05 %) is above 0-2 %.
+            if exact is not None and high is not None and exact > Fraction(str(high)):
                 flag = "H"
-            elif wbc_cells and low is not None and percent < low:
+            elif exact is not None and low is not None and exact < Fraction(str(low)):
                 flag = "L"
             if flag:
                 side = "above" if flag == "H" else "below"
@@ -175,21 +261,34 @@ def build_differential(
                         f"{label} {percent:.1f}% is {side} the reference range {low:g}-{high:g}%.",
                     )
                 )
-            rows.append(Row(label, group, count, percent, absolute, low, high, flag))
+            if is_critical:
+                critical.append(f"{label} {count} ({percent:.1f}% of leukocytes)")
+            rows.append(
+                Row(label, group, count, percent, absolute, low, high, flag, ci_low, ci_high,
+                    category.loinc, is_critical)
+            )  # fmt: skip
         elif group == Group.PER_100_WBC:
-            per_100 = _round(Fraction(100 * count, wbc_cells), "0.1") if wbc_cells else None
-            rows.append(Row(label, group, count, per_100))
+            per_100 = shown(Fraction(100 * count, wbc_cells)) if wbc_cells else None
+            if is_critical:
+                critical.append(f"{label} {count}")
+            rows.append(Row(label, group, count, per_100, loinc=category.loinc,
+                            critical=is_critical))  # fmt: skip
         else:
-            rows.append(Row(label, group, count, None))
+            if is_critical:
+                critical.append(f"{label} {count}")
+            rows.append(Row(label, group, count, None, loinc=category.loinc,
+                            critical=is_critical))  # fmt: skip
     unidentified = counts.get(UNIDENTIFIED, 0)
     not_classed = counts.get(NOT_CLASSED, 0)
     rows.append(Row(UNIDENTIFIED, Group.UNIDENTIFIED, unidentified, None))
     rows.append(Row(NOT_CLASSED, Group.NOT_CLASSED, not_classed, None))
 
+    if critical:
+        flags.insert(0, Flag("critical", f"CRITICAL RESULT: {', '.join(critical)}."))
     immature = [
-        f"{label} {counts.get(label, 0)}"
-        for label in classes
-        if label.lower() in IMMATURE and counts.get(label, 0)
+        f"{c.label} {counts.get(c.label, 0)}"
+        for c in vocabulary
+        if c.label.lower() in IMMATURE and counts.get(c.label, 0)
     ]
     if immature:
         flags.append(Flag("immature", f"Immature cells present: {', '.join(immature)}."))
@@ -201,12 +300,17 @@ def build_differential(
                 "review before signing.",
             )
         )
-    if wbc_cells < min_reliable_wbc:
+    if wbc_cells == 0:
+        flags.append(
+            Flag("no_leukocytes", "No leukocyte counted: there is no differential to report.")
+        )
+    elif wbc_cells < min_reliable_wbc:
         flags.append(
             Flag(
                 "low_count",
                 f"Only {wbc_cells} leukocyte{'s' if wbc_cells != 1 else ''} counted (under "
-                f"{min_reliable_wbc}): too few for a reliable differential.",
+                f"{min_reliable_wbc}): too few for a reliable differential; see each "
+                "percentage's 95% interval.",
             )
         )
     total = sum(row.count for row in rows if row.group != Group.NOT_CLASSED)

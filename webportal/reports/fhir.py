@@ -187,9 +187,7 @@ def _specimen(doc: ResultDocument, refs: dict[str, str]) -> dict[str, Any]:
 
 
 def _conclusion(doc: ResultDocument) -> str:
-    parts = [doc.conclusion]
-    if doc.critical:
-        parts.insert(0, "CRITICAL RESULT.")
+    parts = [doc.conclusion]  # a critical report's begins with its critical findings
     if doc.comment:
         parts.append(f"Comment: {doc.comment}")
     if doc.morphology:

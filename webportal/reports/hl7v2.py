@@ -170,7 +170,6 @@ def oru_r01(
             else "",
             "RE",
         ),
-        ("CRITICAL RESULT" if document.critical else "", "RE"),
         (document.conclusion, "RE"),
     ]
     for set_id, (text, kind) in enumerate((n for n in notes if n[0]), start=1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 
 
 class Report(models.Model):
@@ -41,6 +42,15 @@ class Report(models.Model):
     comment = models.TextField(blank=True)
     morphology = models.TextField("morphology remarks", blank=True)
     amendment_reason = models.TextField(blank=True)
+    # Why it was signed with fewer leukocytes than the lab's minimum (printed on the report).
+    below_minimum_reason = models.TextField(blank=True)
+    # A category the lab marks critical (blast by default) was counted (reports.vocabulary).
+    critical = models.BooleanField(default=False)
+    # Of the cells counted: how many a person's latest review labelled, and how many the model
+    # labelled above its threshold with no review (selectors.current_label). None: a version
+    # written before these were counted (not recorded: never shown as verified).
+    person_verified_cells = models.PositiveIntegerField(null=True, blank=True)
+    model_accepted_cells = models.PositiveIntegerField(null=True, blank=True)
     signed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -72,6 +82,27 @@ class Report(models.Model):
     def status_label(self) -> str:
         return "superseded" if self.is_superseded else self.get_status_display().lower()
 
+    @property
+    def labelled_cells(self) -> int:
+        """Cells with a label (a class, a category, or not classed): all but unidentified."""
+        return sum(int(row["count"]) for row in self.differential if row["label"] != "unidentified")
+
+    @property
+    def fully_verified(self) -> bool:
+        """Every labelled cell's label is a person's (none accepted by the model alone)."""
+        return (
+            self.person_verified_cells is not None
+            and 0 < self.labelled_cells == self.person_verified_cells
+        )
+
+    @property
+    def percent_total(self) -> float:
+        """The leukocyte column as shown (each value rounded on its own: 99.9 to 100.1)."""
+        from webportal.reports.differential import Group, shown_total
+
+        return shown_total(row["percent"] for row in self.differential
+                           if row.get("group") == Group.WBC)  # fmt: skip
+
 
 class ReferenceRange(models.Model):
     """A lab's reference interval for one class, % of leukocytes; absent classes use the adult
@@ -95,3 +126,52 @@ class ReferenceRange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} {self.low_percent:g}-{self.high_percent:g}% ({self.lab_id})"
+
+
+class CellCategory(models.Model):
+    """A category of a lab's cell vocabulary (reports.vocabulary): one the lab added beside the
+    model's classes and the defaults, or its critical mark on one of those."""
+
+    class Group(models.TextChoices):
+        WBC = "wbc", "Leukocyte (in the % denominator)"
+        PER_100_WBC = "per_100_wbc", "Counted apart, per 100 leukocytes"
+        APART = "apart", "Counted apart"
+        NOT_COUNTED = "not_classed", "Not counted (artefact / not a cell)"
+
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="+")
+    label = models.CharField(max_length=100)
+    group = models.CharField(max_length=12, choices=Group.choices, default=Group.WBC)
+    loinc = models.CharField("LOINC code (/100 leukocytes)", max_length=10, blank=True)
+    critical = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                "lab", Lower("label"), name="one_cell_category_per_label_and_lab"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.lab_id})"
+
+
+class ReportPolicy(models.Model):
+    """A lab's rules for signing (lab admins): the minimum of leukocytes (CLSI H20-A2: 100),
+    and whether every cell must be verified by a person first (ICSH review and
+    recommendations on digital morphology analysers, Kratz et al. 2019, doi:10.1111/ijlh.13042:
+    a skilled morphologist remains essential to verify the pre-classification)."""
+
+    lab = models.OneToOneField("accounts.Lab", on_delete=models.CASCADE, related_name="+")
+    min_leukocytes = models.PositiveIntegerField(
+        "minimum of leukocytes to sign", default=100, validators=[MinValueValidator(1)]
+    )
+    every_cell_verified = models.BooleanField(
+        "every cell verified by a person before signing", default=False
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Report policy of lab {self.lab_id}"

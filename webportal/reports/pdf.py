@@ -20,12 +20,9 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from webportal.cases.batch_check import BatchCheckSummary, describe
+from webportal.reports import wording
 from webportal.reports.models import Report
 
-DECISION_SUPPORT = (
-    "Decision support: the cell classes were proposed by an automated classifier and verified "
-    "by a qualified person before this report was signed. It is not an unattended diagnosis."
-)
 NOT_VERIFIED = (
     "PRELIMINARY: not yet verified and signed by a pathologist. Machine counts for decision "
     "support only; not for clinical use."
@@ -98,6 +95,10 @@ def render_report_pdf(*, report: Report) -> bytes:
     heading = ParagraphStyle("h", parent=styles["Heading2"], fontName=bold, fontSize=12)
     title = ParagraphStyle("t", parent=styles["Title"], fontName=bold, fontSize=16, alignment=0)
     banner = ParagraphStyle("b", parent=body, fontName=bold, textColor=ACCENT)
+    critical_banner = ParagraphStyle(
+        "c", parent=banner, fontSize=11, leading=14, textColor=colors.white,
+        backColor=colors.HexColor("#9b1c1c"), borderPadding=4, spaceBefore=4, spaceAfter=6,
+    )  # fmt: skip
 
     batch = report.batch
     case = batch.case
@@ -117,7 +118,8 @@ def render_report_pdf(*, report: Report) -> bytes:
                     "Report",
                     f"version {report.version}, {status}",
                     "Model",
-                    report.model_version.name,
+                    f"{report.model_version.name} (threshold "
+                    f"{wording.threshold_text(report.model_version.threshold)})",
                 ],
                 ["Signed by", _person(report.signed_by), "Signed at", _when(report.signed_at)],
                 [
@@ -151,6 +153,16 @@ def render_report_pdf(*, report: Report) -> bytes:
         )
     if not report.is_signed:
         story.append(Paragraph(NOT_VERIFIED, banner))
+    if report.critical:
+        story.append(
+            Paragraph(
+                escape(" ".join(wording.critical_messages(report))),
+                critical_banner,
+            )
+        )
+    story.append(Paragraph(escape(f"Verification: {wording.verification_line(report)}"), body))
+    if report.below_minimum_reason:
+        story.append(Paragraph(escape(wording.below_minimum_line(report)), banner))
     if check is not None and check.flagged:
         story += [
             Spacer(1, 2 * mm),
@@ -158,7 +170,7 @@ def render_report_pdf(*, report: Report) -> bytes:
             Paragraph(escape(f"{check.explanation} {check.figures}"), body),
         ]
 
-    header = ["Class", "Count", "% WBC", "Reference %", "Flag"] + (
+    header = ["Class", "Count", "% WBC", "95% CI", "Reference %", "Flag"] + (
         ["x10^9/L"] if show_absolute else []
     )
     table: list[list[str]] = [header]
@@ -166,11 +178,18 @@ def render_report_pdf(*, report: Report) -> bytes:
         if row["group"] != "wbc":
             continue
         reference = f"{row['low']:g}-{row['high']:g}" if row.get("high") is not None else ""
-        line = [row["label"], str(row["count"]), f"{row['percent']:.1f}", reference, row["flag"]]
+        ci = (
+            f"{row['ci_low']:.1f}-{row['ci_high']:.1f}"
+            if row.get("ci_low") is not None and row.get("ci_high") is not None
+            else ""
+        )
+        label = f"{row['label']} (CRITICAL)" if row.get("critical") else row["label"]
+        line = [label, str(row["count"]), f"{row['percent']:.1f}", ci, reference, row["flag"]]
         if show_absolute:
             line.append("" if row["absolute"] is None else f"{row['absolute']:.2f}")
         table.append(line)
-    table.append(["Leukocytes counted", str(report.wbc_cells), "100.0" if report.wbc_cells else ""]
+    total = f"{report.percent_total:.1f}" if report.wbc_cells else ""
+    table.append(["Leukocytes counted", str(report.wbc_cells), total]
                  + [""] * (len(header) - 3))  # fmt: skip
     notes = {
         "per_100_wbc": "per 100 WBC",
@@ -193,8 +212,8 @@ def render_report_pdf(*, report: Report) -> bytes:
         Table(
             table,
             hAlign="LEFT",
-            colWidths=[40 * mm, 18 * mm, 30 * mm, 26 * mm, 12 * mm]
-            + ([22 * mm] if show_absolute else []),
+            colWidths=[44 * mm, 15 * mm, 24 * mm, 24 * mm, 24 * mm, 10 * mm]
+            + ([20 * mm] if show_absolute else []),
             style=TableStyle(
                 [
                     ("FONT", (0, 0), (-1, -1), font, 9),
@@ -202,14 +221,19 @@ def render_report_pdf(*, report: Report) -> bytes:
                     ("FONT", (0, wbc_rows + 1), (-1, wbc_rows + 1), bold, 9),
                     ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
                     ("LINEABOVE", (0, wbc_rows + 1), (-1, wbc_rows + 1), 0.6, colors.black),
-                    ("ALIGN", (1, 0), (2, -1), "RIGHT"),
-                    ("ALIGN", (5, 0), (5, -1), "RIGHT"),
+                    ("ALIGN", (1, 0), (3, -1), "RIGHT"),
+                    ("ALIGN", (6, 0), (6, -1), "RIGHT"),
                     ("TEXTCOLOR", (0, wbc_rows + 2), (-1, -1), colors.HexColor("#444444")),
                     ("ALIGN", (2, wbc_rows + 2), (-1, -1), "LEFT"),
                 ]
                 # Rows outside the % of WBC: each one's note spans the remaining columns.
                 + [("SPAN", (2, r), (-1, r)) for r in range(wbc_rows + 2, len(table))]
             ),
+        ),
+        *(
+            [Paragraph(escape(f"{wording.ROUNDING_NOTE} {wording.INTERVAL_NOTE}"), small)]
+            if report.wbc_cells
+            else []
         ),
         Spacer(1, 3 * mm),
         _chart(report.differential, font),
@@ -229,7 +253,7 @@ def render_report_pdf(*, report: Report) -> bytes:
                 Paragraph(label, heading),
                 Paragraph(escape(text).replace("\n", "<br/>"), body),
             ]
-    story += [Spacer(1, 6 * mm), Paragraph(DECISION_SUPPORT, small)]
+    story += [Spacer(1, 6 * mm), Paragraph(escape(wording.decision_support(report)), small)]
 
     buffer = io.BytesIO()
     document = SimpleDocTemplate(

@@ -13,26 +13,18 @@ from datetime import date, datetime
 from typing import Any
 
 from webportal.cases.batch_check import FLAG_CODE
+from webportal.reports import wording
 from webportal.reports.differential import group_of
 from webportal.reports.models import Report
+from webportal.reports.vocabulary import loinc_of
 
 PANEL = ("24318-8", "Manual Differential panel - Blood")
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
-# Class key -> (LOINC code, long common name), members of panel 24318-8 (loinc.org/24318-8):
-# "/100 leukocytes" terms for the % of leukocytes and "[#/volume]" terms for absolute counts.
-# The panel's members carry no method, which is right for a count made by eye on a smear
-# (the automated-count terms, such as NRBC 58413-6, are for analysers).
-PERCENT_LOINC: dict[str, tuple[str, str]] = {
-    "neutrophil": ("26511-6", "Neutrophils/100 leukocytes in Blood"),
-    "lymphocyte": ("26478-8", "Lymphocytes/100 leukocytes in Blood"),
-    "monocyte": ("26485-3", "Monocytes/100 leukocytes in Blood"),
-    "eosinophil": ("26450-7", "Eosinophils/100 leukocytes in Blood"),
-    "basophil": ("30180-4", "Basophils/100 leukocytes in Blood"),
-    "blast": ("26446-5", "Blasts/100 leukocytes in Blood"),
-    "ig": ("38518-7", "Immature granulocytes/100 leukocytes in Blood"),
-}
+# The "/100 leukocytes" terms (% of leukocytes, and per 100 leukocytes for the cells counted
+# beside them) are the lab vocabulary's (webportal.reports.vocabulary.PERCENT_LOINC, members
+# of panel 24318-8). The absolute counts' "[#/volume]" terms of the same panel:
 ABSOLUTE_LOINC: dict[str, tuple[str, str]] = {
     "neutrophil": ("26499-4", "Neutrophils [#/volume] in Blood"),
     "lymphocyte": ("26474-7", "Lymphocytes [#/volume] in Blood"),
@@ -40,11 +32,13 @@ ABSOLUTE_LOINC: dict[str, tuple[str, str]] = {
     "eosinophil": ("26449-9", "Eosinophils [#/volume] in Blood"),
     "basophil": ("26444-0", "Basophils [#/volume] in Blood"),
     "blast": ("30376-8", "Blasts [#/volume] in Blood"),
-}
-# Nucleated red cells are counted per 100 leukocytes, not in them (methodless term 19048-8;
-# LOINC's own mapping guidance keeps 58413-6 for analysers).
-PER_100_WBC_LOINC: dict[str, tuple[str, str]] = {
-    "erythroblast": ("19048-8", "Nucleated erythrocytes/100 leukocytes in Blood"),
+    "promyelocyte": ("26523-1", "Promyelocytes [#/volume] in Blood"),
+    "myelocyte": ("30446-9", "Myelocytes [#/volume] in Blood"),
+    "metamyelocyte": ("30433-7", "Metamyelocytes [#/volume] in Blood"),
+    "band-neutrophil": ("26507-4", "Band form neutrophils [#/volume] in Blood"),
+    "variant-lymphocyte": ("26477-0", "Variant lymphocytes [#/volume] in Blood"),
+    "plasma-cell": ("30458-4", "Plasma cells [#/volume] in Blood"),
+    "ig": ("53115-2", "Immature granulocytes [#/volume] in Blood"),
 }
 WBC_LOINC = ("26464-8", "Leukocytes [#/volume] in Blood")
 
@@ -192,17 +186,23 @@ def _specimen(report: Report) -> SpecimenInfo:
     )
 
 
+def _percent_loinc(row: dict[str, Any]) -> tuple[str, str] | None:
+    """The row's "/100 leukocytes" LOINC term, from the vocabulary (the row keeps the code)."""
+    code, display = loinc_of(str(row["label"]))
+    if row.get("loinc") and row["loinc"] != code:
+        code, display = str(row["loinc"]), str(row["label"])
+    return (code, display) if code else None
+
+
 def _results(report: Report) -> list[Result]:
     rows: list[dict[str, Any]] = list(report.differential)
-    critical_labels = {str(label).lower() for label in getattr(report, "critical_labels", [])}
     results: list[Result] = []
     for row in rows:
         key = class_key(str(row["label"]))
         group = row.get("group") or group_of(str(row["label"]))
         count = int(row["count"])
-        critical = bool(row.get("critical")) or str(row["label"]).lower() in critical_labels
+        critical = bool(row.get("critical"))
         if group == "wbc":
-            loinc = row.get("loinc") or PERCENT_LOINC.get(key)
             results.append(
                 Result(
                     id=f"percent-{key}",
@@ -210,7 +210,7 @@ def _results(report: Report) -> list[Result]:
                     label=str(row["label"]),
                     kind=Kind.PERCENT,
                     value=float(row["percent"]),
-                    loinc=(str(loinc[0]), str(loinc[1])) if loinc else None,
+                    loinc=_percent_loinc(row),
                     low=row.get("low"),
                     high=row.get("high"),
                     flag=str(row.get("flag") or ""),
@@ -245,7 +245,7 @@ def _results(report: Report) -> list[Result]:
                     label=str(row["label"]),
                     kind=Kind.PER_100_WBC,
                     value=float(row["percent"]),
-                    loinc=PER_100_WBC_LOINC.get(key),
+                    loinc=_percent_loinc(row),
                     count=count,
                 )
             )
@@ -265,32 +265,33 @@ def _results(report: Report) -> list[Result]:
 
 
 def conclusion_of(report: Report, results: list[Result]) -> str:
-    """One paragraph true to the report's status: a preliminary report is decision support
-    not yet verified; a signed one names who verified it."""
-    model = report.model_version.name
+    """One paragraph true to the report's status: the critical findings first; a preliminary
+    report says it is not verified; who verified what (wording.verification_line); the batch
+    guard's flag; cells left unclassed."""
+    parts = wording.critical_messages(report)
     if report.status == Report.Status.PRELIMINARY:
-        text = (
-            f"PRELIMINARY, NOT VERIFIED: automated differential of {report.total_cells} cells "
-            f"(model {model}), to be reviewed and signed by a qualified person."
+        parts.append(
+            f"PRELIMINARY, NOT VERIFIED: automated differential of {report.total_cells} cells, "
+            "to be reviewed and signed by a qualified person."
         )
     else:
         signer = report.signed_by
         who = (signer.get_full_name() or signer.get_username()) if signer else "a pathologist"
         verb = "Amended" if report.status == Report.Status.AMENDED else "Signed"
-        text = (
-            f"{verb} by {who}: differential of {report.total_cells} cells, classes proposed by "
-            f"model {model} and reviewed before signing."
-        )
+        parts.append(f"{verb} by {who}: differential of {report.total_cells} cells.")
+    parts.append(wording.verification_line(report))
+    if below := wording.below_minimum_line(report):
+        parts.append(below)
     unlike = next((f["message"] for f in report.flags if f["code"] == FLAG_CODE), None)
     if unlike:
-        text += f" {unlike}"
+        parts.append(unlike)
     unidentified = next((r.count for r in results if r.key == "unidentified"), 0) or 0
     if unidentified:
         why = "not auto-accepted" if unlike else "below the confidence threshold"
-        text += f" {unidentified} cell(s) {why} are not classed."
+        parts.append(f"{unidentified} cell(s) {why} are not classed.")
     if report.status == Report.Status.AMENDED and report.amendment_reason:
-        text += f" Amendment: {report.amendment_reason}"
-    return text
+        parts.append(f"Amendment: {report.amendment_reason}")
+    return " ".join(parts)
 
 
 def result_document(*, report: Report) -> ResultDocument:
@@ -337,8 +338,7 @@ def result_document(*, report: Report) -> ResultDocument:
         replaces_issued=(replaced.signed_at or replaced.created_at) if replaced else None,
         superseded=report.is_superseded,
         conclusion=conclusion_of(report, results),
-        critical=any(result.critical for result in results)
-        or any(flag.get("code") == "critical" for flag in report.flags),
+        critical=report.critical,
         results=results,
         flags=list(report.flags),
     )

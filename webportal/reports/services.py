@@ -6,7 +6,8 @@ Every write is in one transaction with its audit event. Roles are checked here.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -21,17 +22,22 @@ from webportal.api import lis, webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases import batch_check
-from webportal.cases.models import Batch
-from webportal.cases.selectors import current_counts
+from webportal.cases.models import Batch, ModelVersion
+from webportal.cases.selectors import PENDING, CellState, batch_cells
 from webportal.cases.services import ServiceError
 from webportal.reports.differential import (
+    CATEGORY_GROUPS,
     DEFAULT_REFERENCE_RANGES,
+    MIN_RELIABLE_WBC,
+    NOT_CLASSED,
     UNIDENTIFIED,
+    Category,
     Differential,
     Flag,
     build_differential,
 )
-from webportal.reports.models import ReferenceRange, Report
+from webportal.reports.models import CellCategory, ReferenceRange, Report, ReportPolicy
+from webportal.reports.vocabulary import build_vocabulary, class_key
 
 __all__ = ["UNIDENTIFIED"]
 
@@ -83,29 +89,179 @@ def set_reference_range(
     return reference
 
 
+# --- the lab's vocabulary and signing policy ------------------------------------------------
+
+CATEGORY_ADDED = "cell_category.added"  # audit actions
+CATEGORY_CHANGED = "cell_category.changed"
+POLICY_CHANGED = "report_policy.changed"
+
+
+def lab_categories(*, lab: Lab) -> list[Category]:
+    """The categories a lab admin added, and the lab's critical marks (CellCategory rows)."""
+    return [
+        Category(row.label, row.group, loinc=row.loinc, critical=row.critical)
+        for row in CellCategory.objects.filter(lab=lab).order_by("id")
+    ]
+
+
+def vocabulary_for(*, lab: Lab, model_version: ModelVersion) -> list[Category]:
+    """What a reviewer of this lab may call a cell of a batch classified by `model_version`."""
+    return build_vocabulary(classes=model_version.classes, lab_categories=lab_categories(lab=lab))
+
+
+def policy_for(*, lab: Lab) -> ReportPolicy:
+    """The lab's signing rules; the defaults (100 leukocytes, no full verification) when it
+    has set none."""
+    return ReportPolicy.objects.filter(lab=lab).first() or ReportPolicy(
+        lab=lab, min_leukocytes=MIN_RELIABLE_WBC
+    )
+
+
+def add_category(
+    *, actor: User, lab: Lab, label: str, group: str, loinc: str = "", critical: bool = False
+) -> CellCategory:
+    """A category of the lab's own (lab admins), audited; a label the vocabulary has already
+    is refused (mark it critical instead)."""
+    require_role(user=actor, lab=lab, allowed=LAB_ADMINS, action="change the cell vocabulary")
+    label = " ".join(label.split()).lower()
+    loinc = loinc.strip()
+    if not label or len(label) > 100:
+        raise ServiceError("Name the category (at most 100 characters).")
+    if class_key(label) in {class_key(UNIDENTIFIED), class_key(NOT_CLASSED), "pending"}:
+        raise ServiceError(f"{label!r} is a word the system keeps for itself.")
+    if group not in CATEGORY_GROUPS:
+        raise ServiceError(f"Choose the group: one of {', '.join(CATEGORY_GROUPS)}.")
+    if loinc and not (loinc.replace("-", "").isdigit() and loinc.count("-") == 1):
+        raise ServiceError("A LOINC code reads like 26446-5.")
+    with transaction.atomic():
+        model = lab.active_model or ModelVersion.objects.filter(lab=None).order_by("-id").first()
+        known = build_vocabulary(
+            classes=model.classes if model else [], lab_categories=lab_categories(lab=lab)
+        )
+        if any(class_key(c.label) == class_key(label) for c in known):
+            raise ServiceError(f"The vocabulary has {label!r} already.")
+        category = CellCategory.objects.create(
+            lab=lab, label=label, group=group, loinc=loinc, critical=critical
+        )
+        record_event(
+            lab=lab, actor=actor, action=CATEGORY_ADDED, obj=category,
+            after={"label": label, "group": group, "loinc": loinc, "critical": critical},
+        )  # fmt: skip
+    return category
+
+
+def set_critical(*, actor: User, lab: Lab, category: Category, critical: bool) -> None:
+    """Mark a category of the lab's vocabulary critical, or not (lab admins), audited."""
+    require_role(user=actor, lab=lab, allowed=LAB_ADMINS, action="change the cell vocabulary")
+    with transaction.atomic():
+        row = (
+            CellCategory.objects.select_for_update()
+            .filter(lab=lab, label__iexact=category.label)
+            .first()
+        )
+        before = category.critical
+        if row is None:
+            row = CellCategory.objects.create(
+                lab=lab, label=category.label, group=category.group, loinc=category.loinc,
+                critical=critical,
+            )  # fmt: skip
+        else:
+            row.critical = critical
+            row.save(update_fields=["critical", "updated_at"])
+        record_event(
+            lab=lab, actor=actor, action=CATEGORY_CHANGED, obj=row,
+            before={"label": row.label, "critical": before},
+            after={"label": row.label, "critical": critical},
+        )  # fmt: skip
+
+
+def set_policy(
+    *, actor: User, lab: Lab, min_leukocytes: int, every_cell_verified: bool
+) -> ReportPolicy:
+    """The lab's minimum of leukocytes to sign and its full-verification rule, audited."""
+    require_role(user=actor, lab=lab, allowed=LAB_ADMINS, action="change the signing rules")
+    if not 1 <= min_leukocytes <= 10_000:
+        raise ServiceError("The minimum is a number of leukocytes from 1 to 10000.")
+    with transaction.atomic():
+        old = policy_for(lab=lab)
+        before = {"min_leukocytes": old.min_leukocytes,
+                  "every_cell_verified": old.every_cell_verified}  # fmt: skip
+        policy, _ = ReportPolicy.objects.update_or_create(
+            lab=lab,
+            defaults={"min_leukocytes": min_leukocytes, "every_cell_verified": every_cell_verified},
+        )
+        record_event(
+            lab=lab, actor=actor, action=POLICY_CHANGED, obj=policy, before=before,
+            after={"min_leukocytes": min_leukocytes, "every_cell_verified": every_cell_verified},
+        )  # fmt: skip
+    return policy
+
+
 # --- the differential -----------------------------------------------------------------------
 
 
-def compute_differential(*, batch: Batch, wbc_count: Decimal | None = None) -> Differential:
-    """The batch's differential from the current labels of its cells (reviews included), with
-    the batch guard's flag first when it flagged the batch."""
+@dataclass(frozen=True)
+class Counted:
+    """A batch's differential and who decided its cells' labels."""
+
+    differential: Differential
+    # Cells whose latest review is a person's (staff or pathologist: REVIEWERS); cells the
+    # model labelled above its threshold with nobody's review; cells with a label at all.
+    person_verified: int
+    model_accepted: int
+    labelled: int
+
+
+def _verification(states: list[CellState]) -> tuple[int, int, int]:
+    person = model = labelled = 0
+    for state in states:
+        if state.current in {UNIDENTIFIED, PENDING}:
+            continue
+        labelled += 1
+        if state.reviewed is not None:
+            # Only a person's review verifies: an integrator (machine) account's does not.
+            person += state.reviewer_role in REVIEWERS
+        elif state.current == state.predicted:
+            model += 1
+    return person, model, labelled
+
+
+def count_batch(*, batch: Batch, wbc_count: Decimal | None = None) -> Counted:
+    """The batch's differential from the current labels of its cells (reviews included), by
+    the lab's vocabulary and minimum, with the batch guard's flag first when it flagged the
+    batch; and how many labels a person gave."""
+    lab = batch.case.lab
+    states = batch_cells(batch=batch)
+    counts = Counter(state.current for state in states)
+    counts.pop(PENDING, None)
     differential = build_differential(
-        classes=batch.model_version.classes,
-        counts=current_counts(batch=batch),
+        categories=vocabulary_for(lab=lab, model_version=batch.model_version),
+        counts=counts,
         wbc_count=wbc_count,
-        reference_ranges=reference_ranges_for(lab=batch.case.lab),
+        reference_ranges=reference_ranges_for(lab=lab),
+        min_reliable_wbc=policy_for(lab=lab).min_leukocytes,
     )
     unlike = batch_check.flag_message(batch)
-    if unlike is None:
-        return differential
-    return replace(differential, flags=[Flag(batch_check.FLAG_CODE, unlike), *differential.flags])
+    if unlike is not None:
+        flags = [Flag(batch_check.FLAG_CODE, unlike), *differential.flags]
+        differential = replace(differential, flags=flags)
+    person, model, labelled = _verification(states)
+    return Counted(differential, person, model, labelled)
 
 
-def _fill(report: Report, differential: Differential) -> None:
+def _fill(report: Report, counted: Counted) -> None:
+    differential = counted.differential
     report.differential = differential.rows_json()
     report.flags = differential.flags_json()
     report.total_cells = differential.total_cells
     report.wbc_cells = differential.wbc_cells
+    report.critical = differential.critical
+    report.person_verified_cells = counted.person_verified
+    report.model_accepted_cells = counted.model_accepted
+
+
+FILLED = ["differential", "flags", "total_cells", "wbc_cells", "critical",
+          "person_verified_cells", "model_accepted_cells"]  # fmt: skip
 
 
 def _snapshot(report: Report) -> dict[str, Any]:
@@ -118,6 +274,8 @@ def _snapshot(report: Report) -> dict[str, Any]:
         "comment": report.comment,
         "morphology": report.morphology,
         "flags": [flag["code"] for flag in report.flags],
+        "critical": report.critical,
+        "below_minimum_reason": report.below_minimum_reason,
     }
 
 
@@ -152,8 +310,10 @@ def write_preliminary_report(*, batch: Batch) -> Report:
             status=Report.Status.PRELIMINARY,
             model_version=batch.model_version,
         )
-        _fill(report, compute_differential(batch=batch))
+        _fill(report, count_batch(batch=batch))
         report.save()
+        if report.critical:
+            webhooks.report_critical_on_commit(report_id=report.pk)
         return report
 
 
@@ -168,10 +328,11 @@ def refresh_preliminary_report(*, batch: Batch) -> Report | None:
         )
         if report is None:
             return None
-        _fill(report, compute_differential(batch=batch, wbc_count=report.wbc_count))
-        report.save(
-            update_fields=["differential", "flags", "total_cells", "wbc_cells", "updated_at"]
-        )
+        was_critical = report.critical
+        _fill(report, count_batch(batch=batch, wbc_count=report.wbc_count))
+        report.save(update_fields=[*FILLED, "updated_at"])
+        if report.critical and not was_critical:
+            webhooks.report_critical_on_commit(report_id=report.pk)
         return report
 
 
@@ -205,8 +366,11 @@ def update_preliminary_report(
             raise ServiceError("This report is signed; change it with an amendment.")
         before = _snapshot(report)
         report.comment, report.morphology, report.wbc_count = comment, morphology, wbc_count
-        _fill(report, compute_differential(batch=report.batch, wbc_count=wbc_count))
+        was_critical = report.critical
+        _fill(report, count_batch(batch=report.batch, wbc_count=wbc_count))
         report.save()
+        if report.critical and not was_critical:
+            webhooks.report_critical_on_commit(report_id=report.pk)
         record_event(
             lab=lab,
             actor=actor,
@@ -218,15 +382,36 @@ def update_preliminary_report(
     return report
 
 
-def _refuse_unfinished(differential: Differential, *, doing: str) -> None:
+def _refuse_unfinished(
+    counted: Counted, *, doing: str, policy: ReportPolicy, below_minimum_reason: str
+) -> None:
+    """The rules of signing (and amending): no unidentified cell, at least one leukocyte, a
+    stated reason under the lab's minimum (CLSI H20-A2), every cell verified by a person when
+    the lab asks for it (ICSH)."""
+    differential = counted.differential
     if differential.unidentified:
         raise ServiceError(
             f"Cannot {doing}: {differential.unidentified} counted "
             f"cell{'s are' if differential.unidentified != 1 else ' is'} still unidentified. "
             "Review them (give each a class or mark it not classed) first."
         )
-    if differential.total_cells == 0:
-        raise ServiceError(f"Cannot {doing}: no cell is counted.")
+    if differential.wbc_cells == 0:
+        raise ServiceError(
+            f"Cannot {doing}: no leukocyte is counted, so there is no differential to report."
+        )
+    if differential.wbc_cells < policy.min_leukocytes and not below_minimum_reason:
+        raise ServiceError(
+            f"Cannot {doing}: {differential.wbc_cells} leukocytes counted, under the lab's "
+            f"minimum of {policy.min_leukocytes}. Count more cells, or state why this count "
+            "must do (the reason is printed on the report)."
+        )
+    if policy.every_cell_verified and counted.person_verified < counted.labelled:
+        left = counted.labelled - counted.person_verified
+        raise ServiceError(
+            f"Cannot {doing}: the lab asks for every cell to be verified by a person, and "
+            f"{left} cell{'s were' if left != 1 else ' was'} not (accepted by the model "
+            "without review). Review them first."
+        )
 
 
 def sign_report(
@@ -236,8 +421,10 @@ def sign_report(
     comment: str | None = None,
     morphology: str | None = None,
     wbc_count: Decimal | None = None,
+    below_minimum_reason: str | None = None,
 ) -> Report:
-    """Sign the preliminary report: pathologists only, never with unidentified cells left.
+    """Sign the preliminary report: pathologists only, never with unidentified cells left, never
+    with no leukocyte, under the lab's minimum only with `below_minimum_reason`.
 
     The differential is recounted one last time and frozen with the signature. Arguments left
     None keep the report's current values.
@@ -260,9 +447,12 @@ def sign_report(
             report.morphology = morphology
         if wbc_count is not None:
             report.wbc_count = wbc_count
-        differential = compute_differential(batch=report.batch, wbc_count=report.wbc_count)
-        _refuse_unfinished(differential, doing="sign")
-        _fill(report, differential)
+        counted = count_batch(batch=report.batch, wbc_count=report.wbc_count)
+        reason = (below_minimum_reason or "").strip()
+        policy = policy_for(lab=lab)
+        _refuse_unfinished(counted, doing="sign", policy=policy, below_minimum_reason=reason)
+        _fill(report, counted)
+        report.below_minimum_reason = reason if report.wbc_cells < policy.min_leukocytes else ""
         report.status = Report.Status.FINAL
         report.signed_by = actor
         report.signed_at = timezone.now()
@@ -273,6 +463,8 @@ def sign_report(
         )  # fmt: skip
         webhooks.report_changed_on_commit(report_id=report.pk)
         lis.report_changed(report=report)
+        if report.critical:
+            webhooks.report_critical_on_commit(report_id=report.pk)
     return report
 
 
@@ -284,6 +476,7 @@ def amend_report(
     comment: str | None = None,
     morphology: str | None = None,
     wbc_count: Decimal | None = None,
+    below_minimum_reason: str | None = None,
 ) -> Report:
     """A new signed version of a signed report, recounted from the cells' current labels, with
     the reason; the earlier version stays as it was and is marked superseded by this one.
@@ -317,9 +510,14 @@ def amend_report(
             signed_by=actor,
             signed_at=timezone.now(),
         )
-        differential = compute_differential(batch=old.batch, wbc_count=new.wbc_count)
-        _refuse_unfinished(differential, doing="amend")
-        _fill(new, differential)
+        counted = count_batch(batch=old.batch, wbc_count=new.wbc_count)
+        below = (
+            old.below_minimum_reason if below_minimum_reason is None else below_minimum_reason
+        ).strip()
+        policy = policy_for(lab=lab)
+        _refuse_unfinished(counted, doing="amend", policy=policy, below_minimum_reason=below)
+        _fill(new, counted)
+        new.below_minimum_reason = below if new.wbc_cells < policy.min_leukocytes else ""
         new.save()
         old.superseded_by = new
         old.save(update_fields=["superseded_by", "updated_at"])
@@ -333,6 +531,8 @@ def amend_report(
         )
         webhooks.report_changed_on_commit(report_id=new.pk)
         lis.report_changed(report=new)
+        if new.critical:
+            webhooks.report_critical_on_commit(report_id=new.pk)
     return new
 
 

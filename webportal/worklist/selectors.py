@@ -12,10 +12,9 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import (
-    Case as SqlCase,
-)
-from django.db.models import (
+    BooleanField,
     CharField,
+    F,
     IntegerField,
     JSONField,
     OuterRef,
@@ -24,6 +23,9 @@ from django.db.models import (
     Subquery,
     Value,
     When,
+)
+from django.db.models import (
+    Case as SqlCase,
 )
 
 from webportal.cases.models import Batch, Case, Patient
@@ -68,7 +70,8 @@ def _latest_report() -> QuerySet[Report]:
 
 
 def worklist(*, user: User, filters: WorklistFilters) -> QuerySet[Batch]:
-    """The user's labs' batches for the chosen queue, STAT first, then oldest first."""
+    """The user's labs' batches for the chosen queue: critical reports first (a category the
+    lab marks critical was counted: issue 19), then STAT, then oldest first."""
     batches = (
         Batch.objects.filter(case__lab__memberships__user=user)
         .select_related("case", "case__lab", "case__patient", "model_version")
@@ -79,6 +82,9 @@ def worklist(*, user: User, filters: WorklistFilters) -> QuerySet[Batch]:
             ),
             report_total=Subquery(
                 _latest_report().values("total_cells")[:1], output_field=IntegerField()
+            ),
+            report_critical=Subquery(
+                _latest_report().values("critical")[:1], output_field=BooleanField()
             ),
             stat_first=SqlCase(
                 When(priority=Batch.Priority.STAT, then=Value(0)),
@@ -112,7 +118,9 @@ def worklist(*, user: User, filters: WorklistFilters) -> QuerySet[Batch]:
             | Q(case__patient__external_id__icontains=term)
             | Q(case__clinical_note__icontains=term)
         )
-    return batches.order_by("stat_first", "created_at", "id")
+    return batches.order_by(
+        F("report_critical").desc(nulls_last=True), "stat_first", "created_at", "id"
+    )
 
 
 def unidentified_count(differential: list[dict[str, Any]] | None) -> int | None:

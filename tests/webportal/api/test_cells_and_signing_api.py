@@ -92,7 +92,7 @@ def test_a_review_through_a_persons_token_changes_the_current_label_and_is_audit
     assert [c["id"] for c in reviewed_only.json()["results"]] == [cell["id"]]
     refused = api.post(cell["url"] + "reviews/", {"label": "dragon"}, format="json")
     assert refused.status_code == 409
-    assert "not a class" in refused.json()["detail"]
+    assert "not in the lab's cell vocabulary" in refused.json()["detail"]
 
 
 def test_a_service_token_never_reviews_relabels_edits_signs_or_amends(
@@ -183,7 +183,11 @@ def test_an_integrator_may_not_sign_but_a_pathologists_token_signs_and_amends(
             format="json",
         )
     with django_capture_on_commit_callbacks(execute=True):
-        signed = pathologist_api.post(sign, {"wbc_count": "7.50", "comment": "ok"}, format="json")
+        signed = pathologist_api.post(
+            sign,
+            {"wbc_count": "7.50", "comment": "ok", "below_minimum_reason": "Five test cells."},
+            format="json",
+        )
     assert signed.status_code == 200, signed.content
     assert (signed.json()["status"], signed.json()["wbc_count"]) == ("final", "7.50")
     again = pathologist_api.post(sign, {}, format="json")

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def pathologist_api(member) -> APIClient:
     pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST)
-    issued = tokens.issue_token(lab=member.lab, username=pathologist.user.username)
+    issued = tokens.issue_personal_token(user=pathologist.user, lab=member.lab)
     return bearer(issued.plaintext)
 
 
@@ -71,7 +71,7 @@ def test_a_lis_files_the_signed_report_and_then_its_amendment(
     assert reviewed.status_code in {200, 201}, reviewed.content
     signed = pathologist_api.post(
         reverse("api:batch_report_sign", args=[batch_id]),
-        {"wbc_count": "6.00", "comment": "normal"},
+        {"wbc_count": "6.00", "comment": "normal", "below_minimum_reason": "test slide"},
         format="json",
     )
     assert signed.status_code == 200, signed.content

@@ -403,7 +403,9 @@ def test_a_report_event_says_who_which_version_what_it_replaces_and_links_absolu
     pathologist = MembershipFactory.create(lab=member.lab, role=Role.PATHOLOGIST).user
     pathologist.first_name, pathologist.last_name = "Ada", "Path"
     pathologist.save()
-    signed = reports.sign_report(actor=pathologist, report=batch.reports.get())
+    signed = reports.sign_report(
+        actor=pathologist, report=batch.reports.get(), below_minimum_reason="3 cells: a test"
+    )
     amended = reports.amend_report(actor=pathologist, report=signed, reason="relabelled a cell")
     final, amendment = (
         d.payload["data"]["report"]

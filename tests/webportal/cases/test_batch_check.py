@@ -153,7 +153,9 @@ def test_a_flagged_batch_is_signed_only_once_a_person_has_reviewed_every_cell(
     review_cells(
         actor=pathologist, cells=Cell.objects.filter(image__batch=batch), label="lymphocyte"
     )
-    signed = reports.sign_report(actor=pathologist, report=batch.reports.get())
+    signed = reports.sign_report(
+        actor=pathologist, report=batch.reports.get(), below_minimum_reason="A test batch."
+    )
 
     counts = {row["label"]: row["count"] for row in signed.differential}
     assert counts["lymphocyte"] == 6

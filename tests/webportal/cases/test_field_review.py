@@ -105,7 +105,7 @@ def test_a_box_outside_the_field_or_too_small_is_refused(field: Image, member, b
 
 
 def test_an_unknown_label_adds_no_cell(field: Image, member):
-    with pytest.raises(services.ServiceError, match="not a class"):
+    with pytest.raises(services.ServiceError, match=r"not in the lab.s cell vocabulary"):
         reviews.add_missed_cell(
             actor=member.user, image=field, box=(300, 40, 90, 80), label="dragon"
         )

@@ -112,8 +112,8 @@ def test_cells_of_two_batches_or_an_unknown_label_are_refused(batch, people, lab
         review_cells(
             actor=people[Role.STAFF], cells=_cells(batch) + _cells(other), label="monocyte"
         )
-    with pytest.raises(ServiceError, match="not a class"):
-        review_cells(actor=people[Role.STAFF], cells=_cells(batch), label="blast")
+    with pytest.raises(ServiceError, match="not in the lab's cell vocabulary"):
+        review_cells(actor=people[Role.STAFF], cells=_cells(batch), label="unicorn")
 
 
 def test_a_batch_still_processing_cannot_be_reviewed(batch, people) -> None:

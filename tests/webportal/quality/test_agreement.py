@@ -90,13 +90,25 @@ def test_cells_nobody_relabelled_count_as_kept_and_relabelled_ones_as_changed(
     assert rows["lymphocyte"].changed == 1
     assert rows["lymphocyte"].kept_percent == round(100 * 2 / 3, 1)
     assert (rows["neutrophil"].kept, rows["neutrophil"].not_classed) == (1, 1)
-    assert result.columns == [*CLASSES, "not classed"]
+    assert result.columns == [*CLASSES, "other category", "not classed"]
     lymph, mono = CLASSES.index("lymphocyte"), CLASSES.index("monocyte")
     assert result.matrix[lymph][lymph] == 2
     assert result.matrix[lymph][mono] == 1
     assert result.kept == 4
     square = np.array(result.matrix)[:, : len(CLASSES)]
     assert result.kappa == round(cohen_kappa(square), 3)
+
+
+def test_a_cell_relabelled_to_a_category_the_model_lacks_counts_as_changed(
+    pathologist, model
+) -> None:
+    _signed_batch(pathologist, model, [("lymphocyte", "blast"), ("lymphocyte", None)])
+    result = selectors.agreement(lab=pathologist.lab, model_version=model)
+    rows = {row.label: row for row in result.per_class}
+    assert (rows["lymphocyte"].kept, rows["lymphocyte"].changed) == (1, 1)
+    lymph = CLASSES.index("lymphocyte")
+    assert result.matrix[lymph][result.columns.index("other category")] == 1
+    assert result.cells == 2
 
 
 def test_unsigned_batches_other_models_other_labs_and_other_dates_are_left_out(

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import PermissionDenied
 
-from tests.factories import classified_batch
+from tests.factories import allow_small_counts, classified_batch
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell
@@ -19,6 +19,7 @@ from webportal.reports.models import ReferenceRange, Report
 
 @pytest.fixture
 def batch(lab_case, model_version):
+    allow_small_counts(lab_case.lab)  # ten cells: the minimum has its own tests
     return classified_batch(
         case=lab_case,
         model_version=model_version,

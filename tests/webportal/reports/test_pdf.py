@@ -12,8 +12,8 @@ from tests.factories import PatientFactory, classified_batch
 from webportal.accounts.models import Role
 from webportal.cases.models import Cell
 from webportal.cases.reviews import review_cells
-from webportal.reports import services
-from webportal.reports.pdf import DECISION_SUPPORT, render_report_pdf
+from webportal.reports import services, wording
+from webportal.reports.pdf import render_report_pdf
 
 
 def _text(pdf: bytes) -> str:
@@ -45,6 +45,7 @@ def signed(lab_case, model_version, people):
         comment="Neutrophilia; correlate clinically.",
         morphology="Toxic granulation in neutrophils.",
         wbc_count=Decimal("11.3"),
+        below_minimum_reason="Leukopenic film: every leukocyte on the slide was counted.",
     )
 
 
@@ -68,7 +69,10 @@ def test_the_pdf_names_the_case_counts_flags_signer_and_version(signed) -> None:
     assert "Neutrophilia; correlate clinically." in text
     assert "Toxic granulation" in text
     assert signed.model_version.name in text
-    assert " ".join(DECISION_SUPPORT.split()) in text
+    assert " ".join(wording.decision_support(signed).split()) in text
+    assert "verified by a qualified person" not in text  # 93 of 96 cells: the model's word
+    assert "1 of 96 cells verified by a person; 95 accepted by the model" in text
+    assert "Reason: Leukopenic film: every leukocyte on the slide was counted." in text
 
 
 def test_an_amended_pdf_gives_the_reason_and_the_old_one_says_superseded(signed, people):

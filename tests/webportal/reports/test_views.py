@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.factories import classified_batch
+from tests.factories import allow_small_counts, classified_batch
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell
@@ -22,6 +22,7 @@ def _client(user) -> Client:
 
 @pytest.fixture
 def batch(lab_case, model_version):
+    allow_small_counts(lab_case.lab)  # a small batch: the minimum has its own tests
     return classified_batch(
         case=lab_case,
         model_version=model_version,

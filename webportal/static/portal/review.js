@@ -120,7 +120,8 @@
       });
       updateGroups();
       side.innerHTML = body.differential;
-      say(body.cells.length + " cell" + (body.cells.length === 1 ? "" : "s") + " → " + body.label);
+      say(body.cells.length + " cell" + (body.cells.length === 1 ? "" : "s") + " → " + body.label +
+        (body.hint ? ". " + body.hint : ""));
     } catch (error) {
       say("Not saved: the server could not be reached. Try again.", true);
     } finally {
