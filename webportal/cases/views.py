@@ -26,7 +26,9 @@ def case_list(request: HttpRequest) -> HttpResponse:
                 lab=form.cleaned_data["lab"],
                 created_by=authenticated_user(request),
                 accession_number=form.cleaned_data["accession_number"],
-                patient_external_id=form.cleaned_data["patient_external_id"],
+                patient=form.patient_details(),
+                specimen=form.specimen_details(),
+                requester=form.cleaned_data["requester"],
                 clinical_note=form.cleaned_data["clinical_note"],
             )
         except (services.ServiceError, RoleRequired) as exc:
