@@ -39,3 +39,24 @@ class ReferenceRangeForm(forms.Form):
     label = forms.CharField(max_length=100, widget=forms.HiddenInput)
     low_percent = forms.FloatField(min_value=0, max_value=100, label="Low %")
     high_percent = forms.FloatField(min_value=0, max_value=100, label="High %")
+
+
+class LabDetailsForm(forms.Form):
+    address = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="As printed."
+    )
+    accreditation = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Accreditation number",
+        help_text="E.g. the ISO 15189 accreditation body's number for the lab.",
+    )
+    director = forms.CharField(
+        max_length=200, required=False, label="Laboratory director", help_text="Name and title."
+    )
+
+
+class PersonForm(forms.Form):
+    first_name = forms.CharField(max_length=150, required=False)
+    last_name = forms.CharField(max_length=150, required=False)
+    title = forms.CharField(max_length=100, required=False)

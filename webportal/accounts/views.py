@@ -15,6 +15,8 @@ from webportal.accounts import services
 from webportal.accounts.forms import (
     ActiveModelForm,
     AddMemberForm,
+    LabDetailsForm,
+    PersonForm,
     ReferenceRangeForm,
     RoleForm,
 )
@@ -65,7 +67,7 @@ def members(request: HttpRequest, lab_id: int) -> HttpResponse:
         {
             "lab": lab,
             "form": form,
-            "memberships": services.members_of(lab=lab),
+            "memberships": services.members_of(lab=lab).select_related("user__profile"),
             "role_form": RoleForm(),
         },
     )
@@ -98,6 +100,46 @@ def member_role(request: HttpRequest, lab_id: int, membership_id: int) -> HttpRe
             request, f"{membership.user} is now {membership.get_role_display().lower()}."
         )
     return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_POST
+def member_person(request: HttpRequest, lab_id: int, membership_id: int) -> HttpResponse:
+    """A member's full name and title, as the reports they sign print them."""
+    lab = admin_lab(request, lab_id)
+    membership = _membership(lab, membership_id)
+    form = PersonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Names have at most 150 characters, a title 100.")
+        return redirect("accounts:members", lab_id=lab.pk)
+    try:
+        services.update_person(
+            admin=services.authenticated_user(request), membership=membership, **form.cleaned_data
+        )
+    except services.AccountError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Name and title of {membership.user} saved.")
+    return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def lab_details(request: HttpRequest, lab_id: int) -> HttpResponse:
+    """What the lab's reports say of it: address, accreditation number, director."""
+    lab = admin_lab(request, lab_id)
+    form = LabDetailsForm(
+        request.POST or None, initial={name: getattr(lab, name) for name in services.LAB_DETAILS}
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.update_lab_details(
+                admin=services.authenticated_user(request), lab=lab, **form.cleaned_data
+            )
+        except services.AccountError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "The lab's details are saved; new reports print them.")
+            return redirect("accounts:lab_details", lab_id=lab.pk)
+    return render(request, "accounts/lab_details.html", {"lab": lab, "form": form})
 
 
 @require_POST

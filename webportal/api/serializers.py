@@ -33,6 +33,13 @@ class DifferentialRowSerializer(serializers.Serializer[Any]):
     low = serializers.FloatField(allow_null=True, help_text="Reference range used for the flag.")
     high = serializers.FloatField(allow_null=True)
     flag = serializers.CharField(allow_blank=True, help_text='"H", "L" or "".')
+    absolute_low = serializers.FloatField(
+        allow_null=True, default=None, help_text="Absolute reference range (x10^9/L) used."
+    )
+    absolute_high = serializers.FloatField(allow_null=True, default=None)
+    absolute_flag = serializers.CharField(
+        allow_blank=True, default="", help_text='The absolute count\'s "H", "L" or "".'
+    )
 
 
 class FlagSerializer(serializers.Serializer[Any]):

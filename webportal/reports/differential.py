@@ -5,7 +5,10 @@
   denominator and shown apart.
 - Shown percentages are rounded to one decimal place by the largest-remainder method, so the
   leukocyte percentages always add up to exactly 100.0.
-- With a WBC count (x10^9/L) each leukocyte class also gets an absolute count.
+- With a WBC count (x10^9/L) each leukocyte class also gets an absolute count, flagged
+  against its own absolute reference interval. When nucleated red cells (erythroblasts) are
+  counted the WBC count is first corrected for them (corrected_wbc: the analyser counts them
+  as leukocytes), and the absolute counts use the corrected count.
 - Flags: a class outside the lab's reference range, immature cells present, unidentified cells
   left, too few leukocytes counted for a reliable differential.
 """
@@ -40,6 +43,20 @@ DEFAULT_REFERENCE_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+# Adult absolute reference intervals, x10^9/L (the UK NHS range of Oxford University Hospitals,
+# as tabulated in Front. Pharmacol. 2020;11:314, table 6, PMC7082321). A lab replaces them.
+DEFAULT_ABSOLUTE_RANGES: dict[str, tuple[float, float]] = {
+    "neutrophil": (2.0, 7.0),
+    "lymphocyte": (1.0, 3.0),
+    "monocyte": (0.2, 1.0),
+    "eosinophil": (0.02, 0.5),
+    "basophil": (0.02, 0.1),
+}
+NRBC_CORRECTION = (
+    "WBC corrected for NRBC = WBC x 100 / (100 + NRBC per 100 WBC) (CLSI H20-A2; ICSH)"
+)
+
+
 class Group:
     WBC = "wbc"
     PER_100_WBC = "per_100_wbc"
@@ -59,6 +76,10 @@ class Row:
     low: float | None = None  # the reference range used for the flag
     high: float | None = None
     flag: str = ""  # "H", "L" or ""
+    # The absolute count's own reference interval (x10^9/L) and flag, when both are known.
+    absolute_low: float | None = None
+    absolute_high: float | None = None
+    absolute_flag: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,8 @@ class Differential:
     wbc_cells: int
     total_cells: int
     flags: list[Flag] = field(default_factory=list)
+    # The WBC count corrected for nucleated red cells (corrected_wbc), when it was corrected.
+    corrected_wbc: Decimal | None = None
 
     def row(self, label: str) -> Row | None:
         return next((row for row in self.rows if row.label == label), None)
@@ -129,12 +152,39 @@ def _round(value: Fraction, places: str) -> float:
     return float(exact.quantize(Decimal(places), rounding=ROUND_HALF_UP))
 
 
+def nrbc_per_100_wbc(*, nrbc: int, wbc_cells: int) -> Fraction | None:
+    return Fraction(100 * nrbc, wbc_cells) if wbc_cells else None
+
+
+def corrected_wbc(*, wbc_count: Decimal, nrbc: int, wbc_cells: int) -> Fraction:
+    """The WBC count corrected for nucleated red cells, exact: WBC x 100 / (100 + NRBC per
+    100 WBC) (CLSI H20-A2; the ICSH's formula). An analyser counts an NRBC as a leukocyte; a
+    differential counts them apart, per 100 WBC. Unchanged when none were counted."""
+    per_100 = nrbc_per_100_wbc(nrbc=nrbc, wbc_cells=wbc_cells)
+    if not per_100:
+        return Fraction(wbc_count)
+    return Fraction(wbc_count) * 100 / (100 + per_100)
+
+
+def _absolute_flag(value: Fraction, bounds: tuple[float, float] | None) -> str:
+    """H or L against the absolute interval, decided on the unrounded value."""
+    if bounds is None:
+        return ""
+    low, high = bounds
+    if value > Fraction(str(high)):
+        return "H"
+    if value < Fraction(str(low)):
+        return "L"
+    return ""
+
+
 def build_differential(
     *,
     classes: Sequence[str],
     counts: Mapping[str, int],
     wbc_count: Decimal | None = None,
     reference_ranges: Mapping[str, tuple[float, float]] | None = None,
+    absolute_ranges: Mapping[str, tuple[float, float]] | None = None,
     min_reliable_wbc: int = MIN_RELIABLE_WBC,
 ) -> Differential:
     """The differential of `counts` (current label -> cells) for a model with `classes`."""
@@ -144,10 +194,27 @@ def build_differential(
             DEFAULT_REFERENCE_RANGES if reference_ranges is None else reference_ranges
         ).items()
     }
+    absolute_bounds = {
+        label.lower(): bounds
+        for label, bounds in (
+            DEFAULT_ABSOLUTE_RANGES if absolute_ranges is None else absolute_ranges
+        ).items()
+    }
     wbc_labels = [label for label in classes if group_of(label) == Group.WBC]
     wbc_counts = [counts.get(label, 0) for label in wbc_labels]
     wbc_cells = sum(wbc_counts)
     percents = dict(zip(wbc_labels, largest_remainder(wbc_counts), strict=True))
+    nrbc = sum(counts.get(label, 0) for label in classes if label.lower() in PER_100_WBC)
+    exact_wbc = (
+        corrected_wbc(wbc_count=wbc_count, nrbc=nrbc, wbc_cells=wbc_cells)
+        if wbc_count is not None
+        else None
+    )
+    corrected = (
+        Decimal(str(_round(exact_wbc, "0.01")))
+        if exact_wbc is not None and nrbc and wbc_cells
+        else None
+    )
 
     rows: list[Row] = []
     flags: list[Flag] = []
@@ -156,11 +223,21 @@ def build_differential(
         group = group_of(label)
         if group == Group.WBC:
             percent = percents[label]
-            absolute = (
-                _round(Fraction(wbc_count) * count / wbc_cells, "0.01")
-                if wbc_count is not None and wbc_cells
-                else None
+            exact_absolute = (
+                exact_wbc * count / wbc_cells if exact_wbc is not None and wbc_cells else None
             )
+            absolute = None if exact_absolute is None else _round(exact_absolute, "0.01")
+            bounds = absolute_bounds.get(label.lower())
+            absolute_flag = "" if exact_absolute is None else _absolute_flag(exact_absolute, bounds)
+            if absolute_flag and bounds is not None:
+                side = "above" if absolute_flag == "H" else "below"
+                flags.append(
+                    Flag(
+                        "out_of_range",
+                        f"{label} {absolute:.2f} x10^9/L is {side} the reference range "
+                        f"{bounds[0]:g}-{bounds[1]:g} x10^9/L.",
+                    )
+                )
             low, high = ranges.get(label.lower(), (None, None))
             flag = ""
             if wbc_cells and high is not None and percent > high:
@@ -175,7 +252,21 @@ def build_differential(
                         f"{label} {percent:.1f}% is {side} the reference range {low:g}-{high:g}%.",
                     )
                 )
-            rows.append(Row(label, group, count, percent, absolute, low, high, flag))
+            rows.append(
+                Row(
+                    label,
+                    group,
+                    count,
+                    percent,
+                    absolute,
+                    low,
+                    high,
+                    flag,
+                    absolute_low=bounds[0] if bounds is not None else None,
+                    absolute_high=bounds[1] if bounds is not None else None,
+                    absolute_flag=absolute_flag,
+                )
+            )
         elif group == Group.PER_100_WBC:
             per_100 = _round(Fraction(100 * count, wbc_cells), "0.1") if wbc_cells else None
             rows.append(Row(label, group, count, per_100))
@@ -210,4 +301,6 @@ def build_differential(
             )
         )
     total = sum(row.count for row in rows if row.group != Group.NOT_CLASSED)
-    return Differential(rows=rows, wbc_cells=wbc_cells, total_cells=total, flags=flags)
+    return Differential(
+        rows=rows, wbc_cells=wbc_cells, total_cells=total, flags=flags, corrected_wbc=corrected
+    )

@@ -12,6 +12,13 @@ from webportal.accounts.services import authenticated_user, can_sign
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.reports import services
+from webportal.reports.content import (
+    END_OF_REPORT,
+    amendment_of,
+    decision_support_for,
+    header_of,
+)
+from webportal.reports.differential import NRBC_CORRECTION
 from webportal.reports.forms import AmendForm, RemarksForm
 from webportal.reports.models import Report
 from webportal.reports.pdf import DECISION_SUPPORT, render_report_pdf
@@ -63,7 +70,11 @@ def _render(
             "flags": report.flags,
             "wbc_cells": report.wbc_cells,
             "show_absolute": report.wbc_count is not None,
-            "decision_support": DECISION_SUPPORT,
+            "decision_support": decision_support_for(report, DECISION_SUPPORT),
+            "header": header_of(report),
+            "amendment": amendment_of(report),
+            "nrbc_correction": NRBC_CORRECTION,
+            "end_of_report": END_OF_REPORT,
             "batch_check": describe(batch),
         },
         status=status,
