@@ -39,6 +39,14 @@ class ReferenceRangeForm(forms.Form):
     label = forms.CharField(max_length=100, widget=forms.HiddenInput)
     low_percent = forms.FloatField(min_value=0, max_value=100, label="Low %")
     high_percent = forms.FloatField(min_value=0, max_value=100, label="High %")
+    # Optional: the absolute count's own interval, and a sex and age band (issue 19).
+    low_absolute = forms.FloatField(min_value=0, required=False, label="Low x10^9/L")
+    high_absolute = forms.FloatField(min_value=0, required=False, label="High x10^9/L")
+    sex = forms.ChoiceField(
+        choices=[("", "Any sex"), ("female", "Female"), ("male", "Male")], required=False
+    )
+    age_from_years = forms.IntegerField(min_value=0, max_value=150, required=False)
+    age_to_years = forms.IntegerField(min_value=1, max_value=150, required=False)
 
 
 class LabDetailsForm(forms.Form):

@@ -202,40 +202,73 @@ def locked_out(
 
 @require_http_methods(["GET", "POST"])
 def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
-    """One row per class: the lab's own interval, or the adult default it replaces."""
+    """One row per class: the lab's own interval for any sex and age, or the adult default it
+    replaces; below, the lab's ranges for one sex or an age band."""
     from webportal.cases.services import ServiceError
-    from webportal.reports.differential import DEFAULT_REFERENCE_RANGES
-    from webportal.reports.services import reference_ranges_for, set_reference_range
+    from webportal.reports.differential import DEFAULT_ABSOLUTE_RANGES, DEFAULT_REFERENCE_RANGES
+    from webportal.reports.models import ReferenceRange
+    from webportal.reports.services import (
+        band_label,
+        reference_intervals_for,
+        set_reference_range,
+    )
 
     lab = admin_lab(request, lab_id)
     if request.method == "POST":
         form = ReferenceRangeForm(request.POST)
         if form.is_valid():
+            data = form.cleaned_data
             try:
                 set_reference_range(
                     actor=services.authenticated_user(request),
                     lab=lab,
-                    label=form.cleaned_data["label"],
-                    low_percent=form.cleaned_data["low_percent"],
-                    high_percent=form.cleaned_data["high_percent"],
+                    label=data["label"],
+                    low_percent=data["low_percent"],
+                    high_percent=data["high_percent"],
+                    low_absolute=data["low_absolute"],
+                    high_absolute=data["high_absolute"],
+                    sex=data["sex"] or "",
+                    age_from_years=data["age_from_years"] or 0,
+                    age_to_years=data["age_to_years"],
                 )
             except ServiceError as exc:
                 messages.error(request, str(exc))
             else:
-                messages.success(request, f"Reference range of {form.cleaned_data['label']} saved.")
+                messages.success(request, f"Reference range of {data['label']} saved.")
         else:
-            messages.error(request, "Give both limits as numbers from 0 to 100.")
+            messages.error(
+                request,
+                "Give both % limits as numbers from 0 to 100; absolute limits and ages, when "
+                "given, as numbers from 0.",
+            )
         return redirect("accounts:reference_ranges", lab_id=lab.pk)
-    ranges = reference_ranges_for(lab=lab)
+    intervals = reference_intervals_for(lab=lab)
+    ranges = intervals.percent
     model = lab.active_model or services.models_for(lab=lab).filter(lab=None).first()
     labels = list(dict.fromkeys([*(model.classes if model else []), *ranges]))
     rows = [
         {
             "label": label,
             "range": ranges.get(label),
+            "absolute": intervals.absolute.get(label),
             "default": DEFAULT_REFERENCE_RANGES.get(label),
-            "own": label in ranges and ranges.get(label) != DEFAULT_REFERENCE_RANGES.get(label),
+            "default_absolute": DEFAULT_ABSOLUTE_RANGES.get(label),
+            "own": (label in ranges and ranges.get(label) != DEFAULT_REFERENCE_RANGES.get(label))
+            or intervals.absolute.get(label) != DEFAULT_ABSOLUTE_RANGES.get(label),
         }
         for label in labels
     ]
-    return render(request, "accounts/reference_ranges.html", {"lab": lab, "rows": rows})
+    bands = [
+        {
+            "reference": reference,
+            "age": band_label(reference.age_from_years, reference.age_to_years),
+        }
+        for reference in ReferenceRange.objects.filter(lab=lab).exclude(
+            sex="", age_from_years=0, age_to_years=None
+        )
+    ]
+    return render(
+        request,
+        "accounts/reference_ranges.html",
+        {"lab": lab, "rows": rows, "bands": bands, "labels": labels},
+    )
