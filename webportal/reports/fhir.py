@@ -13,6 +13,7 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from webportal.cases.batch_check import FLAG_CODE
+from webportal.reports.content import header_of
 from webportal.reports.models import Report
 
 LOINC = "http://loinc.org"
@@ -205,10 +206,23 @@ def _subject(report: Report) -> dict[str, Any] | None:
     patient = report.batch.case.patient
     if patient is None:
         return None
+    # The second identifier as the report printed it (issue 19): name and birth date in the
+    # reference's display; a contained Patient resource is issue 20's FHIR work.
+    header = header_of(report)
+    second = " · ".join(
+        part
+        for part in (
+            header.patient_name,
+            f"born {header.birth_date.isoformat()}" if header.birth_date else "",
+            header.sex_display,
+        )
+        if part
+    )
     return {
         "type": "Patient",
         "identifier": {
             "system": patient_identifier_system(report.batch.case.lab.slug),
             "value": patient.external_id,
         },
+        **({"display": second} if second else {}),
     }

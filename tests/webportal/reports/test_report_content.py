@@ -365,3 +365,11 @@ def test_the_report_json_carries_the_header_the_amendment_and_absolute_ranges(
     ]["changes"]
     neutrophil = next(row for row in body["differential"] if row["label"] == "neutrophil")
     assert (neutrophil["absolute_low"], neutrophil["absolute_high"]) == (2.0, 7.0)
+
+
+def test_the_fhir_report_names_the_patient_in_its_subject_and_stays_valid(setting) -> None:
+    from webportal.reports import fhir
+
+    resource = fhir.diagnostic_report(report=setting)
+    assert resource["subject"]["identifier"]["value"] == "MRN-1"
+    assert resource["subject"]["display"] == "DOE, Jane · born 1961-04-12 · Female"
