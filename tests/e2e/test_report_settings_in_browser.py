@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.factories import PASSWORD, MembershipFactory
+from tests.factories import PASSWORD, BatchFactory, CaseFactory, MembershipFactory
 from webportal.accounts.models import Lab, Membership, Role
-from webportal.cases.models import Case
+from webportal.cases.models import Batch, Case
 from webportal.reports.models import ReferenceRange
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -99,3 +99,19 @@ def test_a_lab_admin_sets_the_labs_details_a_title_and_a_childs_range(
     expect(page.locator("#bands")).to_contain_text("1 to 11 years")
     _shot(page, "reference-ranges-bands")
     assert ReferenceRange.objects.get(lab=admin.lab, age_from_years=1).high_absolute == 8.5
+
+
+def test_cancelling_a_batch_asks_first_in_the_browser(browser: Browser, live_server) -> None:
+    staff = MembershipFactory.create(role=Role.STAFF)
+    batch = BatchFactory.create(
+        case=CaseFactory.create(lab=staff.lab), status=Batch.Status.QUEUED, total_images=12
+    )
+    page = _log_in(browser, live_server.url, staff)
+    page.goto(f"{live_server.url}/batches/{batch.pk}/")
+    page.click("#cancel-batch summary")
+    expect(page.locator("#cancel-batch")).to_contain_text(f"Cancel batch #{batch.pk}?")
+    _shot(page, "batch-cancel-confirm")
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.QUEUED
+    page.click(f"button:has-text('Yes, cancel batch #{batch.pk}')")
+    expect(page.locator(".message").first).to_contain_text("Batch cancelled")
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.CANCELLED
