@@ -100,6 +100,16 @@ def test_a_lab_admin_sets_the_labs_details_a_title_and_a_childs_range(
     _shot(page, "reference-ranges-bands")
     assert ReferenceRange.objects.get(lab=admin.lab, age_from_years=1).high_absolute == 8.5
 
+    # The audit trail says all of it in words.
+    page.goto(f"{live_server.url}/lab/{admin.lab.pk}/audit/")
+    events = page.locator("#events")
+    expect(events).to_contain_text("Lab's details changed")
+    expect(events).to_contain_text("Accreditation number")
+    expect(events).to_contain_text("Member's name and title changed")
+    expect(events).to_contain_text("1 to 11 years")
+    expect(events).not_to_contain_text("None")
+    _shot(page, "audit-trail-words")
+
 
 def test_cancelling_a_batch_asks_first_in_the_browser(browser: Browser, live_server) -> None:
     staff = MembershipFactory.create(role=Role.STAFF)
