@@ -86,7 +86,8 @@ def _dash(value: Any) -> str:
 
 def _lab_lines(header: ReportHeader) -> str:
     """The lab under the title: address, accreditation number, director."""
-    parts = [" ".join(header.lab_address.split()) if header.lab_address else ""]
+    lines = [" ".join(line.split()) for line in header.lab_address.splitlines()]
+    parts = [", ".join(line for line in lines if line)]
     if header.lab_accreditation:
         parts.append(f"Accreditation no. {header.lab_accreditation}")
     if header.lab_director:
@@ -349,7 +350,8 @@ def render_report_pdf(*, report: Report) -> bytes:
     for label, text in [
         ("Comment", report.comment),
         ("Morphology", report.morphology),
-        ("Reason for amendment", report.amendment_reason),
+        # An amendment's reason is printed with what it changed, above.
+        ("Reason for amendment", report.amendment_reason if amendment is None else ""),
     ]:
         if text:
             story += [

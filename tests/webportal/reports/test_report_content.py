@@ -262,7 +262,7 @@ def test_every_pdf_page_has_two_identifiers_and_page_x_of_y_and_the_last_ends_th
         assert f"page {number} of {len(pages)}" in text
     first, last = pages[0], pages[-1]
     for text in [
-        "1 Infirmary Road Oxford OX3 9DU",
+        "1 Infirmary Road, Oxford OX3 9DU",
         "Accreditation no. UKAS 8123",
         "Laboratory director: Dr Grace Hopper",
         "Female",
