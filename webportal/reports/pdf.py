@@ -379,12 +379,17 @@ def render_report_pdf(*, report: Report) -> bytes:
     )
 
     def frame(canvas: Canvas, page: int, pages: int) -> None:
-        """Every page: the patient's two identifiers on top; the report and page x of y."""
+        """Every page: the patient's two identifiers, the specimen, its collection and the
+        report's issue on top; the report and page x of y at the foot."""
         canvas.saveState()
         canvas.setFont(font, 7.5)
         canvas.drawString(18 * mm, A4[1] - 10 * mm, header.identifiers)
-        canvas.drawRightString(
-            A4[0] - 18 * mm, A4[1] - 10 * mm, f"Specimen {case.accession_number}"
+        # ISO 15189:2022 7.4.1.6 a): the collection date and the issue date on every page too.
+        canvas.drawString(
+            18 * mm,
+            A4[1] - 13.5 * mm,
+            f"Specimen {case.accession_number} · collected {_when(header.collected_at)} · "
+            f"issued {_when(header.issued_at) if header.issued_at else 'not yet (preliminary)'}",
         )
         canvas.setFont(font, 7)
         canvas.setFillColor(colors.grey)

@@ -257,9 +257,15 @@ def test_every_pdf_page_has_two_identifiers_and_page_x_of_y_and_the_last_ends_th
     )
     pages = _pages(render_report_pdf(report=signed))
     assert len(pages) >= 2
+    header = header_of(signed)
+    assert header.collected_at is not None
+    assert header.issued_at is not None
+    collected = timezone.localtime(header.collected_at).strftime("%Y-%m-%d %H:%M %Z")
+    issued = timezone.localtime(header.issued_at).strftime("%Y-%m-%d %H:%M %Z")
     for number, text in enumerate(pages, start=1):
         assert "Patient MRN-1 · DOE, Jane · born 1961-04-12" in text
         assert f"page {number} of {len(pages)}" in text
+        assert f"Specimen H-1 · collected {collected} · issued {issued}" in text
     first, last = pages[0], pages[-1]
     for text in [
         "1 Infirmary Road, Oxford OX3 9DU",
