@@ -384,7 +384,7 @@ def render_report_pdf(*, report: Report) -> bytes:
         canvas.saveState()
         canvas.setFont(font, 7.5)
         canvas.drawString(18 * mm, A4[1] - 10 * mm, header.identifiers)
-        # ISO 15189:2022 7.4.1.6 a): the collection date and the issue date on every page too.
+        # ISO 15189:2022 7.4.1.6: the collection date and the issue date on every page too.
         canvas.drawString(
             18 * mm,
             A4[1] - 13.5 * mm,
