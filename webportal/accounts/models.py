@@ -18,7 +18,7 @@ class Lab(models.Model):
     active_model = models.ForeignKey(
         "cases.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    # What a report says of the lab that issued it (ISO 15189:2022 7.4.1.6, set by a lab
+    # What a report says of the lab that issued it (ISO 15189:2022 7.4.1.6), set by a lab
     # admin (services.update_lab_details, audited).
     address = models.TextField(blank=True)
     accreditation = models.CharField("accreditation number", max_length=100, blank=True)

@@ -49,7 +49,7 @@ class Patient(models.Model):
 
     lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="patients")
     external_id = models.CharField("patient id / MRN", max_length=100)
-    # The second identifier a report carries beside the MRN (ISO 15189:2022 7.4.1.6: the
+    # The second identifier a report carries beside the MRN (ISO 15189:2022 7.4.1.6): the
     # name and/or the birth date. All optional: a case may arrive with the MRN alone.
     family_name = models.CharField(max_length=100, blank=True)
     given_name = models.CharField(max_length=100, blank=True)
