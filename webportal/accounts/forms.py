@@ -62,6 +62,15 @@ class LabDetailsForm(forms.Form):
     director = forms.CharField(
         max_length=200, required=False, label="Laboratory director", help_text="Name and title."
     )
+    nrbc_correction_from = forms.IntegerField(
+        min_value=1,
+        max_value=100,
+        required=False,
+        label="Correct the WBC count from (NRBC per 100 WBC)",
+        help_text="When the differential counts this many nucleated red cells per 100 WBC or "
+        "more, the report corrects the analyser's WBC count for them (WBC x 100 / (100 + "
+        "NRBC)). Leave empty if the lab's analyser already excludes them.",
+    )
 
 
 class PersonForm(forms.Form):

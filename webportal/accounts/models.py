@@ -23,6 +23,12 @@ class Lab(models.Model):
     address = models.TextField(blank=True)
     accreditation = models.CharField("accreditation number", max_length=100, blank=True)
     director = models.CharField("laboratory director", max_length=200, blank=True)
+    # From how many nucleated red cells per 100 WBC the analyser's WBC count is corrected for
+    # them (reports.differential.corrected_wbc); None: never (the lab's analyser already
+    # excludes them from its WBC count). 5 is the usual manual-differential rule.
+    nrbc_correction_from = models.PositiveSmallIntegerField(
+        "correct the WBC count from NRBC per 100 WBC", null=True, blank=True, default=5
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

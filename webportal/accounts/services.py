@@ -15,6 +15,7 @@ clinical or lab data calls `require_role` (or one of the `can_*` helpers) first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
@@ -268,19 +269,29 @@ def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None)
 
 # --- what a report says of the lab and of its signer (issue 19, ISO 15189:2022 7.4.1.6) -------
 
-LAB_DETAILS = ("address", "accreditation", "director")
+LAB_DETAILS = ("address", "accreditation", "director", "nrbc_correction_from")
 
 
 def update_lab_details(
-    *, admin: User, lab: Lab, address: str, accreditation: str, director: str
+    *,
+    admin: User,
+    lab: Lab,
+    address: str,
+    accreditation: str,
+    director: str,
+    nrbc_correction_from: int | None = 5,
 ) -> Lab:
-    """The lab's address, accreditation number and director, as its reports print them."""
+    """The lab's address, accreditation number and director, as its reports print them, and
+    from how many NRBC per 100 WBC its reports correct the WBC count (None: never)."""
     require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="change the lab's details")
-    values = {
+    values: dict[str, Any] = {
         "address": "\n".join(line.strip() for line in address.strip().splitlines()),
         "accreditation": " ".join(accreditation.split()),
         "director": " ".join(director.split()),
+        "nrbc_correction_from": nrbc_correction_from,
     }
+    if nrbc_correction_from is not None and not 1 <= nrbc_correction_from <= 100:
+        raise AccountError("Correct the WBC count from 1 to 100 NRBC per 100 WBC, or never.")
     for name, limit in (("accreditation", 100), ("director", 200)):
         if len(values[name]) > limit:
             raise AccountError(f"The {name} has at most {limit} characters.")

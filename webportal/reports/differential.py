@@ -52,9 +52,10 @@ DEFAULT_ABSOLUTE_RANGES: dict[str, tuple[float, float]] = {
     "eosinophil": (0.02, 0.5),
     "basophil": (0.02, 0.1),
 }
-NRBC_CORRECTION = (
-    "WBC corrected for NRBC = WBC x 100 / (100 + NRBC per 100 WBC) (CLSI H20-A2; ICSH)"
-)
+# Correct the WBC count from this many NRBC per 100 WBC (a lab sets its own, or never).
+NRBC_CORRECTION_FROM = 5
+# The textbook correction (Rodak's Diagnostic Hematology; docs/REPORTS.md has the sources).
+NRBC_CORRECTION = "WBC corrected for NRBC = WBC x 100 / (100 + NRBC per 100 WBC)"
 
 
 class Group:
@@ -158,7 +159,7 @@ def nrbc_per_100_wbc(*, nrbc: int, wbc_cells: int) -> Fraction | None:
 
 def corrected_wbc(*, wbc_count: Decimal, nrbc: int, wbc_cells: int) -> Fraction:
     """The WBC count corrected for nucleated red cells, exact: WBC x 100 / (100 + NRBC per
-    100 WBC) (CLSI H20-A2; the ICSH's formula). An analyser counts an NRBC as a leukocyte; a
+    100 WBC). An analyser that does not tell them apart counts an NRBC as a leukocyte; a
     differential counts them apart, per 100 WBC. Unchanged when none were counted."""
     per_100 = nrbc_per_100_wbc(nrbc=nrbc, wbc_cells=wbc_cells)
     if not per_100:
@@ -186,6 +187,7 @@ def build_differential(
     reference_ranges: Mapping[str, tuple[float, float]] | None = None,
     absolute_ranges: Mapping[str, tuple[float, float]] | None = None,
     min_reliable_wbc: int = MIN_RELIABLE_WBC,
+    nrbc_correction_from: int | None = NRBC_CORRECTION_FROM,
 ) -> Differential:
     """The differential of `counts` (current label -> cells) for a model with `classes`."""
     ranges = {
@@ -205,6 +207,9 @@ def build_differential(
     wbc_cells = sum(wbc_counts)
     percents = dict(zip(wbc_labels, largest_remainder(wbc_counts), strict=True))
     nrbc = sum(counts.get(label, 0) for label in classes if label.lower() in PER_100_WBC)
+    nrbc_share = nrbc_per_100_wbc(nrbc=nrbc, wbc_cells=wbc_cells)
+    if nrbc_correction_from is None or nrbc_share is None or nrbc_share < nrbc_correction_from:
+        nrbc = 0  # below the lab's threshold (or never): the WBC count is used as measured
     exact_wbc = (
         corrected_wbc(wbc_count=wbc_count, nrbc=nrbc, wbc_cells=wbc_cells)
         if wbc_count is not None

@@ -195,6 +195,7 @@ def compute_differential(*, batch: Batch, wbc_count: Decimal | None = None) -> D
         wbc_count=wbc_count,
         reference_ranges=intervals.percent,
         absolute_ranges=intervals.absolute,
+        nrbc_correction_from=case.lab.nrbc_correction_from,
     )
     unlike = batch_check.flag_message(batch)
     if unlike is None:

@@ -107,6 +107,39 @@ def test_the_wbc_count_is_corrected_for_nrbc_with_the_stated_formula() -> None:
     assert uncorrected.absolute == 7.01
 
 
+def test_the_wbc_count_is_corrected_only_from_the_labs_nrbc_threshold() -> None:
+    def corrected(nrbc: int, nrbc_correction_from: int | None = 5) -> Decimal | None:
+        return build_differential(
+            classes=CLASSES,
+            counts={**SMEAR, "erythroblast": nrbc},
+            wbc_count=Decimal("11.3"),
+            nrbc_correction_from=nrbc_correction_from,
+        ).corrected_wbc
+
+    assert corrected(4) is None  # under 5 per 100 WBC, the usual rule
+    assert corrected(5) == Decimal("10.76")
+    assert corrected(2, nrbc_correction_from=1) == Decimal("11.08")
+    assert corrected(40, nrbc_correction_from=None) is None  # the analyser excludes NRBC
+
+
+def test_a_lab_whose_analyser_excludes_nrbc_gets_no_correction(setting, people) -> None:
+    lab = setting.batch.case.lab
+    update_lab_details(
+        admin=people[Role.ADMIN],
+        lab=lab,
+        address=lab.address,
+        accreditation=lab.accreditation,
+        director=lab.director,
+        nrbc_correction_from=None,
+    )
+    report = services.sign_report(
+        actor=people[Role.PATHOLOGIST], report=setting, wbc_count=Decimal("11.3")
+    )
+    assert report.corrected_wbc_count is None
+    neutrophil = next(row for row in report.differential if row["label"] == "neutrophil")
+    assert neutrophil["absolute"] == 7.01
+
+
 def test_absolute_counts_are_flagged_against_their_own_ranges() -> None:
     differential = build_differential(
         classes=CLASSES,
