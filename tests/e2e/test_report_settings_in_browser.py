@@ -58,6 +58,11 @@ def test_a_case_is_made_with_patient_and_specimen_details_in_the_browser(
     _shot(page, "case-form")
     page.click("button:has-text('Create case')")
     expect(page.locator("h1")).to_have_text("Case H26-0001")
+    expect(page.locator("main")).to_contain_text("DOE, Jane · born 1961-04-12 · Female")
+    expect(page.locator("#specimen")).to_contain_text(
+        "Venous blood, EDTA · collected 2026-03-02 08:10"
+    )
+    _shot(page, "case-page")
     case = Case.objects.get(accession_number="H26-0001")
     assert case.patient is not None
     assert (case.patient.name, case.specimen_type) == ("DOE, Jane", "Venous blood, EDTA")
