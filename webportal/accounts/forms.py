@@ -39,3 +39,41 @@ class ReferenceRangeForm(forms.Form):
     label = forms.CharField(max_length=100, widget=forms.HiddenInput)
     low_percent = forms.FloatField(min_value=0, max_value=100, label="Low %")
     high_percent = forms.FloatField(min_value=0, max_value=100, label="High %")
+    # Optional: the absolute count's own interval, and a sex and age band (issue 19).
+    low_absolute = forms.FloatField(min_value=0, required=False, label="Low x10^9/L")
+    high_absolute = forms.FloatField(min_value=0, required=False, label="High x10^9/L")
+    sex = forms.ChoiceField(
+        choices=[("", "Any sex"), ("female", "Female"), ("male", "Male")], required=False
+    )
+    age_from_years = forms.IntegerField(min_value=0, max_value=150, required=False)
+    age_to_years = forms.IntegerField(min_value=1, max_value=150, required=False)
+
+
+class LabDetailsForm(forms.Form):
+    address = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="As printed."
+    )
+    accreditation = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Accreditation number",
+        help_text="E.g. the ISO 15189 accreditation body's number for the lab.",
+    )
+    director = forms.CharField(
+        max_length=200, required=False, label="Laboratory director", help_text="Name and title."
+    )
+    nrbc_correction_from = forms.IntegerField(
+        min_value=1,
+        max_value=100,
+        required=False,
+        label="Correct the WBC count from (NRBC per 100 WBC)",
+        help_text="When the differential counts this many nucleated red cells per 100 WBC or "
+        "more, the report corrects the analyser's WBC count for them (WBC x 100 / (100 + "
+        "NRBC)). Leave empty if the lab's analyser already excludes them.",
+    )
+
+
+class PersonForm(forms.Form):
+    first_name = forms.CharField(max_length=150, required=False)
+    last_name = forms.CharField(max_length=150, required=False)
+    title = forms.CharField(max_length=100, required=False)

@@ -18,6 +18,17 @@ class Lab(models.Model):
     active_model = models.ForeignKey(
         "cases.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # What a report says of the lab that issued it (ISO 15189:2022 7.4.1.6), set by a lab
+    # admin (services.update_lab_details, audited).
+    address = models.TextField(blank=True)
+    accreditation = models.CharField("accreditation number", max_length=100, blank=True)
+    director = models.CharField("laboratory director", max_length=200, blank=True)
+    # From how many nucleated red cells per 100 WBC the analyser's WBC count is corrected for
+    # them (reports.differential.corrected_wbc); None: never (the lab's analyser already
+    # excludes them from its WBC count). 5 is the usual manual-differential rule.
+    nrbc_correction_from = models.PositiveSmallIntegerField(
+        "correct the WBC count from NRBC per 100 WBC", null=True, blank=True, default=5
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -81,3 +92,29 @@ class Invitation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username} invited to {self.lab} ({self.role})"
+
+
+class Profile(models.Model):
+    """What a report prints of a person beside their full name (User.first_name, last_name):
+    their title, e.g. "Consultant haematologist". Set by a lab admin (services.update_person)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+    )
+    title = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.title}"
+
+
+def person_line(user: Any) -> str:
+    """A person as a signed report names them: "Ada Lovelace, Consultant haematologist"; the
+    login name only when no full name is on record."""
+    if user is None:
+        return ""
+    name = str(user.get_full_name() or user.get_username())
+    try:
+        title = user.profile.title
+    except Profile.DoesNotExist:
+        title = ""
+    return f"{name}, {title}" if title else name

@@ -15,6 +15,7 @@ clinical or lab data calls `require_role` (or one of the `can_*` helpers) first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
@@ -25,7 +26,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework.request import Request
 
-from webportal.accounts.models import Invitation, Lab, Membership, Role
+from webportal.accounts.models import Invitation, Lab, Membership, Profile, Role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
@@ -330,3 +331,94 @@ def activate_model(*, admin: User, lab: Lab, model_version: ModelVersion | None)
             after={"model": str(model_version) if model_version else "newest shared"},
         )
         return lab
+
+
+# --- what a report says of the lab and of its signer (issue 19, ISO 15189:2022 7.4.1.6) -------
+
+LAB_DETAILS = ("address", "accreditation", "director", "nrbc_correction_from")
+
+
+def update_lab_details(
+    *,
+    admin: User,
+    lab: Lab,
+    address: str,
+    accreditation: str,
+    director: str,
+    nrbc_correction_from: int | None = 5,
+) -> Lab:
+    """The lab's address, accreditation number and director, as its reports print them, and
+    from how many NRBC per 100 WBC its reports correct the WBC count (None: never)."""
+    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="change the lab's details")
+    values: dict[str, Any] = {
+        "address": "\n".join(line.strip() for line in address.strip().splitlines()),
+        "accreditation": " ".join(accreditation.split()),
+        "director": " ".join(director.split()),
+        "nrbc_correction_from": nrbc_correction_from,
+    }
+    if nrbc_correction_from is not None and not 1 <= nrbc_correction_from <= 100:
+        raise AccountError("Correct the WBC count from 1 to 100 NRBC per 100 WBC, or never.")
+    for name, limit in (("accreditation", 100), ("director", 200)):
+        if len(values[name]) > limit:
+            raise AccountError(f"The {name} has at most {limit} characters.")
+    with transaction.atomic():
+        lab = Lab.objects.select_for_update(of=("self",)).get(pk=lab.pk)
+        before = {name: getattr(lab, name) for name in LAB_DETAILS}
+        if before == values:
+            return lab
+        for name, value in values.items():
+            setattr(lab, name, value)
+        lab.save(update_fields=list(LAB_DETAILS))
+        record_event(
+            lab=lab,
+            actor=admin,
+            action=Action.LAB_DETAILS_CHANGED,
+            obj=lab,
+            before={name: value for name, value in before.items() if value != values[name]},
+            after={name: value for name, value in values.items() if value != before[name]},
+        )
+        return lab
+
+
+def _person_values(user: User) -> dict[str, str]:
+    profile = Profile.objects.filter(user=user).first()
+    return {
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "title": profile.title if profile else "",
+    }
+
+
+def update_person(
+    *, admin: User, membership: Membership, first_name: str, last_name: str, title: str
+) -> User:
+    """A member's full name and title, as the reports they sign print them. The user is one
+    person in every lab they belong to: the change shows in all of them, and is recorded in
+    the trail of the lab whose admin made it."""
+    lab = membership.lab
+    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="change members' names")
+    values = {
+        "first_name": " ".join(first_name.split()),
+        "last_name": " ".join(last_name.split()),
+        "title": " ".join(title.split()),
+    }
+    for name, limit in (("first_name", 150), ("last_name", 150), ("title", 100)):
+        if len(values[name]) > limit:
+            raise AccountError(f"The {name.replace('_', ' ')} has at most {limit} characters.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=membership.user_id)
+        before = _person_values(user)
+        if before == values:
+            return user
+        user.first_name, user.last_name = values["first_name"], values["last_name"]
+        user.save(update_fields=["first_name", "last_name"])
+        Profile.objects.update_or_create(user=user, defaults={"title": values["title"]})
+        record_event(
+            lab=lab,
+            actor=admin,
+            action=Action.MEMBER_PERSON_CHANGED,
+            obj=membership,
+            before={"username": user.get_username(), **before},
+            after={"username": user.get_username(), **values},
+        )
+        return user

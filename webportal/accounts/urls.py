@@ -14,6 +14,12 @@ urlpatterns = [
         name="member_role",
     ),
     path(
+        "lab/<int:lab_id>/members/<int:membership_id>/person/",
+        views.member_person,
+        name="member_person",
+    ),
+    path("lab/<int:lab_id>/details/", views.lab_details, name="lab_details"),
+    path(
         "lab/<int:lab_id>/members/<int:membership_id>/remove/",
         views.member_remove,
         name="member_remove",

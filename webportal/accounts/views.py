@@ -15,6 +15,8 @@ from webportal.accounts import services
 from webportal.accounts.forms import (
     ActiveModelForm,
     AddMemberForm,
+    LabDetailsForm,
+    PersonForm,
     ReferenceRangeForm,
     RoleForm,
 )
@@ -69,7 +71,7 @@ def members(request: HttpRequest, lab_id: int) -> HttpResponse:
         {
             "lab": lab,
             "form": form,
-            "memberships": services.members_of(lab=lab),
+            "memberships": services.members_of(lab=lab).select_related("user__profile"),
             "role_form": RoleForm(),
         },
     )
@@ -102,6 +104,46 @@ def member_role(request: HttpRequest, lab_id: int, membership_id: int) -> HttpRe
             request, f"{membership.user} is now {membership.get_role_display().lower()}."
         )
     return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_POST
+def member_person(request: HttpRequest, lab_id: int, membership_id: int) -> HttpResponse:
+    """A member's full name and title, as the reports they sign print them."""
+    lab = admin_lab(request, lab_id)
+    membership = _membership(lab, membership_id)
+    form = PersonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Names have at most 150 characters, a title 100.")
+        return redirect("accounts:members", lab_id=lab.pk)
+    try:
+        services.update_person(
+            admin=services.authenticated_user(request), membership=membership, **form.cleaned_data
+        )
+    except services.AccountError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Name and title of {membership.user} saved.")
+    return redirect("accounts:members", lab_id=lab.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def lab_details(request: HttpRequest, lab_id: int) -> HttpResponse:
+    """What the lab's reports say of it: address, accreditation number, director."""
+    lab = admin_lab(request, lab_id)
+    form = LabDetailsForm(
+        request.POST or None, initial={name: getattr(lab, name) for name in services.LAB_DETAILS}
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.update_lab_details(
+                admin=services.authenticated_user(request), lab=lab, **form.cleaned_data
+            )
+        except services.AccountError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "The lab's details are saved; new reports print them.")
+            return redirect("accounts:lab_details", lab_id=lab.pk)
+    return render(request, "accounts/lab_details.html", {"lab": lab, "form": form})
 
 
 @require_POST
@@ -164,43 +206,76 @@ def locked_out(
 
 @require_http_methods(["GET", "POST"])
 def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
-    """One row per class: the lab's own interval, or the adult default it replaces."""
+    """One row per class: the lab's own interval for any sex and age, or the adult default it
+    replaces; below, the lab's ranges for one sex or an age band."""
     from webportal.cases.services import ServiceError
-    from webportal.reports.differential import DEFAULT_REFERENCE_RANGES
-    from webportal.reports.services import reference_ranges_for, set_reference_range
+    from webportal.reports.differential import DEFAULT_ABSOLUTE_RANGES, DEFAULT_REFERENCE_RANGES
+    from webportal.reports.models import ReferenceRange
+    from webportal.reports.services import (
+        band_label,
+        reference_intervals_for,
+        set_reference_range,
+    )
 
     lab = admin_lab(request, lab_id)
     if request.method == "POST":
         form = ReferenceRangeForm(request.POST)
         if form.is_valid():
+            data = form.cleaned_data
             try:
                 set_reference_range(
                     actor=services.authenticated_user(request),
                     lab=lab,
-                    label=form.cleaned_data["label"],
-                    low_percent=form.cleaned_data["low_percent"],
-                    high_percent=form.cleaned_data["high_percent"],
+                    label=data["label"],
+                    low_percent=data["low_percent"],
+                    high_percent=data["high_percent"],
+                    low_absolute=data["low_absolute"],
+                    high_absolute=data["high_absolute"],
+                    sex=data["sex"] or "",
+                    age_from_years=data["age_from_years"] or 0,
+                    age_to_years=data["age_to_years"],
                 )
             except ServiceError as exc:
                 messages.error(request, str(exc))
             else:
-                messages.success(request, f"Reference range of {form.cleaned_data['label']} saved.")
+                messages.success(request, f"Reference range of {data['label']} saved.")
         else:
-            messages.error(request, "Give both limits as numbers from 0 to 100.")
+            messages.error(
+                request,
+                "Give both % limits as numbers from 0 to 100; absolute limits and ages, when "
+                "given, as numbers from 0.",
+            )
         return redirect("accounts:reference_ranges", lab_id=lab.pk)
-    ranges = reference_ranges_for(lab=lab)
+    intervals = reference_intervals_for(lab=lab)
+    ranges = intervals.percent
     model = lab.active_model or services.models_for(lab=lab).filter(lab=None).first()
     labels = list(dict.fromkeys([*(model.classes if model else []), *ranges]))
     rows = [
         {
             "label": label,
             "range": ranges.get(label),
+            "absolute": intervals.absolute.get(label),
             "default": DEFAULT_REFERENCE_RANGES.get(label),
-            "own": label in ranges and ranges.get(label) != DEFAULT_REFERENCE_RANGES.get(label),
+            "default_absolute": DEFAULT_ABSOLUTE_RANGES.get(label),
+            "own": (label in ranges and ranges.get(label) != DEFAULT_REFERENCE_RANGES.get(label))
+            or intervals.absolute.get(label) != DEFAULT_ABSOLUTE_RANGES.get(label),
         }
         for label in labels
     ]
-    return render(request, "accounts/reference_ranges.html", {"lab": lab, "rows": rows})
+    bands = [
+        {
+            "reference": reference,
+            "age": band_label(reference.age_from_years, reference.age_to_years),
+        }
+        for reference in ReferenceRange.objects.filter(lab=lab).exclude(
+            sex="", age_from_years=0, age_to_years=None
+        )
+    ]
+    return render(
+        request,
+        "accounts/reference_ranges.html",
+        {"lab": lab, "rows": rows, "bands": bands, "labels": labels},
+    )
 
 
 @require_GET

@@ -46,6 +46,7 @@ from webportal.api.serializers import (
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.reports import fhir, hl7v2, services, wording
+from webportal.reports.content import amendment_of, header_of
 from webportal.reports.models import Report
 from webportal.reports.pdf import render_report_pdf
 from webportal.reports.results import result_document
@@ -69,6 +70,42 @@ class VerificationSerializer(serializers.Serializer[Any]):
     decision_support = serializers.CharField()
 
 
+class ReportHeaderSerializer(serializers.Serializer[Any]):
+    """What the report says of its lab, patient, specimen, requester and signer (ISO
+    15189:2022 7.4.1.6): frozen at signing, live while preliminary (reports.content)."""
+
+    lab_name = serializers.CharField()
+    lab_address = serializers.CharField(allow_blank=True)
+    lab_accreditation = serializers.CharField(allow_blank=True)
+    lab_director = serializers.CharField(allow_blank=True)
+    patient_id = serializers.CharField(allow_blank=True)
+    family_name = serializers.CharField(allow_blank=True)
+    given_name = serializers.CharField(allow_blank=True)
+    birth_date = serializers.DateField(allow_null=True)
+    sex = serializers.CharField(allow_blank=True)
+    age = serializers.CharField(allow_blank=True, help_text='At collection, e.g. "52 years".')
+    specimen_id = serializers.CharField(help_text="The accession number.")
+    specimen_type = serializers.CharField(allow_blank=True)
+    collected_at = serializers.DateTimeField(allow_null=True)
+    received_at = serializers.DateTimeField(allow_null=True)
+    requester = serializers.CharField(allow_blank=True)
+    signer = serializers.CharField(allow_blank=True, help_text="Full name and title.")
+    issued_at = serializers.DateTimeField(allow_null=True)
+
+
+class ChangeSerializer(serializers.Serializer[Any]):
+    what = serializers.CharField(help_text="A class, the WBC count, comment or morphology.")
+    before = serializers.CharField()
+    after = serializers.CharField()
+
+
+class AmendmentSerializer(serializers.Serializer[Any]):
+    replaced_version = serializers.IntegerField()
+    replaced_issued_at = serializers.DateTimeField(allow_null=True)
+    replaced_signer = serializers.CharField()
+    changes = ChangeSerializer(many=True)
+
+
 class ReportSerializer(serializers.ModelSerializer[Report]):
     batch = serializers.IntegerField(source="batch_id", read_only=True)
     case = serializers.IntegerField(source="batch.case_id", read_only=True)
@@ -88,6 +125,8 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
     fhir_url = serializers.SerializerMethodField()
     batch_check = serializers.SerializerMethodField()
     verification = serializers.SerializerMethodField()
+    header = serializers.SerializerMethodField()
+    amendment = serializers.SerializerMethodField()
 
     class Meta:
         model = Report
@@ -108,6 +147,9 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
             "wbc_cells",
             "wbc_count",
             "critical",
+            "corrected_wbc_count",
+            "header",
+            "amendment",
             "differential",
             "flags",
             "verification",
@@ -157,6 +199,17 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
             "statement": wording.verification_line(report),
             "decision_support": wording.decision_support(report),
         }
+
+    @extend_schema_field(ReportHeaderSerializer)
+    def get_header(self, report: Report) -> dict[str, Any]:
+        return dict(ReportHeaderSerializer(asdict(header_of(report))).data)
+
+    @extend_schema_field(AmendmentSerializer(allow_null=True))
+    def get_amendment(self, report: Report) -> dict[str, Any] | None:
+        """What this amendment changed against the version it replaced; null for a first
+        version."""
+        amendment = amendment_of(report)
+        return None if amendment is None else dict(AmendmentSerializer(asdict(amendment)).data)
 
 
 class ReportEditSerializer(serializers.Serializer[Any]):

@@ -10,6 +10,7 @@ from rest_framework.reverse import reverse
 from webportal.cases.batch_check import describe
 from webportal.cases.models import Batch, Case, Image, Patient
 from webportal.cases.selectors import rejected_images
+from webportal.cases.services import PatientDetails
 from webportal.reports.services import latest_report
 
 
@@ -48,6 +49,13 @@ class DifferentialRowSerializer(serializers.Serializer[Any]):
     )
     critical = serializers.BooleanField(
         required=False, help_text="A category the lab marks critical, counted."
+    )
+    absolute_low = serializers.FloatField(
+        allow_null=True, default=None, help_text="Absolute reference range (x10^9/L) used."
+    )
+    absolute_high = serializers.FloatField(allow_null=True, default=None)
+    absolute_flag = serializers.CharField(
+        allow_blank=True, default="", help_text='The absolute count\'s "H", "L" or "".'
     )
 
 
@@ -174,6 +182,100 @@ class BatchCreateSerializer(serializers.Serializer[Any]):
     )
 
 
+def _refuse_unknown_keys(data: Any, known: Any, *, what: str) -> None:
+    """A misspelt key ("birthdate") is a 400 naming it, not a detail silently dropped."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise serializers.ValidationError(
+            f"Unknown field{'s' if len(unknown) > 1 else ''} in {what}: {', '.join(unknown)}. "
+            f"Known: {', '.join(known)}."
+        )
+
+
+class PatientInputSerializer(serializers.Serializer[Any]):
+    identifier = serializers.CharField(max_length=100, help_text="Patient id / MRN.")
+    family_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    given_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    birth_date = serializers.DateField(required=False, allow_null=True, help_text="YYYY-MM-DD.")
+    sex = serializers.ChoiceField(
+        choices=Patient.Sex.values,
+        required=False,
+        allow_blank=True,
+        help_text="Administrative sex (FHIR AdministrativeGender codes).",
+        error_messages={
+            "invalid_choice": '"{input}" is not a sex the lab records; use one of: '
+            + ", ".join(Patient.Sex.values)
+            + "."
+        },
+    )
+
+
+PATIENT_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "maxLength": 100, "description": "The patient id / MRN alone."},
+        {
+            "type": "object",
+            "required": ["identifier"],
+            "additionalProperties": False,
+            "properties": {
+                "identifier": {"type": "string", "maxLength": 100},
+                "family_name": {"type": "string", "maxLength": 100},
+                "given_name": {"type": "string", "maxLength": 100},
+                "birth_date": {"type": "string", "format": "date", "nullable": True},
+                "sex": {"type": "string", "enum": [*Patient.Sex.values, ""]},
+            },
+        },
+    ],
+    "description": "The patient id / MRN, or the patient with name, birth date and sex.",
+}
+
+
+@extend_schema_field(PATIENT_SCHEMA)
+class PatientField(serializers.Field):  # type: ignore[type-arg]
+    """`patient` as a string (the identifier, as ever) or as an object with the details."""
+
+    default_error_messages = {
+        "type": 'Give the patient as its identifier ("MRN-42") or as an object '
+        '{{"identifier", "family_name", "given_name", "birth_date", "sex"}}.',
+        "max_length": "A patient id has at most 100 characters.",
+    }
+
+    def to_internal_value(self, data: Any) -> PatientDetails:
+        if isinstance(data, str):
+            if len(data) > 100:
+                self.fail("max_length")
+            return PatientDetails(identifier=data)
+        if not isinstance(data, dict):
+            self.fail("type")
+        _refuse_unknown_keys(data, PatientInputSerializer().fields, what="patient")
+        details = PatientInputSerializer(data=data)
+        details.is_valid(raise_exception=True)
+        return PatientDetails(**details.validated_data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class SpecimenInputSerializer(serializers.Serializer[Any]):
+    type = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text='The primary sample, e.g. "Venous blood, EDTA".',
+    )
+    collected_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="ISO 8601; without an offset, lab time."
+    )
+    received_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="ISO 8601; not before collected_at."
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            _refuse_unknown_keys(data, self.fields, what="specimen")
+        return super().to_internal_value(data)
+
+
 class CaseBriefSerializer(serializers.ModelSerializer[Case]):
     patient = serializers.CharField(source="patient.external_id", default=None, read_only=True)
 
@@ -194,6 +296,7 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
         help_text="The status of the case's latest batch, or `new` before its first batch.",
     )
     url = serializers.SerializerMethodField()
+    specimen = serializers.SerializerMethodField()
 
     class Meta:
         model = Case
@@ -203,6 +306,8 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
             "lab",
             "accession_number",
             "patient",
+            "specimen",
+            "requester",
             "clinical_note",
             "status",
             "created_at",
@@ -212,11 +317,30 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
     def get_url(self, case: Case) -> str:
         return reverse("api:case_detail", args=[case.pk], request=self.context.get("request"))
 
+    @extend_schema_field(SpecimenInputSerializer)
+    def get_specimen(self, case: Case) -> dict[str, Any]:
+        """The primary sample; its id is the case's accession number."""
+        field = serializers.DateTimeField()
+        return {
+            "type": case.specimen_type,
+            "collected_at": field.to_representation(case.specimen_collected_at)
+            if case.specimen_collected_at
+            else None,
+            "received_at": field.to_representation(case.specimen_received_at)
+            if case.specimen_received_at
+            else None,
+        }
+
 
 class CaseCreateSerializer(serializers.Serializer[Any]):
     accession_number = serializers.CharField(max_length=100)
-    patient = serializers.CharField(
-        max_length=100, required=False, allow_blank=True, help_text="Patient id / MRN."
+    patient = PatientField(required=False)
+    specimen = SpecimenInputSerializer(required=False)
+    requester = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        help_text="Who asked for the examination (clinician, ward or service).",
     )
     clinical_note = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     lab = serializers.SlugField(
@@ -228,10 +352,24 @@ class CaseCreateSerializer(serializers.Serializer[Any]):
 
 class PatientSerializer(serializers.ModelSerializer[Patient]):
     lab = serializers.CharField(source="lab.slug", read_only=True)
+    sex = serializers.CharField(
+        read_only=True,
+        help_text="female, male, other or unknown (FHIR AdministrativeGender); empty when "
+        "not given.",
+    )
 
     class Meta:
         model = Patient
-        fields = ["id", "external_id", "lab", "created_at"]
+        fields = [
+            "id",
+            "external_id",
+            "family_name",
+            "given_name",
+            "birth_date",
+            "sex",
+            "lab",
+            "created_at",
+        ]
         read_only_fields = fields
 
 

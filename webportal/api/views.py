@@ -63,7 +63,27 @@ class CaseList(generics.ListAPIView[Case]):
                 "A case for a patient",
                 value={"accession_number": "H24-001234", "patient": "MRN-0042"},
                 request_only=True,
-            )
+            ),
+            OpenApiExample(
+                "A case with the patient's details, the specimen and the requester",
+                value={
+                    "accession_number": "H24-001235",
+                    "patient": {
+                        "identifier": "MRN-0042",
+                        "family_name": "Doe",
+                        "given_name": "Jane",
+                        "birth_date": "1961-04-12",
+                        "sex": "female",
+                    },
+                    "specimen": {
+                        "type": "Venous blood, EDTA",
+                        "collected_at": "2026-12-07T08:10:00Z",
+                        "received_at": "2026-12-07T09:02:00Z",
+                    },
+                    "requester": "Dr R. Osler, Haematology clinic",
+                },
+                request_only=True,
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -88,7 +108,11 @@ class CaseList(generics.ListAPIView[Case]):
                 lab=lab,
                 created_by=authenticated_user(request),
                 accession_number=data["accession_number"],
-                patient_external_id=data.get("patient", ""),
+                patient=data.get("patient"),
+                specimen=services.SpecimenDetails(**data["specimen"])
+                if "specimen" in data
+                else None,
+                requester=data.get("requester", ""),
                 clinical_note=data.get("clinical_note", ""),
             )
         except services.ServiceError as exc:

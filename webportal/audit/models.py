@@ -28,6 +28,8 @@ class Action(models.TextChoices):
     INVITATION_DECLINED = "member.invitation_declined", "Invitation declined"
     MEMBER_ROLE_CHANGED = "member.role_changed", "Member's role changed"
     MEMBER_REMOVED = "member.removed", "Member removed"
+    MEMBER_PERSON_CHANGED = "member.person_changed", "Member's name and title changed"
+    LAB_DETAILS_CHANGED = "lab.details_changed", "Lab's details changed"
     MODEL_ACTIVATED = "model.activated", "Model activated"
     THRESHOLD_CHANGED = "threshold.changed", "Threshold changed"
     REFERENCE_RANGE_CHANGED = "reference_range.changed", "Reference range changed"

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 from webportal.accounts.views import admin_lab
 from webportal.audit import selectors
 from webportal.audit.forms import AuditFilterForm
+from webportal.audit.words import in_words
 
 PAGE_SIZE = 50
 
@@ -37,10 +38,11 @@ def audit_trail(request: HttpRequest, lab_id: int) -> HttpResponse:
         object_id=filters.get("object_id", ""),
     )
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [in_words(event) for event in page]
     query = request.GET.copy()
     query.pop("page", None)
     return render(
         request,
         "audit/audit_trail.html",
-        {"lab": lab, "form": form, "page": page, "query": query.urlencode()},
+        {"lab": lab, "form": form, "page": page, "rows": rows, "query": query.urlencode()},
     )

@@ -5,8 +5,8 @@ from typing import Any
 from django import forms
 
 from webportal.accounts.models import Lab
-from webportal.cases.models import Batch
-from webportal.cases.services import normalise_accession_number
+from webportal.cases.models import Batch, Patient
+from webportal.cases.services import PatientDetails, SpecimenDetails, normalise_accession_number
 
 
 class AccessionNumberField(forms.CharField):
@@ -28,13 +28,70 @@ class CaseForm(forms.Form):
     patient_external_id = forms.CharField(
         max_length=100, required=False, label="Patient id / MRN (optional)"
     )
+    # The second identifier, sex and age on the report (ISO 15189:2022 7.4.1.6), all optional.
+    family_name = forms.CharField(max_length=100, required=False)
+    given_name = forms.CharField(max_length=100, required=False)
+    birth_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    sex = forms.ChoiceField(choices=[("", "—"), *Patient.Sex.choices], required=False)
+    specimen_type = forms.CharField(
+        max_length=100,
+        required=False,
+        help_text='The primary sample, e.g. "Venous blood, EDTA".',
+    )
+    specimen_collected_at = forms.DateTimeField(
+        label="Collected at",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    specimen_received_at = forms.DateTimeField(
+        label="Received at",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    requester = forms.CharField(
+        max_length=200, required=False, help_text="Who asked for the examination."
+    )
     clinical_note = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    PATIENT_FIELDS = ("patient_external_id", "family_name", "given_name", "birth_date", "sex")
+    SPECIMEN_FIELDS = ("specimen_type", "specimen_collected_at", "specimen_received_at")
+
+    def patient_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.PATIENT_FIELDS]
+
+    def specimen_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.SPECIMEN_FIELDS]
+
+    def patient_details(self) -> PatientDetails:
+        data = self.cleaned_data
+        return PatientDetails(
+            identifier=data["patient_external_id"],
+            family_name=data["family_name"],
+            given_name=data["given_name"],
+            birth_date=data["birth_date"],
+            sex=data["sex"],
+        )
+
+    def specimen_details(self) -> SpecimenDetails:
+        data = self.cleaned_data
+        return SpecimenDetails(
+            type=data["specimen_type"],
+            collected_at=data["specimen_collected_at"],
+            received_at=data["specimen_received_at"],
+        )
 
     def __init__(self, *args: Any, labs: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # No maxlength in the HTML: the browser would cut a pasted value silently. The server
         # refuses a long one with a message instead (the fields' max_length validators).
-        for name in ("accession_number", "patient_external_id"):
+        for name in (
+            "accession_number",
+            "patient_external_id",
+            "family_name",
+            "given_name",
+            "specimen_type",
+            "requester",
+        ):
             self.fields[name].widget.attrs.pop("maxlength", None)
         self.fields["lab"].queryset = labs  # type: ignore[attr-defined]
         if labs.count() == 1:

@@ -39,8 +39,22 @@ class ModelVersion(models.Model):
 
 
 class Patient(models.Model):
+    class Sex(models.TextChoices):
+        """Administrative sex, FHIR R4 AdministrativeGender's codes; "" when not given."""
+
+        FEMALE = "female", "Female"
+        MALE = "male", "Male"
+        OTHER = "other", "Other"
+        UNKNOWN = "unknown", "Unknown"
+
     lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="patients")
     external_id = models.CharField("patient id / MRN", max_length=100)
+    # The second identifier a report carries beside the MRN (ISO 15189:2022 7.4.1.6): the
+    # name and/or the birth date. All optional: a case may arrive with the MRN alone.
+    family_name = models.CharField(max_length=100, blank=True)
+    given_name = models.CharField(max_length=100, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=10, choices=Sex.choices, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +65,12 @@ class Patient(models.Model):
     def __str__(self) -> str:
         return self.external_id
 
+    @property
+    def name(self) -> str:
+        """The name as reports print it, "FAMILY, Given"; empty when neither is known."""
+        family, given = self.family_name.upper(), self.given_name
+        return ", ".join(part for part in (family, given) if part)
+
 
 class Case(models.Model):
     lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="cases")
@@ -59,6 +79,12 @@ class Case(models.Model):
     )
     accession_number = models.CharField(max_length=100)
     clinical_note = models.TextField(blank=True)
+    # The primary sample (ISO 15189:2022 7.4.1.6): its type, when it was collected and when
+    # the lab received it; the accession number is the specimen's id. And who asked for it.
+    specimen_type = models.CharField(max_length=100, blank=True)
+    specimen_collected_at = models.DateTimeField(null=True, blank=True)
+    specimen_received_at = models.DateTimeField(null=True, blank=True)
+    requester = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

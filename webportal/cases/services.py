@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Value
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -125,16 +126,154 @@ def normalise_accession_number(value: str) -> str:
     return " ".join(value.split())
 
 
+@dataclass(frozen=True)
+class PatientDetails:
+    """Who a case is for: the identifier (MRN) and, optionally, what a report prints as the
+    second identifier (name, birth date) and the sex and age its reference intervals need."""
+
+    identifier: str
+    family_name: str = ""
+    given_name: str = ""
+    birth_date: date | None = None
+    sex: str = ""
+
+
+@dataclass(frozen=True)
+class SpecimenDetails:
+    """The primary sample: its type, when it was collected and when the lab received it."""
+
+    type: str = ""
+    collected_at: datetime | None = None
+    received_at: datetime | None = None
+
+
+# A clock a few minutes fast on the collecting ward is not a specimen from the future.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _max_length(model: type[models.Model], name: str) -> int:
+    return int(getattr(model._meta.get_field(name), "max_length", None) or 100)
+
+
+def _check_length(value: str, *, what: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ServiceError(f"{what} has at most {limit} characters (this one has {len(value)}).")
+
+
+def clean_patient_details(details: PatientDetails) -> PatientDetails:
+    """The details with spaces trimmed, or a ServiceError saying what is wrong with them."""
+    cleaned = replace(
+        details,
+        identifier=details.identifier.strip(),
+        family_name=" ".join(details.family_name.split()),
+        given_name=" ".join(details.given_name.split()),
+        sex=details.sex.strip().lower(),
+    )
+    for name, what in [
+        ("external_id", "A patient id"),
+        ("family_name", "A family name"),
+        ("given_name", "A given name"),
+    ]:
+        value = cleaned.identifier if name == "external_id" else getattr(cleaned, name)
+        _check_length(value, what=what, limit=_max_length(Patient, name))
+    if not cleaned.identifier and (
+        cleaned.family_name or cleaned.given_name or cleaned.birth_date or cleaned.sex
+    ):
+        raise ServiceError("A patient needs an identifier (patient id / MRN) with the details.")
+    if cleaned.sex and cleaned.sex not in Patient.Sex.values:
+        raise ServiceError(
+            f'"{details.sex}" is not a sex the lab records; use one of: '
+            + ", ".join(Patient.Sex.values)
+            + "."
+        )
+    today = timezone.localdate()
+    if cleaned.birth_date is not None:
+        if cleaned.birth_date > today:
+            raise ServiceError(f"The birth date {cleaned.birth_date} is in the future.")
+        if cleaned.birth_date.year < today.year - 150:
+            raise ServiceError(f"The birth date {cleaned.birth_date} is over 150 years ago.")
+    return cleaned
+
+
+def clean_specimen_details(specimen: SpecimenDetails) -> SpecimenDetails:
+    """The specimen with its type trimmed, or a ServiceError saying what is wrong with it."""
+    cleaned = replace(specimen, type=" ".join(specimen.type.split()))
+    _check_length(cleaned.type, what="A specimen type", limit=_max_length(Case, "specimen_type"))
+    latest = timezone.now() + CLOCK_SKEW
+    for moment, what in [
+        (cleaned.collected_at, "collected"),
+        (cleaned.received_at, "received"),
+    ]:
+        if moment is not None and moment > latest:
+            raise ServiceError(
+                f"The specimen cannot be {what} in the future ({moment:%Y-%m-%d %H:%M %Z})."
+            )
+    collected, received = cleaned.collected_at, cleaned.received_at
+    if collected is not None and received is not None and received < collected:
+        raise ServiceError("The specimen was received before it was collected: check both times.")
+    return cleaned
+
+
+def _patient_for(*, lab: Lab, details: PatientDetails) -> Patient:
+    """The lab's patient with this identifier, created if new; details it lacks are filled in,
+    and details that contradict the record are refused (a different person, or a typo)."""
+    patient, created = Patient.objects.select_for_update().get_or_create(
+        lab=lab,
+        external_id=details.identifier,
+        defaults={
+            "family_name": details.family_name,
+            "given_name": details.given_name,
+            "birth_date": details.birth_date,
+            "sex": details.sex,
+        },
+    )
+    if created:
+        return patient
+    given = {
+        "family_name": details.family_name,
+        "given_name": details.given_name,
+        "birth_date": details.birth_date,
+        "sex": details.sex,
+    }
+    missing: list[str] = []
+    for name, value in given.items():
+        if value in ("", None):
+            continue
+        recorded = getattr(patient, name)
+        if recorded in ("", None):
+            setattr(patient, name, value)
+            missing.append(name)
+        elif (recorded.lower() if isinstance(recorded, str) else recorded) != (
+            value.lower() if isinstance(value, str) else value
+        ):
+            label = name.replace("_", " ")
+            raise ServiceError(
+                f"Patient {patient.external_id} is on record with {label} {recorded}, not "
+                f"{value}. Check the patient id; the record is changed by the lab, not by a "
+                "new case."
+            )
+    if missing:
+        patient.save(update_fields=missing)
+    return patient
+
+
 def create_case(
     *,
     lab: Lab,
     created_by: User | None,
     accession_number: str,
     patient_external_id: str = "",
+    patient: PatientDetails | None = None,
+    specimen: SpecimenDetails | None = None,
+    requester: str = "",
     clinical_note: str = "",
 ) -> Case:
     """A new case; `created_by` None means the system (seeding, benchmarks), else the user
-    must be staff, pathologist or integrator of the lab."""
+    must be staff, pathologist or integrator of the lab.
+
+    The patient is `patient` (identifier and details) or, as before, `patient_external_id`
+    alone; `specimen` and `requester` are what the report prints of the sample and who asked.
+    """
     if created_by is not None:
         require_role(user=created_by, lab=lab, allowed=CASE_WRITERS, action="create cases")
     accession_number = normalise_accession_number(accession_number)
@@ -145,6 +284,10 @@ def create_case(
             f"An accession number has at most {ACCESSION_NUMBER_MAX_LENGTH} characters "
             f"(this one has {len(accession_number)})."
         )
+    details = clean_patient_details(patient or PatientDetails(identifier=patient_external_id))
+    specimen = clean_specimen_details(specimen or SpecimenDetails())
+    requester = " ".join(requester.split())
+    _check_length(requester, what="A requester", limit=_max_length(Case, "requester"))
     duplicate = ServiceError(f"Accession number {accession_number} already exists in {lab}.")
     with transaction.atomic():
         same_number = Case.objects.alias(key=Lower("accession_number")).filter(
@@ -154,20 +297,27 @@ def create_case(
         if existing is not None:
             # Named as it was first written: "h-1" typed, "H-1" stored.
             raise ServiceError(f"Accession number {existing} already exists in {lab}.")
-        patient = None
-        if patient_external_id.strip():
-            patient, _ = Patient.objects.get_or_create(
-                lab=lab, external_id=patient_external_id.strip()
-            )
+        record = _patient_for(lab=lab, details=details) if details.identifier else None
+        if (
+            record is not None
+            and record.birth_date is not None
+            and specimen.collected_at is not None
+            and timezone.localtime(specimen.collected_at).date() < record.birth_date
+        ):
+            raise ServiceError("The specimen was collected before the patient's birth date.")
         try:
             # A savepoint: a twin created since the check above (another request) breaks the
             # unique constraint here, and the user gets the same message.
             with transaction.atomic():
                 case = Case.objects.create(
                     lab=lab,
-                    patient=patient,
+                    patient=record,
                     accession_number=accession_number,
                     clinical_note=clinical_note,
+                    specimen_type=specimen.type,
+                    specimen_collected_at=specimen.collected_at,
+                    specimen_received_at=specimen.received_at,
+                    requester=requester,
                     created_by=created_by,
                 )
         except IntegrityError as exc:
@@ -179,8 +329,27 @@ def create_case(
             obj=case,
             after={
                 "accession_number": case.accession_number,
-                "patient": patient.external_id if patient else "",
+                "patient": record.external_id if record else "",
                 "clinical_note": clinical_note,
+                **(
+                    {
+                        "patient_name": record.name,
+                        "birth_date": record.birth_date,
+                        "sex": record.sex,
+                    }
+                    if record is not None and (record.name or record.birth_date or record.sex)
+                    else {}
+                ),
+                **(
+                    {
+                        "specimen_type": specimen.type,
+                        "collected_at": specimen.collected_at,
+                        "received_at": specimen.received_at,
+                    }
+                    if specimen != SpecimenDetails()
+                    else {}
+                ),
+                **({"requester": requester} if requester else {}),
             },
         )
         return case

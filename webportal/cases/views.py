@@ -26,7 +26,9 @@ def case_list(request: HttpRequest) -> HttpResponse:
                 lab=form.cleaned_data["lab"],
                 created_by=authenticated_user(request),
                 accession_number=form.cleaned_data["accession_number"],
-                patient_external_id=form.cleaned_data["patient_external_id"],
+                patient=form.patient_details(),
+                specimen=form.specimen_details(),
+                requester=form.cleaned_data["requester"],
                 clinical_note=form.cleaned_data["clinical_note"],
             )
         except (services.ServiceError, RoleRequired) as exc:
@@ -154,11 +156,18 @@ def batch_confirm(request: HttpRequest, batch_id: int) -> HttpResponse:
     return redirect("cases:batch_detail", batch_id=batch.pk)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """Cancel a batch once the user has confirmed it (confirm=yes); otherwise a page that
+    asks, saying what cancelling does."""
     batch = get_object_or_404(
         selectors.batches_visible_to(user=authenticated_user(request)), pk=batch_id
     )
+    if request.method == "GET" or request.POST.get("confirm") != "yes":
+        if batch.is_finished:
+            messages.warning(request, f"Batch is already {batch.get_status_display().lower()}.")
+            return redirect("cases:batch_detail", batch_id=batch.pk)
+        return render(request, "cases/batch_cancel.html", {"batch": batch, "case": batch.case})
     if services.cancel_batch(batch_id=batch.pk, actor=authenticated_user(request)):
         messages.info(request, "Batch cancelled.")
     else:

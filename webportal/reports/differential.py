@@ -12,7 +12,10 @@
 - Each leukocyte percentage carries its exact binomial (Clopper-Pearson) 95 % confidence
   interval, the interval Rümke's table gives (CLSI H20-A2, Reference leukocyte (WBC)
   differential count).
-- With a WBC count (x10^9/L) each leukocyte class also gets an absolute count.
+- With a WBC count (x10^9/L) each leukocyte class also gets an absolute count, flagged
+  against its own absolute reference interval. When nucleated red cells (erythroblasts) are
+  counted the WBC count is first corrected for them (corrected_wbc: the analyser counts them
+  as leukocytes), and the absolute counts use the corrected count.
 - Flags: a critical category found, a class outside the lab's reference range, immature cells
   present, unidentified cells left, fewer leukocytes counted than the lab's minimum.
 """
@@ -49,6 +52,24 @@ DEFAULT_REFERENCE_RANGES: dict[str, tuple[float, float]] = {
     "basophil": (0.0, 2.0),
     "ig": (0.0, 1.0),
 }
+
+
+# Adult absolute reference intervals, x10^9/L (the UK NHS range of Oxford University Hospitals,
+# as tabulated in Front. Pharmacol. 2020;11:314, table 6, PMC7082321). A lab replaces them.
+DEFAULT_ABSOLUTE_RANGES: dict[str, tuple[float, float]] = {
+    "neutrophil": (2.0, 7.0),
+    "lymphocyte": (1.0, 3.0),
+    "monocyte": (0.2, 1.0),
+    "eosinophil": (0.02, 0.5),
+    "basophil": (0.02, 0.1),
+}
+# Nucleated red cells: what the WBC count is corrected for (smudge cells, also counted per
+# 100 WBC, are leukocytes the analyser counted rightly).
+NRBC_LABELS = frozenset({"erythroblast"})
+# Correct the WBC count from this many NRBC per 100 WBC (a lab sets its own, or never).
+NRBC_CORRECTION_FROM = 5
+# The textbook correction (Rodak's Diagnostic Hematology; docs/REPORTS.md has the sources).
+NRBC_CORRECTION = "WBC corrected for NRBC = WBC x 100 / (100 + NRBC per 100 WBC)"
 
 
 class Group:
@@ -97,6 +118,10 @@ class Row:
     ci_high: float | None = None
     loinc: str = ""
     critical: bool = False  # a critical category with cells counted
+    # The absolute count's own reference interval (x10^9/L) and flag, when both are known.
+    absolute_low: float | None = None
+    absolute_high: float | None = None
+    absolute_flag: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +136,8 @@ class Differential:
     wbc_cells: int
     total_cells: int
     flags: list[Flag] = field(default_factory=list)
+    # The WBC count corrected for nucleated red cells (corrected_wbc), when it was corrected.
+    corrected_wbc: Decimal | None = None
 
     def row(self, label: str) -> Row | None:
         return next((row for row in self.rows if row.label == label), None)
@@ -171,6 +198,32 @@ def clopper_pearson(count: int, total: int, confidence: float = CONFIDENCE) -> t
     return low, high
 
 
+def nrbc_per_100_wbc(*, nrbc: int, wbc_cells: int) -> Fraction | None:
+    return Fraction(100 * nrbc, wbc_cells) if wbc_cells else None
+
+
+def corrected_wbc(*, wbc_count: Decimal, nrbc: int, wbc_cells: int) -> Fraction:
+    """The WBC count corrected for nucleated red cells, exact: WBC x 100 / (100 + NRBC per
+    100 WBC). An analyser that does not tell them apart counts an NRBC as a leukocyte; a
+    differential counts them apart, per 100 WBC. Unchanged when none were counted."""
+    per_100 = nrbc_per_100_wbc(nrbc=nrbc, wbc_cells=wbc_cells)
+    if not per_100:
+        return Fraction(wbc_count)
+    return Fraction(wbc_count) * 100 / (100 + per_100)
+
+
+def _absolute_flag(value: Fraction, bounds: tuple[float, float] | None) -> str:
+    """H or L against the absolute interval, decided on the unrounded value."""
+    if bounds is None:
+        return ""
+    low, high = bounds
+    if value > Fraction(str(high)):
+        return "H"
+    if value < Fraction(str(low)):
+        return "L"
+    return ""
+
+
 def largest_remainder(counts: Sequence[int], *, decimals: int = 1) -> list[float]:
     """Percentages of sum(counts) with `decimals` places that add up to exactly 100.
 
@@ -206,7 +259,9 @@ def build_differential(
     categories: Sequence[Category] = (),
     wbc_count: Decimal | None = None,
     reference_ranges: Mapping[str, tuple[float, float]] | None = None,
+    absolute_ranges: Mapping[str, tuple[float, float]] | None = None,
     min_reliable_wbc: int = MIN_RELIABLE_WBC,
+    nrbc_correction_from: int | None = NRBC_CORRECTION_FROM,
 ) -> Differential:
     """The differential of `counts` (current label -> cells) by `categories` (the lab's
     vocabulary: webportal.reports.vocabulary), or by the model's `classes` alone.
@@ -226,6 +281,24 @@ def build_differential(
         if category.in_model or counts.get(category.label, 0)
     ]
     wbc_cells = sum(counts.get(c.label, 0) for c in vocabulary if c.group == Group.WBC)
+    absolute_bounds = {
+        label.lower(): bounds
+        for label, bounds in (
+            DEFAULT_ABSOLUTE_RANGES if absolute_ranges is None else absolute_ranges
+        ).items()
+    }
+    nrbc = sum(counts.get(c.label, 0) for c in vocabulary if c.label.lower() in NRBC_LABELS)
+    nrbc_share = nrbc_per_100_wbc(nrbc=nrbc, wbc_cells=wbc_cells)
+    if nrbc_correction_from is None or nrbc_share is None or nrbc_share < nrbc_correction_from:
+        nrbc = 0  # below the lab's threshold (or never): the WBC count is used as measured
+    exact_wbc = (
+        corrected_wbc(wbc_count=wbc_count, nrbc=nrbc, wbc_cells=wbc_cells)
+        if wbc_count is not None
+        else None
+    )
+    corrected = (
+        Decimal(str(shown(exact_wbc, 2))) if exact_wbc is not None and nrbc and wbc_cells else None
+    )
 
     rows: list[Row] = []
     flags: list[Flag] = []
@@ -241,11 +314,21 @@ def build_differential(
             if wbc_cells:
                 low_p, high_p = clopper_pearson(count, wbc_cells)
                 ci_low, ci_high = shown(100 * low_p), shown(100 * high_p)
-            absolute = (
-                shown(Fraction(wbc_count) * count / wbc_cells, 2)
-                if wbc_count is not None and wbc_cells
-                else None
+            exact_absolute = (
+                exact_wbc * count / wbc_cells if exact_wbc is not None and wbc_cells else None
             )
+            absolute = None if exact_absolute is None else shown(exact_absolute, 2)
+            bounds = absolute_bounds.get(label.lower())
+            absolute_flag = "" if exact_absolute is None else _absolute_flag(exact_absolute, bounds)
+            if absolute_flag and bounds is not None and absolute is not None:
+                side = "above" if absolute_flag == "H" else "below"
+                flags.append(
+                    Flag(
+                        "out_of_range",
+                        f"{label} {absolute:.2f} x10^9/L is {side} the reference range "
+                        f"{bounds[0]:g}-{bounds[1]:g} x10^9/L.",
+                    )
+                )
             low, high = ranges.get(label.lower(), (None, None))
             flag = ""
             # Decided on the exact value: 3 of 146 basophils (2.05 %) is above 0-2 %.
@@ -265,7 +348,10 @@ def build_differential(
                 critical.append(f"{label} {count} ({percent:.1f}% of leukocytes)")
             rows.append(
                 Row(label, group, count, percent, absolute, low, high, flag, ci_low, ci_high,
-                    category.loinc, is_critical)
+                    category.loinc, is_critical,
+                    absolute_low=bounds[0] if bounds is not None else None,
+                    absolute_high=bounds[1] if bounds is not None else None,
+                    absolute_flag=absolute_flag)
             )  # fmt: skip
         elif group == Group.PER_100_WBC:
             per_100 = shown(Fraction(100 * count, wbc_cells)) if wbc_cells else None
@@ -314,4 +400,6 @@ def build_differential(
             )
         )
     total = sum(row.count for row in rows if row.group != Group.NOT_CLASSED)
-    return Differential(rows=rows, wbc_cells=wbc_cells, total_cells=total, flags=flags)
+    return Differential(
+        rows=rows, wbc_cells=wbc_cells, total_cells=total, flags=flags, corrected_wbc=corrected
+    )

@@ -39,6 +39,19 @@ class Report(models.Model):
         blank=True,
         validators=[MinValueValidator(0)],
     )
+    # The WBC count corrected for nucleated red cells (reports.differential.corrected_wbc),
+    # when erythroblasts were counted and a WBC count given: the absolute counts use it.
+    corrected_wbc_count = models.DecimalField(
+        "WBC count corrected for NRBC (x10^9/L)",
+        max_digits=6,
+        decimal_places=2,
+        null=True,
+        blank=True,
+    )
+    # What the report said of its lab, patient, specimen, requester and signer when it was
+    # signed (reports.content.ReportHeader), frozen with the signature; {} while preliminary
+    # (the header then follows the records).
+    header = models.JSONField(default=dict, blank=True)
     comment = models.TextField(blank=True)
     morphology = models.TextField("morphology remarks", blank=True)
     amendment_reason = models.TextField(blank=True)
@@ -105,22 +118,43 @@ class Report(models.Model):
 
 
 class ReferenceRange(models.Model):
-    """A lab's reference interval for one class, % of leukocytes; absent classes use the adult
-    defaults in reports.differential."""
+    """A lab's reference interval for one class: % of leukocytes and, optionally, the absolute
+    count (x10^9/L), for one sex ("" any) and one age band [age_from_years, age_to_years)
+    (to None: no upper limit). Absent classes use the adult defaults in reports.differential;
+    services.reference_ranges_for picks the most specific row that fits the patient."""
 
     lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="+")
     label = models.CharField(max_length=100)
+    sex = models.CharField(max_length=10, blank=True)
+    age_from_years = models.PositiveSmallIntegerField(default=0)
+    age_to_years = models.PositiveSmallIntegerField(null=True, blank=True)
     low_percent = models.FloatField(validators=[MinValueValidator(0)])
     high_percent = models.FloatField(validators=[MinValueValidator(0)])
+    low_absolute = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)])
+    high_absolute = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0)])
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["label"]
+        ordering = ["label", "sex", "age_from_years"]
         constraints = [
-            models.UniqueConstraint(fields=["lab", "label"], name="one_reference_range_per_class"),
+            models.UniqueConstraint(
+                fields=["lab", "label", "sex", "age_from_years"],
+                name="one_reference_range_per_class_sex_and_age",
+            ),
             models.CheckConstraint(
                 condition=models.Q(low_percent__lte=models.F("high_percent")),
                 name="reference_range_low_not_above_high",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(low_absolute__isnull=True)
+                | models.Q(high_absolute__isnull=True)
+                | models.Q(low_absolute__lte=models.F("high_absolute")),
+                name="reference_range_absolute_low_not_above_high",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(age_to_years__isnull=True)
+                | models.Q(age_to_years__gt=models.F("age_from_years")),
+                name="reference_range_age_band_not_empty",
             ),
         ]
 

@@ -169,20 +169,20 @@ def _patient(report: Report) -> PatientInfo | None:
         return None
     return PatientInfo(
         identifier=patient.external_id,
-        family_name=str(getattr(patient, "family_name", "") or ""),
-        given_name=str(getattr(patient, "given_name", "") or ""),
-        birth_date=getattr(patient, "birth_date", None),
-        sex=str(getattr(patient, "sex", "") or ""),
+        family_name=patient.family_name,
+        given_name=patient.given_name,
+        birth_date=patient.birth_date,
+        sex=patient.sex,
     )
 
 
 def _specimen(report: Report) -> SpecimenInfo:
     case = report.batch.case
     return SpecimenInfo(
-        identifier=str(getattr(case, "specimen_id", "") or case.accession_number),
-        type=str(getattr(case, "specimen_type", "") or ""),
-        collected_at=getattr(case, "collected_at", None),
-        received_at=getattr(case, "received_at", None),
+        identifier=case.accession_number,  # the accession number is the specimen's id
+        type=case.specimen_type,
+        collected_at=case.specimen_collected_at,
+        received_at=case.specimen_received_at,
     )
 
 
@@ -323,7 +323,7 @@ def result_document(*, report: Report) -> ResultDocument:
         accession_number=case.accession_number,
         patient=_patient(report),
         specimen=specimen,
-        requester=str(getattr(case, "requester", "") or ""),
+        requester=case.requester,
         effective=specimen.collected_at or batch.created_at,
         issued=report.signed_at or report.created_at,
         signer=signer,

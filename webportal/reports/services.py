@@ -22,11 +22,13 @@ from webportal.api import lis, webhooks
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases import batch_check
-from webportal.cases.models import Batch, ModelVersion
+from webportal.cases.models import Batch, ModelVersion, Patient
 from webportal.cases.selectors import PENDING, CellState, batch_cells
 from webportal.cases.services import ServiceError
+from webportal.reports.content import freeze_header, patient_band
 from webportal.reports.differential import (
     CATEGORY_GROUPS,
+    DEFAULT_ABSOLUTE_RANGES,
     DEFAULT_REFERENCE_RANGES,
     MIN_RELIABLE_WBC,
     NOT_CLASSED,
@@ -51,40 +53,115 @@ def _editors(*, via_api: bool) -> frozenset[str]:
 # --- reference ranges -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ReferenceIntervals:
+    """The intervals a report flags against: % of WBC and absolute (x10^9/L), per class."""
+
+    percent: dict[str, tuple[float, float]]
+    absolute: dict[str, tuple[float, float]]
+
+
+def _fits(reference: ReferenceRange, *, sex: str, age_years: int | None) -> bool:
+    if reference.sex and reference.sex != sex:
+        return False
+    if age_years is None:
+        # Age unknown: only a range for every age applies (else the adult default).
+        return reference.age_from_years == 0 and reference.age_to_years is None
+    return reference.age_from_years <= age_years and (
+        reference.age_to_years is None or age_years < reference.age_to_years
+    )
+
+
+def reference_intervals_for(
+    *, lab: Lab, sex: str = "", age_years: int | None = None
+) -> ReferenceIntervals:
+    """The lab's reference intervals for a patient of this sex and age: for each class the
+    most specific of the lab's own ranges that fits (the narrowest age band, then one sex
+    before any sex), else the adult defaults."""
+    percent = dict(DEFAULT_REFERENCE_RANGES)
+    absolute = dict(DEFAULT_ABSOLUTE_RANGES)
+    best: dict[str, ReferenceRange] = {}
+
+    def rank(reference: ReferenceRange) -> tuple[int, bool]:
+        width = (reference.age_to_years or 200) - reference.age_from_years
+        return (-width, bool(reference.sex))
+
+    for reference in ReferenceRange.objects.filter(lab=lab):
+        if not _fits(reference, sex=sex, age_years=age_years):
+            continue
+        key = reference.label.lower()
+        if key not in best or rank(reference) > rank(best[key]):
+            best[key] = reference
+    for key, reference in best.items():
+        percent[key] = (reference.low_percent, reference.high_percent)
+        if reference.low_absolute is not None and reference.high_absolute is not None:
+            absolute[key] = (reference.low_absolute, reference.high_absolute)
+    return ReferenceIntervals(percent=percent, absolute=absolute)
+
+
 def reference_ranges_for(*, lab: Lab) -> dict[str, tuple[float, float]]:
-    """The lab's reference intervals (% of WBC): its own where set, else the adult defaults."""
-    ranges = dict(DEFAULT_REFERENCE_RANGES)
-    for label, low, high in ReferenceRange.objects.filter(lab=lab).values_list(
-        "label", "low_percent", "high_percent"
-    ):
-        ranges[label.lower()] = (low, high)
-    return ranges
+    """The lab's reference intervals (% of WBC) for any sex and age: its own where set, else
+    the adult defaults."""
+    return reference_intervals_for(lab=lab).percent
 
 
 def set_reference_range(
-    *, actor: User, lab: Lab, label: str, low_percent: float, high_percent: float
+    *,
+    actor: User,
+    lab: Lab,
+    label: str,
+    low_percent: float,
+    high_percent: float,
+    low_absolute: float | None = None,
+    high_absolute: float | None = None,
+    sex: str = "",
+    age_from_years: int = 0,
+    age_to_years: int | None = None,
 ) -> ReferenceRange:
-    """Set one class's reference interval for a lab (lab admins), audited."""
+    """Set one class's reference interval for a lab (lab admins), audited: % of WBC and,
+    optionally, absolute (x10^9/L); for any sex and age unless a sex or age band is given."""
     require_role(user=actor, lab=lab, allowed=LAB_ADMINS, action="change reference ranges")
     label = label.strip().lower()
     if not label:
         raise ServiceError("Name the class.")
     if not 0 <= low_percent <= high_percent <= 100:
         raise ServiceError("A reference range needs 0 <= low <= high <= 100 (% of leukocytes).")
+    if (low_absolute is None) != (high_absolute is None):
+        raise ServiceError("Give both absolute limits (x10^9/L), or neither.")
+    if (
+        low_absolute is not None
+        and high_absolute is not None
+        and not 0 <= low_absolute <= high_absolute < 1000
+    ):
+        raise ServiceError("An absolute range needs 0 <= low <= high (x10^9/L).")
+    if sex not in ("", *Patient.Sex.values):
+        raise ServiceError(f"Unknown sex {sex!r}: use one of {', '.join(Patient.Sex.values)}.")
+    if age_from_years < 0 or (age_to_years is not None and age_to_years <= age_from_years):
+        raise ServiceError("An age band needs 0 <= from < to (years; to left empty: no limit).")
     with transaction.atomic():
-        before = reference_ranges_for(lab=lab).get(label)
+        existing = ReferenceRange.objects.filter(
+            lab=lab, label=label, sex=sex, age_from_years=age_from_years
+        ).first()
         reference, _ = ReferenceRange.objects.update_or_create(
             lab=lab,
             label=label,
-            defaults={"low_percent": low_percent, "high_percent": high_percent},
+            sex=sex,
+            age_from_years=age_from_years,
+            defaults={
+                "age_to_years": age_to_years,
+                "low_percent": low_percent,
+                "high_percent": high_percent,
+                "low_absolute": low_absolute,
+                "high_absolute": high_absolute,
+            },
         )
         record_event(
             lab=lab,
             actor=actor,
             action=Action.REFERENCE_RANGE_CHANGED,
             obj=reference,
-            before={"label": label, "low": before[0], "high": before[1]} if before else None,
-            after={"label": label, "low": low_percent, "high": high_percent},
+            before=_range_values(existing) if existing else None,
+            after=_range_values(reference),
         )
     return reference
 
@@ -197,6 +274,28 @@ def set_policy(
     return policy
 
 
+def _range_values(reference: ReferenceRange) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "label": reference.label,
+        "low": reference.low_percent,
+        "high": reference.high_percent,
+    }
+    if reference.low_absolute is not None:
+        values |= {"low_absolute": reference.low_absolute, "high_absolute": reference.high_absolute}
+    if reference.sex:
+        values["sex"] = reference.sex
+    if reference.age_from_years or reference.age_to_years is not None:
+        values["age"] = band_label(reference.age_from_years, reference.age_to_years)
+    return values
+
+
+def band_label(age_from: int, age_to: int | None) -> str:
+    """An age band in words: "18 years and over", "1 to 11 years"."""
+    if age_to is None:
+        return f"{age_from} years and over" if age_from else "all ages"
+    return f"{age_from} to {age_to - 1} years" if age_to - 1 > age_from else f"{age_from} years"
+
+
 # --- the differential -----------------------------------------------------------------------
 
 
@@ -230,7 +329,9 @@ def count_batch(*, batch: Batch, wbc_count: Decimal | None = None) -> Counted:
     """The batch's differential from the current labels of its cells (reviews included), by
     the lab's vocabulary and minimum, with the batch guard's flag first when it flagged the
     batch; and how many labels a person gave."""
-    lab = batch.case.lab
+    case = batch.case
+    lab = case.lab
+    intervals = reference_intervals_for(lab=lab, **patient_band(case))
     states = batch_cells(batch=batch)
     counts = Counter(state.current for state in states)
     counts.pop(PENDING, None)
@@ -238,7 +339,9 @@ def count_batch(*, batch: Batch, wbc_count: Decimal | None = None) -> Counted:
         categories=vocabulary_for(lab=lab, model_version=batch.model_version),
         counts=counts,
         wbc_count=wbc_count,
-        reference_ranges=reference_ranges_for(lab=lab),
+        reference_ranges=intervals.percent,
+        absolute_ranges=intervals.absolute,
+        nrbc_correction_from=lab.nrbc_correction_from,
         min_reliable_wbc=policy_for(lab=lab).min_leukocytes,
     )
     unlike = batch_check.flag_message(batch)
@@ -258,10 +361,11 @@ def _fill(report: Report, counted: Counted) -> None:
     report.critical = differential.critical
     report.person_verified_cells = counted.person_verified
     report.model_accepted_cells = counted.model_accepted
+    report.corrected_wbc_count = differential.corrected_wbc
 
 
 FILLED = ["differential", "flags", "total_cells", "wbc_cells", "critical",
-          "person_verified_cells", "model_accepted_cells"]  # fmt: skip
+          "person_verified_cells", "model_accepted_cells", "corrected_wbc_count"]  # fmt: skip
 
 
 def _snapshot(report: Report) -> dict[str, Any]:
@@ -456,6 +560,7 @@ def sign_report(
         report.status = Report.Status.FINAL
         report.signed_by = actor
         report.signed_at = timezone.now()
+        report.header = freeze_header(report)
         report.save()
         record_event(
             lab=lab, actor=actor, action=Action.REPORT_SIGNED, obj=report, before=before,
@@ -518,6 +623,7 @@ def amend_report(
         _refuse_unfinished(counted, doing="amend", policy=policy, below_minimum_reason=below)
         _fill(new, counted)
         new.below_minimum_reason = below if new.wbc_cells < policy.min_leukocytes else ""
+        new.header = freeze_header(new)
         new.save()
         old.superseded_by = new
         old.save(update_fields=["superseded_by", "updated_at"])

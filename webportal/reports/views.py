@@ -12,7 +12,8 @@ from webportal.accounts.services import authenticated_user, can_sign, models_for
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.reports import services, wording
-from webportal.reports.differential import CATEGORY_GROUPS
+from webportal.reports.content import END_OF_REPORT, amendment_of, header_of
+from webportal.reports.differential import CATEGORY_GROUPS, NRBC_CORRECTION
 from webportal.reports.forms import AmendForm, CategoryForm, PolicyForm, RemarksForm
 from webportal.reports.models import Report
 from webportal.reports.pdf import render_report_pdf
@@ -71,6 +72,10 @@ def _render(
             "verification": wording.verification_line(report),
             "threshold": wording.threshold_text(report.model_version.threshold),
             "decision_support": wording.decision_support(report),
+            "header": header_of(report),
+            "amendment": amendment_of(report),
+            "nrbc_correction": NRBC_CORRECTION,
+            "end_of_report": END_OF_REPORT,
             "batch_check": describe(batch),
         },
         status=status,

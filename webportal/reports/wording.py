@@ -4,6 +4,7 @@ banner. Pure: they read a Report, never the database."""
 
 from __future__ import annotations
 
+from webportal.reports.content import NOT_VERIFIED_SUPPORT
 from webportal.reports.models import Report
 
 ROUNDING_NOTE = (
@@ -46,10 +47,7 @@ def decision_support(report: Report) -> str:
     """The decision-support statement: "verified by a qualified person" only when every
     labelled cell's label is a person's and a pathologist signed."""
     if not report.is_signed:
-        return (
-            "Decision support: the cell classes were proposed by an automated classifier. This "
-            "report is not yet signed: not verified, not for clinical use."
-        )
+        return NOT_VERIFIED_SUPPORT
     if report.fully_verified:
         return (
             "Decision support: the cell classes were proposed by an automated classifier and "

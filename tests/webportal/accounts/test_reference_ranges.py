@@ -55,3 +55,54 @@ def test_only_the_labs_admin_reaches_the_ranges() -> None:
     )
     other_admin, _ = _client(Role.ADMIN)
     assert other_admin.get(url).status_code == 404
+
+
+def test_the_admin_sets_a_range_for_one_sex_and_age_band_with_absolute_limits() -> None:
+    from webportal.reports.services import reference_intervals_for
+
+    client, lab = _client(Role.ADMIN)
+    url = reverse("accounts:reference_ranges", args=[lab.pk])
+    response = client.post(
+        url,
+        {
+            "label": "neutrophil",
+            "sex": "female",
+            "age_from_years": 1,
+            "age_to_years": 12,
+            "low_percent": 20,
+            "high_percent": 50,
+            "low_absolute": 1.5,
+            "high_absolute": 8.5,
+        },
+    )
+    assert response.status_code == 302
+    girl = reference_intervals_for(lab=lab, sex="female", age_years=6)
+    assert (girl.percent["neutrophil"], girl.absolute["neutrophil"]) == ((20, 50), (1.5, 8.5))
+    assert reference_intervals_for(lab=lab, sex="male", age_years=6).percent["neutrophil"] == (
+        40.0,
+        75.0,
+    )
+    page = client.get(url).content.decode()
+    assert "1 to 11 years" in page
+    event = AuditEvent.objects.get(action="reference_range.changed")
+    assert event.after == {
+        "label": "neutrophil",
+        "low": 20.0,
+        "high": 50.0,
+        "low_absolute": 1.5,
+        "high_absolute": 8.5,
+        "sex": "female",
+        "age": "1 to 11 years",
+    }
+
+
+def test_an_absolute_range_with_one_limit_is_refused_with_the_reason() -> None:
+    client, lab = _client(Role.ADMIN)
+    url = reverse("accounts:reference_ranges", args=[lab.pk])
+    response = client.post(
+        url,
+        {"label": "monocyte", "low_percent": 2, "high_percent": 10, "low_absolute": 0.2},
+        follow=True,
+    )
+    assert "Give both absolute limits" in response.content.decode()
+    assert not AuditEvent.objects.exists()

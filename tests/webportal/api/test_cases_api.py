@@ -105,3 +105,84 @@ def test_a_wrong_method_answers_405_in_the_error_shape(api: APIClient, case) -> 
     response = api.delete(reverse("api:case_detail", args=[case.pk]))
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
+
+
+def test_a_case_is_created_with_the_patient_as_an_object_the_specimen_and_requester(
+    api: APIClient,
+) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {
+            "accession_number": "H24-0100",
+            "patient": {
+                "identifier": "MRN-42",
+                "family_name": "Doe",
+                "given_name": "Jane",
+                "birth_date": "1961-04-12",
+                "sex": "female",
+            },
+            "specimen": {
+                "type": "Venous blood, EDTA",
+                "collected_at": "2026-03-02T08:10:00Z",
+                "received_at": "2026-03-02T09:02:00Z",
+            },
+            "requester": "Dr R. Osler",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["patient"] == "MRN-42"
+    assert body["requester"] == "Dr R. Osler"
+    assert body["specimen"]["type"] == "Venous blood, EDTA"
+    assert body["specimen"]["received_at"].startswith("2026-03-02T09:02:00")
+    case = Case.objects.get(pk=body["id"])
+    assert case.patient is not None
+    assert (case.patient.name, str(case.patient.birth_date)) == ("DOE, Jane", "1961-04-12")
+    patient = api.get(reverse("api:patient_detail", args=[case.patient.pk])).json()
+    assert (patient["family_name"], patient["birth_date"], patient["sex"]) == (
+        "Doe",
+        "1961-04-12",
+        "female",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"patient": {"family_name": "Doe"}}, "patient", "required"),
+        ({"patient": {"identifier": "M-1", "sex": "f"}}, "patient", "not a sex the lab records"),
+        ({"patient": {"identifier": "M-1", "birth_date": "12/04/1961"}}, "patient", "format"),
+        ({"patient": {"identifier": "M-1", "birthdate": "1961-04-12"}}, "patient", "birthdate"),
+        ({"patient": 42}, "patient", "as its identifier"),
+        ({"specimen": {"collected_at": "yesterday"}}, "specimen", "format"),
+        ({"specimen": {"kind": "blood"}}, "specimen", "Unknown field in specimen: kind"),
+        ({"requester": "x" * 201}, "requester", "200"),
+    ],
+)
+def test_bad_patient_specimen_or_requester_values_are_a_400_naming_the_field(
+    api: APIClient, body: dict[str, object], field: str, message: str
+) -> None:
+    response = api.post(
+        reverse("api:case_list"), {"accession_number": "H24-0101", **body}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert field in response.json()["fields"]
+    assert message in str(response.json()["fields"][field])
+    assert not Case.objects.filter(accession_number="H24-0101").exists()
+
+
+def test_a_specimen_received_before_it_was_collected_is_a_400_saying_so(api: APIClient) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {
+            "accession_number": "H24-0102",
+            "specimen": {
+                "collected_at": "2026-03-02T09:00:00Z",
+                "received_at": "2026-03-02T08:00:00Z",
+            },
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "received before it was collected" in response.json()["detail"]

@@ -47,7 +47,8 @@ def test_the_trail_shows_only_this_labs_events_with_before_and_after(trail) -> N
     assert _rows(response) == 3
     assert b"Member&#x27;s role changed" in response.content
     assert b"pathologist" in response.content
-    assert f"cases.case #{trail['foreign'].pk}".encode() not in response.content
+    assert f">Case #{trail['first'].pk}<".encode() in response.content
+    assert f">Case #{trail['foreign'].pk}<".encode() not in response.content
 
 
 def test_the_trail_filters_by_action_actor_object_and_date(trail) -> None:
@@ -71,3 +72,23 @@ def test_the_trail_pages_fifty_events_at_a_time(trail) -> None:
     assert _rows(client.get(url)) == 50
     assert _rows(client.get(url, {"page": 2})) == 13
     assert AuditEvent.objects.filter(lab=lab).count() == 63
+
+
+def test_the_trail_says_what_happened_in_words_not_codes_and_python_values(trail) -> None:
+    staff = trail["staff"]
+    record_event(
+        lab=staff.lab,
+        actor=staff.user,
+        action="report.edited",
+        obj=trail["first"],
+        before={"wbc_count": None, "flags": ["low_count", "immature"], "comment": ""},
+        after={"wbc_count": "7.50", "counts": {"neutrophil": 60, "monocyte": 8}, "new_user": True},
+    )
+    page = trail["client"].get(trail["url"]).content.decode()
+    assert "Report remarks edited" in page
+    assert "report.edited" not in page.replace('value="report.edited"', "")
+    for words in ["WBC count (x10^9/L)", "low_count, immature", "neutrophil 60, monocyte 8"]:
+        assert words in page
+    assert "<dt>New user</dt><dd>yes</dd>" in page
+    for python in ["None", "True", "['low_count'", "{'neutrophil'"]:
+        assert python not in page

@@ -140,6 +140,10 @@ def test_the_portal_can_discard_the_repeat(member, case, tiny_model, images) -> 
     for _ in range(2):
         client.post(url, {"priority": "routine", "images": [io.BytesIO(d) for d in images]})
     held = case.batches.get(status=Batch.Status.HELD)
-    client.post(reverse("cases:batch_cancel", args=[held.pk]))
+    # The held card is itself the question ("classify anyway" or "discard"): its discard
+    # button sends the confirmation.
+    page = client.get(reverse("cases:batch_detail", args=[held.pk])).content.decode()
+    assert 'name="confirm" value="yes"' in page
+    client.post(reverse("cases:batch_cancel", args=[held.pk]), {"confirm": "yes"})
     held.refresh_from_db()
     assert held.status == Batch.Status.CANCELLED

@@ -139,11 +139,25 @@ def test_status_json_reports_progress(client_of: Client, case, tiny_model) -> No
     }
 
 
-def test_cancelling_from_the_batch_page(client_of: Client, case, tiny_model) -> None:
+def test_cancelling_from_the_batch_page_asks_first_then_cancels(
+    client_of: Client, case, tiny_model
+) -> None:
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    client_of.post(reverse("cases:batch_cancel", args=[batch.pk]))
+    url = reverse("cases:batch_cancel", args=[batch.pk])
+    assert (
+        'id="cancel-batch"'
+        in client_of.get(reverse("cases:batch_detail", args=[batch.pk])).content.decode()
+    )
+    # Without the confirmation: a page that asks, and nothing cancelled.
+    asked = client_of.post(url)
+    assert asked.status_code == 200
+    assert f"Cancel batch #{batch.pk}?" in asked.content.decode()
+    assert 'name="confirm" value="yes"' in asked.content.decode()
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.QUEUED
+    client_of.post(url, {"confirm": "yes"})
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
 
