@@ -322,7 +322,7 @@ def test_a_preliminary_pdf_says_plainly_it_is_not_verified_and_never_that_it_was
     text = " ".join(_pages(render_report_pdf(report=setting)))
     assert "PRELIMINARY" in text
     assert " ".join(wording.decision_support(setting).split()) in text
-    assert "not verified" in text
+    assert "have not yet been verified by a qualified person" in text
     assert "verified by a qualified person before this report was signed" not in text
 
 
