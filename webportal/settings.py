@@ -233,26 +233,34 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 # Login lockout (django-axes) on every password login (/login/, /admin/login/, anything that
-# calls authenticate() with the request): after LOGIN_FAILURE_LIMIT wrong passwords for a
-# username, that username cannot log in for LOGIN_LOCKOUT_MINUTES, even with the right
-# password. Counted per username, whatever the address, so guessing from many addresses is
-# stopped too; a lab admin can lift a lockout early (admin: Access attempts, or
-# `manage.py axes_reset_username NAME`). A successful login clears the count.
+# calls authenticate() with the request), webportal.accounts.lockout: after LOGIN_FAILURE_LIMIT
+# wrong passwords for a username from one address, that pair cannot log in for
+# LOGIN_LOCKOUT_MINUTES, even with the right password (a try meanwhile does not start it again);
+# after LOGIN_ADDRESS_FAILURE_LIMIT wrong passwords from one address, whatever the usernames
+# (a password spray), that address cannot. Per pair, not per username: nobody can keep a named
+# user locked out from elsewhere. A lab admin can unlock a member early (members page, audited;
+# or `manage.py axes_reset_username NAME`). A successful login clears the pair's count.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, maximum=1000)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 20, maximum=100_000)
 LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, maximum=7 * 24 * 60)
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
-AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "webportal.accounts.lockout.PairAndAddressHandler"
 AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "webportal.accounts.views.locked_out"
-# django-axes warns when the address is not part of the lockout. Deliberate: locking an address
-# would lock a whole lab behind one NAT or proxy after a few typos, and a guesser who rotates
-# addresses is still stopped by the per-username count.
-SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+# Behind N reverse proxies (a TLS proxy: 1), the client's address is the N-th from the right in
+# X-Forwarded-For; 0 (the default) takes the connection's address (REMOTE_ADDR).
+LOGIN_PROXY_COUNT = env_int("LOGIN_PROXY_COUNT", 0, minimum=0, maximum=10)
+if LOGIN_PROXY_COUNT:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+    AXES_IPWARE_PROXY_COUNT = LOGIN_PROXY_COUNT
+    AXES_IPWARE_PROXY_ORDER = "right-most"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
