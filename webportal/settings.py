@@ -314,6 +314,10 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
 UPLOAD_MAX_FILE_BYTES = env_int("UPLOAD_MAX_FILE_BYTES", 25 * 1024 * 1024)
 # 25 Mpx fits a 6000 x 4000 camera frame; an upload holds one decoded copy (3 bytes a pixel).
 UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000, minimum=64, maximum=100_000_000)
+# Issue 21: what one upload may make the server decode and store: UPLOAD_MAX_FILES counts ZIP
+# members too, and the images' pixels together stay within this budget (500 Mpx: 2,000 cells of
+# 500 x 500, or 160 fields of 1600 x 1200 at 2 Mpx each).
+UPLOAD_MAX_TOTAL_PIXELS = env_int("UPLOAD_MAX_TOTAL_PIXELS", 500_000_000, minimum=64)
 
 # Celery. The embedded default needs no server: kombu's filesystem transport passes
 # messages through a folder both processes can see.
