@@ -257,10 +257,7 @@ AXES_LOCKOUT_CALLABLE = "webportal.accounts.views.locked_out"
 # Behind N reverse proxies (a TLS proxy: 1), the client's address is the N-th from the right in
 # X-Forwarded-For; 0 (the default) takes the connection's address (REMOTE_ADDR).
 LOGIN_PROXY_COUNT = env_int("LOGIN_PROXY_COUNT", 0, minimum=0, maximum=10)
-if LOGIN_PROXY_COUNT:
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
-    AXES_IPWARE_PROXY_COUNT = LOGIN_PROXY_COUNT
-    AXES_IPWARE_PROXY_ORDER = "right-most"
+AXES_CLIENT_IP_CALLABLE = "webportal.accounts.lockout.client_address"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

@@ -34,6 +34,22 @@ LOCKED_OUT = "login.locked_out"
 UNLOCKED = "login.unlocked"
 
 
+def client_address(request: HttpRequest) -> str | None:
+    """The client's address for the lockout (AXES_CLIENT_IP_CALLABLE): the connection's, or,
+    behind LOGIN_PROXY_COUNT proxies, the one the outermost proxy saw (each proxy appends the
+    address it was connected from to X-Forwarded-For; entries further left are the client's
+    own words and are never trusted)."""
+    remote = request.META.get("REMOTE_ADDR")
+    count = settings.LOGIN_PROXY_COUNT
+    if not count:
+        return remote
+    forwarded = [
+        part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+        if part.strip()
+    ]  # fmt: skip
+    return forwarded[-count] if len(forwarded) >= count else remote
+
+
 def _window_start() -> datetime:
     return timezone.now() - settings.AXES_COOLOFF_TIME
 

@@ -173,3 +173,16 @@ def test_the_limit_and_the_lockout_time_are_configurable(
     custom = runpy.run_path(str(SETTINGS))
     assert custom["AXES_FAILURE_LIMIT"] == 10
     assert custom["AXES_COOLOFF_TIME"] == timedelta(minutes=60)
+
+
+def test_behind_a_proxy_the_lockout_counts_the_address_the_proxy_saw(settings) -> None:
+    settings.LOGIN_PROXY_COUNT = 1
+    victim = UserFactory.create()
+
+    def via_proxy(client_says: str) -> Client:
+        return Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=client_says)
+
+    for _ in range(6):  # the attacker's own X-Forwarded-For entry is not believed
+        attempt(via_proxy("203.0.113.9, 198.51.100.7"), "login", victim.username, "wrong")
+    assert attempt(via_proxy("198.51.100.7"), "login", victim.username, PASSWORD) == 429
+    assert attempt(via_proxy("203.0.113.9"), "login", victim.username, PASSWORD) == 302
