@@ -92,7 +92,7 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     from webportal.reports.models import Report
 
     secure = debug_off  # behind the TLS proxy every request arrives as https
-    extra = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
+    extra: dict[str, Any] = {"HTTP_X_FORWARDED_PROTO": "https"} if secure else {}
     checks: dict[str, dict[str, Any]] = {}
 
     def check(name: str, held: bool, **seen: Any) -> None:
@@ -237,17 +237,17 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
           header=disposition)  # fmt: skip
 
     # 8. ZIP members against the file limit (tiny images: the count is what is probed).
-    members = settings.DATA_UPLOAD_MAX_NUMBER_FILES + 100
+    zip_members = settings.DATA_UPLOAD_MAX_NUMBER_FILES + 100
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for number in range(members):
+        for number in range(zip_members):
             zf.writestr(f"c{number}.png", _png(8, number))
     results = list(uploads.inspect_uploads([("cells.zip", io.BytesIO(archive.getvalue()))],
                                            limits=services.upload_limits()))  # fmt: skip
     accepted = sum(isinstance(r, uploads.AcceptedImage) for r in results)
     limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
     check("zip_members_count_against_the_file_limit", accepted <= limit,
-          members=members, accepted=accepted, limit=limit)  # fmt: skip
+          members=zip_members, accepted=accepted, limit=limit)  # fmt: skip
 
     # 9. At rest.
     database = Path(settings.DATABASES["default"]["NAME"])
