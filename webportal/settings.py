@@ -236,26 +236,31 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 # Login lockout (django-axes) on every password login (/login/, /admin/login/, anything that
-# calls authenticate() with the request): after LOGIN_FAILURE_LIMIT wrong passwords for a
-# username, that username cannot log in for LOGIN_LOCKOUT_MINUTES, even with the right
-# password. Counted per username, whatever the address, so guessing from many addresses is
-# stopped too; a lab admin can lift a lockout early (admin: Access attempts, or
-# `manage.py axes_reset_username NAME`). A successful login clears the count.
+# calls authenticate() with the request), webportal.accounts.lockout: after LOGIN_FAILURE_LIMIT
+# wrong passwords for a username from one address, that pair cannot log in for
+# LOGIN_LOCKOUT_MINUTES, even with the right password (a try meanwhile does not start it again);
+# after LOGIN_ADDRESS_FAILURE_LIMIT wrong passwords from one address, whatever the usernames
+# (a password spray), that address cannot. Per pair, not per username: nobody can keep a named
+# user locked out from elsewhere. A lab admin can unlock a member early (members page, audited;
+# or `manage.py axes_reset_username NAME`). A successful login clears the pair's count.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, maximum=1000)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 20, maximum=100_000)
 LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, maximum=7 * 24 * 60)
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
-AXES_LOCKOUT_PARAMETERS = ["username"]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "webportal.accounts.lockout.PairAndAddressHandler"
 AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "webportal.accounts.views.locked_out"
-# django-axes warns when the address is not part of the lockout. Deliberate: locking an address
-# would lock a whole lab behind one NAT or proxy after a few typos, and a guesser who rotates
-# addresses is still stopped by the per-username count.
-SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+# Behind N reverse proxies (a TLS proxy: 1), the client's address is the N-th from the right in
+# X-Forwarded-For; 0 (the default) takes the connection's address (REMOTE_ADDR).
+LOGIN_PROXY_COUNT = env_int("LOGIN_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "webportal.accounts.lockout.client_address"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -309,6 +314,10 @@ DATA_UPLOAD_MAX_NUMBER_FILES = env_int("UPLOAD_MAX_FILES", 2000)
 UPLOAD_MAX_FILE_BYTES = env_int("UPLOAD_MAX_FILE_BYTES", 25 * 1024 * 1024)
 # 25 Mpx fits a 6000 x 4000 camera frame; an upload holds one decoded copy (3 bytes a pixel).
 UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000, minimum=64, maximum=100_000_000)
+# Issue 21: what one upload may make the server decode and store: UPLOAD_MAX_FILES counts ZIP
+# members too, and the images' pixels together stay within this budget (500 Mpx: 2,000 cells of
+# 500 x 500, or 160 fields of 1600 x 1200 at 2 Mpx each).
+UPLOAD_MAX_TOTAL_PIXELS = env_int("UPLOAD_MAX_TOTAL_PIXELS", 500_000_000, minimum=64)
 
 # Celery. The embedded default needs no server: kombu's filesystem transport passes
 # messages through a folder both processes can see.
@@ -397,6 +406,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_THROTTLE_CLASSES": ["webportal.api.throttling.PerTokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"token": env_str("API_THROTTLE_RATE", "600/minute")},
+    # JSON nested deeper than webportal.api.parsers.MAX_JSON_DEPTH is a 400 (issue 21).
+    "DEFAULT_PARSER_CLASSES": [
+        "webportal.api.parsers.DepthLimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "webportal.api.pagination.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

@@ -13,7 +13,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from tests.conftest import noisy_jpeg_bytes
-from tests.factories import UserFactory
+from tests.factories import LabFactory, MembershipFactory, UserFactory
 from webportal.cases import processing, services
 from webportal.cases.models import Batch, Case, Cell, Image, Patient, Prediction
 from webportal.reports.models import Report
@@ -121,3 +121,51 @@ def test_a_superuser_cannot_change_a_prediction_through_the_admin(
     assert response.status_code == 403
     prediction.refresh_from_db()
     assert (prediction.label, prediction.confidence) == before
+
+
+def test_the_admin_cannot_give_a_lab_another_labs_model_nor_change_a_role(
+    superuser: User, tiny_model
+) -> None:
+    """The probe's finding: a superuser changed a role and gave lab B lab A's adapted model,
+    with no audit event."""
+    from webportal.accounts.models import Lab, Membership, Role
+    from webportal.audit.models import AuditEvent
+    from webportal.cases.models import ModelVersion
+
+    lab_a = LabFactory.create()
+    lab_b = LabFactory.create()
+    adapted = ModelVersion.objects.create(
+        name="adapted-a", lab=lab_a, architecture="x", classes=["a"], checkpoint_sha256="0" * 64,
+        checkpoint_path="/nowhere.pt",
+        input_size=8, mean=[0, 0, 0], std=[1, 1, 1],
+    )  # fmt: skip
+    member = MembershipFactory.create(lab=lab_b, role=Role.STAFF)
+    client = Client()
+    client.force_login(superuser)
+    url = reverse("admin:accounts_lab_change", args=[lab_b.pk])
+    form = {
+        "name": lab_b.name,
+        "slug": lab_b.slug,
+        "active_model": adapted.pk,
+        "memberships-TOTAL_FORMS": "1",
+        "memberships-INITIAL_FORMS": "1",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-0-id": member.pk,
+        "memberships-0-lab": lab_b.pk,
+        "memberships-0-user": member.user.pk,
+        "memberships-0-role": Role.PATHOLOGIST,
+    }
+    client.post(url, form)
+    lab_b.refresh_from_db()
+    assert lab_b.active_model is None
+    assert Membership.objects.get(pk=member.pk).role == Role.STAFF
+    # The model registry is read-only too, and a lab is never deleted here.
+    model_admin = admin.site._registry[ModelVersion]
+    request = RequestFactory().get("/admin/")
+    request.user = superuser
+    assert not model_admin.has_change_permission(request)
+    assert not model_admin.has_delete_permission(request)
+    assert not admin.site._registry[Lab].has_delete_permission(request)
+    # What the admin may do (rename a lab) is audited.
+    assert AuditEvent.objects.filter(lab=lab_b, action="lab.changed", actor=superuser).exists()

@@ -14,7 +14,10 @@ class AddMemberForm(forms.Form):
     password = forms.CharField(
         required=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="Only for a new user: an existing user keeps their password.",
+        help_text=(
+            "Only to create a new account now. Without it, or when the name is taken, the name "
+            "is invited: it joins when that account accepts."
+        ),
     )
 
 

@@ -422,3 +422,18 @@ def update_person(
             after={"username": user.get_username(), **values},
         )
         return user
+
+
+def locked_members(*, lab: Lab) -> set[int]:
+    """The ids of the lab's memberships whose username is locked out of logging in now."""
+    from webportal.accounts import lockout
+
+    return {m.pk for m in members_of(lab=lab) if lockout.is_locked(username=m.user.get_username())}
+
+
+def unlock_member(*, admin: User, membership: Membership) -> int:
+    """A lab admin lets a locked-out member log in again at once (audited in their labs)."""
+    from webportal.accounts import lockout
+
+    require_role(user=admin, lab=membership.lab, allowed=LAB_ADMINS, action="unlock members")
+    return lockout.unlock(user=membership.user, actor=admin)

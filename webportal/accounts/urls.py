@@ -24,6 +24,11 @@ urlpatterns = [
         views.member_remove,
         name="member_remove",
     ),
+    path(
+        "lab/<int:lab_id>/members/<int:membership_id>/unlock/",
+        views.member_unlock,
+        name="member_unlock",
+    ),
     path("lab/<int:lab_id>/model/", views.lab_model, name="lab_model"),
     path("lab/<int:lab_id>/ranges/", views.reference_ranges, name="reference_ranges"),
     path("account/invitations/", views.invitations, name="invitations"),

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from webportal.accounts import services
+from webportal.accounts import lockout, services
 from webportal.accounts.forms import (
     ActiveModelForm,
     AddMemberForm,
@@ -72,6 +72,7 @@ def members(request: HttpRequest, lab_id: int) -> HttpResponse:
             "lab": lab,
             "form": form,
             "memberships": services.members_of(lab=lab).select_related("user__profile"),
+            "locked": services.locked_members(lab=lab),
             "role_form": RoleForm(),
         },
     )
@@ -159,6 +160,15 @@ def member_remove(request: HttpRequest, lab_id: int, membership_id: int) -> Http
     return redirect("accounts:members", lab_id=lab.pk)
 
 
+@require_POST
+def member_unlock(request: HttpRequest, lab_id: int, membership_id: int) -> HttpResponse:
+    lab = admin_lab(request, lab_id)
+    membership = _membership(lab, membership_id)
+    services.unlock_member(admin=services.authenticated_user(request), membership=membership)
+    messages.success(request, f"{membership.user} may log in again.")
+    return redirect("accounts:members", lab_id=lab.pk)
+
+
 @require_http_methods(["GET", "POST"])
 def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
     lab = admin_lab(request, lab_id)
@@ -197,7 +207,12 @@ def locked_out(
         "registration/locked_out.html",
         {
             "failure_limit": settings.LOGIN_FAILURE_LIMIT,
+            "address_limit": settings.LOGIN_ADDRESS_FAILURE_LIMIT,
             "minutes": settings.LOGIN_LOCKOUT_MINUTES,
+            "until": lockout.locked_until(
+                username=(credentials or {}).get("username") or request.POST.get("username"),
+                ip_address=getattr(request, "axes_ip_address", None),
+            ),
             "login_url": request.path,
         },
         status=429,

@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from webportal.accounts.services import authenticated_user
 from webportal.api import access
 from webportal.api.errors import Conflict
+from webportal.api.filters import MAX_ID
 from webportal.api.pagination import Pagination
 from webportal.api.renderers import JsonErrorsMixin, PNGRenderer
 from webportal.api.schema import errors
@@ -71,7 +72,10 @@ class ReviewCreateSerializer(serializers.Serializer[Any]):
 
 
 class BulkReviewSerializer(ReviewCreateSerializer):
-    cells = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=5000)
+    cells = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID), min_length=1,
+        max_length=5000,
+    )  # fmt: skip
 
 
 def _cells_json(request: Request, batch: Batch, states: list[reviews.CellState]) -> list[Any]:

@@ -1,8 +1,23 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
 
 from webportal.cases.models import Batch, Case, Patient
+
+# Ids are 64-bit signed (BigAutoField): a number beyond is a bad request (400), not a 500.
+MAX_ID = 2**63 - 1
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A whole number from 1 to MAX_ID (NumberFilter alone takes decimals of any size)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_ID)
+        super().__init__(*args, **kwargs)
 
 
 class CaseFilter(django_filters.FilterSet):
@@ -26,7 +41,7 @@ class CaseFilter(django_filters.FilterSet):
 class BatchFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=Batch.Status.choices)
     priority = django_filters.ChoiceFilter(choices=Batch.Priority.choices)
-    case = django_filters.NumberFilter(field_name="case_id")
+    case = IdFilter(field_name="case_id")
     accession = django_filters.CharFilter(field_name="case__accession_number")
     created_after = django_filters.DateFilter(field_name="created_at", lookup_expr="date__gte")
     created_before = django_filters.DateFilter(field_name="created_at", lookup_expr="date__lte")

@@ -45,6 +45,7 @@ from webportal.api.serializers import (
 )
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
+from webportal.downloads import content_disposition
 from webportal.reports import fhir, hl7v2, services, wording
 from webportal.reports.content import amendment_of, header_of
 from webportal.reports.models import Report
@@ -309,7 +310,7 @@ class ReportView(JsonErrorsMixin, APIView):
                 actor=authenticated_user(request), report=report, kind="pdf"
             )
             name = f"report-{report.batch.case.accession_number}-v{report.version}.pdf"
-            headers["Content-Disposition"] = f'inline; filename="{name}"'
+            headers["Content-Disposition"] = content_disposition(name, attachment=False)
             return Response(render_report_pdf(report=report), headers=headers)
         body = ReportSerializer(report, context={"request": request}).data
         return Response(body, headers=headers)

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import generics, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +21,7 @@ from webportal.api import access
 from webportal.api import services as api_services
 from webportal.api.errors import Conflict, PayloadTooLarge
 from webportal.api.filters import BatchFilter, CaseFilter, PatientFilter
+from webportal.api.parsers import DepthLimitedJSONParser
 from webportal.api.schema import errors
 from webportal.api.serializers import (
     BatchCreateSerializer,
@@ -49,7 +50,7 @@ class CaseList(generics.ListAPIView[Case]):
     queryset = Case.objects.none()  # for the schema; get_queryset scopes to the caller
     serializer_class = CaseSerializer
     filterset_class = CaseFilter
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [DepthLimitedJSONParser, FormParser, MultiPartParser]
 
     def get_queryset(self) -> QuerySet[Case]:
         return _with_status(access.cases(self.request)).order_by("-created_at", "-id")

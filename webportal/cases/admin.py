@@ -5,9 +5,11 @@ from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patie
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin[ModelVersion]):
-    list_display = ["name", "architecture", "checkpoint_sha256", "threshold", "created_at"]
-    readonly_fields = [field.name for field in ModelVersion._meta.fields]
+class ModelVersionAdmin(ReadOnlyAdmin[ModelVersion]):
+    """Read-only: models are registered by `manage.py register_model` or adaptation, and a
+    lab's model is chosen by its admin in the portal (audited), never here."""
+
+    list_display = ["name", "lab", "architecture", "checkpoint_sha256", "threshold", "created_at"]
 
 
 # Clinical records: read-only here; the portal's services write them.

@@ -357,7 +357,10 @@ def create_case(
 
 def upload_limits() -> UploadLimits:
     return UploadLimits(
-        max_file_bytes=settings.UPLOAD_MAX_FILE_BYTES, max_pixels=settings.UPLOAD_MAX_PIXELS
+        max_file_bytes=settings.UPLOAD_MAX_FILE_BYTES,
+        max_pixels=settings.UPLOAD_MAX_PIXELS,
+        max_images=settings.DATA_UPLOAD_MAX_NUMBER_FILES,
+        max_upload_pixels=settings.UPLOAD_MAX_TOTAL_PIXELS,
     )
 
 

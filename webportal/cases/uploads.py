@@ -67,6 +67,10 @@ class UploadLimits:
     max_zip_members: int = 5_000
     max_zip_total_bytes: int = 1024 * 1024 * 1024
     max_zip_ratio: float = 200.0  # uncompressed/compressed per member: bombs
+    # Per upload, files and ZIP members together (a ZIP of 5,000 counts 5,000), and the pixels
+    # of every image decoded: what one request may make the server decode and store.
+    max_images: int = 2_000
+    max_upload_pixels: int = 500_000_000
 
     def __post_init__(self) -> None:
         for name in (
@@ -76,6 +80,8 @@ class UploadLimits:
             "max_side",
             "max_zip_members",
             "max_zip_total_bytes",
+            "max_images",
+            "max_upload_pixels",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -222,15 +228,56 @@ def inspect_uploads(
     carries ``model_input``, the fitted copy, made from the pixels already decoded.
     """
     seen: dict[str, str] = {}
+    budget = _Budget(limits)
     for raw_name, stream in files:
         name = _base_name(raw_name)
         data = _read_capped(stream, limits.max_file_bytes)
         if isinstance(data, str):
             yield RejectedFile(name, data)
         elif _is_zip(data):
-            yield from _inspect_zip(name, data, limits, seen, fit)
+            yield from (budget.spend(r) for r in _inspect_zip(name, data, limits, seen, fit,
+                                                              budget))  # fmt: skip
+        elif (reason := budget.refuse()) is not None:
+            yield RejectedFile(name, reason)
         else:
-            yield _inspect_payload(name, data, limits, seen, fit, in_archive=False)
+            yield budget.spend(_inspect_payload(name, data, limits, seen, fit, in_archive=False))
+
+
+class _Budget:
+    """What one upload may still decode: images (files and ZIP members) and pixels."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.images = 0
+        self.pixels = 0
+
+    def refuse(self) -> str | None:
+        """Why the next image is not even read, once the upload's count is spent."""
+        if self.images >= self.limits.max_images:
+            return (
+                f"Not read: one upload holds at most {self.limits.max_images:,} images, ZIP "
+                "members included. Please upload the rest as another batch."
+            )
+        if self.pixels >= self.limits.max_upload_pixels:
+            return self.pixels_reason()
+        return None
+
+    def pixels_reason(self) -> str:
+        return (
+            f"Not stored: the upload's images together exceed {self.limits.max_upload_pixels:,} "
+            "decoded pixels. Please upload the rest as another batch."
+        )
+
+    def spend(self, result: UploadResult) -> UploadResult:
+        if isinstance(result, RejectedFile):
+            return result
+        self.images += 1
+        pixels = result.width * result.height
+        if self.pixels + pixels > self.limits.max_upload_pixels:
+            self.pixels = self.limits.max_upload_pixels  # spent: the rest is not even decoded
+            return RejectedFile(result.name, self.pixels_reason())
+        self.pixels += pixels
+        return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +681,12 @@ class _CountingReader(io.BytesIO):
 
 
 def _inspect_zip(
-    name: str, data: bytes, limits: UploadLimits, seen: dict[str, str], fit: Fit | None
+    name: str,
+    data: bytes,
+    limits: UploadLimits,
+    seen: dict[str, str],
+    fit: Fit | None,
+    budget: _Budget | None = None,
 ) -> Iterator[UploadResult]:
     declared = _declared_entry_count(data)
     if declared is not None and declared > limits.max_zip_members:
@@ -669,6 +721,9 @@ def _inspect_zip(
         total = 0
         for info in members:
             member_name = f"{name}/{_base_name(info.filename)}"
+            if budget is not None and (reason := budget.refuse()) is not None:
+                yield RejectedFile(member_name, reason)
+                continue
             if total > limits.max_zip_total_bytes:
                 yield RejectedFile(member_name, _total_reason(limits))
                 continue

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webportal.accounts.services import authenticated_user, can_sign, models_for
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
+from webportal.downloads import content_disposition
 from webportal.reports import services, wording
 from webportal.reports.content import END_OF_REPORT, amendment_of, header_of
 from webportal.reports.differential import CATEGORY_GROUPS, NRBC_CORRECTION
@@ -148,8 +149,7 @@ def report_pdf(request: HttpRequest, report_id: int) -> HttpResponse:
     services.record_report_download(actor=authenticated_user(request), report=report)
     response = HttpResponse(pdf, content_type="application/pdf")
     name = f"{report.batch.case.accession_number}-batch{report.batch_id}-v{report.version}.pdf"
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    response["Content-Disposition"] = f'attachment; filename="{safe}"'
+    response["Content-Disposition"] = content_disposition(name)
     response["Cache-Control"] = "private, no-store"
     return response
 

@@ -789,3 +789,44 @@ def test_errors_from_the_decoder_itself_are_still_rejections(
     [result] = run(("cell.png", image_bytes(Image.new("RGB", (32, 32), (200, 80, 120)), "PNG")))
     assert isinstance(result, RejectedFile)
     assert result.reason.startswith("Truncated or corrupt PNG image"), result.reason
+
+
+# --- the upload's budget (issue 21) ------------------------------------------------------
+
+
+def _png(width: int, height: int, shade: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (shade, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _zip_of(pngs: list[bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for number, data in enumerate(pngs):
+            zf.writestr(f"cell-{number}.png", data)
+    return out.getvalue()
+
+
+def test_zip_members_count_against_the_uploads_image_limit() -> None:
+    limits = UploadLimits(max_images=3)
+    archive = _zip_of([_png(16, 16, shade) for shade in range(5)])
+    loose = [("loose.png", io.BytesIO(_png(16, 16, 200)))]
+    results = list(inspect_uploads([("cells.zip", io.BytesIO(archive)), *loose], limits=limits))
+    accepted = [r for r in results if isinstance(r, AcceptedImage)]
+    refused = [r for r in results if isinstance(r, RejectedFile)]
+    assert len(accepted) == 3
+    assert [r.name for r in refused] == [
+        "cells.zip/cell-3.png",
+        "cells.zip/cell-4.png",
+        "loose.png",
+    ]
+    assert all("at most 3 images, ZIP members included" in r.reason for r in refused)
+
+
+def test_the_decoded_pixels_of_one_upload_have_a_budget() -> None:
+    limits = UploadLimits(max_upload_pixels=2 * 100 * 100)
+    files = [(f"{n}.png", io.BytesIO(_png(100, 100, n))) for n in range(3)]
+    results = list(inspect_uploads(files, limits=limits))
+    assert [type(r).__name__ for r in results] == ["AcceptedImage", "AcceptedImage", "RejectedFile"]
+    assert "exceed 20,000 decoded pixels" in results[2].reason  # type: ignore[union-attr]
