@@ -16,6 +16,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from webportal.broker import TRANSPORT
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
 # Task names: the portal sends by name (`send_task`), the worker registers these names.
@@ -60,12 +62,21 @@ def broker_transport_options(
     }
 
 
+def broker_transport(broker_url: str) -> str | None:
+    """The transport class for a broker URL: the atomic filesystem transport for
+    `filesystem://` (webportal.broker), else the one the URL's scheme names."""
+    if broker_url.startswith("filesystem://"):
+        return TRANSPORT
+    return None
+
+
 def use_broker(broker_url: str, folder: Path) -> None:
     """Point this process's producer at a broker; drops pooled connections to the old one."""
     from django.conf import settings
 
     app.conf.update(
         broker_url=broker_url,
+        broker_transport=broker_transport(broker_url),
         broker_transport_options=broker_transport_options(
             broker_url, folder, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS
         ),
@@ -84,6 +95,7 @@ def _defaults() -> dict[str, Any]:
     from django.conf import settings
 
     return dict(
+        broker_transport=broker_transport(settings.CELERY_BROKER_URL),
         broker_transport_options=broker_transport_options(
             settings.CELERY_BROKER_URL,
             settings.CELERY_BROKER_FOLDER,

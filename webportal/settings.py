@@ -362,6 +362,17 @@ DEFAULT_MODEL_PATH = Path(
 # Bearer token for Prometheus scraping /metrics; empty means staff sessions only.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
+# --- Operations (issue 22): readiness ---------------------------------------------------------
+# Every worker writes a heartbeat row this often (workers.heartbeat); /readyz counts a
+# classifying worker as alive when its last heartbeat is at most WORKER_ALIVE_SECONDS old.
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, maximum=3600)
+WORKER_ALIVE_SECONDS = env_int("WORKER_ALIVE_SECONDS", 60, maximum=24 * 3600)
+if WORKER_ALIVE_SECONDS <= WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"WORKER_ALIVE_SECONDS ({WORKER_ALIVE_SECONDS}) must be more than "
+        f"WORKER_HEARTBEAT_SECONDS ({WORKER_HEARTBEAT_SECONDS}): a live worker would look dead"
+    )
+
 REST_FRAMEWORK = {
     # Integrator tokens first, so an unauthenticated call gets 401 with a WWW-Authenticate
     # header; a portal session works too (the interactive docs use it).

@@ -25,6 +25,7 @@ from webportal.celery import (
     SWEEP_BATCHES_TASK,
     app,
 )
+from workers import heartbeat  # noqa: F401 (connects the heartbeat to the worker's signals)
 
 logger = logging.getLogger(__name__)
 

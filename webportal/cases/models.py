@@ -280,3 +280,19 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} by {self.reviewer_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's sign of life: its main process writes this row every
+    WORKER_HEARTBEAT_SECONDS and deletes it on a warm shutdown (workers.heartbeat); /readyz
+    counts the classifying workers seen within WORKER_ALIVE_SECONDS."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    queues = models.CharField(max_length=255)
+    classifies = models.BooleanField(default=False)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.queues})"

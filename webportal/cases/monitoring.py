@@ -1,20 +1,24 @@
-"""What a lab operator watches: health of the database and broker, queue and throughput."""
+"""What a lab operator watches: readiness (database, broker, workers), queue and throughput."""
 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
+import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
+from django.conf import settings
 from django.db import connection
-from django.db.models import Count, F, Min, Sum
+from django.db.models import Count, F, Min, QuerySet, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from webportal.cases.models import Batch, Prediction
+from webportal.cases.models import Batch, Prediction, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -22,24 +26,78 @@ THROUGHPUT_WINDOW = timedelta(minutes=5)
 LATENCY_WINDOW = timedelta(hours=1)
 
 
-def check_health() -> dict[str, bool]:
-    """Whether the database and the broker answer now (no detail: the endpoint is public)."""
-    from webportal.celery import app
-
-    health = {"database": False, "broker": False}
+def check_readiness() -> dict[str, bool | int]:
+    """Whether this portal can do its work now: the database answers, the broker takes a
+    write, and at least one classifying worker was seen within WORKER_ALIVE_SECONDS. Counts
+    only (the endpoint is public)."""
+    readiness: dict[str, bool | int] = {
+        "database": False,
+        "broker": False,
+        "workers": 0,
+    }
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        health["database"] = True
+        readiness["database"] = True
+        readiness["workers"] = classifying_workers_alive(now=timezone.now()).count()
     except Exception:
-        logger.exception("health: database")
+        logger.exception("readiness: database")
     try:
-        with app.connection_for_write() as broker:
-            broker.ensure_connection(max_retries=1, timeout=3)
-        health["broker"] = True
+        check_broker_writable()
+        readiness["broker"] = True
     except Exception:
-        logger.exception("health: broker")
-    return health
+        logger.exception("readiness: broker")
+    return readiness
+
+
+def is_ready(readiness: dict[str, bool | int]) -> bool:
+    return bool(readiness["database"] and readiness["broker"] and readiness["workers"])
+
+
+def check_broker_writable() -> None:
+    """Raise unless the broker accepts a write now: a probe file in the filesystem broker's
+    queue folder (a name no reader takes), or a short-lived key in Redis."""
+    from webportal.celery import app
+
+    url = app.conf.broker_url or ""
+    if url.startswith("filesystem://"):
+        folder = app.conf.broker_transport_options["data_folder_out"]
+        probe = os.path.join(folder, f".readyz-{uuid.uuid4().hex}.tmp")
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+        os.unlink(probe)
+        return
+    with app.connection_for_write() as broker:
+        broker.ensure_connection(max_retries=1, timeout=3)
+        if url.startswith(("redis://", "rediss://")):
+            redis_client = cast(Any, broker.default_channel).client  # kombu's Redis channel
+            redis_client.set("hematovision:readyz", "1", ex=60)
+
+
+def classifying_workers_alive(*, now: datetime) -> QuerySet[WorkerHeartbeat]:
+    since = now - timedelta(seconds=settings.WORKER_ALIVE_SECONDS)
+    return WorkerHeartbeat.objects.filter(classifies=True, seen_at__gte=since)
+
+
+def record_worker_heartbeat(
+    *, hostname: str, queues: list[str], classifies: bool, started_at: datetime
+) -> None:
+    """The worker (workers.heartbeat) says it is alive; one row per worker hostname."""
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname,
+        defaults={
+            "queues": ",".join(sorted(queues))[:255],
+            "classifies": classifies,
+            "pid": os.getpid(),
+            "started_at": started_at,
+            "seen_at": timezone.now(),
+        },
+    )
+
+
+def forget_worker(*, hostname: str) -> None:
+    """A worker that stops cleanly is no longer counted at once."""
+    WorkerHeartbeat.objects.filter(hostname=hostname).delete()
 
 
 def collect_metrics() -> dict[str, float | dict[str, float]]:

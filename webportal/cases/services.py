@@ -80,9 +80,14 @@ def send_batch(*, batch_id: int, queue: str) -> None:
 
 
 def enqueue_on_commit(*, batch: Batch) -> None:
-    """Queue the batch once the surrounding transaction has committed its rows."""
+    """Queue the batch once the surrounding transaction has committed its rows.
+
+    Robust: a broker that fails now is logged and leaves the batch saved and queued, with its
+    files; the sweeper sends its message after BATCH_RESEND_AFTER_SECONDS. The request that
+    saved it answers as usual instead of failing after its rows were committed.
+    """
     batch_id, queue = batch.pk, batch.queue
-    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue))
+    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue), robust=True)
 
 
 def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:

@@ -15,20 +15,83 @@ from webportal.cases.models import ModelVersion
 pytestmark = pytest.mark.django_db
 
 
-def test_health_answers_ok_when_database_and_broker_answer() -> None:
-    response = Client().get(reverse("healthz"))
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": True, "broker": True}
-
-
-def test_health_answers_503_naming_the_broker_when_it_is_down(settings: LazySettings) -> None:
+def test_health_answers_ok_whenever_the_process_answers(settings: LazySettings) -> None:
     from webportal.celery import use_broker
 
     use_broker("redis://127.0.0.1:1/0", settings.CELERY_BROKER_FOLDER)  # nothing listens there
     response = Client().get(reverse("healthz"))
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def _alive_worker(*, seconds_ago: float = 0, classifies: bool = True) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webportal.cases import monitoring
+
+    monitoring.record_worker_heartbeat(
+        hostname=f"w{seconds_ago}{classifies}@host",
+        queues=["routine", "stat"] if classifies else ["adapt"],
+        classifies=classifies,
+        started_at=timezone.now(),
+    )
+    if seconds_ago:
+        from webportal.cases.models import WorkerHeartbeat
+
+        WorkerHeartbeat.objects.filter(hostname=f"w{seconds_ago}{classifies}@host").update(
+            seen_at=timezone.now() - timedelta(seconds=seconds_ago)
+        )
+
+
+def test_ready_when_database_broker_and_a_classifying_worker_answer() -> None:
+    _alive_worker()
+    response = Client().get(reverse("readyz"))
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "database": True, "broker": True, "workers": 1}
+
+
+def test_not_ready_without_any_worker() -> None:
+    response = Client().get(reverse("readyz"))
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "database": True,
+        "broker": True,
+        "workers": 0,
+    }
+
+
+def test_not_ready_when_the_only_workers_are_stale_or_adapt_only(settings: LazySettings) -> None:
+    _alive_worker(seconds_ago=settings.WORKER_ALIVE_SECONDS + 1)
+    _alive_worker(classifies=False)
+    response = Client().get(reverse("readyz"))
+    assert response.status_code == 503
+    assert response.json()["workers"] == 0
+
+
+def test_not_ready_naming_the_broker_when_it_is_down(settings: LazySettings) -> None:
+    from webportal.celery import use_broker
+
+    _alive_worker()
+    use_broker("redis://127.0.0.1:1/0", settings.CELERY_BROKER_FOLDER)  # nothing listens there
+    response = Client().get(reverse("readyz"))
     assert response.status_code == 503
     assert response.json()["broker"] is False
     assert response.json()["database"] is True
+
+
+def test_not_ready_when_the_filesystem_brokers_folder_cannot_be_written(tmp_path) -> None:
+    from webportal.celery import use_broker
+
+    _alive_worker()
+    use_broker("filesystem://", tmp_path / "broker")
+    (tmp_path / "broker" / "queue").rmdir()
+    (tmp_path / "broker" / "queue").write_text("not a folder")
+    response = Client().get(reverse("readyz"))
+    assert response.status_code == 503
+    assert response.json()["broker"] is False
 
 
 def test_metrics_are_refused_without_staff_login_or_token(member) -> None:
