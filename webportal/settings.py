@@ -62,6 +62,23 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or else from the file that NAME_FILE names (Docker and Kubernetes
+    secrets are files), so a deployment need not put secrets in its environment."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return default
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"{name}_FILE names {path}, which cannot be read: {exc}"
+        ) from exc
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None:
@@ -110,7 +127,7 @@ def _local_secret_key(var_dir: Path) -> str:
     return key
 
 
-_secret_key = os.environ.get("SECRET_KEY")
+_secret_key = env_secret("SECRET_KEY")
 if not _secret_key:
     production = sorted(name for name in PRODUCTION_SIGNALS if os.environ.get(name))
     if production and not DEBUG:
@@ -191,6 +208,9 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
     )
 }
+# The password apart from DATABASE_URL, so it can come from a secret file.
+if _database_password := env_secret("DATABASE_PASSWORD"):
+    DATABASES["default"]["PASSWORD"] = _database_password
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The portal and the worker write to one SQLite file from two processes: WAL lets
     # readers go on during a write, IMMEDIATE avoids lock upgrades that deadlock, and the
@@ -274,7 +294,7 @@ if S3_BUCKET:
             "bucket_name": S3_BUCKET,
             "endpoint_url": env_str("S3_ENDPOINT_URL", "") or None,
             "access_key": env_str("S3_ACCESS_KEY_ID", "") or None,
-            "secret_key": env_str("S3_SECRET_ACCESS_KEY", "") or None,
+            "secret_key": env_secret("S3_SECRET_ACCESS_KEY") or None,
             "region_name": env_str("S3_REGION", "") or None,
             "default_acl": None,
             "file_overwrite": False,
@@ -360,7 +380,7 @@ DEFAULT_MODEL_PATH = Path(
 )
 
 # Bearer token for Prometheus scraping /metrics; empty means staff sessions only.
-METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
 
 # --- Operations (issue 22): readiness ---------------------------------------------------------
 # Every worker writes a heartbeat row this often (workers.heartbeat); /readyz counts a
@@ -434,6 +454,8 @@ WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", DEBUG)
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` is clean there.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Health checks call these over plain HTTP from inside the container or the load balancer.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)

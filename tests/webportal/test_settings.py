@@ -80,7 +80,16 @@ def test_setting_a_bucket_moves_media_to_s3_compatible_storage(tmp_path: Path) -
 # --- every variable documented, every integer in range ---------------------------------------
 
 SETTINGS_FILES = (ROOT / "webportal" / "settings.py", ROOT / "webportal" / "run.py")
-ENV_READERS = {"env_str", "env_bool", "env_int", "env_list", "env_choice", "get", "getenv"}
+ENV_READERS = {
+    "env_str",
+    "env_bool",
+    "env_int",
+    "env_list",
+    "env_choice",
+    "env_secret",
+    "get",
+    "getenv",
+}
 
 
 def _variables_read(path: Path) -> set[str]:
@@ -215,3 +224,34 @@ def test_manage_py_runs_local_commands_with_no_variables_at_all(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
     assert (tmp_path / "secret_key").is_file()
+
+
+def test_secrets_can_come_from_files_named_by_the_file_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in [("secret_key", "k" * 60), ("db", "pg-pass"), ("s3", "s3-pass"),
+                        ("metrics", "scrape")]:  # fmt: skip
+        (secrets / name).write_text(value + "\n")
+    loaded = _load_settings(
+        monkeypatch,
+        tmp_path,
+        SECRET_KEY_FILE=str(secrets / "secret_key"),
+        DATABASE_URL="postgres://hematovision@db:5432/hematovision",
+        DATABASE_PASSWORD_FILE=str(secrets / "db"),
+        S3_BUCKET="hematovision",
+        S3_SECRET_ACCESS_KEY_FILE=str(secrets / "s3"),
+        METRICS_TOKEN_FILE=str(secrets / "metrics"),
+    )
+    assert loaded["SECRET_KEY"] == "k" * 60
+    assert loaded["DATABASES"]["default"]["PASSWORD"] == "pg-pass"
+    assert loaded["STORAGES"]["default"]["OPTIONS"]["secret_key"] == "s3-pass"
+    assert loaded["METRICS_TOKEN"] == "scrape"
+
+
+def test_a_secret_file_that_cannot_be_read_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY_FILE names /nonexistent/key"):
+        _load_settings(monkeypatch, tmp_path, SECRET_KEY_FILE="/nonexistent/key")

@@ -159,3 +159,27 @@ def test_metrics_show_how_old_the_oldest_heartbeat_of_a_processing_batch_is(
     Batch.objects.update(status=Batch.Status.DONE)
     body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
     assert "hematovision_oldest_processing_heartbeat_age_seconds 0.0" in body
+
+
+def test_the_worker_health_check_passes_on_a_fresh_heartbeat_and_fails_on_a_stale_one(
+    settings: LazySettings,
+) -> None:
+    from datetime import timedelta
+
+    from django.core.management import CommandError, call_command
+    from django.utils import timezone
+
+    from webportal.cases import monitoring
+    from webportal.cases.models import WorkerHeartbeat
+
+    with pytest.raises(CommandError, match="no heartbeat from celery@box"):
+        call_command("worker_alive", "--hostname", "celery@box")
+    monitoring.record_worker_heartbeat(
+        hostname="celery@box", queues=["routine"], classifies=True, started_at=timezone.now()
+    )
+    call_command("worker_alive", "--hostname", "celery@box")
+    WorkerHeartbeat.objects.update(
+        seen_at=timezone.now() - timedelta(seconds=settings.WORKER_ALIVE_SECONDS + 5)
+    )
+    with pytest.raises(CommandError, match="last heartbeat is"):
+        call_command("worker_alive", "--hostname", "celery@box")
