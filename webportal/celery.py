@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
+from webportal import logs
 from webportal.broker import TRANSPORT
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
@@ -147,3 +149,11 @@ def _defaults() -> dict[str, Any]:
 
 
 app.add_defaults(_defaults)
+
+
+@before_task_publish.connect
+def carry_request_id(headers: dict[str, Any] | None = None, **_: object) -> None:
+    """The request (or task) that sends a task hands its id on: the task's log lines carry it."""
+    current = logs.request_id.get()
+    if current and headers is not None:
+        headers.setdefault(logs.TASK_HEADER, current)

@@ -166,6 +166,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later step's log lines carry the request's id.
+    "webportal.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -382,11 +384,26 @@ DEFAULT_MODEL_PATH = Path(
 # Bearer token for Prometheus scraping /metrics; empty means staff sessions only.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
 
-# --- Operations (issue 22): readiness ---------------------------------------------------------
+# --- Operations (issue 22): readiness, shared cache ------------------------------------------
 # Every worker writes a heartbeat row this often (workers.heartbeat); /readyz counts a
 # classifying worker as alive when its last heartbeat is at most WORKER_ALIVE_SECONDS old.
 WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, maximum=3600)
 WORKER_ALIVE_SECONDS = env_int("WORKER_ALIVE_SECONDS", 60, maximum=24 * 3600)
+# Django's cache (the API's throttle counts, de-duplication) in Redis, shared by every web
+# process and worker, when CACHE_URL is set or the broker is Redis; else each process keeps
+# its own in memory (the embedded default: one portal process).
+CACHE_URL = env_str(
+    "CACHE_URL",
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
+)
+if CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "hematovision",
+        }
+    }
 if WORKER_ALIVE_SECONDS <= WORKER_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
         f"WORKER_ALIVE_SECONDS ({WORKER_ALIVE_SECONDS}) must be more than "
@@ -494,10 +511,23 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
+# One JSON object a line (python-json-logger), portal and workers alike, each with its request
+# id, batch id and lab (webportal/logs.py; docs/ARCHITECTURE.md, "Logs").
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "webportal.logs.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
+            "%(request_id)s %(batch_id)s %(lab)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}
+    },
     "root": {
         "handlers": ["console"],
         "level": env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),

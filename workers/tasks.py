@@ -11,10 +11,11 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from webportal import logs
 from webportal.cases import classifiers, processing
 from webportal.celery import (
     ADAPT_MODEL_TASK,
@@ -117,3 +118,23 @@ def adapt_model(job_id: int) -> None:
         runner.run_adaptation(job_id=job_id)
     except Exception:
         logger.exception("adaptation %s failed", job_id)
+
+
+@task_prerun.connect
+def bind_log_context(task: Task[Any, Any], args: tuple[Any, ...] = (), **_: object) -> None:
+    """The task's log lines carry the request id it was sent with (else its own id), and a
+    batch task's lines its batch and lab."""
+    request = task.request
+    sent_with = getattr(request, logs.TASK_HEADER, None) or (request.headers or {}).get(
+        logs.TASK_HEADER
+    )
+    logs.request_id.set(str(sent_with or request.id or ""))
+    if task.name == PROCESS_BATCH_TASK and args:
+        logs.batch_id.set(str(args[0]))
+        logs.lab.set(processing.lab_slug_of(batch_id=int(args[0])))
+
+
+@task_postrun.connect
+def clear_log_context(**_: object) -> None:
+    for var in (logs.request_id, logs.batch_id, logs.lab):
+        var.set("")

@@ -255,3 +255,17 @@ def test_a_secret_file_that_cannot_be_read_stops_start_up_naming_it(
 ) -> None:
     with pytest.raises(ImproperlyConfigured, match="SECRET_KEY_FILE names /nonexistent/key"):
         _load_settings(monkeypatch, tmp_path, SECRET_KEY_FILE="/nonexistent/key")
+
+
+def test_the_cache_is_shared_in_redis_when_the_broker_is_redis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    embedded = _load_settings(monkeypatch, tmp_path)
+    assert "CACHES" not in embedded  # Django's default: memory, per process
+    scaled = _load_settings(
+        monkeypatch, tmp_path, CELERY_BROKER_URL="redis://redis:6379/0", SECRET_KEY="x" * 50
+    )
+    assert scaled["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert scaled["CACHES"]["default"]["LOCATION"] == "redis://redis:6379/0"
+    own = _load_settings(monkeypatch, tmp_path, CACHE_URL="redis://cache:6379/3")
+    assert own["CACHES"]["default"]["LOCATION"] == "redis://cache:6379/3"

@@ -296,3 +296,14 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname} ({self.queues})"
+
+
+class MetricCounter(models.Model):
+    """A counter the workers increment as things happen (batches finished, images classified),
+    in the transaction that does them; /metrics reads it instead of counting tables per scrape."""
+
+    name = models.CharField(max_length=100, unique=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"

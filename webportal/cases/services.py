@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from ml.geometry import eval_geometry, geometry_key
 from ml.locate import kind_by_size
+from webportal import logs
 from webportal.accounts.models import Lab
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
@@ -433,6 +434,11 @@ def submit_prepared_batch(
                     "rejected": rejected,
                     "model_version": str(model_version),
                 },
+            )
+            logs.batch_id.set(str(batch.pk))  # this request's later lines name the batch
+            logs.lab.set(case.lab.slug)
+            logger.info(
+                "batch uploaded: %d accepted, %d rejected, %s", accepted, rejected, batch.status
             )
             if batch.status == Batch.Status.QUEUED:
                 enqueue_on_commit(batch=batch)

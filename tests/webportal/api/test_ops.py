@@ -120,7 +120,19 @@ def test_metrics_count_queue_depth_batches_and_predictions(
     assert 'hematovision_batches{status="done"} 1' in body
     assert 'hematovision_queue_depth_images{queue="stat"} 3' in body
     assert 'hematovision_queue_depth_images{queue="routine"} 4' in body
-    assert "hematovision_predictions_total 2" in body
+    # Counted by the worker when the batch finished, not by counting tables on this scrape.
+    assert "hematovision_images_classified_total 2.0" in body
+    assert 'hematovision_batches_finished_total{status="done"} 1.0' in body
+    assert 'hematovision_webhook_deliveries{status="pending"} 0.0' in body
+    assert 'hematovision_adaptation_jobs{status="queued"} 0.0' in body
+    assert 'hematovision_workers_alive{kind="classify"} 0.0' in body
+    assert 'hematovision_broker_queue_messages{queue="stat"} 0.0' in body
+    from webportal.celery import PROCESS_BATCH_TASK, app
+
+    app.send_task(PROCESS_BATCH_TASK, args=(0,), queue="stat")  # one message waits in `stat`
+    body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    assert 'hematovision_broker_queue_messages{queue="stat"} 1.0' in body
+    assert 'hematovision_broker_queue_messages{queue="routine"} 0.0' in body
     staff = UserFactory.create(is_staff=True)
     client = Client()
     client.force_login(staff)
