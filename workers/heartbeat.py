@@ -10,7 +10,10 @@ and the portal reads it with the same connection that serves its pages.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
@@ -59,3 +62,24 @@ def stop_heartbeat(sender: Any, **_: object) -> None:
         logger.warning("heartbeat: could not remove it", exc_info=True)
     finally:
         connection.close()
+
+
+def report_engine(engine: str) -> None:
+    """In a pool process: write the engine it loaded on its worker's heartbeat row, in a thread
+    that waits for the row (the main process may write its first heartbeat after this)."""
+    if not engine:
+        return
+    main_pid, host = os.getppid(), socket.gethostname()
+
+    def write() -> None:
+        for _ in range(60):
+            try:
+                if monitoring.record_worker_engine(main_pid=main_pid, host=host, engine=engine):
+                    return
+            except Exception:
+                logger.warning("heartbeat: could not record the engine", exc_info=True)
+            finally:
+                connection.close()
+            time.sleep(2)
+
+    threading.Thread(target=write, name="engine-report", daemon=True).start()

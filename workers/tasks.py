@@ -26,7 +26,7 @@ from webportal.celery import (
     SWEEP_BATCHES_TASK,
     app,
 )
-from workers import heartbeat  # noqa: F401 (connects the heartbeat to the worker's signals)
+from workers import heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def load_models_after_fork(**_: object) -> None:
     except Exception:
         # A worker without its model still starts; the batch that needs it fails with the reason.
         logger.exception("could not preload classifiers")
+    heartbeat.report_engine(",".join(classifiers.loaded_engines()))
 
 
 @shared_task(

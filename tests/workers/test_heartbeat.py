@@ -46,6 +46,15 @@ def test_readiness_follows_a_real_worker_through_start_kill_and_clean_stop(
         wait_until(_ready, timeout=90, what="the second worker's heartbeat")
         body = Client().get(reverse("readyz")).json()
         assert body["workers"] == 1
+        # Its pool process reports the engine it loaded the model with on the same row.
+        wait_until(
+            lambda: WorkerHeartbeat.objects.filter(seen_at__isnull=False).exclude(engine="")
+            .order_by("-started_at").exists(),
+            timeout=60, what="the engine on the heartbeat",
+        )  # fmt: skip
+        latest = WorkerHeartbeat.objects.order_by("-started_at").first()
+        assert latest is not None
+        assert latest.engine in {"eager", "channels-last", "fused-channels-last", "ort-fp32"}
     # A warm shutdown removes its row at once: not ready, without waiting for staleness.
     assert not _ready()
     assert WorkerHeartbeat.objects.count() == 1

@@ -290,6 +290,8 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=255, unique=True)
     queues = models.CharField(max_length=255)
     classifies = models.BooleanField(default=False)
+    # The engine(s) its pool process runs the model with (ml.engine names), once it has loaded.
+    engine = models.CharField(max_length=64, blank=True)
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField(db_index=True)

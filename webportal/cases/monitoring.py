@@ -95,6 +95,13 @@ def record_worker_heartbeat(
     )
 
 
+def record_worker_engine(*, main_pid: int, host: str, engine: str) -> bool:
+    """A pool process says which engine it runs, on its worker's row (the worker whose main
+    process is `main_pid` on this host: node names end in `@host`); False: no row yet."""
+    rows = WorkerHeartbeat.objects.filter(pid=main_pid, hostname__endswith=f"@{host}")
+    return bool(rows.update(engine=engine[:64]))
+
+
 # The counters the workers increment (MetricCounter), in the transaction of what they count.
 BATCHES_DONE = "batches_done"
 BATCHES_FAILED = "batches_failed"
@@ -157,6 +164,7 @@ def collect_metrics() -> dict[str, float | dict[str, float]]:
         "webhook_deliveries": _webhook_deliveries(),
         "adaptation_jobs": _adaptation_jobs(),
         "workers_alive": _workers_alive(now=now),
+        "worker_engines": _worker_engines(now=now),
         "broker_queue_messages": _broker_queue_lengths(),
         "images_per_second": recent / THROUGHPUT_WINDOW.total_seconds(),
         "batch_latency_seconds_p50": _quantile(latencies, 0.5),
@@ -200,6 +208,15 @@ def _workers_alive(*, now: datetime) -> dict[str, float]:
     }
 
 
+def _worker_engines(*, now: datetime) -> dict[str, float]:
+    since = now - timedelta(seconds=settings.WORKER_ALIVE_SECONDS)
+    alive = WorkerHeartbeat.objects.filter(seen_at__gte=since, classifies=True)
+    engines: dict[str, float] = {}
+    for engine in alive.values_list("engine", flat=True):
+        engines[engine or "not yet known"] = engines.get(engine or "not yet known", 0.0) + 1
+    return engines
+
+
 def _broker_queue_lengths() -> dict[str, float]:
     """Messages waiting in each queue, as the broker counts them; empty when it does not answer."""
     from webportal.celery import ADAPT_QUEUE, QUEUES, app
@@ -241,6 +258,7 @@ _DESCRIBED: dict[str, tuple[str, str, str | None]] = {
         "kind",
     ),
     "broker_queue_messages": ("gauge", "Messages waiting in each broker queue.", "queue"),
+    "worker_engines": ("gauge", "Classifying workers alive, by the engine they run.", "engine"),
     "images_per_second": ("gauge", "Predictions per second over the last 5 minutes.", None),
     "batch_latency_seconds_p50": ("gauge", "Median upload-to-done time, last hour.", None),
     "batch_latency_seconds_p95": ("gauge", "95th percentile upload-to-done time.", None),

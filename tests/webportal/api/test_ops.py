@@ -195,3 +195,22 @@ def test_the_worker_health_check_passes_on_a_fresh_heartbeat_and_fails_on_a_stal
     )
     with pytest.raises(CommandError, match="last heartbeat is"):
         call_command("worker_alive", "--hostname", "celery@box")
+
+
+def test_metrics_show_the_engine_each_live_classifying_worker_runs(settings: LazySettings) -> None:
+    import os
+
+    from django.utils import timezone
+
+    from webportal.cases import monitoring
+
+    settings.METRICS_TOKEN = "scrape-me"
+    for name in ("a@box", "b@box"):
+        monitoring.record_worker_heartbeat(
+            hostname=name, queues=["routine"], classifies=True, started_at=timezone.now()
+        )
+    assert not monitoring.record_worker_engine(main_pid=os.getpid(), host="elsewhere", engine="x")
+    assert monitoring.record_worker_engine(main_pid=os.getpid(), host="box", engine="ort-fp32")
+    body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    assert 'hematovision_worker_engines{engine="ort-fp32"} 2.0' in body
+    assert 'hematovision_workers_alive{kind="classify"} 2.0' in body
