@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Exchange, Queue
+
+from webportal import logs
+from webportal.broker import TRANSPORT
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webportal.settings")
 
@@ -63,12 +67,21 @@ def broker_transport_options(
     }
 
 
+def broker_transport(broker_url: str) -> str | None:
+    """The transport class for a broker URL: the atomic filesystem transport for
+    `filesystem://` (webportal.broker), else the one the URL's scheme names."""
+    if broker_url.startswith("filesystem://"):
+        return TRANSPORT
+    return None
+
+
 def use_broker(broker_url: str, folder: Path) -> None:
     """Point this process's producer at a broker; drops pooled connections to the old one."""
     from django.conf import settings
 
     app.conf.update(
         broker_url=broker_url,
+        broker_transport=broker_transport(broker_url),
         broker_transport_options=broker_transport_options(
             broker_url, folder, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS
         ),
@@ -87,6 +100,7 @@ def _defaults() -> dict[str, Any]:
     from django.conf import settings
 
     return dict(
+        broker_transport=broker_transport(settings.CELERY_BROKER_URL),
         broker_transport_options=broker_transport_options(
             settings.CELERY_BROKER_URL,
             settings.CELERY_BROKER_FOLDER,
@@ -154,3 +168,11 @@ def _defaults() -> dict[str, Any]:
 
 
 app.add_defaults(_defaults)
+
+
+@before_task_publish.connect
+def carry_request_id(headers: dict[str, Any] | None = None, **_: object) -> None:
+    """The request (or task) that sends a task hands its id on: the task's log lines carry it."""
+    current = logs.request_id.get()
+    if current and headers is not None:
+        headers.setdefault(logs.TASK_HEADER, current)

@@ -62,6 +62,23 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or else from the file that NAME_FILE names (Docker and Kubernetes
+    secrets are files), so a deployment need not put secrets in its environment."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return default
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"{name}_FILE names {path}, which cannot be read: {exc}"
+        ) from exc
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None:
@@ -124,7 +141,7 @@ def _owner_only(database: Path) -> None:
             pass
 
 
-_secret_key = os.environ.get("SECRET_KEY")
+_secret_key = env_secret("SECRET_KEY")
 if not _secret_key:
     production = sorted(name for name in PRODUCTION_SIGNALS if os.environ.get(name))
     if production and not DEBUG:
@@ -166,6 +183,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later step's log lines carry the request's id.
+    "webportal.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -208,6 +227,9 @@ DATABASES = {
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
     )
 }
+# The password apart from DATABASE_URL, so it can come from a secret file.
+if _database_password := env_secret("DATABASE_PASSWORD"):
+    DATABASES["default"]["PASSWORD"] = _database_password
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The portal and the worker write to one SQLite file from two processes: WAL lets
     # readers go on during a write, IMMEDIATE avoids lock upgrades that deadlock, and the
@@ -297,7 +319,7 @@ if S3_BUCKET:
             "bucket_name": S3_BUCKET,
             "endpoint_url": env_str("S3_ENDPOINT_URL", "") or None,
             "access_key": env_str("S3_ACCESS_KEY_ID", "") or None,
-            "secret_key": env_str("S3_SECRET_ACCESS_KEY", "") or None,
+            "secret_key": env_secret("S3_SECRET_ACCESS_KEY") or None,
             "region_name": env_str("S3_REGION", "") or None,
             "default_acl": None,
             "file_overwrite": False,
@@ -391,7 +413,33 @@ DEFAULT_MODEL_PATH = Path(
 )
 
 # Bearer token for Prometheus scraping /metrics; empty means staff sessions only.
-METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
+
+# --- Operations (issue 22): readiness, shared cache ------------------------------------------
+# Every worker writes a heartbeat row this often (workers.heartbeat); /readyz counts a
+# classifying worker as alive when its last heartbeat is at most WORKER_ALIVE_SECONDS old.
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, maximum=3600)
+WORKER_ALIVE_SECONDS = env_int("WORKER_ALIVE_SECONDS", 60, maximum=24 * 3600)
+# Django's cache (the API's throttle counts, de-duplication) in Redis, shared by every web
+# process and worker, when CACHE_URL is set or the broker is Redis; else each process keeps
+# its own in memory (the embedded default: one portal process).
+CACHE_URL = env_str(
+    "CACHE_URL",
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "",
+)
+if CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "hematovision",
+        }
+    }
+if WORKER_ALIVE_SECONDS <= WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"WORKER_ALIVE_SECONDS ({WORKER_ALIVE_SECONDS}) must be more than "
+        f"WORKER_HEARTBEAT_SECONDS ({WORKER_HEARTBEAT_SECONDS}): a live worker would look dead"
+    )
 
 REST_FRAMEWORK = {
     # Integrator tokens first, so an unauthenticated call gets 401 with a WWW-Authenticate
@@ -472,6 +520,8 @@ WEBHOOK_POLL_SECONDS = env_int("WEBHOOK_POLL_SECONDS", 10, maximum=3600)
 
 # Production hardening: on whenever DEBUG is off, so `check --deploy` is clean there.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Health checks call these over plain HTTP from inside the container or the load balancer.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
@@ -510,10 +560,23 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
+# One JSON object a line (python-json-logger), portal and workers alike, each with its request
+# id, batch id and lab (webportal/logs.py; docs/ARCHITECTURE.md, "Logs").
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "webportal.logs.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
+            "%(request_id)s %(batch_id)s %(lab)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}
+    },
     "root": {
         "handlers": ["console"],
         "level": env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),

@@ -7,13 +7,15 @@ imports it at start (the app's `include`).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from webportal import logs
 from webportal.cases import classifiers, processing
 from webportal.celery import (
     ADAPT_MODEL_TASK,
@@ -27,6 +29,7 @@ from webportal.celery import (
     SWEEP_BATCHES_TASK,
     app,
 )
+from workers import heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ def load_models_after_fork(**_: object) -> None:
     except Exception:
         # A worker without its model still starts; the batch that needs it fails with the reason.
         logger.exception("could not preload classifiers")
+    heartbeat.report_engine(",".join(classifiers.loaded_engines()))
 
 
 @shared_task(name=DELIVER_WEBHOOK_TASK)
@@ -133,3 +137,23 @@ def adapt_model(job_id: int) -> None:
         runner.run_adaptation(job_id=job_id)
     except Exception:
         logger.exception("adaptation %s failed", job_id)
+
+
+@task_prerun.connect
+def bind_log_context(task: Task[Any, Any], args: tuple[Any, ...] = (), **_: object) -> None:
+    """The task's log lines carry the request id it was sent with (else its own id), and a
+    batch task's lines its batch and lab."""
+    request = task.request
+    sent_with = getattr(request, logs.TASK_HEADER, None) or (request.headers or {}).get(
+        logs.TASK_HEADER
+    )
+    logs.request_id.set(str(sent_with or request.id or ""))
+    if task.name == PROCESS_BATCH_TASK and args:
+        logs.batch_id.set(str(args[0]))
+        logs.lab.set(processing.lab_slug_of(batch_id=int(args[0])))
+
+
+@task_postrun.connect
+def clear_log_context(**_: object) -> None:
+    for var in (logs.request_id, logs.batch_id, logs.lab):
+        var.set("")

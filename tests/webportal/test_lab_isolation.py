@@ -47,7 +47,9 @@ from webportal.reports.models import Report
 pytestmark = pytest.mark.django_db
 
 # Open to anyone, by design. Keep this list short; everything else needs a login.
-PUBLIC = frozenset({"login/", "logout/", "favicon.ico", "healthz", "api/schema/", "api/docs/"})
+PUBLIC = frozenset(
+    {"login/", "logout/", "favicon.ico", "healthz", "readyz", "api/schema/", "api/docs/"}
+)
 # Django's admin: staff accounts only, with its own login; not a lab user's view.
 OWN_ACCESS_CONTROL = ("admin/",)
 # URL parameters that are not named <model>_id.

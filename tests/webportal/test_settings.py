@@ -80,7 +80,16 @@ def test_setting_a_bucket_moves_media_to_s3_compatible_storage(tmp_path: Path) -
 # --- every variable documented, every integer in range ---------------------------------------
 
 SETTINGS_FILES = (ROOT / "webportal" / "settings.py", ROOT / "webportal" / "run.py")
-ENV_READERS = {"env_str", "env_bool", "env_int", "env_list", "env_choice", "get", "getenv"}
+ENV_READERS = {
+    "env_str",
+    "env_bool",
+    "env_int",
+    "env_list",
+    "env_choice",
+    "env_secret",
+    "get",
+    "getenv",
+}
 
 
 def _variables_read(path: Path) -> set[str]:
@@ -245,3 +254,48 @@ def test_stored_media_is_readable_by_the_owner_only(settings, tmp_path: Path) ->
     name = storage.save("cases/1/cell.png", ContentFile(b"png"))
     assert stat.S_IMODE((tmp_path / "media" / name).stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "media" / "cases" / "1").stat().st_mode) == 0o700
+
+
+def test_secrets_can_come_from_files_named_by_the_file_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in [("secret_key", "k" * 60), ("db", "pg-pass"), ("s3", "s3-pass"),
+                        ("metrics", "scrape")]:  # fmt: skip
+        (secrets / name).write_text(value + "\n")
+    loaded = _load_settings(
+        monkeypatch,
+        tmp_path,
+        SECRET_KEY_FILE=str(secrets / "secret_key"),
+        DATABASE_URL="postgres://hematovision@db:5432/hematovision",
+        DATABASE_PASSWORD_FILE=str(secrets / "db"),
+        S3_BUCKET="hematovision",
+        S3_SECRET_ACCESS_KEY_FILE=str(secrets / "s3"),
+        METRICS_TOKEN_FILE=str(secrets / "metrics"),
+    )
+    assert loaded["SECRET_KEY"] == "k" * 60
+    assert loaded["DATABASES"]["default"]["PASSWORD"] == "pg-pass"
+    assert loaded["STORAGES"]["default"]["OPTIONS"]["secret_key"] == "s3-pass"
+    assert loaded["METRICS_TOKEN"] == "scrape"
+
+
+def test_a_secret_file_that_cannot_be_read_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY_FILE names /nonexistent/key"):
+        _load_settings(monkeypatch, tmp_path, SECRET_KEY_FILE="/nonexistent/key")
+
+
+def test_the_cache_is_shared_in_redis_when_the_broker_is_redis(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    embedded = _load_settings(monkeypatch, tmp_path)
+    assert "CACHES" not in embedded  # Django's default: memory, per process
+    scaled = _load_settings(
+        monkeypatch, tmp_path, CELERY_BROKER_URL="redis://redis:6379/0", SECRET_KEY="x" * 50
+    )
+    assert scaled["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert scaled["CACHES"]["default"]["LOCATION"] == "redis://redis:6379/0"
+    own = _load_settings(monkeypatch, tmp_path, CACHE_URL="redis://cache:6379/3")
+    assert own["CACHES"]["default"]["LOCATION"] == "redis://cache:6379/3"

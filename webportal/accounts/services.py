@@ -437,3 +437,45 @@ def unlock_member(*, admin: User, membership: Membership) -> int:
 
     require_role(user=admin, lab=membership.lab, allowed=LAB_ADMINS, action="unlock members")
     return lockout.unlock(user=membership.user, actor=admin)
+
+
+# --- a lab's first day (manage.py create_lab) ------------------------------------------------
+
+
+def create_lab(
+    *, name: str, slug: str, admin_username: str, admin_password: str = ""
+) -> Membership:
+    """A new lab and its first lab admin, without Django's admin (`manage.py create_lab`).
+
+    The admin is a new user (`admin_password` required, checked by the password validators)
+    or an existing one (e.g. the admin of another lab, who then administers both). A lab of
+    that name or slug already existing is refused: nothing is changed. Audited as the system.
+    """
+    name, slug, admin_username = name.strip(), slug.strip(), admin_username.strip()
+    if not (name and slug and admin_username):
+        raise AccountError("A lab name, a slug and an admin username are required.")
+    with transaction.atomic():
+        if Lab.objects.filter(Q(name=name) | Q(slug=slug)).exists():
+            raise AccountError(f"A lab named {name!r} or with the slug {slug!r} exists already.")
+        user = User.objects.filter(username=admin_username).first()
+        created = user is None
+        if user is None:
+            if not admin_password:
+                raise AccountError(
+                    f"There is no user {admin_username!r} yet: give a password to create one."
+                )
+            try:
+                validate_password(admin_password, user=User(username=admin_username))
+            except ValidationError as exc:
+                raise AccountError(" ".join(exc.messages)) from exc
+            user = User.objects.create_user(username=admin_username, password=admin_password)
+        lab = Lab.objects.create(name=name, slug=slug)
+        membership = Membership.objects.create(user=user, lab=lab, role=Role.ADMIN)
+        record_event(
+            lab=lab,
+            actor=None,
+            action=Action.MEMBER_ADDED,
+            obj=membership,
+            after={**_membership_values(membership), "new_user": created, "lab_created": True},
+        )
+        return membership

@@ -1,4 +1,5 @@
-"""Operator endpoints: /healthz for load balancers, /metrics for Prometheus."""
+"""Operator endpoints: /healthz (the process answers) and /readyz (it can do its work) for
+load balancers and orchestrators, /metrics for Prometheus."""
 
 from __future__ import annotations
 
@@ -15,10 +16,20 @@ from webportal.cases import monitoring
 @login_not_required
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    health = monitoring.check_health()
+    """Liveness: this process answers requests (nothing else is checked; see /readyz)."""
+    return JsonResponse({"status": "ok"})
+
+
+@login_not_required
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database answers, the broker takes a write, and at least one classifying
+    worker showed a heartbeat within WORKER_ALIVE_SECONDS; 503 otherwise, saying which."""
+    readiness = monitoring.check_readiness()
+    ready = monitoring.is_ready(readiness)
     return JsonResponse(
-        {"status": "ok" if all(health.values()) else "unavailable", **health},
-        status=200 if all(health.values()) else 503,
+        {"status": "ready" if ready else "unavailable", **readiness},
+        status=200 if ready else 503,
     )
 
 

@@ -126,3 +126,8 @@ def preload_classifiers() -> None:
             chunk_size = chunk_size_for(classifier=classifier)
             classifier.warm_up(chunk_size)
             logger.info("warmed up %s with a batch of %d", model_version, chunk_size)
+
+
+def loaded_engines() -> list[str]:
+    """The engines of the classifiers this process has loaded (for its worker's heartbeat)."""
+    return sorted({classifier.engine for classifier in _classifiers.values()})

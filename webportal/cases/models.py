@@ -306,3 +306,32 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} by {self.reviewer_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's sign of life: its main process writes this row every
+    WORKER_HEARTBEAT_SECONDS and deletes it on a warm shutdown (workers.heartbeat); /readyz
+    counts the classifying workers seen within WORKER_ALIVE_SECONDS."""
+
+    hostname = models.CharField(max_length=255, unique=True)
+    queues = models.CharField(max_length=255)
+    classifies = models.BooleanField(default=False)
+    # The engine(s) its pool process runs the model with (ml.engine names), once it has loaded.
+    engine = models.CharField(max_length=64, blank=True)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.hostname} ({self.queues})"
+
+
+class MetricCounter(models.Model):
+    """A counter the workers increment as things happen (batches finished, images classified),
+    in the transaction that does them; /metrics reads it instead of counting tables per scrape."""
+
+    name = models.CharField(max_length=100, unique=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"

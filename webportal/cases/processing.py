@@ -28,6 +28,7 @@ from PIL import Image as PILImage
 from ml.inference import BatchCheck, CellPrediction, Classifier, read_ahead
 from ml.locate import crop_cell, image_kind, locate
 from webportal.api import webhooks
+from webportal.cases import monitoring
 from webportal.cases.classifiers import chunk_size_for, load_classifier
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 from webportal.cases.selectors import delivery_limit_reached, stuck_batches, unclaimed_batches
@@ -601,8 +602,16 @@ def _finish(*, batch_id: int, classified: int, check: BatchCheck | None) -> Outc
         batch.stalled_attempts = 0
         batch.processed_images = _images_done(batch_id=batch_id, model_version=batch.model_version)
         batch.save(update_fields=["status", "finished_at", "stalled_attempts", "processed_images"])
+        monitoring.count(name=monitoring.BATCHES_DONE)
+        monitoring.count(name=monitoring.IMAGES_CLASSIFIED, by=batch.processed_images)
         webhooks.batch_finished_on_commit(batch_id=batch_id)
     return Outcome(Batch.Status.DONE, classified, 0)
+
+
+def lab_slug_of(*, batch_id: int) -> str:
+    """The slug of a batch's lab, for its log lines ("" when the batch is gone)."""
+    slug = Batch.objects.filter(pk=batch_id).values_list("case__lab__slug", flat=True).first()
+    return slug or ""
 
 
 def requeue_batch(*, batch_id: int) -> None:
@@ -634,6 +643,7 @@ def mark_batch_failed(*, batch_id: int, reason: str) -> None:
             .update(status=Batch.Status.FAILED, error=reason, finished_at=timezone.now())
         )
         if failed and not already:
+            monitoring.count(name=monitoring.BATCHES_FAILED)
             webhooks.batch_finished_on_commit(batch_id=batch_id)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Prediction, Review
 from webportal.reports.differential import UNIDENTIFIED
@@ -178,6 +179,9 @@ def stuck_batches(*, now: datetime, after_seconds: int) -> QuerySet[Batch]:
 
 def unclaimed_batches(*, now: datetime, after_seconds: int) -> QuerySet[Batch]:
     """Queued batches sent more than `after_seconds` ago: their message may be lost
-    (the sweeper: BATCH_RESEND_AFTER_SECONDS)."""
+    (the sweeper: BATCH_RESEND_AFTER_SECONDS). One never sent (its enqueue failed before it
+    was marked) counts from its upload."""
     before = now - timedelta(seconds=after_seconds)
-    return Batch.objects.filter(status=Batch.Status.QUEUED, enqueued_at__lt=before)
+    return Batch.objects.annotate(sent_at=Coalesce("enqueued_at", "created_at")).filter(
+        status=Batch.Status.QUEUED, sent_at__lt=before
+    )

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from ml.geometry import eval_geometry, geometry_key
 from ml.locate import kind_by_size
+from webportal import logs
 from webportal.accounts.models import Lab
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
@@ -81,9 +82,14 @@ def send_batch(*, batch_id: int, queue: str) -> None:
 
 
 def enqueue_on_commit(*, batch: Batch) -> None:
-    """Queue the batch once the surrounding transaction has committed its rows."""
+    """Queue the batch once the surrounding transaction has committed its rows.
+
+    Robust: a broker that fails now is logged and leaves the batch saved and queued, with its
+    files; the sweeper sends its message after BATCH_RESEND_AFTER_SECONDS. The request that
+    saved it answers as usual instead of failing after its rows were committed.
+    """
     batch_id, queue = batch.pk, batch.queue
-    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue))
+    transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue), robust=True)
 
 
 def cancel_batch(*, batch_id: int, actor: User | None = None) -> bool:
@@ -600,6 +606,11 @@ def submit_prepared_batch(
                     "rejected": rejected,
                     "model_version": str(model_version),
                 },
+            )
+            logs.batch_id.set(str(batch.pk))  # this request's later lines name the batch
+            logs.lab.set(case.lab.slug)
+            logger.info(
+                "batch uploaded: %d accepted, %d rejected, %s", accepted, rejected, batch.status
             )
             if batch.status == Batch.Status.QUEUED:
                 enqueue_on_commit(batch=batch)

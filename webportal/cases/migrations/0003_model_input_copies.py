@@ -13,9 +13,12 @@ def resize_from_checkpoints(apps, schema_editor):
     A wrong value costs nothing but speed: the worker uses a fitted copy only when its geometry
     equals the loaded model's, and otherwise reads the original.
     """
+    versions = list(apps.get_model("cases", "ModelVersion").objects.all())
+    if not versions:
+        return  # a fresh install: nothing to read, and the portal's install has no PyTorch
     from ml.checkpoint import read_metadata
 
-    for version in apps.get_model("cases", "ModelVersion").objects.all():
+    for version in versions:
         path = Path(version.checkpoint_path)
         if path.is_file():
             version.resize = read_metadata(path).resize
