@@ -27,6 +27,7 @@ class Action(models.TextChoices):
     MEMBER_ROLE_CHANGED = "member.role_changed", "Member's role changed"
     MEMBER_REMOVED = "member.removed", "Member removed"
     MODEL_ACTIVATED = "model.activated", "Model activated"
+    MODEL_PINNED = "model.pinned", "Model kept when a new one was registered"
     THRESHOLD_CHANGED = "threshold.changed", "Threshold changed"
     REFERENCE_RANGE_CHANGED = "reference_range.changed", "Reference range changed"
     ADAPTATION_STARTED = "adaptation.started", "Adaptation started"
