@@ -323,6 +323,27 @@ def bootstrap(
     }
 
 
+def pool_accuracy(clf: Classifier, x: torch.Tensor, cells: Sequence[Cell]) -> dict[str, Any]:
+    """The model's answers from the pooled features (its classifier head and temperature) on
+    the cells of a pool whose label is one of its classes."""
+    known = [i for i, c in enumerate(cells) if c.label in clf.classes]
+    if not known:
+        return {"n": 0}
+    with torch.inference_mode():
+        logits = clf.eager.get_submodule("classifier")(x[known]) / clf.temperature
+    probs = torch.softmax(logits, dim=1)
+    confidence, pred = probs.max(1)
+    truth = torch.tensor([clf.classes.index(cells[i].label) for i in known])
+    right = pred == truth
+    accepted = confidence >= clf.threshold if clf.threshold is not None else torch.ones_like(right)
+    return {
+        "n": len(known),
+        "accuracy": float(right.float().mean()),
+        "auto_accepted": float(accepted.float().mean()),
+        "accuracy_auto_accepted": float(right[accepted].float().mean()) if accepted.any() else None,
+    }
+
+
 # 6. Main --------------------------------------------------------------------------------------
 
 
@@ -349,24 +370,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     val_scores, val_groups = guard.cell_scores(val_x).numpy(), group_ids(val)
     away: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     away_n: dict[str, int] = {}
+    accuracy = {"val": pool_accuracy(clf, val_x, val)}
     for text in args.away:
         spec = SourceSpec.parse(text)
         cells = limit_cells(list_cells(spec), spec, seed=args.seed)
-        away[f"{spec.name} ({spec.lab} lab)"] = (
-            guard.cell_scores(feats(cells)).numpy(),
-            group_ids(cells),
-        )
+        x = feats(cells)
+        away[f"{spec.name} ({spec.lab} lab)"] = (guard.cell_scores(x).numpy(), group_ids(cells))
         away_n[f"{spec.name} ({spec.lab} lab)"] = len(cells)
+        accuracy[f"{spec.name} ({spec.lab} lab)"] = pool_accuracy(clf, x, cells)
     shifted = val
     if args.shift_cells and args.shift_cells < len(val):
         per_class = -(-args.shift_cells // len(clf.classes))
         shifted = fit_subset(val, per_class, args.seed)
     for shift in args.shifts:
-        away[f"shift: {shift}"] = (
-            guard.cell_scores(feats(shifted, shift)).numpy(),
-            group_ids(shifted),
-        )
+        x = feats(shifted, shift)
+        away[f"shift: {shift}"] = (guard.cell_scores(x).numpy(), group_ids(shifted))
         away_n[f"shift: {shift}"] = len(shifted)
+        accuracy[f"shift: {shift}"] = pool_accuracy(clf, x, shifted)
     sizes = sorted(set(args.sizes))
     report: dict[str, Any] = {
         "model": str(args.model),
@@ -377,6 +397,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "away": away_n,
         "k": args.k,
         "quantile": args.quantile,
+        # What the guard protects against: the model's accuracy on each pool, and the share
+        # and accuracy of the cells its per-cell threshold alone would auto-accept.
+        "model_on_pools": accuracy,
         "cell_score": {
             "val_median": float(np.median(val_scores)),
             "val_p99": float(np.quantile(val_scores, 0.99)),
