@@ -153,6 +153,11 @@ class Batch(models.Model):
     ood_threshold_size = models.PositiveIntegerField(null=True, blank=True)
     ood_cells_checked = models.PositiveIntegerField(null=True, blank=True)
     ood_checked_at = models.DateTimeField(null=True, blank=True)
+    # Each checked cell's own out-of-distribution score ({cell id: score}; every cell of a batch
+    # of up to 100, else the 100 checked) and the guard's per-cell limit: a cell above it is
+    # held for review (unidentified) even in a batch that passed.
+    ood_cell_scores = models.JSONField(default=dict, blank=True)
+    ood_cell_threshold = models.FloatField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
