@@ -1,6 +1,6 @@
 """The Markdown tables of `ml.guard` JSON reports (as quoted in docs/MODELS.md).
 
-python -m ml.guard_report ml/weights/pbc8-mobilenetv2.guard.json ml/weights/kaggle4-mobilenetv2.guard.json
+python -m ml.guard_report ml/weights/*.guard.json
 """
 
 from __future__ import annotations
