@@ -64,12 +64,19 @@ def test_a_cell_is_auto_accepted_only_if_its_batch_check_allows_it(
 
 
 def test_an_odd_cell_is_unidentified_even_in_a_batch_that_passed() -> None:
-    common = {"predicted": "neutrophil", "confidence": 0.99, "threshold": 0.5}
-    assert current_label(**common, reviewed=None, batch_check=Batch.Check.PASSED, odd=True) == (
-        UNIDENTIFIED
-    )
-    assert current_label(**common, reviewed=None, batch_check=Batch.Check.PASSED) == "neutrophil"
-    assert current_label(**common, reviewed="monocyte", odd=True) == "monocyte"
+    def label(*, reviewed: str | None = None, odd: bool = False) -> str:
+        return current_label(
+            predicted="neutrophil",
+            confidence=0.99,
+            reviewed=reviewed,
+            threshold=0.5,
+            batch_check=Batch.Check.PASSED,
+            odd=odd,
+        )
+
+    assert label(odd=True) == UNIDENTIFIED
+    assert label() == "neutrophil"
+    assert label(reviewed="monocyte", odd=True) == "monocyte"
 
 
 @pytest.mark.parametrize("check", [Batch.Check.FLAGGED, Batch.Check.PENDING])
