@@ -32,6 +32,10 @@ class BatchCheck:
     cells_checked: int
     # The calibrated batch size whose threshold was used (None with no threshold).
     threshold_size: int | None = None
+    # Each checked cell's own score, in the order checked, and the guard's per-cell limit (its
+    # size-1 threshold, None without one): one odd cell in a normal batch is above it.
+    cell_scores: tuple[float, ...] = ()
+    cell_threshold: float | None = None
 
 
 # A faster engine's guard features differ from eager's by float rounding only; one whose cell
@@ -189,7 +193,8 @@ class Classifier:
             return None
         step = max(1, -(-len(batch) // max_cells))
         feats = self.embed(batch[::step])
-        score = self.ood.batch_score(feats)
+        cells = self.ood.cell_scores(feats)
+        score = float(cells.mean())
         threshold = self.ood.threshold_for(len(feats))
         return BatchCheck(
             score=score,
@@ -197,6 +202,8 @@ class Classifier:
             flagged=threshold is not None and score > threshold,
             cells_checked=len(feats),
             threshold_size=self.ood.calibrated_size_for(len(feats)),
+            cell_scores=tuple(float(v) for v in cells),
+            cell_threshold=self.ood.thresholds.get(1),
         )
 
     def warm_up(self, batch_size: int) -> None:

@@ -138,6 +138,81 @@ def batch_means(scores: np.ndarray, n: int, draws: int, rng: np.random.Generator
     return np.asarray(scores[idx].mean(axis=1))
 
 
+def grouped_batch_means(
+    scores: np.ndarray, groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Mean score of `draws` random batches of n cells of one pool: n distinct groups (one
+    random copy of each; a group is one source cell's near-copies) while the pool has n groups,
+    else groups drawn with replacement (fewer distinct cells: a noisier mean, so a higher,
+    more lenient threshold)."""
+    keys, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse, minlength=len(keys))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    replace = len(keys) < n
+    picks = np.stack([rng.choice(len(keys), size=n, replace=replace) for _ in range(draws)])
+    member = (rng.random(picks.shape) * sizes[picks]).astype(int)
+    return np.asarray(scores[order[starts[picks] + member]].mean(axis=1))
+
+
+def grouped_thresholds(
+    scores: np.ndarray,
+    groups: np.ndarray,
+    sizes: Sequence[int],
+    *,
+    quantile: float = 0.99,
+    draws: int = 2000,
+    rng: np.random.Generator,
+) -> dict[int, float]:
+    """The flag threshold per batch size: the quantile of grouped_batch_means."""
+    return {
+        int(n): float(np.quantile(grouped_batch_means(scores, groups, n, draws, rng), quantile))
+        for n in sizes
+    }
+
+
+# A guard needs this many held-out cells to calibrate on; with fewer, a model gets none.
+MIN_CALIBRATION_CELLS = 10
+
+
+def fit_guard(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    *,
+    sizes: Sequence[int] = BATCH_SIZES,
+    k: int = 32,
+    quantile: float = 0.99,
+    seed: int = 0,
+) -> tuple[OODGuard | None, dict[str, Any]]:
+    """A guard fitted on the training features and calibrated on held-out ones (each cell its
+    own group), with what it rests on; (None, why) when there are too few cells. Few cells
+    bound the number of directions: k is at most half the training cells beyond one a class."""
+    n_classes = len(set(train_labels.tolist()))
+    k = min(k, (len(train_features) - n_classes) // 2)
+    info: dict[str, Any] = {
+        "fitted_on_cells": len(train_features),
+        "calibrated_on_cells": len(val_features),
+    }
+    if k < 2 or len(val_features) < MIN_CALIBRATION_CELLS:
+        info["none_because"] = (
+            f"too few cells: {len(train_features)} to fit on (at least {n_classes + 4}), "
+            f"{len(val_features)} to calibrate on (at least {MIN_CALIBRATION_CELLS})"
+        )
+        return None, info
+    guard = OODGuard.fit(train_features, train_labels, k=k)
+    scores = guard.cell_scores(val_features).numpy()
+    guard.thresholds = grouped_thresholds(
+        scores,
+        np.arange(len(scores)),
+        sizes,
+        quantile=quantile,
+        rng=np.random.default_rng(seed),
+    )
+    info |= {"k": k, "quantile": quantile, "thresholds": dict(guard.thresholds)}
+    return guard, info
+
+
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counted half (Mann-Whitney U)."""
     neg, pos = np.asarray(negatives, float), np.asarray(positives, float)

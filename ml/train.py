@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from ml.checkpoint import atomic_save, load_checkpoint, read_metadata, save_checkpoint
 from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
+from ml.inference import PooledFeatures
 from ml.metrics import (
     choose_threshold,
     coverage_curve,
@@ -56,6 +57,7 @@ from ml.metrics import (
     summarize,
 )
 from ml.model import ARCHS, build_model, default_weights, split_trunk_tail
+from ml.ood import OODGuard, fit_guard
 from ml.plots import plot_confusion, plot_coverage, plot_curves
 from ml.sources import masked_cross_entropy
 from ml.transforms import (
@@ -662,6 +664,12 @@ def calibrate_and_write(
         "coverage_curve": coverage_curve(confidence, correct),
         "history": fit.history,
     }
+    guard = None
+    if args.init:
+        # The base model's guard is not carried over (the features moved): a new one is fitted
+        # on the lab's own training cells and calibrated on its val cells.
+        guard, metrics["guard"] = refit_guard(args, model, data, device)
+        print(f"batch guard: {metrics['guard']}", flush=True)
     mean, std = ARCHS[args.arch].mean, ARCHS[args.arch].std
     save_checkpoint(
         out,
@@ -676,6 +684,7 @@ def calibrate_and_write(
         temperature=temperature,
         threshold=threshold,
         resize=args.resize,
+        ood=None if guard is None else guard.to_dict(),
     )
     stem = out.parent / out.stem
     Path(f"{stem}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -693,6 +702,32 @@ def calibrate_and_write(
     print(format_report(summary), flush=True)
     print(f"temperature {temperature:.3f}; wrote {out} in {time.time() - t_start:.0f}s", flush=True)
     return metrics
+
+
+@torch.inference_mode()
+def refit_guard(
+    args: argparse.Namespace, model: nn.Module, data: Data, device: torch.device
+) -> tuple[OODGuard | None, dict[str, Any]]:
+    """A batch guard (`ml.ood.fit_guard`) on the model's pooled features of the eval view:
+    fitted on the training images of --data (not --extra-train's), calibrated on its val
+    images. (None, why) when there are too few of either."""
+    extra = set(data.extra_idx)
+    own = [i for i in data.train_idx if i not in extra]
+    pooled = PooledFeatures(model.get_submodule("features")).eval()
+
+    def embed(indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = ImageList([data.samples[i] for i in indices], data.val_set.transform)
+        feats, labels = [], []
+        for x, y in DataLoader(images, batch_size=args.batch_size, num_workers=args.workers):
+            feats.append(pooled(x.to(device).float()).float().cpu())
+            labels.append(y)
+        if not feats:
+            return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+        return torch.cat(feats), torch.cat(labels)
+
+    train_x, train_y = embed(own)
+    val_x, _ = embed(data.val_idx)
+    return fit_guard(train_x, train_y, val_x, seed=args.seed)
 
 
 def main(

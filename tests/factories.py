@@ -86,6 +86,8 @@ class ModelVersionFactory(factory.django.DjangoModelFactory[ModelVersion]):
     mean = [0.5, 0.5, 0.5]
     std = [0.25, 0.25, 0.25]
     threshold = 0.5
+    # A batch guard as registered from a checkpoint's `ood` (guard={} for a model without one).
+    guard = LazyFunction(lambda: {"thresholds": {"1": 6.5, "20": 3.5, "100": 3.1}})
 
 
 class PatientFactory(factory.django.DjangoModelFactory[Patient]):

@@ -108,6 +108,9 @@ def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
             "adapted": figures(1, 0.74, 0.87),
             "heldout_cases": job.plan["heldout_cases"],
             "group_by": job.plan["group_by"],
+            "base_guard": True,
+            "adapted_guard": True,
+            "guard": {"fitted_on_cells": 58, "calibrated_on_cells": 11},
         },
     )
     job.refresh_from_db()
@@ -147,6 +150,7 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     page.goto(f"{base}/lab/{lab.pk}/adaptation/{job.pk}/")
     expect(page.locator("#summary")).to_contain_text("held-out reviewed cells")
     expect(page.locator("#per-class tbody tr")).to_have_count(4)
+    expect(page.locator("#guard")).to_contain_text("58 to fit on, 11 to set its limits on")
     _save(page, "adaptation-job")
 
     page.click("text=Activate for St Elsewhere Haematology")

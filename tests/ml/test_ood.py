@@ -6,7 +6,7 @@ import torch
 
 from ml.checkpoint import load_ood, save_checkpoint
 from ml.model import build_model
-from ml.ood import OODGuard, auroc
+from ml.ood import OODGuard, auroc, fit_guard, grouped_batch_means
 
 
 def features(n: int, *, shift: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,3 +135,34 @@ def test_the_guard_features_move_to_a_faster_engine_only_if_the_scores_stay(tmp_
     assert fast_away.score == pytest.approx(eager_away.score, rel=1e-3)
     assert (fast_in.flagged, fast_away.flagged) == (False, True)
     assert (eager_in.flagged, eager_away.flagged) == (False, True)
+
+
+def test_grouped_batches_hold_distinct_groups_while_the_pool_has_enough():
+    # Scores equal to the group id: a batch of distinct groups has a known mean range.
+    groups = np.repeat(np.arange(10), 5)
+    scores = groups.astype(float)
+    rng = np.random.default_rng(0)
+    means = grouped_batch_means(scores, groups, 10, 50, rng)
+    # Ten distinct groups out of ten: every batch is each group once, mean 4.5.
+    assert np.allclose(means, 4.5)
+    # More cells than groups: drawn with replacement, so the means vary.
+    assert grouped_batch_means(scores, groups, 20, 200, rng).std() > 0
+
+
+def test_a_guard_fitted_and_calibrated_on_held_out_cells_flags_a_shifted_batch():
+    train_x, train_y = features(300)
+    val_x, _ = features(200, seed=1)
+    guard, info = fit_guard(train_x, train_y, val_x, sizes=(1, 20, 100), k=16)
+    assert guard is not None
+    assert sorted(guard.thresholds) == [1, 20, 100]
+    assert info["fitted_on_cells"] == 300
+    assert info["calibrated_on_cells"] == 200
+    assert guard.flags(features(20, shift=2.0, seed=3)[0])
+    assert not guard.flags(features(100, seed=4)[0])
+
+
+def test_too_few_cells_give_no_guard_and_say_why():
+    train_x, train_y = features(6)
+    guard, info = fit_guard(train_x, train_y, features(30, seed=1)[0])
+    assert guard is None
+    assert "too few cells" in info["none_because"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ml.checkpoint import read_metadata, sha256_of
+from ml.checkpoint import load_ood, read_metadata, sha256_of
 from ml.inference import Classifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +71,20 @@ def test_a_shipped_checkpoint_classifies_the_demo_samples_of_its_classes(path: P
         if prediction.label != label
     ]
     assert not wrong, f"{path.name} misclassifies demo samples: {wrong}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
+def test_every_shipped_checkpoint_has_a_batch_guard_with_limits_for_20_and_100_cells(
+    path: Path,
+) -> None:
+    guard = load_ood(path)
+    assert guard is not None, f"{path.name} has no batch guard (ml.ood): fit one with ml.guard"
+    assert {20, 100} <= set(guard.thresholds)
+    # Larger batches average more cells: their limit is lower, and every limit is above the
+    # typical in-distribution cell (about 1 by construction of the score).
+    assert guard.thresholds[100] < guard.thresholds[20]
+    assert guard.thresholds[100] > 1.0
+    # The card names the guard's limits as stored.
+    card = card_row(model_cards()[path.name], "batch guard")
+    assert f"{guard.thresholds[20]:.2f} (20)" in card
+    assert f"{guard.thresholds[100]:.2f} (100)" in card

@@ -186,3 +186,49 @@ def test_init_refuses_a_folder_with_a_class_the_model_lacks(tmp_path, image_fold
 
     with pytest.raises(SystemExit, match="no class for folders \\['gamma'\\]"):
         train.main(train.get_args_parser().parse_args(argv))
+
+
+def test_init_fits_a_new_batch_guard_on_the_folders_own_cells(tmp_path):
+    import numpy as np
+
+    from ml.checkpoint import load_ood
+    from ml.testing import make_tiny_checkpoint
+    from tests.ml.conftest import blob_image
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "lab"
+    for c in ["alpha", "beta", "gamma"]:
+        (folder / c).mkdir(parents=True)
+        for i in range(14):
+            blob_image(rng).save(folder / c / f"{c}{i}.png")
+    start = make_tiny_checkpoint(tmp_path / "start.pt", ["alpha", "beta", "gamma"])
+    assert load_ood(start) is None
+    out = tmp_path / "adapted.pt"
+    options = ["--views", "1", "--epochs", "1", "--head-epochs", "0", "--batch-size", "16"]
+    options += ["--val-fraction", "0.34", "--workers", "0", "--input-size", "32"]
+
+    train.fine_tune(init=start, data=folder, out=out, options=options)
+
+    guard, meta = load_ood(out), read_metadata(out)
+    assert guard is not None
+    assert sorted(guard.thresholds) == [1, 5, 20, 100]
+    info = meta.metrics["guard"]
+    # Fitted on the folder's training side, calibrated on its val side: every image once.
+    assert info["fitted_on_cells"] + info["calibrated_on_cells"] == 42
+    assert info["calibrated_on_cells"] == meta.metrics["n_val"]
+    assert guard.class_means.shape[0] == 3
+
+
+def test_init_with_too_few_cells_writes_no_guard_and_says_why(tmp_path, image_folder):
+    from ml.checkpoint import load_ood
+    from ml.testing import make_tiny_checkpoint
+
+    start = make_tiny_checkpoint(tmp_path / "start.pt", ["alpha", "beta", "gamma"])
+    out = tmp_path / "adapted.pt"
+    options = ["--views", "1", "--epochs", "1", "--head-epochs", "0", "--batch-size", "6"]
+    options += ["--val-fraction", "0.34", "--workers", "0", "--input-size", "32"]
+
+    train.fine_tune(init=start, data=image_folder, out=out, options=options)
+
+    assert load_ood(out) is None
+    assert "too few cells" in read_metadata(out).metrics["guard"]["none_because"]

@@ -43,8 +43,10 @@ def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_it
     use_broker("filesystem://", broker)
     models_dir, work_dir = tmp_path / "models", tmp_path / "work"
     env = {
-        # A recipe of seconds for a 32-pixel model on one thread.
-        "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16",
+        # A recipe of seconds for a 32-pixel model on one thread; a third of the training
+        # cells are its val split, enough (12) to calibrate the refitted batch guard on.
+        "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16 "
+        "--val-fraction 0.34",
         "ADAPT_THREADS": "1",
         "ADAPTED_MODELS_DIR": str(models_dir),
         "ADAPT_WORK_DIR": str(work_dir),
@@ -93,8 +95,14 @@ def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_it
             "lymphocyte": 6,
             "neutrophil": 6,
         }
-    # Random tiny checkpoints carry no batch guard; the page learns that from these.
-    assert (job.figures["base_guard"], job.figures["adapted_guard"]) == (False, False)
+    # The random tiny base has no batch guard; the adapted model gets one refitted on the
+    # lab's own training cells (36: 2 x 3 a case over 6 cases), calibrated on their val split.
+    assert (job.figures["base_guard"], job.figures["adapted_guard"]) == (False, True)
+    guard = job.figures["guard"]
+    assert guard["fitted_on_cells"] + guard["calibrated_on_cells"] == 36
+    assert guard["calibrated_on_cells"] >= 10
+    assert adapted.has_guard
+    assert {"20", "100"} <= set(adapted.guard["thresholds"])
     assert adapted.metrics["adaptation"]["base"] == job.figures["base"]
     assert adapted.metrics["adaptation"]["adapted"] == job.figures["adapted"]
     assert AuditEvent.objects.filter(

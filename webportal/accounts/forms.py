@@ -29,8 +29,15 @@ class ActiveModelForm(forms.Form):
     model_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.none(),
         required=False,
-        empty_label="Always the newest shared model",
+        empty_label="The newest shared model (a newer one only by choosing it here)",
         label="Model for new batches",
+    )
+    reason = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Why use a model without a batch guard",
+        help_text="Needed only for a model without a batch guard; kept in the audit trail.",
     )
 
     def __init__(self, *args: Any, models: Any, **kwargs: Any) -> None:

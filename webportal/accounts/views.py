@@ -177,13 +177,18 @@ def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
         request.POST or None, initial={"model_version": lab.active_model}, models=choices
     )
     if request.method == "POST" and form.is_valid():
-        services.activate_model(
-            admin=services.authenticated_user(request),
-            lab=lab,
-            model_version=form.cleaned_data["model_version"],
-        )
-        messages.success(request, "Model for new batches saved.")
-        return redirect("accounts:lab_model", lab_id=lab.pk)
+        try:
+            services.activate_model(
+                admin=services.authenticated_user(request),
+                lab=lab,
+                model_version=form.cleaned_data["model_version"],
+                reason=form.cleaned_data["reason"],
+            )
+        except services.AccountError as exc:
+            form.add_error("reason", str(exc))
+        else:
+            messages.success(request, "Model for new batches saved.")
+            return redirect("accounts:lab_model", lab_id=lab.pk)
     return render(
         request,
         "accounts/lab_model.html",
@@ -191,6 +196,7 @@ def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
             "lab": lab,
             "form": form,
             "models": choices,
+            "current": lab.active_model or services.newest_shared_model(),
         },
     )
 

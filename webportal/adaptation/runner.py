@@ -136,9 +136,12 @@ def _run(job: AdaptationJob, work: Path) -> None:
         "group_by": job.plan["group_by"],
         "heldout_cases": job.plan.get("heldout_cases"),
         # Whether each checkpoint carries a batch guard (ml.ood): --init does not carry the
-        # base model's over (the features moved), and the page says what that means.
+        # base model's over (the features moved) but refits one on the lab's own training
+        # cells, calibrated on their val split; with too few cells there is none, and
+        # `guard` says why (the page says what that means).
         "base_guard": load_ood(base_path) is not None,
         "adapted_guard": load_ood(out) is not None,
+        "guard": training.get("guard"),
         "training_val": {k: training.get(k) for k in ("n", "accuracy", "macro_f1")},
         "epochs": training.get("best_epoch"),
         "options": options,

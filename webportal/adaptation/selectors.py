@@ -322,4 +322,13 @@ def why_not_activatable(job: AdaptationJob) -> str:
             f"validation cells {share}right, so it would accept every cell without review. "
             "It cannot be activated; review more cells of the lab and adapt again."
         )
+    if not model.has_guard:
+        why = (job.figures.get("guard") or {}).get("none_because", "")
+        return (
+            "The adapted model has no batch guard"
+            + (f" ({why})" if why else "")
+            + ": a batch unlike the lab's reviewed cells would be auto-accepted without a "
+            "warning. Review more cells of the lab and adapt again; a lab admin may still "
+            "choose it on the Model page, stating why."
+        )
     return ""

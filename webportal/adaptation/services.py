@@ -109,8 +109,14 @@ def decide(*, admin: User, job: AdaptationJob, activate: bool) -> AdaptationJob:
         else:
             lab.refresh_from_db(fields=["active_model"])
             if lab.active_model_id == job.result_model_id:
-                # Declining the model in use puts the base model back.
-                activate_model(admin=admin, lab=lab, model_version=job.base_model)
+                # Declining the model in use puts the base model back: the lab ran with it
+                # before, so no guard is asked of it again (the reason is audited).
+                activate_model(
+                    admin=admin,
+                    lab=lab,
+                    model_version=job.base_model,
+                    reason="the adapted model was declined: back to the model it adapted",
+                )
             status, action = AdaptationJob.Status.DECLINED, ADAPTATION_DECLINED
         before = job.status
         job.status = status

@@ -31,6 +31,7 @@ class Action(models.TextChoices):
     MEMBER_PERSON_CHANGED = "member.person_changed", "Member's name and title changed"
     LAB_DETAILS_CHANGED = "lab.details_changed", "Lab's details changed"
     MODEL_ACTIVATED = "model.activated", "Model activated"
+    MODEL_PINNED = "model.pinned", "Model kept when a new one was registered"
     THRESHOLD_CHANGED = "threshold.changed", "Threshold changed"
     REFERENCE_RANGE_CHANGED = "reference_range.changed", "Reference range changed"
     ADAPTATION_STARTED = "adaptation.started", "Adaptation started"

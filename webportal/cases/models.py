@@ -26,6 +26,10 @@ class ModelVersion(models.Model):
     # Below this calibrated confidence a cell counts as "unidentified" until a human looks.
     threshold = models.FloatField(null=True, blank=True)
     metrics = models.JSONField(default=dict)
+    # The checkpoint's batch guard (ml.ood), as registered: {"thresholds": {batch size: limit}}
+    # with batch size a string ("1" is the per-cell limit); {} = the checkpoint has none. A lab
+    # admin must state why to make a model without one the lab's model (accounts.services).
+    guard = models.JSONField(default=dict, blank=True)
     # None: a shared model (shipped, registered by `manage.py register_model`) that every lab
     # may choose. A lab: a model adapted to that lab's reviewed cells (webportal.adaptation):
     # only that lab sees and may activate it, and it is never a lab's default by being newest.
@@ -36,6 +40,15 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.checkpoint_sha256[:12]})"
+
+    @property
+    def has_guard(self) -> bool:
+        return bool(self.guard.get("thresholds"))
+
+    def guard_threshold(self, cells: int) -> float | None:
+        """The guard's flag limit for a batch of `cells` cells (None: no guard or no limit)."""
+        limit = self.guard.get("thresholds", {}).get(str(cells))
+        return None if limit is None else float(limit)
 
 
 class Patient(models.Model):
@@ -166,6 +179,11 @@ class Batch(models.Model):
     ood_threshold_size = models.PositiveIntegerField(null=True, blank=True)
     ood_cells_checked = models.PositiveIntegerField(null=True, blank=True)
     ood_checked_at = models.DateTimeField(null=True, blank=True)
+    # Each checked cell's own out-of-distribution score ({cell id: score}; every cell of a batch
+    # of up to 100, else the 100 checked) and the guard's per-cell limit: a cell above it is
+    # held for review (unidentified) even in a batch that passed.
+    ood_cell_scores = models.JSONField(default=dict, blank=True)
+    ood_cell_threshold = models.FloatField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

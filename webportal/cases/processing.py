@@ -248,6 +248,20 @@ def check_batch(
     classifier read them. The same cells give the same verdict on a redelivery. A batch with
     no cell gets a verdict of 0 cells checked and no threshold (too few).
     """
+    picked = _cells_to_check(batch_id=batch_id, model_version=model_version)
+    if not picked:
+        return BatchCheck(score=0.0, threshold=None, flagged=False, cells_checked=0)
+    pictures, fitted = _open_cells(picked, geometry=classifier.geometry)
+    tensor = classifier.preprocess(pictures, fitted=fitted)
+    check = classifier.check_batch(tensor, max_cells=BATCH_CHECK_CELLS)
+    if check is None:  # a model without a guard: never asked (no pending verdict)
+        raise ServiceError(f"{model_version} has no batch guard to check batch {batch_id} with")
+    return check
+
+
+def _cells_to_check(*, batch_id: int, model_version: ModelVersion) -> list[Cell]:
+    """The cells the guard judges, in the order it scores them: those the worker classified
+    (not those a reviewer added), at most BATCH_CHECK_CELLS evenly spaced in upload order."""
     cells = list(
         Cell.objects.filter(
             image__batch_id=batch_id,
@@ -261,15 +275,7 @@ def check_batch(
     # Exactly min(n, BATCH_CHECK_CELLS) cells, evenly spaced: a batch of 101 cells is judged
     # on 100 by the threshold for 100 (a stride of 2 would check 51, by the threshold for 20).
     count = min(len(cells), BATCH_CHECK_CELLS)
-    picked = [cells[i * len(cells) // count] for i in range(count)]
-    if not picked:
-        return BatchCheck(score=0.0, threshold=None, flagged=False, cells_checked=0)
-    pictures, fitted = _open_cells(picked, geometry=classifier.geometry)
-    tensor = classifier.preprocess(pictures, fitted=fitted)
-    check = classifier.check_batch(tensor, max_cells=BATCH_CHECK_CELLS)
-    if check is None:  # a model without a guard: never asked (no pending verdict)
-        raise ServiceError(f"{model_version} has no batch guard to check batch {batch_id} with")
-    return check
+    return [cells[i * len(cells) // count] for i in range(count)]
 
 
 def _open_cells(cells: Sequence[Cell], *, geometry: str) -> tuple[list[PILImage.Image], list[bool]]:
@@ -305,6 +311,14 @@ def _record_check(batch: Batch, check: BatchCheck | None) -> None:
     batch.ood_threshold_size = check.threshold_size
     batch.ood_cells_checked = check.cells_checked
     batch.ood_checked_at = timezone.now()
+    # Each checked cell's own score, by the same cells in the same order as the check.
+    checked = _cells_to_check(batch_id=batch.pk, model_version=batch.model_version)
+    if len(checked) == len(check.cell_scores):
+        batch.ood_cell_scores = {
+            str(cell.pk): round(score, 4)
+            for cell, score in zip(checked, check.cell_scores, strict=True)
+        }
+        batch.ood_cell_threshold = check.cell_threshold
     batch.save(
         update_fields=[
             "ood_check",
@@ -313,6 +327,8 @@ def _record_check(batch: Batch, check: BatchCheck | None) -> None:
             "ood_threshold_size",
             "ood_cells_checked",
             "ood_checked_at",
+            "ood_cell_scores",
+            "ood_cell_threshold",
         ]
     )
     if batch.ood_check == Batch.Check.FLAGGED:

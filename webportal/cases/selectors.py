@@ -55,6 +55,10 @@ class CellState:
     reviewed: str | None  # the latest review's label
     reviewer_role: str | None
     current: str
+    # The batch guard's score of this cell alone (None: not checked) and whether it is above the
+    # guard's per-cell limit (Batch.ood_cell_scores, ood_cell_threshold).
+    ood_score: float | None = None
+    odd: bool = False
 
     @property
     def confidence_percent(self) -> str:
@@ -68,12 +72,14 @@ def current_label(
     reviewed: str | None,
     threshold: float | None,
     batch_check: str = Batch.Check.NOT_CHECKED,
+    odd: bool = False,
 ) -> str:
     """The one rule of auto-acceptance: a person's latest review, else the model's class when
     its confidence reaches the threshold and the batch guard (Batch.ood_check) allows it.
 
     A flagged batch auto-accepts nothing (every cell unidentified until reviewed); while the
-    guard's verdict is pending, a classified cell stays pending.
+    guard's verdict is pending, a classified cell stays pending. An odd cell (its own guard
+    score above the per-cell limit) is unidentified until reviewed, even in a batch that passed.
     """
     if reviewed:
         return reviewed
@@ -81,7 +87,7 @@ def current_label(
         return PENDING
     if batch_check == Batch.Check.PENDING:
         return PENDING
-    if batch_check == Batch.Check.FLAGGED:
+    if batch_check == Batch.Check.FLAGGED or odd:
         return UNIDENTIFIED
     if threshold is not None and confidence < threshold:
         return UNIDENTIFIED
@@ -117,6 +123,13 @@ def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> lis
     )
     threshold = model_version.threshold
     batch_check = batch.ood_check
+    scores: dict[str, float] = batch.ood_cell_scores or {}
+    limit = batch.ood_cell_threshold
+
+    def odd(pk: int) -> bool:
+        score = scores.get(str(pk))
+        return limit is not None and score is not None and score > limit
+
     return [
         CellState(
             cell_id=pk,
@@ -133,7 +146,10 @@ def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> lis
                 reviewed=reviewed,
                 threshold=threshold,
                 batch_check=batch_check,
+                odd=odd(pk),
             ),
+            ood_score=scores.get(str(pk)),
+            odd=odd(pk),
         )
         for pk, image_id, name, box, predicted, confidence, reviewed, role in rows
     ]

@@ -220,11 +220,44 @@ def test_activating_a_model_is_the_admins_and_is_recorded() -> None:
     assert lab.active_model == model
     event = AuditEvent.objects.get(action=Action.MODEL_ACTIVATED)
     assert event.before == {"model": "newest shared"}
-    assert event.after == {"model": str(model)}
+    assert event.after == {"model": str(model), "guard": "yes"}
     services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
     lab.refresh_from_db()
     assert lab.active_model is None
     assert AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).count() == 2
+
+
+def test_a_model_without_a_batch_guard_is_refused_unless_the_admin_states_why() -> None:
+    admin = _admin_of_new_lab()
+    unguarded = ModelVersionFactory.create(name="pbc8-old", guard={})
+    with pytest.raises(services.AccountError, match="no batch guard"):
+        services.activate_model(admin=admin.user, lab=admin.lab, model_version=unguarded)
+    with pytest.raises(services.AccountError, match="no batch guard"):
+        services.activate_model(
+            admin=admin.user, lab=admin.lab, model_version=unguarded, reason="   "
+        )
+    admin.lab.refresh_from_db()
+    assert admin.lab.active_model is None
+    assert not AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).exists()
+
+    why = "validation study of the old model, every batch reviewed by hand"
+    lab = services.activate_model(
+        admin=admin.user, lab=admin.lab, model_version=unguarded, reason=why
+    )
+    assert lab.active_model == unguarded
+    event = AuditEvent.objects.get(action=Action.MODEL_ACTIVATED)
+    assert event.after == {"model": str(unguarded), "guard": "none", "reason": why}
+
+
+def test_the_newest_shared_model_without_a_guard_needs_a_reason_too() -> None:
+    admin = _admin_of_new_lab()
+    guarded = ModelVersionFactory.create(name="guarded")
+    services.activate_model(admin=admin.user, lab=admin.lab, model_version=guarded)
+    ModelVersionFactory.create(name="newest-unguarded", guard={})
+    with pytest.raises(services.AccountError, match=r"newest-unguarded.*no batch guard"):
+        services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
+    admin.lab.refresh_from_db()
+    assert admin.lab.active_model == guarded
 
 
 def test_labs_where_asks_the_users_own_role_not_another_members() -> None:

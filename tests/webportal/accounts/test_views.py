@@ -142,6 +142,39 @@ def test_the_admin_activates_a_model_from_the_portal() -> None:
     assert AuditEvent.objects.filter(action="model.activated").exists()
 
 
+def test_the_model_page_names_the_model_in_use_and_its_guard() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    ModelVersionFactory.create(name="older")
+    newest = ModelVersionFactory.create(
+        name="pbc8", guard={"thresholds": {"20": 1.87, "100": 1.42}}
+    )
+    page = _client(admin).get(reverse("accounts:lab_model", args=[admin.lab.pk]))
+    html = page.content.decode()
+    current = html[html.index('id="current-model"') : html.index('id="current-guard"')]
+    assert str(newest) in current
+    guard = html[html.index('id="current-guard"') :]
+    assert "1.87" in guard[: guard.index("</p>")]
+    assert "1.42" in guard[: guard.index("</p>")]
+
+
+def test_choosing_a_model_without_a_guard_on_the_page_asks_why_and_changes_nothing() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    unguarded = ModelVersionFactory.create(name="no-guard", guard={})
+    url = reverse("accounts:lab_model", args=[admin.lab.pk])
+    response = _client(admin).post(url, {"model_version": unguarded.pk})
+    assert response.status_code == 200
+    assert b"has no batch guard" in response.content
+    admin.lab.refresh_from_db()
+    assert admin.lab.active_model is None
+
+    response = _client(admin).post(
+        url, {"model_version": unguarded.pk, "reason": "comparison study, all cells reviewed"}
+    )
+    assert response.status_code == 302
+    admin.lab.refresh_from_db()
+    assert admin.lab.active_model == unguarded
+
+
 def test_a_user_changes_their_password_in_the_portal() -> None:
     member = MembershipFactory.create()
     client = _client(member)

@@ -63,6 +63,22 @@ def test_a_cell_is_auto_accepted_only_if_its_batch_check_allows_it(
     )
 
 
+def test_an_odd_cell_is_unidentified_even_in_a_batch_that_passed() -> None:
+    def label(*, reviewed: str | None = None, odd: bool = False) -> str:
+        return current_label(
+            predicted="neutrophil",
+            confidence=0.99,
+            reviewed=reviewed,
+            threshold=0.5,
+            batch_check=Batch.Check.PASSED,
+            odd=odd,
+        )
+
+    assert label(odd=True) == UNIDENTIFIED
+    assert label() == "neutrophil"
+    assert label(reviewed="monocyte", odd=True) == "monocyte"
+
+
 @pytest.mark.parametrize("check", [Batch.Check.FLAGGED, Batch.Check.PENDING])
 def test_a_review_stands_whatever_the_batch_check(check: str) -> None:
     label = current_label(
@@ -115,6 +131,43 @@ def test_a_batch_like_the_validation_cells_passes_and_confident_cells_are_accept
     assert batch_check.FLAG_CODE not in {f["code"] for f in batch.reports.get().flags}
 
 
+def test_one_odd_cell_in_a_normal_batch_is_held_for_review_and_its_score_kept(
+    guarded_model: ModelVersion, case, member
+):
+    from django.test import Client
+    from django.urls import reverse
+
+    # The second of these shifted cells scores about 16 alone against a per-cell limit of
+    # about 10 (the first, 9.9, would pass: the limit is the 99th percentile of normal cells).
+    odd_cell = cell_pngs(2, seed=4, shifted=True, prefix="odd")[1:]
+    files = cell_pngs(19, seed=3, prefix="home") + odd_cell
+    batch = _run(case, files)
+
+    # The batch as a whole passes (one cell in twenty moves the mean little) ...
+    assert batch.ood_check == Batch.Check.PASSED
+    assert batch.ood_cell_threshold is not None
+    states = batch_cells(batch=batch)
+    assert len(batch.ood_cell_scores) == 20
+    assert all(s.ood_score is not None for s in states)
+    # ... but the odd cell, above the per-cell limit, is unidentified though confident, and the
+    # others are not held.
+    odd = [s for s in states if s.original_name.startswith("odd")]
+    assert len(odd) == 1
+    assert odd[0].odd
+    assert odd[0].confidence is not None
+    assert odd[0].confidence >= GUARDED_THRESHOLD
+    assert odd[0].current == UNIDENTIFIED
+    home = [s for s in states if not s.original_name.startswith("odd")]
+    assert not any(s.odd for s in home)
+    assert all(s.current == s.predicted for s in home)
+    # The cell page gives its score and the limit.
+    client = Client()
+    client.force_login(member.user)
+    page = client.get(reverse("cases:cell", args=[odd[0].cell_id])).content.decode()
+    assert f"{odd[0].ood_score:.2f}" in page
+    assert "this cell alone is unlike" in page
+
+
 def test_a_model_without_a_guard_checks_nothing_and_says_so(tiny_model: ModelVersion, case):
     batch = _run(case, cell_pngs(3, seed=3))
 
@@ -138,7 +191,11 @@ def test_a_batch_smaller_than_any_calibrated_size_is_too_few_to_judge(
 
     assert batch.ood_check == Batch.Check.TOO_FEW
     assert batch.ood_cells_checked == 3
-    assert all(s.current == s.predicted for s in batch_cells(batch=batch))
+    # No batch verdict; each cell is still judged alone against the per-cell limit, and only
+    # those above it are held.
+    states = batch_cells(batch=batch)
+    assert len(batch.ood_cell_scores) == 3
+    assert all(s.current == (UNIDENTIFIED if s.odd else s.predicted) for s in states)
 
 
 def test_a_flagged_batch_is_signed_only_once_a_person_has_reviewed_every_cell(
