@@ -4,6 +4,7 @@ review and the signature, the FHIR Bundle and the HL7 v2 message, an amendment, 
 from __future__ import annotations
 
 import io
+from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
 
@@ -18,12 +19,11 @@ from tests.factories import MembershipFactory
 from tests.mllp_listener import mllp_listener
 from tests.webportal.api.conftest import bearer
 from webportal.accounts.models import Role
-from webportal.api import tokens
+from webportal.api import lis, tokens
+from webportal.api.models import LisDelivery
 from webportal.cases import processing
 from webportal.cases.models import Batch, ModelVersion
-from webportal.reports import fhir, hl7v2, mllp
-from webportal.reports.models import Report
-from webportal.reports.results import result_document
+from webportal.reports import fhir, hl7v2
 
 pytestmark = pytest.mark.django_db
 
@@ -48,10 +48,38 @@ def _obr25(message: Any) -> str:
 
 
 def test_a_lis_files_the_signed_report_and_then_its_amendment(
-    api: APIClient, pathologist_api: APIClient, tiny_model: ModelVersion
+    api: APIClient,
+    pathologist_api: APIClient,
+    tiny_model: ModelVersion,
+    member,
+    local_receivers_allowed,
+    monkeypatch,
 ) -> None:
+    monkeypatch.setattr(lis, "_send", lambda delivery_id: None)  # the poll sends, below
+    with ExitStack() as stack:
+        _round_trip(api, pathologist_api, member, stack)
+
+
+def _round_trip(api: APIClient, pathologist_api: APIClient, member, stack: ExitStack) -> None:
     created = api.post(
-        reverse("api:case_list"), {"accession_number": "LIS-1", "patient": "MRN-77"}, format="json"
+        reverse("api:case_list"),
+        {
+            "accession_number": "LIS-1",
+            "patient": {
+                "identifier": "MRN-77",
+                "family_name": "Doe",
+                "given_name": "Jane",
+                "birth_date": "1961-04-12",
+                "sex": "female",
+            },
+            "specimen": {
+                "type": "Venous blood, EDTA",
+                "collected_at": "2026-12-06T08:10:00Z",
+                "received_at": "2026-12-06T09:00:00Z",
+            },
+            "requester": "Dr Who, Ward 7",
+        },
+        format="json",
     )
     assert created.status_code == 201, created.content
     upload = api.post(
@@ -69,16 +97,25 @@ def test_a_lis_files_the_signed_report_and_then_its_amendment(
         format="json",
     )
     assert reviewed.status_code in {200, 201}, reviewed.content
+    listener = stack.enter_context(mllp_listener())
+    lis.register_endpoint(lab=member.lab, host=listener.host, port=listener.port)
     signed = pathologist_api.post(
         reverse("api:batch_report_sign", args=[batch_id]),
         {"wbc_count": "6.00", "comment": "normal", "below_minimum_reason": "test slide"},
         format="json",
     )
     assert signed.status_code == 200, signed.content
+    assert lis.deliver_due() == 1
 
     bundle = api.get(reverse("api:batch_report_fhir", args=[batch_id])).json()
     Bundle.model_validate(bundle)
     (first,) = fhir.resources_of(bundle, "DiagnosticReport")
+    assert first["effectiveDateTime"].startswith("2026-12-06T08:10:00")
+    (patient,) = fhir.resources_of(bundle, "Patient")
+    assert (patient["birthDate"], patient["gender"]) == ("1961-04-12", "female")
+    (specimen,) = fhir.resources_of(bundle, "Specimen")
+    assert specimen["type"]["text"] == "Venous blood, EDTA"
+    assert specimen["receivedTime"].startswith("2026-12-06T09:00:00")
     assert (first["status"], first["meta"]["versionId"]) == ("final", "1")
     assert {"LAB", "HM"} <= {c["code"] for cat in first["category"] for c in cat["coding"]}
     assert first["code"]["coding"][0]["code"] == "24318-8"
@@ -98,6 +135,7 @@ def test_a_lis_files_the_signed_report_and_then_its_amendment(
         format="json",
     )
     assert amended.status_code == 201, amended.content
+    assert lis.deliver_due() == 1
     again = api.get(reverse("api:batch_report_fhir", args=[batch_id])).json()
     (second,) = fhir.resources_of(again, "DiagnosticReport")
     assert second["id"] == first["id"]
@@ -112,15 +150,12 @@ def test_a_lis_files_the_signed_report_and_then_its_amendment(
     # Version 1 is the same message (its MSH-7 is when the version last changed: superseded).
     assert (_obr25(old_message), old_text.split("\r")[1:]) == ("F", text.split("\r")[1:])
 
-    with mllp_listener() as lis:
-        for report in Report.objects.filter(batch_id=batch_id).order_by("version"):
-            control_id = hl7v2.control_id_of(report=report)
-            sent = hl7v2.oru_r01(document=result_document(report=report), control_id=control_id)
-            ack = mllp.send(
-                address=(lis.host, lis.port), message=sent, control_id=control_id, timeout=5
-            )
-            assert ack.accepted
-    received = [parse_message(m, find_groups=True) for m in lis.messages]
+    pid = message.oru_r01_patient_result.oru_r01_patient.pid
+    assert pid.pid_5.to_er7().startswith("Doe^Jane")
+    assert [field.to_er7().split("^")[0] for field in pid.pid_3] == ["MRN-77", "LIS-1"]
+    # Both versions went to the LIS through the outbox, and it acknowledged each.
+    assert [d.status for d in LisDelivery.objects.order_by("pk")] == ["delivered", "delivered"]
+    received = [parse_message(m, find_groups=True) for m in listener.messages]
     assert [_obr25(m) for m in received] == ["F", "C"]
 
 
