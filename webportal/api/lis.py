@@ -104,7 +104,9 @@ def endpoints_of(*, lab: Lab) -> QuerySet[LisEndpoint]:
 
 
 def deliveries_of(*, lab: Lab) -> QuerySet[LisDelivery]:
-    return LisDelivery.objects.filter(endpoint__lab=lab).select_related("endpoint", "report")
+    return LisDelivery.objects.filter(endpoint__lab=lab).select_related(
+        "endpoint", "report__batch__case"
+    )
 
 
 def _send(delivery_id: int) -> None:
