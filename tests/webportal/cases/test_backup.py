@@ -105,7 +105,12 @@ def test_a_backup_restored_into_an_empty_install_has_everything_as_it_was(
         reviewer=pathologist, with_files=True,
     )  # fmt: skip
     preliminary = reports.write_preliminary_report(batch=batch)
-    signed = reports.sign_report(actor=pathologist, report=preliminary, comment="Normal.")
+    signed = reports.sign_report(
+        actor=pathologist,
+        report=preliminary,
+        comment="Normal.",
+        below_minimum_reason="a three-cell test batch",
+    )
     reports.amend_report(actor=pathologist, report=signed, reason="Typo", comment="Normal film.")
     assert Report.objects.filter(batch=batch).count() == 2
     assert AuditEvent.objects.filter(lab=lab).count() >= 2
