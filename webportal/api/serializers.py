@@ -11,6 +11,7 @@ from webportal.cases.batch_check import describe
 from webportal.cases.models import Batch, Case, Image, Patient
 from webportal.cases.selectors import rejected_images
 from webportal.cases.services import PatientDetails
+from webportal.reports.results import ABSOLUTE_LOINC, class_key
 from webportal.reports.services import latest_report
 
 
@@ -57,6 +58,26 @@ class DifferentialRowSerializer(serializers.Serializer[Any]):
     absolute_flag = serializers.CharField(
         allow_blank=True, default="", help_text='The absolute count\'s "H", "L" or "".'
     )
+    unit = serializers.SerializerMethodField(
+        help_text='UCUM unit of `percent`: "%" (of leukocytes), "/100{WBCs}" (per 100 '
+        'leukocytes), null for rows counted apart (cells seen, "{cells}" in FHIR and HL7).'
+    )
+    absolute_unit = serializers.SerializerMethodField(
+        help_text='UCUM unit of `absolute`: "10*9/L" when there is one, else null.'
+    )
+    absolute_loinc = serializers.SerializerMethodField(
+        help_text="LOINC code of the absolute count ([#/volume] in Blood), where LOINC has one."
+    )
+
+    def get_unit(self, row: dict[str, Any]) -> str | None:
+        return {"wbc": "%", "per_100_wbc": "/100{WBCs}"}.get(str(row.get("group")))
+
+    def get_absolute_unit(self, row: dict[str, Any]) -> str | None:
+        return "10*9/L" if row.get("absolute") is not None else None
+
+    def get_absolute_loinc(self, row: dict[str, Any]) -> str | None:
+        code = ABSOLUTE_LOINC.get(class_key(str(row.get("label", ""))))
+        return code[0] if code and row.get("group") == "wbc" else None
 
 
 class FlagSerializer(serializers.Serializer[Any]):
@@ -149,7 +170,9 @@ class BatchSerializer(serializers.ModelSerializer[Batch]):
     def get_differential(self, batch: Batch) -> list[dict[str, Any]] | None:
         """The latest report's snapshot; None until the batch has one."""
         report = latest_report(batch=batch)
-        return list(report.differential) if report is not None else None
+        if report is None:
+            return None
+        return list(DifferentialRowSerializer(report.differential, many=True).data)
 
     def get_url(self, batch: Batch) -> str:
         return reverse("api:batch_detail", args=[batch.pk], request=self.context.get("request"))

@@ -198,5 +198,11 @@ def test_every_number_is_the_same_in_json_fhir_and_hl7(api: APIClient, case, tin
         if obx.obx.obx_6.to_er7().split("^")[0] in {"%", "10*9/L"}
     }  # fmt: skip
     assert json_values
+    rows = {row["label"]: row for row in body["differential"]}
+    assert (rows["neutrophil"]["loinc"], rows["neutrophil"]["unit"]) == ("26511-6", "%")
+    assert (rows["neutrophil"]["absolute_loinc"], rows["neutrophil"]["absolute_unit"]) == (
+        "26499-4",
+        "10*9/L",
+    )
     assert fhir_values == json_values
     assert hl7_values == json_values
