@@ -340,6 +340,8 @@ UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000, minimum=64, maximum
 # members too, and the images' pixels together stay within this budget (500 Mpx: 2,000 cells of
 # 500 x 500, or 160 fields of 1600 x 1200 at 2 Mpx each).
 UPLOAD_MAX_TOTAL_PIXELS = env_int("UPLOAD_MAX_TOTAL_PIXELS", 500_000_000, minimum=64)
+# Bytes a lab's uploads may store in all (images and their fitted copies); 0: no quota.
+LAB_STORAGE_QUOTA_BYTES = env_int("LAB_STORAGE_QUOTA_BYTES", 200 * 1024**3, minimum=0)
 
 # Celery. The embedded default needs no server: kombu's filesystem transport passes
 # messages through a folder both processes can see.

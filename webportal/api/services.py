@@ -75,8 +75,9 @@ def submit_batch_once(
     # Decoding and storing happen before the transaction, which stays short (no lock held
     # while images are validated); its files are deleted if the rows are not kept.
     prepared = services.prepare_upload(
-        model_version=services.active_model_for(lab=case.lab), files=named, image_kind=image_kind
-    )
+        model_version=services.active_model_for(lab=case.lab), files=named, image_kind=image_kind,
+        lab=case.lab,
+    )  # fmt: skip
     try:
         with transaction.atomic():
             batch = services.submit_prepared_batch(

@@ -251,6 +251,9 @@ class Image(models.Model):
     height = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices)
     reject_reason = models.TextField(blank=True)
+    # Bytes stored for this image at upload (the image and its fitted copy): the lab's
+    # storage quota (LAB_STORAGE_QUOTA_BYTES) adds these up.
+    stored_bytes = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -19,7 +19,7 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, models, transaction
-from django.db.models import Value
+from django.db.models import Sum, Value
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -35,6 +35,7 @@ from webportal.cases.uploads import (
     DEFAULT_LIMITS,
     FITTED_COPY_SUFFIX,
     AcceptedImage,
+    RejectedFile,
     UploadLimits,
     inspect_uploads,
 )
@@ -426,11 +427,25 @@ def keeps_field_copy(*, width: int, height: int, image_kind: str) -> bool:
     return image_kind == Batch.ImageKind.FIELD or kind_by_size(width, height) == "field"
 
 
+def lab_storage_used(*, lab: Lab) -> int:
+    """Bytes the lab's uploads have stored (images and their fitted copies)."""
+    used = Image.objects.filter(batch__case__lab=lab).aggregate(total=Sum("stored_bytes"))
+    return int(used["total"] or 0)
+
+
+def _quota_reason(*, quota: int) -> str:
+    return (
+        f"Not stored: the lab's storage quota of {quota / 1024**3:.1f} GiB is full. Ask your "
+        "operator for more room (LAB_STORAGE_QUOTA_BYTES), or upload it later."
+    )
+
+
 def prepare_upload(
     *,
     model_version: ModelVersion,
     files: Iterable[tuple[str, BinaryIO]],
     image_kind: str = Batch.ImageKind.AUTO,
+    lab: Lab | None = None,
 ) -> PreparedUpload:
     """Validate, re-encode and store every file, one at a time, outside any transaction.
 
@@ -452,9 +467,19 @@ def prepare_upload(
     def fit(image: PILImage.Image) -> PILImage.Image:
         return image if field_copy(*image.size) else fit_cell(image)
 
+    quota = settings.LAB_STORAGE_QUOTA_BYTES if lab is not None else 0
+    used = lab_storage_used(lab=lab) if lab is not None and quota else 0
     try:
         for result in inspect_uploads(files, limits=upload_limits(), fit=fit):
+            size = (
+                len(result.content) + len(result.model_input or b"")
+                if isinstance(result, AcceptedImage)
+                else 0
+            )
+            if isinstance(result, AcceptedImage) and quota and used + size > quota:
+                result = RejectedFile(result.name, _quota_reason(quota=quota))
             if isinstance(result, AcceptedImage):
+                used += size
                 copy = FIELD_COPY if field_copy(result.width, result.height) else geometry
                 prepared.images.append(
                     _store_accepted_image(prepared, accepted=result, folder=folder, geometry=copy)
@@ -478,6 +503,7 @@ def _store_accepted_image(
 ) -> Image:
     image = Image(
         original_name=accepted.name,
+        stored_bytes=len(accepted.content) + len(accepted.model_input or b""),
         sha256=accepted.sha256,
         source_format=accepted.source_format,
         width=accepted.width,
@@ -522,8 +548,9 @@ def submit_batch(
     if created_by is not None:
         require_role(user=created_by, lab=case.lab, allowed=CASE_WRITERS, action="upload batches")
     prepared = prepare_upload(
-        model_version=active_model_for(lab=case.lab), files=files, image_kind=image_kind
-    )
+        model_version=active_model_for(lab=case.lab), files=files, image_kind=image_kind,
+        lab=case.lab,
+    )  # fmt: skip
     return submit_prepared_batch(
         case=case,
         created_by=created_by,

@@ -263,3 +263,27 @@ def test_a_worker_runs_the_engine_chosen_and_its_answers_are_eagers(
     assert torch.equal(got.argmax(1), eager.argmax(1))
     assert float((got - eager).abs().max()) < 1e-3
     classifiers._classifiers.clear()
+
+
+def test_a_labs_storage_quota_refuses_further_images_with_the_reason(
+    case, tiny_model: ModelVersion, settings
+) -> None:
+    first = services.submit_batch(
+        case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    )
+    used = services.lab_storage_used(lab=case.lab)
+    assert used == first.images.get().stored_bytes > 0
+    settings.LAB_STORAGE_QUOTA_BYTES = used + 10  # room for nothing more
+    second = services.submit_batch(
+        case=case, created_by=None, files=[("b.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+    )
+    (image,) = second.images.all()
+    assert image.status == Image.Status.REJECTED
+    assert "storage quota" in image.reject_reason
+    assert services.lab_storage_used(lab=case.lab) == used
+    other_lab_case = CaseFactory.create()  # another lab's quota is its own
+    third = services.submit_batch(
+        case=other_lab_case, created_by=None,
+        files=[("c.jpg", io.BytesIO(noisy_jpeg_bytes()))],
+    )  # fmt: skip
+    assert third.images.get().status == Image.Status.OK
