@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,11 +34,23 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_a_fresh_pip_install_has_no_torch_and_serves_the_login_page(tmp_path: Path) -> None:
+    # From a clean copy of the tracked files: setuptools reuses an in-tree build/ folder, whose
+    # stale modules (a migration since renamed) would be installed with the new ones.
+    source = tmp_path / "source"
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(REPO)],
+        [str(python), "-m", "pip", "install", "--quiet", str(source)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
