@@ -109,3 +109,25 @@ def test_an_accession_number_with_a_quote_cannot_inject_into_the_pdf_downloads(
     portal = client.get(reverse("reports:pdf", args=[report.pk]))
     assert portal.status_code == 200
     assert portal["Content-Disposition"].count("filename=") == 1
+
+
+@pytest.mark.parametrize("name", ["page", "page_size"])
+@pytest.mark.parametrize("value", ["null", "0", "-1", "1.5", "", "last", HUGE])
+def test_a_page_or_page_size_that_is_not_a_whole_number_from_1_is_a_400(
+    api: APIClient, name: str, value: str
+) -> None:
+    response = api.get(reverse("api:case_list"), {name: value})
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == [name]
+
+
+def test_a_page_size_above_500_is_a_400_and_500_is_a_page(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"page_size": 501}).status_code == 400
+    response = api.get(reverse("api:case_list"), {"page_size": 500, "page": 1})
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+def test_a_page_past_the_end_is_a_404(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"page": 2}).status_code == 404
+
