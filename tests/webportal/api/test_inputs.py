@@ -131,3 +131,30 @@ def test_a_page_size_above_500_is_a_400_and_500_is_a_page(api: APIClient) -> Non
 def test_a_page_past_the_end_is_a_404(api: APIClient) -> None:
     assert api.get(reverse("api:case_list"), {"page": 2}).status_code == 404
 
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("api:case_list", "created_before"),
+        ("api:case_list", "status"),
+        ("api:batch_list", "case"),
+        ("api:batch_list", "priority"),
+    ],
+)
+def test_an_empty_filter_value_is_a_400_not_no_filter(api: APIClient, url: str, name: str) -> None:
+    response = api.get(reverse(url), {name: ""})
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == [name]
+
+
+def test_an_empty_text_filter_still_means_any(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"accession": ""}).status_code == 200
+
+
+def test_the_schema_gives_an_id_filter_its_range() -> None:
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    (case,) = [p for p in schema["paths"]["/api/v1/batches/"]["get"]["parameters"]
+               if p["name"] == "case"]  # fmt: skip
+    assert case["schema"]["minimum"] == 1
+    assert case["schema"]["maximum"] == 2**63 - 1
+
