@@ -158,3 +158,23 @@ def test_the_schema_gives_an_id_filter_its_range() -> None:
     assert case["schema"]["minimum"] == 1
     assert case["schema"]["maximum"] == 2**63 - 1
 
+
+@pytest.mark.parametrize("value", [0, 1.5, True, ["note"], {"a": 1}])
+def test_a_number_or_boolean_for_a_text_field_is_a_400_not_text(api: APIClient, value) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {"accession_number": "STR-1", "clinical_note": value},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["clinical_note"]
+
+
+def test_a_number_for_a_nested_text_field_is_a_400(api: APIClient) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {"accession_number": "STR-2", "specimen": {"type": 7}},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert "specimen" in response.json()["fields"]
