@@ -483,6 +483,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webportal.api.schema.error_responses_everywhere",
+        "webportal.api.schema.json_request_bodies",
     ],
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI from this server (no CDN): the page works offline and under a strict CSP.

@@ -12,7 +12,12 @@ from django.shortcuts import get_object_or_404
 from django.utils.cache import get_conditional_response
 from django.utils.http import http_date
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,9 +28,10 @@ from webportal.accounts.services import authenticated_user
 from webportal.api import access
 from webportal.api.errors import Conflict
 from webportal.api.filters import MAX_ID
-from webportal.api.pagination import Pagination
+from webportal.api.pagination import MAX_PAGE, Pagination
 from webportal.api.renderers import JsonErrorsMixin, PNGRenderer
 from webportal.api.schema import errors
+from webportal.api.strict import StrictStrings
 from webportal.cases import reviews
 from webportal.cases.models import Batch, Cell, Prediction, Review
 from webportal.cases.services import ServiceError
@@ -63,7 +69,7 @@ class CellSerializer(serializers.Serializer[Any]):
     reviews = ReviewSerializer(many=True, help_text="Newest first.")
 
 
-class ReviewCreateSerializer(serializers.Serializer[Any]):
+class ReviewCreateSerializer(StrictStrings, serializers.Serializer[Any]):
     label = serializers.CharField(  # type: ignore[assignment]
         max_length=100,
         help_text="A label of the lab's cell vocabulary (the model's classes, the morphology "
@@ -126,9 +132,22 @@ CELL_FILTERS = [
     OpenApiParameter("reviewed", OpenApiTypes.BOOL, description="Has a review (true/false)."),
     OpenApiParameter("max_confidence", OpenApiTypes.FLOAT, description="Confidence at most."),
     OpenApiParameter("min_confidence", OpenApiTypes.FLOAT, description="Confidence at least."),
-    OpenApiParameter("page", OpenApiTypes.INT),
-    OpenApiParameter("page_size", OpenApiTypes.INT),
+    OpenApiParameter("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+    OpenApiParameter(
+        "page_size", {"type": "integer", "minimum": 1, "maximum": Pagination.max_page_size}
+    ),
 ]
+
+# The answer is a page (as every list's), not a bare array.
+CellPage = inline_serializer(
+    name="PaginatedCellList",
+    fields={
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": CellSerializer(many=True),
+    },
+)
 
 
 class BatchCells(APIView):
@@ -136,7 +155,7 @@ class BatchCells(APIView):
         tags=["cells"],
         summary="The batch's cells, paginated, with predictions and reviews",
         parameters=CELL_FILTERS,
-        responses={200: CellSerializer(many=True), **errors(400, 404)},
+        responses={200: CellPage, **errors(400, 404)},
     )
     def get(self, request: Request, batch_id: int) -> Response:
         batch = get_object_or_404(access.batches(request), pk=batch_id)

@@ -43,6 +43,7 @@ from webportal.api.serializers import (
     DifferentialRowSerializer,
     FlagSerializer,
 )
+from webportal.api.strict import StrictStrings
 from webportal.cases.batch_check import describe
 from webportal.cases.services import ServiceError
 from webportal.downloads import content_disposition
@@ -213,7 +214,7 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
         return None if amendment is None else dict(AmendmentSerializer(asdict(amendment)).data)
 
 
-class ReportEditSerializer(serializers.Serializer[Any]):
+class ReportEditSerializer(StrictStrings, serializers.Serializer[Any]):
     comment = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     morphology = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     wbc_count = serializers.DecimalField(
@@ -331,6 +332,7 @@ REPORT_RESPONSES: dict[Any, Any] = {
     (200, "application/json"): ReportSerializer,
     (200, "application/pdf"): PDF_BODY,
     (200, fhir.CONTENT_TYPE): FHIR_BODY,
+    (200, hl7v2.CONTENT_TYPE): HL7_BODY,
     304: NOT_MODIFIED,
     **errors(404, 406),
 }

@@ -56,6 +56,37 @@ def error_responses_everywhere(result: dict[str, Any], **_: Any) -> dict[str, An
     return result
 
 
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def json_request_bodies(result: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """Postprocessing hook: request bodies are documented as JSON, except uploads of files.
+
+    The server also parses HTML forms (DRF's form parsers, for the browsable API), but a form
+    cannot say `null`, and DRF reads an empty form field as "not given": the JSON body is the
+    contract. An operation whose body holds a file keeps multipart/form-data only.
+    """
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                if "multipart/form-data" in content and _has_file(result, content):
+                    for media_type in [*content]:
+                        if media_type != "multipart/form-data":
+                            del content[media_type]
+                else:
+                    for media_type in FORMS:
+                        content.pop(media_type, None)
+    return result
+
+
+def _has_file(result: dict[str, Any], content: dict[str, Any]) -> bool:
+    schema = content["multipart/form-data"].get("schema", {})
+    if "$ref" in schema:
+        schema = result["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return "binary" in repr(schema)
+
+
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     meaning = {
         400: "Invalid input: see `fields`.",

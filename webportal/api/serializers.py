@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from webportal.api.strict import StrictStrings
 from webportal.cases.batch_check import describe
 from webportal.cases.models import Batch, Case, Image, Patient
 from webportal.cases.selectors import rejected_images
@@ -215,7 +216,7 @@ def _refuse_unknown_keys(data: Any, known: Any, *, what: str) -> None:
         )
 
 
-class PatientInputSerializer(serializers.Serializer[Any]):
+class PatientInputSerializer(StrictStrings, serializers.Serializer[Any]):
     identifier = serializers.CharField(max_length=100, help_text="Patient id / MRN.")
     family_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
     given_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
@@ -279,7 +280,7 @@ class PatientField(serializers.Field):  # type: ignore[type-arg]
         return value
 
 
-class SpecimenInputSerializer(serializers.Serializer[Any]):
+class SpecimenInputSerializer(StrictStrings, serializers.Serializer[Any]):
     type = serializers.CharField(
         max_length=100,
         required=False,
@@ -355,7 +356,7 @@ class CaseSerializer(serializers.ModelSerializer[Case]):
         }
 
 
-class CaseCreateSerializer(serializers.Serializer[Any]):
+class CaseCreateSerializer(StrictStrings, serializers.Serializer[Any]):
     accession_number = serializers.CharField(max_length=100)
     patient = PatientField(required=False)
     specimen = SpecimenInputSerializer(required=False)

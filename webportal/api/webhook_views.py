@@ -16,9 +16,10 @@ from webportal.accounts.services import authenticated_user
 from webportal.api import access, webhooks
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
 from webportal.api.schema import errors
+from webportal.api.strict import StrictStrings
 
 
-class WebhookEndpointSerializer(serializers.ModelSerializer[WebhookEndpoint]):
+class WebhookEndpointSerializer(StrictStrings, serializers.ModelSerializer[WebhookEndpoint]):
     events = serializers.ListField(
         child=serializers.ChoiceField(choices=WebhookEndpoint.Event.choices),
         required=False,

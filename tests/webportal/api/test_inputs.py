@@ -109,3 +109,72 @@ def test_an_accession_number_with_a_quote_cannot_inject_into_the_pdf_downloads(
     portal = client.get(reverse("reports:pdf", args=[report.pk]))
     assert portal.status_code == 200
     assert portal["Content-Disposition"].count("filename=") == 1
+
+
+@pytest.mark.parametrize("name", ["page", "page_size"])
+@pytest.mark.parametrize("value", ["null", "0", "-1", "1.5", "", "last", HUGE])
+def test_a_page_or_page_size_that_is_not_a_whole_number_from_1_is_a_400(
+    api: APIClient, name: str, value: str
+) -> None:
+    response = api.get(reverse("api:case_list"), {name: value})
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == [name]
+
+
+def test_a_page_size_above_500_is_a_400_and_500_is_a_page(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"page_size": 501}).status_code == 400
+    response = api.get(reverse("api:case_list"), {"page_size": 500, "page": 1})
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+def test_a_page_past_the_end_is_a_404(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"page": 2}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("api:case_list", "created_before"),
+        ("api:case_list", "status"),
+        ("api:batch_list", "case"),
+        ("api:batch_list", "priority"),
+    ],
+)
+def test_an_empty_filter_value_is_a_400_not_no_filter(api: APIClient, url: str, name: str) -> None:
+    response = api.get(reverse(url), {name: ""})
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == [name]
+
+
+def test_an_empty_text_filter_still_means_any(api: APIClient) -> None:
+    assert api.get(reverse("api:case_list"), {"accession": ""}).status_code == 200
+
+
+def test_the_schema_gives_an_id_filter_its_range() -> None:
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    (case,) = [p for p in schema["paths"]["/api/v1/batches/"]["get"]["parameters"]
+               if p["name"] == "case"]  # fmt: skip
+    assert case["schema"]["minimum"] == 1
+    assert case["schema"]["maximum"] == 2**63 - 1
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True, ["note"], {"a": 1}])
+def test_a_number_or_boolean_for_a_text_field_is_a_400_not_text(api: APIClient, value) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {"accession_number": "STR-1", "clinical_note": value},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["clinical_note"]
+
+
+def test_a_number_for_a_nested_text_field_is_a_400(api: APIClient) -> None:
+    response = api.post(
+        reverse("api:case_list"),
+        {"accession_number": "STR-2", "specimen": {"type": 7}},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert "specimen" in response.json()["fields"]
