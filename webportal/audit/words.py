@@ -68,7 +68,8 @@ def value_words(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Mapping):
-        return ", ".join(f"{key} {value_words(item)}" for key, item in value.items())
+        # In name order: PostgreSQL's jsonb keeps keys in its own order, not the one written.
+        return ", ".join(f"{key} {value_words(item)}" for key, item in sorted(value.items()))
     if isinstance(value, list | tuple):
         return ", ".join(value_words(item) for item in value)
     return str(value)

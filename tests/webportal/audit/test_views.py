@@ -87,7 +87,7 @@ def test_the_trail_says_what_happened_in_words_not_codes_and_python_values(trail
     page = trail["client"].get(trail["url"]).content.decode()
     assert "Report remarks edited" in page
     assert "report.edited" not in page.replace('value="report.edited"', "")
-    for words in ["WBC count (x10^9/L)", "low_count, immature", "neutrophil 60, monocyte 8"]:
+    for words in ["WBC count (x10^9/L)", "low_count, immature", "monocyte 8, neutrophil 60"]:
         assert words in page
     assert "<dt>New user</dt><dd>yes</dd>" in page
     for python in ["None", "True", "['low_count'", "{'neutrophil'"]:
