@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -32,8 +32,9 @@ from django.utils import timezone
 from webportal import outbound
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import require_role
+from webportal.api import outbox
 from webportal.api.models import LisDelivery, LisEndpoint
-from webportal.api.webhooks import DUE_PER_POLL, retry_delay
+from webportal.api.webhooks import retry_delay
 from webportal.audit.services import record_event
 from webportal.celery import DELIVER_LIS_TASK, app
 from webportal.reports import hl7v2, mllp
@@ -114,15 +115,11 @@ def _send(delivery_id: int) -> None:
 
 
 def _nudge_after_commit(delivery_ids: list[int]) -> None:
-    def nudge() -> None:
-        for delivery_id in delivery_ids:
-            try:
-                _send(delivery_id)
-            except Exception:  # the broker is down: the poll sends it from the database
-                logger.warning("LIS delivery %s left to the poll", delivery_id)
-
-    if delivery_ids:
-        transaction.on_commit(nudge)
+    outbox.nudge_after_commit(
+        send=lambda delivery_id: _send(delivery_id),  # looked up when sent (tests replace it)
+        delivery_ids=delivery_ids,
+        what="LIS delivery",
+    )
 
 
 def _control_id(report: Report) -> str:
@@ -147,20 +144,11 @@ def report_changed(*, report: Report) -> list[LisDelivery]:
     return deliveries
 
 
-def _claim(*, delivery_id: int, now: datetime) -> bool:
-    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 60)
-    return bool(
-        LisDelivery.objects.filter(
-            pk=delivery_id, status=LisDelivery.Status.PENDING, next_attempt_at__lte=now
-        ).update(next_attempt_at=now + lease)
-    )
-
-
 def attempt_delivery(*, delivery_id: int) -> float | None:
     """Send the message once if it is due; None when finished or not ours to send now, else
     the seconds until its next try. Safe to run twice: a row is claimed before it is sent."""
     now = timezone.now()
-    if not _claim(delivery_id=delivery_id, now=now):
+    if not outbox.claim(model=LisDelivery, delivery_id=delivery_id, now=now):
         return None
     delivery = LisDelivery.objects.select_related(
         "endpoint", "report__batch__case__lab", "report__model_version", "report__signed_by"
@@ -220,15 +208,9 @@ def attempt_delivery(*, delivery_id: int) -> float | None:
     return wait
 
 
-def deliver_due(*, limit: int = DUE_PER_POLL) -> int:
+def deliver_due(*, limit: int = outbox.DUE_PER_POLL) -> int:
     """The periodic task's work: try every LIS delivery that is due; the number tried."""
-    due = list(
-        LisDelivery.objects.filter(
-            status=LisDelivery.Status.PENDING, next_attempt_at__lte=timezone.now()
-        )
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = outbox.due(model=LisDelivery, limit=limit)
     for delivery_id in due:
         attempt_delivery(delivery_id=delivery_id)
     return len(due)

@@ -47,13 +47,11 @@ from django.utils import timezone
 from webportal import crypto, outbound
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import require_role
+from webportal.api import outbox
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch
 from webportal.celery import DELIVER_WEBHOOK_TASK, app
-
-# Rows claimed per poll; the rest wait for the next one.
-DUE_PER_POLL = 200
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +169,11 @@ def _send(delivery_id: int) -> None:
 
 
 def _nudge_after_commit(delivery_ids: list[int]) -> None:
-    def nudge() -> None:
-        for delivery_id in delivery_ids:
-            try:
-                _send(delivery_id)
-            except Exception:  # the broker is down: the poll sends it from the database
-                logger.warning("webhook delivery %s left to the poll", delivery_id)
-
-    if delivery_ids:
-        transaction.on_commit(nudge)
+    outbox.nudge_after_commit(
+        send=lambda delivery_id: _send(delivery_id),  # looked up when sent (tests replace it)
+        delivery_ids=delivery_ids,
+        what="webhook delivery",
+    )
 
 
 def emit(*, lab: Lab, event: str, data: dict[str, Any]) -> list[WebhookDelivery]:
@@ -342,13 +336,7 @@ def retry_delay(attempts: int) -> float:
 
 
 def _claim(*, delivery_id: int, now: Any) -> bool:
-    """Take the row for one send: only if still pending and due, and only one sender wins."""
-    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 60)
-    return bool(
-        WebhookDelivery.objects.filter(
-            pk=delivery_id, status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
-        ).update(next_attempt_at=now + lease)
-    )
+    return outbox.claim(model=WebhookDelivery, delivery_id=delivery_id, now=now)
 
 
 def attempt_delivery(*, delivery_id: int) -> float | None:
@@ -408,15 +396,9 @@ def attempt_delivery(*, delivery_id: int) -> float | None:
     return wait
 
 
-def deliver_due(*, limit: int = DUE_PER_POLL) -> int:
+def deliver_due(*, limit: int = outbox.DUE_PER_POLL) -> int:
     """The periodic task's work: try every pending row that is due; the number tried."""
-    due = list(
-        WebhookDelivery.objects.filter(
-            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now()
-        )
-        .order_by("next_attempt_at", "pk")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = outbox.due(model=WebhookDelivery, limit=limit)
     for delivery_id in due:
         attempt_delivery(delivery_id=delivery_id)
     return len(due)
