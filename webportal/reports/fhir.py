@@ -33,8 +33,8 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 
 from webportal.reports.models import Report
-from webportal.reports.results import (
-    LOINC as LOINC,  # re-exported: the code systems a client of this module names
+from webportal.reports.results import (  # LOINC and UCUM: re-exported for this module's callers
+    LOINC as LOINC,
 )
 from webportal.reports.results import (
     PANEL,
