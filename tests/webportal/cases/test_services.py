@@ -268,8 +268,9 @@ def test_a_worker_runs_the_engine_chosen_and_its_answers_are_eagers(
 def test_a_labs_storage_quota_refuses_further_images_with_the_reason(
     case, tiny_model: ModelVersion, settings
 ) -> None:
+    picture = noisy_jpeg_bytes()  # the other lab's image below is this one: the same size
     first = services.submit_batch(
-        case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
+        case=case, created_by=None, files=[("a.jpg", io.BytesIO(picture))]
     )
     used = services.lab_storage_used(lab=case.lab)
     assert used == first.images.get().stored_bytes > 0
@@ -284,6 +285,6 @@ def test_a_labs_storage_quota_refuses_further_images_with_the_reason(
     other_lab_case = CaseFactory.create()  # another lab's quota is its own
     third = services.submit_batch(
         case=other_lab_case, created_by=None,
-        files=[("c.jpg", io.BytesIO(noisy_jpeg_bytes()))],
+        files=[("c.jpg", io.BytesIO(picture))],
     )  # fmt: skip
     assert third.images.get().status == Image.Status.OK
