@@ -12,7 +12,7 @@ augmented copies of fewer source cells (the Kaggle set, about 35 copies of each 
 grouped as `ml.crosscheck` grouped them (its --cache-dir/source-*.json: path, label, group per
 file; `ml.data.near_duplicate_groups`): one copy of each cell is used and no cell is on both
 sides, as the portal keeps a case on one side. Then exactly
-what the adaptation worker runs after its export (webportal.adaptation.runner): ml.train.fine_tune
+what the adaptation worker runs after its export (webportal.pipeline.adaptation): ml.train.fine_tune
 with the portal's recipe (ADAPT_TRAIN_OPTIONS, the pool's --workers 0 and thread count), and
 ml.evaluate of the base and the adapted model on the held-out folder. Prints JSON: seconds for
 the fine-tune and each evaluation, and both models' held-out figures. One seed; the selection of
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     django.setup()
     from ml.evaluate import evaluate_folder
     from ml.train import fine_tune
-    from webportal.adaptation.runner import figures_of, train_options
+    from webportal.pipeline.adaptation import figures_of, train_options
 
     options = train_options(args.options)
     base = Classifier.load(args.model)

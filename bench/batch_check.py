@@ -1,6 +1,6 @@
 """What the batch guard costs the worker per batch: `python -m bench.batch_check`.
 
-The worker checks at most 100 cells of a batch (`webportal.cases.processing.check_batch`): it
+The worker checks at most 100 cells of a batch (`webportal.pipeline.verdict.check_batch`): it
 decodes them once more and runs the model's trunk over them for the guard's pooled features,
 eager or (`Classifier.use_feature_engine`, what the worker does when the scores agree) on the
 engine that classifies. This times those steps on real cells, with the worker's one thread,

@@ -10,7 +10,7 @@
     with one intra-op thread each, timed until every batch is done (predictions + report).
     Two workers get the images as two half batches, both queued by one commit (a batch is
     worked on by one delivery at a time, so one batch cannot use two workers).
-(c) `profile_worker`: the worker's job (`processing.process_batch`) run in this process on one
+(c) `profile_worker`: the worker's job (`batch_job.process_batch`) run in this process on one
     more batch, with each stage timed, to say where queue->done time goes beyond the model.
 """
 
@@ -346,16 +346,16 @@ def profile_worker(
 ) -> dict[str, Any]:
     """Run the worker's job in this process on one batch, timing each stage (seconds).
 
-    Same code as the worker (processing.process_batch), same thread count, same engine; the
-    stages are timed by processing's own hooks (recording_stages). Main-thread stages add up
+    Same code as the worker (batch_job.process_batch), same thread count, same engine; the
+    stages are timed by batch_job's own hooks (recording_stages). Main-thread stages add up
     to the wall time; the forward pass runs in the model thread (the main thread saves the
     chunk before meanwhile, and waits for the rest), decoding in the prefetch thread; only
     their waits show on the main thread.
     """
     from django.db import transaction
 
-    from webportal.cases import classifiers, processing
     from webportal.cases.models import Batch, Case
+    from webportal.pipeline import batch_job, classifiers
 
     torch.set_num_threads(threads)
     case = Case.objects.get(pk=system.case_id)
@@ -373,10 +373,10 @@ def profile_worker(
             stages[stage] += seconds
 
     cpu: dict[str, float] = {}
-    with processing.recording_stages(record):
+    with batch_job.recording_stages(record):
         start = time.perf_counter()
         with metered(cpu):
-            outcome = processing.process_batch(batch_id=batch.pk, time_budget=3600.0)
+            outcome = batch_job.process_batch(batch_id=batch.pk, time_budget=3600.0)
         wall = time.perf_counter() - start
     if outcome.status != "done":
         raise RuntimeError(f"profiled batch ended {outcome.status}")

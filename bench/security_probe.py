@@ -88,7 +88,8 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     from webportal.api import tokens, webhooks
     from webportal.api.models import ApiToken, WebhookEndpoint
     from webportal.audit.models import AuditEvent
-    from webportal.cases import processing, registry, services, uploads
+    from webportal.cases import registry, services, uploads
+    from webportal.pipeline import batch_job
     from webportal.reports.models import Report
 
     secure = debug_off  # behind the TLS proxy every request arrives as https
@@ -162,7 +163,7 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.png", io.BytesIO(_png(64, 1)))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     cell = api_a.get(f"/api/v1/batches/{batch.pk}/cells/").json()["results"][0]
     review = api_a.post(cell["url"] + "reviews/", {"label": "monocyte"}, format="json")
     sign = api_a.post(f"/api/v1/batches/{batch.pk}/report/sign/", {}, format="json")

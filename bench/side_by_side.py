@@ -10,8 +10,8 @@ worker's engine as `INFERENCE_ENGINE=auto` picks it, started together at a barri
 - `raw`: forward passes alone (`predict_logits`, chunks of 32 decoded beforehand): what the
   machine allows two processes, with nothing else running. `raw_two_vs_one` is the ceiling
   for `two_vs_one_worker`.
-- `job`: the worker's job (`processing.process_batch`, in the process, no Celery), each process
-  on its own batch of one shared SQLite database, with processing's stage timings
+- `job`: the worker's job (`batch_job.process_batch`, in the process, no Celery), each process
+  on its own batch of one shared SQLite database, with batch_job's stage timings
   (`recording_stages`), the CPU time of the forward passes' thread and of the whole process.
   `job_two_vs_one`: its images/s with two over one.
 
@@ -90,15 +90,15 @@ def _raw(model: Path, paths: list[Path], start: Any, results: Any) -> None:
 
 
 def _job(env: dict[str, str], batch_id: int, start: Any, results: Any) -> None:
-    """A child: processing.process_batch on `batch_id` in this process, stages timed."""
+    """A child: batch_job.process_batch on `batch_id` in this process, stages timed."""
     os.environ.update(env)
     import django
     import torch
 
     torch.set_num_threads(1)
     django.setup()
-    from webportal.cases import classifiers, processing
     from webportal.cases.models import Batch
+    from webportal.pipeline import batch_job, classifiers
 
     model_version = Batch.objects.select_related("model_version").get(pk=batch_id).model_version
     classifier = classifiers.load_classifier(model_version=model_version)
@@ -122,9 +122,9 @@ def _job(env: dict[str, str], batch_id: int, start: Any, results: Any) -> None:
             stages[stage] += seconds
 
     start.wait()
-    with processing.recording_stages(record):
+    with batch_job.recording_stages(record):
         wall, cpu = time.perf_counter(), time.process_time()
-        outcome = processing.process_batch(batch_id=batch_id, time_budget=3600.0)
+        outcome = batch_job.process_batch(batch_id=batch_id, time_budget=3600.0)
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     results.put(
         {

@@ -16,7 +16,6 @@ from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from webportal import logs
-from webportal.cases import classifiers, processing
 from webportal.celery import (
     ADAPT_MODEL_TASK,
     ADAPT_QUEUE,
@@ -29,6 +28,7 @@ from webportal.celery import (
     SWEEP_BATCHES_TASK,
     app,
 )
+from webportal.pipeline import batch_job, classifiers, sweeper
 from workers import heartbeat
 
 logger = logging.getLogger(__name__)
@@ -48,22 +48,22 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerUnreachable)
 )
 def process_batch(batch_id: int) -> None:
     try:
-        processing.process_batch(batch_id=batch_id)
+        batch_job.process_batch(batch_id=batch_id)
     except TRANSIENT_ERRORS:
         raise  # retried with backoff (autoretry_for)
     except SoftTimeLimitExceeded:
         # What was saved stays saved; the rest goes back to the queue.
-        processing.requeue_batch(batch_id=batch_id)
+        batch_job.requeue_batch(batch_id=batch_id)
     except Exception as exc:
         # Anything else (a stored file gone, a bug) fails the batch now with its reason,
         # rather than leaving it "processing" until the sweeper gives up on it.
         logger.exception("batch %s failed", batch_id)
-        processing.mark_batch_failed(batch_id=batch_id, reason=processing.failure_reason(exc))
+        batch_job.mark_batch_failed(batch_id=batch_id, reason=batch_job.failure_reason(exc))
 
 
 @shared_task(name=SWEEP_BATCHES_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)
 def sweep_batches() -> None:
-    processing.sweep_batches()
+    sweeper.sweep_batches()
 
 
 @worker_process_init.connect
@@ -119,9 +119,9 @@ def deliver_due_lis_messages() -> None:
 @shared_task(name=EXPLAIN_CELL_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)
 def explain_cell(cell_id: int) -> None:
     """The Grad-CAM heatmap of one cell for its page; idempotent (kept once stored)."""
-    from webportal.cases import explain_worker
+    from webportal.pipeline import explain
 
-    explain_worker.compute_heatmap(cell_id=cell_id)
+    explain.compute_heatmap(cell_id=cell_id)
 
 
 @shared_task(name=ADAPT_MODEL_TASK)
@@ -130,11 +130,11 @@ def adapt_model(job_id: int) -> None:
 
     Acknowledged on receipt and never retried (webportal.celery's annotations): a fine-tune is
     long, and a repeated message finds the job no longer queued and does nothing. A failure is
-    written on the job with its reason by the runner."""
-    from webportal.adaptation import runner
+    written on the job with its reason by the runner (webportal.pipeline.adaptation)."""
+    from webportal.pipeline import adaptation
 
     try:
-        runner.run_adaptation(job_id=job_id)
+        adaptation.run_adaptation(job_id=job_id)
     except Exception:
         logger.exception("adaptation %s failed", job_id)
 
@@ -150,7 +150,7 @@ def bind_log_context(task: Task[Any, Any], args: tuple[Any, ...] = (), **_: obje
     logs.request_id.set(str(sent_with or request.id or ""))
     if task.name == PROCESS_BATCH_TASK and args:
         logs.batch_id.set(str(args[0]))
-        logs.lab.set(processing.lab_slug_of(batch_id=int(args[0])))
+        logs.lab.set(batch_job.lab_slug_of(batch_id=int(args[0])))
 
 
 @task_postrun.connect

@@ -16,8 +16,9 @@ from playwright.sync_api import Page, expect
 from tests.conftest import cell_pngs
 from tests.factories import PASSWORD, CaseFactory, MembershipFactory, PatientFactory
 from webportal.accounts.models import Role
-from webportal.cases import batch_check, processing, services
+from webportal.cases import batch_check, services
 from webportal.cases.models import Batch, ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -43,7 +44,7 @@ def test_a_flagged_batch_says_why_on_its_page_and_its_report(
     batch = services.submit_batch(
         case=case, created_by=None, files=cell_pngs(20, seed=4, shifted=True, prefix="scope2")
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.ood_check == Batch.Check.FLAGGED
 

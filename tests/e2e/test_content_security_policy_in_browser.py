@@ -10,8 +10,9 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import PASSWORD
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,7 +47,7 @@ def test_the_batch_page_follows_progress_and_reloads_when_done_under_the_policy(
         pass
     page.screenshot(path=str(tmp_path / "batch-in-progress.png"), full_page=True)
 
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     assert Batch.objects.get(pk=batch.pk).status == Batch.Status.DONE
     # The script sees the batch finished and reloads the page, which now shows the results.
     expect(page.locator("#differential")).to_be_visible(timeout=15_000)

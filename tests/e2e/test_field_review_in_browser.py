@@ -9,8 +9,9 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.factories import PASSWORD
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Cell, ModelVersion
+from webportal.pipeline import batch_job
 from webportal.reports.differential import NOT_CLASSED
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -25,7 +26,7 @@ def test_a_reviewer_draws_a_missed_cell_and_discards_a_false_one(
     batch = services.submit_batch(
         case=case, created_by=None, files=[("BloodImage_00044.jpg", data)]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     field = batch.images.get()
     located = list(field.cells.order_by("id"))
     assert len(located) == 2

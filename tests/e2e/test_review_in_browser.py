@@ -20,9 +20,10 @@ from tests.conftest import SAMPLES
 from tests.factories import PASSWORD, MembershipFactory, PatientFactory
 from tests.services import celery_worker
 from webportal.accounts.models import Role
-from webportal.cases import processing, registry, services
+from webportal.cases import registry, services
 from webportal.cases.models import Batch, Case, Review
 from webportal.celery import use_broker
+from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -70,7 +71,7 @@ def reviewed_batch(db: None) -> tuple[Batch, object]:
         patient=PatientFactory.create(lab=pathologist.lab, external_id="MRN-0042-7731"),
     )
     batch = services.submit_batch(case=case, created_by=None, files=_variants())
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE, batch.error
     return batch, pathologist.user

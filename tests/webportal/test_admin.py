@@ -14,8 +14,9 @@ from django.urls import reverse
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import LabFactory, MembershipFactory, UserFactory
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case, Cell, Image, Patient, Prediction
+from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 
 pytestmark = pytest.mark.django_db
@@ -73,7 +74,7 @@ def test_a_superuser_cannot_edit_a_finished_batch_through_the_admin(
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     client = Client()
@@ -110,7 +111,7 @@ def test_a_superuser_cannot_change_a_prediction_through_the_admin(
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     prediction = Prediction.objects.get(cell__image__batch=batch)
     before = (prediction.label, prediction.confidence)
     client = Client()

@@ -40,8 +40,9 @@ from webportal.api.models import (
 )
 from webportal.api.tokens import issue_token
 from webportal.api.webhooks import emit, register_endpoint
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, ModelVersion
+from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 
 pytestmark = pytest.mark.django_db
@@ -125,7 +126,7 @@ def foreign_world(tiny_model: ModelVersion) -> World:
     files = [("cell.jpg", _file(noisy_jpeg_bytes())), ("notes.jpg", _file(b"plain text"))]
     webhook = register_endpoint(lab=other.lab, url="https://lis.example.org/hook")
     batch = services.submit_batch(case=case, created_by=other.user, files=files)
-    processing.process_batch(batch_id=batch.pk)  # cells, predictions and a report
+    batch_job.process_batch(batch_id=batch.pk)  # cells, predictions and a report
     if not WebhookDelivery.objects.filter(endpoint=webhook).exists():
         emit(lab=other.lab, event="batch.done", data={"batch": batch.pk})
     token = issue_token(lab=other.lab, username="other-lis").token

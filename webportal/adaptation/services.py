@@ -3,7 +3,7 @@
 The portal's side (no PyTorch). A lab admin starts an adaptation of the lab's model to its
 reviewed cells; the plan (selectors.adaptation_plan) is fixed when it starts and kept on the
 job, and the task goes by name, after commit, to the `adapt` queue, where a worker of its own
-runs it (webportal.adaptation.runner). The result is a new ModelVersion of this lab, inactive:
+runs it (webportal.pipeline.adaptation). The result is a new ModelVersion of this lab, inactive:
 the admin activates it for the lab's new batches, or not. Every step is audited.
 """
 
@@ -132,7 +132,7 @@ def decide(*, admin: User, job: AdaptationJob, activate: bool) -> AdaptationJob:
     return job
 
 
-# --- the worker's bookkeeping (webportal.adaptation.runner calls these) ----------------------
+# --- the worker's bookkeeping (webportal.pipeline.adaptation calls these) ----------------------
 
 
 def claim(*, job_id: int) -> AdaptationJob | None:

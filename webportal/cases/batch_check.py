@@ -1,8 +1,9 @@
 """The batch guard's verdict in words a lab user reads: the batch page, the report (HTML and
 PDF), its flags and the API all say it through `describe`, so they never disagree.
 
-The verdict itself is made by the worker (`processing.check_batch`, with `ml.ood`) and kept on
-the batch (`Batch.ood_check` and the `ood_*` figures); this module only reads it.
+The verdict itself is made by the worker (`webportal.pipeline.verdict.check_batch`, with
+`ml.ood`) and kept on the batch (`Batch.ood_check` and the `ood_*` figures); this module
+only reads it.
 """
 
 from __future__ import annotations

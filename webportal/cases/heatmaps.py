@@ -1,6 +1,7 @@
 """Grad-CAM heatmaps for the cell page, the portal's side: the cached PNG, or a request to a
 worker to make it. PyTorch stays out of the portal's process: the worker computes the heatmap
-(`explain_worker.compute_heatmap`, task `explain_cell`) and stores it where this reads it."""
+(`webportal.pipeline.explain.compute_heatmap`, task `explain_cell`) and stores it where this
+reads it."""
 
 from __future__ import annotations
 

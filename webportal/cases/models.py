@@ -170,7 +170,7 @@ class Batch(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     stalled_attempts = models.PositiveIntegerField(default=0)
-    # The batch guard's verdict and its figures (processing.check_batch): the mean
+    # The batch guard's verdict and its figures (pipeline.verdict.check_batch): the mean
     # out-of-distribution score of the cells checked (at most 100, evenly spaced), the flag
     # threshold used, and the calibrated batch size that threshold is for.
     ood_check = models.CharField(max_length=12, choices=Check.choices, default=Check.NOT_CHECKED)

@@ -2,7 +2,7 @@
 
 Views, the API and Celery tasks stay thin and call these keyword-only functions. This module
 is the portal's side: Django, Pillow and NumPy only, never PyTorch (the worker's side is
-`processing` and `classifiers`), so a web process stays small.
+`webportal.pipeline`), so a web process stays small.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ class PreparedUpload:
 # A whole field the worker will locate keeps, as its `model_input`, an uncompressed copy of the
 # whole image (geometry FIELD_COPY) until the worker has located it, which then deletes it.
 # Decoding the stored 640x480 PNG took longer than locating the field's white cells (the
-# worker's stage timings, processing.recording_stages); a BMP has nothing to decompress. It
+# worker's stage timings, batch_job.recording_stages); a BMP has nothing to decompress. It
 # is three times the PNG's size (900 KB at 640x480), hence kept only while the field waits,
 # and made only for fields up to FIELD_COPY_MAX_PIXELS (12 MB uncompressed), so an upload's
 # memory stays bounded by its largest decoded image; a larger field is read from its PNG.
@@ -607,7 +607,7 @@ def submit_prepared_batch(
                     image.kind = image_kind  # forced; else the size said it (prepare_upload)
             images = Image.objects.bulk_create(prepared.images, batch_size=500)
             # A single cell is one Cell from now on; a field's cells are made by the worker
-            # when it locates them (processing.py).
+            # when it locates them (pipeline/batch_job.py).
             Cell.objects.bulk_create(
                 [
                     Cell(image=image, box=None)

@@ -9,8 +9,9 @@ from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import CaseFactory
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +58,7 @@ def test_an_integrator_submits_a_batch_with_a_token_and_reads_the_reasons(
     assert body["differential"] is None
     assert body["report_url"] is None
 
-    processing.process_batch(batch_id=body["id"])
+    batch_job.process_batch(batch_id=body["id"])
     done = api.get(reverse("api:batch_detail", args=[body["id"]])).json()
     assert done["status"] == "done"
     assert done["progress_percent"] == 100

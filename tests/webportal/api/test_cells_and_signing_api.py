@@ -13,8 +13,9 @@ from webportal.accounts.models import Role
 from webportal.api import tokens, webhooks
 from webportal.api.models import WebhookDelivery
 from webportal.audit.models import AuditEvent
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import ModelVersion
+from webportal.pipeline import batch_job
 from webportal.reports import fhir
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +29,7 @@ def done_batch(member, tiny_model: ModelVersion):
         created_by=None,
         files=[(f"{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(5)],
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     return batch
 
 

@@ -42,12 +42,12 @@ def test_the_client_creates_uploads_retries_cancels_and_raises_the_error_shape(
 def test_the_client_fetches_the_report_as_a_fhir_bundle_and_an_hl7_message(
     live_server, member, tiny_model: ModelVersion
 ) -> None:
-    from webportal.cases import processing
+    from webportal.pipeline import batch_job
 
     api = Client(live_server.url, token=tokens.issue_token(lab=member.lab, username="c").plaintext)
     case = api.create_case(accession_number="CL-2", patient="MRN-6")
     batch = api.upload_batch(case["id"], [("a.jpg", noisy_jpeg_bytes())])
-    processing.process_batch(batch_id=batch["id"])
+    batch_job.process_batch(batch_id=batch["id"])
     bundle = api.report_fhir(batch["id"])
     assert bundle["resourceType"] == "Bundle"
     assert bundle["entry"][0]["resource"]["code"]["coding"][0]["code"] == "24318-8"

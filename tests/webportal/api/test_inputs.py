@@ -15,9 +15,10 @@ from tests.factories import MembershipFactory
 from tests.webportal.api.conftest import bearer
 from webportal.accounts.models import Role
 from webportal.api import tokens
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import ModelVersion
 from webportal.downloads import content_disposition
+from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +40,7 @@ def test_cells_out_of_range_in_a_review_are_a_400(member, tiny_model: ModelVersi
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     for cells in ([int(HUGE)], [2**63], [-5]):
         response = api.post(
             reverse("api:batch_reviews", args=[batch.pk]),
@@ -98,7 +99,7 @@ def test_an_accession_number_with_a_quote_cannot_inject_into_the_pdf_downloads(
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     pdf = api.get(reverse("api:batch_report_pdf", args=[batch.pk]))
     assert pdf.status_code == 200
     assert pdf["Content-Disposition"].count("filename=") == 1

@@ -18,8 +18,9 @@ from tests.webportal.api.conftest import bearer
 from webportal.accounts.models import Role
 from webportal.api import tokens, webhooks
 from webportal.api import urls as api_urls
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +54,7 @@ def foreign(tiny_model: ModelVersion, monkeypatch) -> dict[str, int]:
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     endpoint = webhooks.register_endpoint(lab=lab, url="https://other.example/hook")
     (delivery,) = webhooks.emit(lab=lab, event="batch.done", data={})
     return {

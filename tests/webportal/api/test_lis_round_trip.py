@@ -21,8 +21,8 @@ from tests.webportal.api.conftest import bearer
 from webportal.accounts.models import Role
 from webportal.api import lis, tokens
 from webportal.api.models import LisDelivery
-from webportal.cases import processing
 from webportal.cases.models import Batch, ModelVersion
+from webportal.pipeline import batch_job
 from webportal.reports import fhir, hl7v2
 
 pytestmark = pytest.mark.django_db
@@ -89,7 +89,7 @@ def _round_trip(api: APIClient, pathologist_api: APIClient, member, stack: ExitS
     )
     assert upload.status_code == 201, upload.content
     batch_id = upload.json()["id"]
-    processing.process_batch(batch_id=batch_id)
+    batch_job.process_batch(batch_id=batch_id)
     cells = api.get(reverse("api:batch_cells", args=[batch_id])).json()["results"]
     reviewed = pathologist_api.post(
         reverse("api:batch_reviews", args=[batch_id]),

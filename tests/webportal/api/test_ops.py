@@ -9,8 +9,9 @@ from django.urls import reverse
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import UserFactory
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +113,7 @@ def test_metrics_count_queue_depth_batches_and_predictions(
         return services.submit_batch(case=case, created_by=None, files=files, priority=priority)
 
     done = submit(2, "routine")
-    processing.process_batch(batch_id=done.pk)
+    batch_job.process_batch(batch_id=done.pk)
     submit(3, "stat")
     submit(4, "routine")
     body = Client().get(reverse("metrics"), HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()

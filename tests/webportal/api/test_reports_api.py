@@ -9,8 +9,9 @@ from fhir.resources.R4B.bundle import Bundle
 from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import ModelVersion
+from webportal.pipeline import batch_job
 from webportal.reports import fhir
 from webportal.reports import services as report_services
 from webportal.reports.models import Report
@@ -28,7 +29,7 @@ def done_batch(member, tiny_model: ModelVersion):
         created_by=None,
         files=[(f"{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(4)],
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     return batch
 
 

@@ -33,8 +33,9 @@ from schemathesis import GenerationMode, checks
 from tests.conftest import EXAMPLE_PUBLIC_ADDRESS, noisy_jpeg_bytes
 from webportal import outbound
 from webportal.api import tokens
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Cell, ModelVersion
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -81,7 +82,7 @@ def lab(member, tiny_model: ModelVersion) -> Seeded:
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     cell = Cell.objects.filter(image__batch=batch).first()
     assert cell is not None
     return Seeded(

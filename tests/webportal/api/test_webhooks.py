@@ -22,9 +22,10 @@ from webportal import crypto
 from webportal.accounts.models import Role
 from webportal.api import webhooks
 from webportal.api.models import WebhookDelivery, WebhookEndpoint
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, ModelVersion
 from webportal.celery import app as celery_app
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +60,7 @@ def test_a_finished_batch_posts_a_signed_event_to_the_labs_endpoint(
             case=case, created_by=None, files=[("a.jpg", io.BytesIO(noisy_jpeg_bytes()))]
         )
         with django_capture_on_commit_callbacks(execute=True):
-            processing.process_batch(batch_id=batch.pk)
+            batch_job.process_batch(batch_id=batch.pk)
         delivery = WebhookDelivery.objects.get()
         assert sent == [delivery.pk]
         assert webhooks.attempt_delivery(delivery_id=delivery.pk) is None

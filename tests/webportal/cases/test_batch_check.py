@@ -10,11 +10,12 @@ from django.contrib.auth.models import User
 from tests.conftest import GUARDED_THRESHOLD, cell_pngs
 from tests.factories import BatchFactory, MembershipFactory
 from webportal.accounts.models import Role
-from webportal.cases import batch_check, processing, services
+from webportal.cases import batch_check, services
 from webportal.cases.models import Batch, Cell, ModelVersion, Prediction
 from webportal.cases.reviews import review_cells
 from webportal.cases.selectors import PENDING, batch_cells, current_label
 from webportal.cases.services import ServiceError
+from webportal.pipeline import batch_job, verdict
 from webportal.reports import services as reports
 from webportal.reports.differential import UNIDENTIFIED
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.django_db
 
 def _run(case, files) -> Batch:
     batch = services.submit_batch(case=case, created_by=None, files=files)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     return batch
 
@@ -232,15 +233,15 @@ def test_the_verdict_is_made_once_for_the_whole_batch_after_its_last_slice(
         case=case, created_by=None, files=cell_pngs(24, seed=4, shifted=True)
     )
 
-    processing.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then back in line
+    batch_job.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then back in line
     batch.refresh_from_db()
     assert batch.ood_check == Batch.Check.PENDING
     states = batch_cells(batch=batch)
     classified = [s for s in states if s.predicted is not None]
-    assert 0 < len(classified) == processing.chunk_sizes(24, 8)[0] < 24
+    assert 0 < len(classified) == batch_job.chunk_sizes(24, 8)[0] < 24
     assert {s.current for s in states} == {PENDING}  # nothing auto-accepted meanwhile
 
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.ood_check == Batch.Check.FLAGGED
@@ -256,15 +257,15 @@ def test_a_crash_before_the_verdict_is_committed_leaves_it_pending_and_the_next_
         raise RuntimeError("worker lost")
 
     with monkeypatch.context() as patch:
-        patch.setattr(processing, "write_preliminary_report", crash)
+        patch.setattr(batch_job, "write_preliminary_report", crash)
         with pytest.raises(RuntimeError):
-            processing.process_batch(batch_id=batch.pk)
+            batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert (batch.status, batch.ood_check) == (Batch.Status.PROCESSING, Batch.Check.PENDING)
     assert batch.ood_score is None
     assert not batch.reports.exists()
 
-    processing.process_batch(batch_id=batch.pk)  # the redelivery
+    batch_job.process_batch(batch_id=batch.pk)  # the redelivery
     batch.refresh_from_db()
     first = (batch.ood_check, batch.ood_score, batch.ood_checked_at)
     assert batch.status == Batch.Status.DONE
@@ -272,7 +273,7 @@ def test_a_crash_before_the_verdict_is_committed_leaves_it_pending_and_the_next_
     assert Prediction.objects.filter(cell__image__batch=batch).count() == 5
     assert batch.reports.count() == 1
 
-    processing.process_batch(batch_id=batch.pk)  # a late duplicate message changes nothing
+    batch_job.process_batch(batch_id=batch.pk)  # a late duplicate message changes nothing
     batch.refresh_from_db()
     assert (batch.ood_check, batch.ood_score, batch.ood_checked_at) == first
 
@@ -307,7 +308,7 @@ def test_a_flagged_batch_is_explained_with_its_score_and_limit(db: None) -> None
 def test_the_worker_computes_the_guard_features_on_the_engine_it_classifies_with(
     guarded_model: ModelVersion, settings: LazySettings
 ) -> None:
-    from webportal.cases.classifiers import load_classifier
+    from webportal.pipeline.classifiers import load_classifier
 
     if settings.INFERENCE_ENGINE == "eager":
         pytest.skip("INFERENCE_ENGINE=eager: no faster engine to move the features to")
@@ -323,7 +324,7 @@ def test_the_cells_located_in_fields_are_checked_as_the_classifier_read_them(
 
     from ml.locate import crop_cell
     from tests.webportal.cases.test_fields import FIELDS, field_files
-    from webportal.cases.classifiers import load_classifier
+    from webportal.pipeline.classifiers import load_classifier
 
     names = ["BloodImage_00000.jpg", "BloodImage_00031.jpg"]
     batch = _run(case, field_files(names))
@@ -348,7 +349,7 @@ def test_the_cells_located_in_fields_are_checked_as_the_classifier_read_them(
 def test_a_batch_of_more_cells_than_the_check_takes_is_judged_on_exactly_that_many(
     guarded_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processing, "BATCH_CHECK_CELLS", 10)
+    monkeypatch.setattr(verdict, "BATCH_CHECK_CELLS", 10)
     batch = _run(case, cell_pngs(13, seed=3))
 
     assert batch.ood_cells_checked == 10

@@ -14,9 +14,9 @@ from rest_framework.test import APIClient
 
 from tests.conftest import noisy_jpeg_bytes
 from webportal.api import tokens
-from webportal.cases import processing
 from webportal.cases.models import Batch, Image
 from webportal.celery import PROCESS_BATCH_TASK, app
+from webportal.pipeline import sweeper
 
 # on_commit callbacks run only when a real transaction commits.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,11 +69,11 @@ def test_the_sweeper_sends_a_batch_whose_enqueue_failed_again(
     )
     sent: list[tuple[str, tuple[int, ...]]] = []
     monkeypatch.setattr(app, "send_task", lambda name, args, **_: sent.append((name, args)))
-    assert processing.sweep_batches().resent_queued == []  # not yet: it may still be on its way
+    assert sweeper.sweep_batches().resent_queued == []  # not yet: it may still be on its way
 
     later = timezone.now() + timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS + 1)
     monkeypatch.setattr(timezone, "now", lambda: later)
-    report = processing.sweep_batches()
+    report = sweeper.sweep_batches()
 
     assert report.resent_queued == [batch.pk]
     assert sent == [(PROCESS_BATCH_TASK, (batch.pk,))]
@@ -96,5 +96,5 @@ def test_a_batch_never_marked_as_sent_is_resent_counting_from_its_upload(
     later = timezone.now() + timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS + 1)
     monkeypatch.setattr(timezone, "now", lambda: later)
 
-    assert processing.sweep_batches().resent_queued == [batch.pk]
+    assert sweeper.sweep_batches().resent_queued == [batch.pk]
     assert sent == [batch.pk]

@@ -12,8 +12,9 @@ from django.urls import reverse
 from tests.factories import MembershipFactory
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
-from webportal.cases import processing, reviews, services
+from webportal.cases import reviews, services
 from webportal.cases.models import Cell, Image, ModelVersion, Review
+from webportal.pipeline import batch_job
 from webportal.reports.differential import NOT_CLASSED
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +29,7 @@ def field(tiny_model: ModelVersion, case) -> Image:
     batch = services.submit_batch(
         case=case, created_by=None, files=[("BloodImage_00044.jpg", data)]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     return batch.images.get()
 
 

@@ -13,8 +13,9 @@ from PIL import Image as PILImage
 
 from ml.locate import locate
 from tests.conftest import noisy_jpeg_bytes
-from webportal.cases import processing, selectors, services
+from webportal.cases import selectors, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -53,7 +54,7 @@ def test_the_job_makes_one_cell_per_white_cell_with_its_box_and_classifies_each(
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 2  # fields and their cells spread over several chunks
     batch = services.submit_batch(case=case, created_by=None, files=field_files())
-    outcome = processing.process_batch(batch_id=batch.pk)
+    outcome = batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.processed_images == batch.total_images == len(SAMPLES)
@@ -76,7 +77,7 @@ def test_a_field_without_a_white_cell_is_reported_as_such(
     tiny_model: ModelVersion, case, member, client: Client
 ) -> None:
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[2:]))
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     empty = list(selectors.fields_without_white_cells(batch=batch))
     assert [image.original_name for image in empty] == ["BloodImage_00020-top.jpg"]
     client.force_login(member.user)
@@ -90,11 +91,11 @@ def test_a_redelivered_batch_does_not_locate_a_field_twice(
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 1
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:2]))
-    first = processing.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then queued
+    first = batch_job.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then queued
     assert first.status == Batch.Status.PROCESSING
     assert first.remaining == 1
-    processing.process_batch(batch_id=batch.pk)
-    processing.process_batch(batch_id=batch.pk)  # a duplicate message: nothing to claim
+    batch_job.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)  # a duplicate message: nothing to claim
     expected = sum(len(expected_boxes(name)) for name in SAMPLES[:2])
     assert Cell.objects.filter(image__batch=batch).count() == expected
     assert Prediction.objects.filter(cell__image__batch=batch).count() == expected
@@ -107,7 +108,7 @@ def test_the_batch_can_force_single_cells_or_fields(tiny_model: ModelVersion, ca
         files=field_files(["BloodImage_00000.jpg"]),
         image_kind=Batch.ImageKind.CELL,
     )
-    processing.process_batch(batch_id=as_cells.pk)
+    batch_job.process_batch(batch_id=as_cells.pk)
     (cell,) = Cell.objects.filter(image__batch=as_cells)
     assert cell.box is None
     assert cell.image.kind == Image.Kind.CELL
@@ -119,7 +120,7 @@ def test_the_batch_can_force_single_cells_or_fields(tiny_model: ModelVersion, ca
     as_fields = services.submit_batch(
         case=case, created_by=None, files=[("part.png", small)], image_kind=Batch.ImageKind.FIELD
     )
-    processing.process_batch(batch_id=as_fields.pk)
+    batch_job.process_batch(batch_id=as_fields.pk)
     image = as_fields.images.get()
     assert image.kind == Image.Kind.FIELD
     assert image.white_cells == 1
@@ -137,7 +138,7 @@ def test_a_field_sized_close_up_of_one_cell_becomes_a_single_cell(
     close_up.save(data, format="PNG")
     data.seek(0)
     batch = services.submit_batch(case=case, created_by=None, files=[("close.png", data)])
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     image = batch.images.get()
     assert image.kind == Image.Kind.CELL
     assert image.cells.get().box is None
@@ -163,13 +164,13 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     # Another delivery located the first field and saved its cell meanwhile.
     Image.objects.filter(pk=first.pk).update(located_at=first.created_at, white_cells=1)
     Cell.objects.create(image=first, box=[1, 2, 3, 4], origin=Cell.Origin.LOCATED)
-    located: dict[int, list[processing.Box] | None] = {
+    located: dict[int, list[batch_job.Box] | None] = {
         first.pk: [(10, 10, 50, 50), (70, 70, 40, 40)],
         second.pk: [(5, 6, 30, 30)],
     }
     guess = CellPrediction(label="a", confidence=0.9, probabilities={"a": 0.9, "b": 0.1})
 
-    progress = processing._save_predictions(
+    progress = batch_job._save_predictions(
         batch_id=batch.pk,
         model_version=tiny_model,
         progress=1,  # the first field, done by the other delivery
@@ -212,7 +213,7 @@ def test_a_field_is_read_from_its_uncompressed_copy_which_goes_once_it_is_locate
         assert np.array_equal(np.asarray(copy.convert("RGB")), np.asarray(png.convert("RGB")))
 
     with django_capture_on_commit_callbacks(execute=True):
-        processing.process_batch(batch_id=batch.pk)
+        batch_job.process_batch(batch_id=batch.pk)
 
     image.refresh_from_db()
     assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
@@ -226,7 +227,7 @@ def test_a_field_whose_copy_is_gone_is_read_from_its_png(tiny_model: ModelVersio
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
     image = batch.images.get()
     default_storage.delete(str(image.model_input.name))  # as a racing delivery that located it
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     image.refresh_from_db()
     assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
 
@@ -243,7 +244,7 @@ def test_only_fields_up_to_the_size_limit_get_the_uncompressed_copy(
     too_big = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
     image = too_big.images.get()
     assert (image.kind, image.model_input_geometry) == (Image.Kind.FIELD, geometry)
-    processing.process_batch(batch_id=too_big.pk)
+    batch_job.process_batch(batch_id=too_big.pk)
     image.refresh_from_db()
     assert sorted(list(cell.box or []) for cell in image.cells.all()) == expected_boxes(SAMPLES[0])
     assert image.model_input_geometry == geometry  # a fitted copy is kept

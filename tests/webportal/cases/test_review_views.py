@@ -183,13 +183,14 @@ def test_the_heatmap_is_asked_of_a_worker_once_then_served_from_storage(
     from PIL import Image as PILImage
 
     from tests.conftest import noisy_jpeg_bytes
-    from webportal.cases import explain_worker, processing, services
+    from webportal.cases import services
     from webportal.celery import EXPLAIN_CELL_TASK, app
+    from webportal.pipeline import batch_job, explain
 
     batch = services.submit_batch(
         case=case, created_by=None, files=[("a.jpg", _io.BytesIO(noisy_jpeg_bytes((64, 48))))]
     )
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     cell = Cell.objects.get(image__batch=batch)
     sent: list[tuple[str, tuple[int, ...]]] = []
     monkeypatch.setattr(app, "send_task", lambda name, args, **_: sent.append((name, args)))
@@ -201,7 +202,7 @@ def test_the_heatmap_is_asked_of_a_worker_once_then_served_from_storage(
     assert (first.status_code, again.status_code) == (202, 202)
     assert sent == [(EXPLAIN_CELL_TASK, (cell.pk,))]  # asked once, not on every poll
 
-    name = explain_worker.compute_heatmap(cell_id=cell.pk)  # what the worker's task does
+    name = explain.compute_heatmap(cell_id=cell.pk)  # what the worker's task does
     assert name is not None
     ready = client.get(url)
     assert ready.status_code == 200
@@ -212,8 +213,8 @@ def test_the_heatmap_is_asked_of_a_worker_once_then_served_from_storage(
     def no_second_computation(*args, **kwargs):
         raise AssertionError("the heatmap was computed again")
 
-    monkeypatch.setattr(explain_worker, "explain_png", no_second_computation)
-    assert explain_worker.compute_heatmap(cell_id=cell.pk) == name  # a repeated message
+    monkeypatch.setattr(explain, "explain_png", no_second_computation)
+    assert explain.compute_heatmap(cell_id=cell.pk) == name  # a repeated message
     assert client.get(reverse("cases:cell_crop", args=[cell.pk])).status_code == 200
 
 

@@ -11,8 +11,9 @@ from PIL import Image as PILImage
 from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
 from tests.factories import CaseFactory, LabFactory
-from webportal.cases import classifiers, processing, registry, selectors, services
+from webportal.cases import registry, selectors, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.pipeline import batch_job, classifiers, pixels
 
 pytestmark = pytest.mark.django_db
 
@@ -114,7 +115,7 @@ def test_processing_writes_one_prediction_per_cell_and_a_report(
     tiny_model: ModelVersion, case
 ) -> None:
     batch = _submit(case, count=5)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.processed_images == 5
@@ -124,10 +125,10 @@ def test_processing_writes_one_prediction_per_cell_and_a_report(
 
 def test_processing_again_adds_no_second_prediction(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=3)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     # A redelivered message for a batch still marked processing does only what is missing.
     Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.PROCESSING)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     assert Prediction.objects.filter(cell__image__batch=batch).count() == 3
 
 
@@ -135,7 +136,7 @@ def test_the_database_refuses_a_second_prediction_from_the_same_model(
     tiny_model: ModelVersion, case
 ) -> None:
     batch = _submit(case, count=1)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     prediction = Prediction.objects.get(cell__image__batch=batch)
     with pytest.raises(IntegrityError):
         Prediction.objects.create(
@@ -150,7 +151,7 @@ def test_the_database_refuses_a_second_prediction_from_the_same_model(
 def test_a_cancelled_batch_is_not_processed(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=2)
     assert services.cancel_batch(batch_id=batch.pk) is True
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.CANCELLED
     assert not Prediction.objects.filter(cell__image__batch=batch).exists()
@@ -162,7 +163,7 @@ def test_a_changed_checkpoint_file_is_refused(tiny_model: ModelVersion, case) ->
     Path(tiny_model.checkpoint_path).write_bytes(b"tampered")
     batch = _submit(case, count=1)
     with pytest.raises(services.ServiceError, match="does not match"):
-        processing.process_batch(batch_id=batch.pk)
+        batch_job.process_batch(batch_id=batch.pk)
 
 
 def test_users_see_only_cases_of_their_own_labs(member) -> None:
@@ -181,8 +182,8 @@ def test_each_upload_keeps_a_copy_fitted_to_its_model_and_the_worker_reads_it(
     assert image.model_input_geometry == geometry
     assert str(image.model_input.name).endswith(f".{geometry}.bmp")
 
-    fitted, is_fitted = processing._open_cell(cell, geometry=geometry)
-    original, is_original_fitted = processing._open_cell(cell, geometry="999-pad")  # another model
+    fitted, is_fitted = pixels.open_cell(cell, geometry=geometry)
+    original, is_original_fitted = pixels.open_cell(cell, geometry="999-pad")  # another model
     assert (fitted.size, is_fitted) == ((tiny_model.input_size,) * 2, True)
     assert (original.size, is_original_fitted) == ((image.width, image.height), False)
 
@@ -205,7 +206,7 @@ def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
     )
     Image.objects.filter(batch=without_copies).update(model_input="", model_input_geometry="")
     for batch in (with_copies, without_copies):
-        processing.process_batch(batch_id=batch.pk)
+        batch_job.process_batch(batch_id=batch.pk)
 
     def probabilities(batch: Batch) -> list[dict[str, float]]:
         rows = Prediction.objects.filter(cell__image__batch=batch).order_by(
@@ -220,7 +221,7 @@ def test_a_starting_worker_loads_and_warms_up_the_model_labs_use(
     tiny_model: ModelVersion, caplog: pytest.LogCaptureFixture
 ) -> None:
     classifiers._classifiers.clear()
-    with caplog.at_level("INFO", logger="webportal.cases.classifiers"):
+    with caplog.at_level("INFO", logger="webportal.pipeline.classifiers"):
         classifiers.preload_classifiers()
     assert tiny_model.checkpoint_sha256 in classifiers._classifiers
     assert f"warmed up {tiny_model} with a batch of 32" in caplog.text

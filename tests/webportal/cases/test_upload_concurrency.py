@@ -16,8 +16,9 @@ from django.db import connection
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import LabFactory
-from webportal.cases import classifiers, processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case, Image, ModelVersion
+from webportal.pipeline import batch_job, classifiers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,7 +75,7 @@ def test_other_writes_go_through_while_a_large_upload_is_being_validated(
         other_lab = LabFactory.create()
         services.create_case(lab=other_lab, created_by=None, accession_number="OTHER-1")
         case_seconds = time.monotonic() - started
-        outcome = processing.process_batch(batch_id=other_batch.pk)
+        outcome = batch_job.process_batch(batch_id=other_batch.pk)
         waited = time.monotonic() - started
     finally:
         go_on.set()

@@ -8,8 +8,9 @@ from django.urls import reverse
 
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import CaseFactory, MembershipFactory
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case
+from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +113,7 @@ def test_the_batch_page_shows_every_cell_and_the_differential_when_done(
 ) -> None:
     files = [(f"c{i}.jpg", io.BytesIO(noisy_jpeg_bytes())) for i in range(3)]
     batch = services.submit_batch(case=case, created_by=None, files=files)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     page = client_of.get(reverse("cases:batch_detail", args=[batch.pk])).content.decode()
     assert page.count('<figure class="cell') == 3
     assert 'id="differential"' in page

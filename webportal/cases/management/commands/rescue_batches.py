@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from webportal.cases import processing
+from webportal.pipeline import sweeper
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = processing.sweep_batches(everything=options["all"])
+        report = sweeper.sweep_batches(everything=options["all"])
         self.stdout.write(
             f"Sent again: {len(report.requeued_stuck) + len(report.resent_queued)} batch(es) "
             f"{sorted(report.requeued_stuck + report.resent_queued)}; "

@@ -1,4 +1,6 @@
-"""The batch job: queueing, claiming, classifying in chunks, sweeping and cancelling.
+"""The batch job: claiming a batch, classifying it in chunks, finishing it (the verdict, the
+preliminary report), failing it. The batch guard's verdict is in `verdict`, the sweeper in
+`sweeper`.
 
 Every function here is safe to run twice. The database is the source of truth; a broker
 message only says "look at batch N": a claim is a conditional UPDATE, a redelivered message
@@ -29,10 +31,12 @@ from ml.inference import BatchCheck, CellPrediction, Classifier, read_ahead
 from ml.locate import crop_cell, image_kind, locate
 from webportal.api import webhooks
 from webportal.cases import monitoring
-from webportal.cases.classifiers import chunk_size_for, load_classifier
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
-from webportal.cases.selectors import delivery_limit_reached, stuck_batches, unclaimed_batches
+from webportal.cases.selectors import delivery_limit_reached
 from webportal.cases.services import FIELD_COPY, ServiceError, send_batch
+from webportal.pipeline.classifiers import chunk_size_for, load_classifier
+from webportal.pipeline.pixels import open_cell, open_original
+from webportal.pipeline.verdict import check_if_pending, open_batch_check, record_check
 from webportal.reports.services import write_preliminary_report
 
 logger = logging.getLogger(__name__)
@@ -96,12 +100,12 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         logger.info("batch %s is %s: nothing to do", batch_id, status)
         return Outcome(status=status or "missing", classified=0, remaining=0)
     if delivery_limit_reached(deliveries=batch.stalled_attempts):  # this delivery counted
-        mark_batch_failed(batch_id=batch_id, reason=_gave_up(batch.stalled_attempts - 1))
+        mark_batch_failed(batch_id=batch_id, reason=gave_up(batch.stalled_attempts - 1))
         return Outcome(status=Batch.Status.FAILED, classified=0, remaining=0)
 
     model_version = batch.model_version
     classifier = load_classifier(model_version=model_version)
-    _open_batch_check(batch_id=batch_id, guarded=classifier.ood is not None)
+    open_batch_check(batch_id=batch_id, guarded=classifier.ood is not None)
     missing = list(
         Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
         .exclude(predictions__model_version=model_version)
@@ -186,7 +190,7 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
     if unsaved is not None:
         save(unsaved)
     with _stage("batch_check"):
-        check = _check_if_pending(
+        check = check_if_pending(
             batch_id=batch_id, model_version=model_version, classifier=classifier
         )
     with _stage("finish_and_report"):
@@ -208,137 +212,6 @@ def _claim(*, batch_id: int) -> Batch | None:
     if not claimed:
         return None
     return Batch.objects.select_related("model_version").get(pk=batch_id)
-
-
-# --- the batch guard -------------------------------------------------------------------------
-
-# Cells the batch guard looks at, evenly spaced over the batch: its thresholds are calibrated
-# for batches of up to 100 cells (ml.ood.BATCH_SIZES), and each costs a decode and a forward
-# pass of the model as built.
-BATCH_CHECK_CELLS = 100
-
-
-def _open_batch_check(*, batch_id: int, guarded: bool) -> None:
-    """On the first claim, say whether a verdict is coming: pending (the model has a guard: no
-    cell is auto-accepted until the verdict) or no_guard. Later deliveries find it said."""
-    Batch.objects.filter(pk=batch_id, ood_check=Batch.Check.NOT_CHECKED).update(
-        ood_check=Batch.Check.PENDING if guarded else Batch.Check.NO_GUARD
-    )
-
-
-def _check_if_pending(
-    *, batch_id: int, model_version: ModelVersion, classifier: Classifier
-) -> BatchCheck | None:
-    """The guard's verdict on the batch, computed when it is still pending (None otherwise)."""
-    pending = Batch.objects.filter(pk=batch_id, ood_check=Batch.Check.PENDING).exists()
-    if not pending:
-        return None
-    return check_batch(batch_id=batch_id, model_version=model_version, classifier=classifier)
-
-
-def check_batch(
-    *, batch_id: int, model_version: ModelVersion, classifier: Classifier
-) -> BatchCheck:
-    """The batch guard's verdict on the cells of an uploaded batch (ml.ood), once every cell
-    is classified.
-
-    One verdict per uploaded batch, whatever the chunks and time slices it was classified in:
-    the cells the worker classified (single cells and cells located in fields; not those a
-    reviewer adds later), at most BATCH_CHECK_CELLS evenly spaced in upload order, read as the
-    classifier read them. The same cells give the same verdict on a redelivery. A batch with
-    no cell gets a verdict of 0 cells checked and no threshold (too few).
-    """
-    picked = _cells_to_check(batch_id=batch_id, model_version=model_version)
-    if not picked:
-        return BatchCheck(score=0.0, threshold=None, flagged=False, cells_checked=0)
-    pictures, fitted = _open_cells(picked, geometry=classifier.geometry)
-    tensor = classifier.preprocess(pictures, fitted=fitted)
-    check = classifier.check_batch(tensor, max_cells=BATCH_CHECK_CELLS)
-    if check is None:  # a model without a guard: never asked (no pending verdict)
-        raise ServiceError(f"{model_version} has no batch guard to check batch {batch_id} with")
-    return check
-
-
-def _cells_to_check(*, batch_id: int, model_version: ModelVersion) -> list[Cell]:
-    """The cells the guard judges, in the order it scores them: those the worker classified
-    (not those a reviewer added), at most BATCH_CHECK_CELLS evenly spaced in upload order."""
-    cells = list(
-        Cell.objects.filter(
-            image__batch_id=batch_id,
-            image__status=Image.Status.OK,
-            predictions__model_version=model_version,
-        )
-        .exclude(origin=Cell.Origin.REVIEWER)
-        .select_related("image")
-        .order_by("id")
-    )
-    # Exactly min(n, BATCH_CHECK_CELLS) cells, evenly spaced: a batch of 101 cells is judged
-    # on 100 by the threshold for 100 (a stride of 2 would check 51, by the threshold for 20).
-    count = min(len(cells), BATCH_CHECK_CELLS)
-    return [cells[i * len(cells) // count] for i in range(count)]
-
-
-def _open_cells(cells: Sequence[Cell], *, geometry: str) -> tuple[list[PILImage.Image], list[bool]]:
-    """The cells' pixels as the classifier read them; a field with several cells is decoded once
-    (its cells are consecutive in id order)."""
-    pictures: list[PILImage.Image] = []
-    fitted: list[bool] = []
-    field: tuple[int, PILImage.Image] | None = None
-    for cell in cells:
-        if cell.box is None:
-            picture, was_fitted = _open_cell(cell, geometry=geometry)
-        else:
-            if field is None or field[0] != cell.image_id:
-                field = (cell.image_id, _open_original(cell.image))
-            x, y, width, height = cell.box
-            picture, was_fitted = crop_cell(field[1], (x, y, x + width, y + height)), False
-        pictures.append(picture)
-        fitted.append(was_fitted)
-    return pictures, fitted
-
-
-def _record_check(batch: Batch, check: BatchCheck | None) -> None:
-    """Keep the verdict on the batch (in the caller's transaction), only while still pending:
-    the first delivery to finish decides, a redelivery changes nothing."""
-    if check is None or batch.ood_check != Batch.Check.PENDING:
-        return
-    if check.threshold is None:
-        batch.ood_check = Batch.Check.TOO_FEW
-    else:
-        batch.ood_check = Batch.Check.FLAGGED if check.flagged else Batch.Check.PASSED
-    batch.ood_score = check.score if check.cells_checked else None
-    batch.ood_threshold = check.threshold
-    batch.ood_threshold_size = check.threshold_size
-    batch.ood_cells_checked = check.cells_checked
-    batch.ood_checked_at = timezone.now()
-    # Each checked cell's own score, by the same cells in the same order as the check.
-    checked = _cells_to_check(batch_id=batch.pk, model_version=batch.model_version)
-    if len(checked) == len(check.cell_scores):
-        batch.ood_cell_scores = {
-            str(cell.pk): round(score, 4)
-            for cell, score in zip(checked, check.cell_scores, strict=True)
-        }
-        batch.ood_cell_threshold = check.cell_threshold
-    batch.save(
-        update_fields=[
-            "ood_check",
-            "ood_score",
-            "ood_threshold",
-            "ood_threshold_size",
-            "ood_cells_checked",
-            "ood_checked_at",
-            "ood_cell_scores",
-            "ood_cell_threshold",
-        ]
-    )
-    if batch.ood_check == Batch.Check.FLAGGED:
-        logger.warning(
-            "batch %s flagged by the batch guard: score %.3f > %.3f (%d cells)",
-            batch.pk,
-            check.score,
-            check.threshold,
-            check.cells_checked,
-        )
 
 
 def _is_cancelled(batch_id: int) -> bool:
@@ -384,20 +257,20 @@ def _prefetched_chunks(
         def original(image: Image) -> PILImage.Image:
             nonlocal last
             if last is None or last[0] != image.pk:
-                last = (image.pk, _open_original(image))
+                last = (image.pk, open_original(image))
             return last[1]
 
         for unit in chunk:
             if isinstance(unit, Cell):
                 with _stage("open_and_decode"):
-                    picture, was_fitted = _open_cell(
+                    picture, was_fitted = open_cell(
                         unit, geometry=classifier.geometry, original=original
                     )
                 pictures.append(picture)
                 fitted.append(was_fitted)
                 continue
             with _stage("open_and_decode"):
-                field = _open_original(unit)
+                field = open_original(unit)
             with _stage("locate_and_crop"):
                 if detect and image_kind(field) == "cell":
                     located[unit.pk] = None
@@ -438,43 +311,6 @@ def chunk_sizes(total: int, size: int) -> list[int]:
             sizes.append(min(step, left))
             left -= sizes[-1]
     return sizes
-
-
-def _open_original(image: Image) -> PILImage.Image:
-    """The whole image: a field's uncompressed copy while it has one (services.FIELD_COPY),
-    else the stored PNG. The copy may be gone: a racing delivery located the field first."""
-    if image.model_input and image.model_input_geometry == FIELD_COPY:
-        try:
-            with image.model_input.open("rb") as handle, PILImage.open(handle) as copy:
-                return copy.convert("RGB")
-        except FileNotFoundError:
-            pass
-    with image.file.open("rb") as handle, PILImage.open(handle) as stored:
-        return stored.convert("RGB")
-
-
-def _open_cell(
-    cell: Cell,
-    *,
-    geometry: str,
-    original: Callable[[Image], PILImage.Image] = _open_original,
-) -> tuple[PILImage.Image, bool]:
-    """The cell's pixels and whether they are the copy fitted at upload for this geometry.
-
-    The fitted copy (stored uncompressed at the model's input size) gives the same input tensor
-    as the original in a fraction of the time: no decompression, no resizing.
-    A cell with a box (located in a field, or drawn by a reviewer) is cut out as the locator
-    cuts it (ml.locate.crop_cell), so the classifier sees it framed alike either way.
-    """
-    image = cell.image
-    if cell.box is None and image.model_input and image.model_input_geometry == geometry:
-        with image.model_input.open("rb") as handle, PILImage.open(handle) as fitted:
-            return fitted.convert("RGB"), True
-    picture = original(image)
-    if cell.box is not None:
-        x, y, width, height = cell.box
-        picture = crop_cell(picture, (x, y, x + width, y + height))
-    return picture, False
 
 
 def _save_predictions(
@@ -608,7 +444,7 @@ def _finish(*, batch_id: int, classified: int, check: BatchCheck | None) -> Outc
         batch = Batch.objects.select_for_update().select_related("model_version").get(pk=batch_id)
         if batch.status != Batch.Status.PROCESSING:
             return Outcome(batch.status, classified, 0)
-        _record_check(batch, check)
+        record_check(batch, check)
         if batch.ood_check == Batch.Check.PENDING:
             # Pending with no verdict at hand would leave every cell pending in a done batch.
             raise ServiceError(f"Batch {batch_id} finished without its batch check")
@@ -643,7 +479,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"The worker stopped on an unexpected error: {type(exc).__name__}: {exc}"
 
 
-def _gave_up(deliveries: int) -> str:
+def gave_up(deliveries: int) -> str:
     return (
         f"Gave up after {deliveries} deliveries that made no progress; the batch may contain "
         "an image that stops the worker."
@@ -661,45 +497,3 @@ def mark_batch_failed(*, batch_id: int, reason: str) -> None:
         if failed and not already:
             monitoring.count(name=monitoring.BATCHES_FAILED)
             webhooks.batch_finished_on_commit(batch_id=batch_id)
-
-
-# --- the sweeper ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepReport:
-    requeued_stuck: list[int]
-    resent_queued: list[int]
-    failed: list[int]
-
-
-def sweep_batches(*, everything: bool = False) -> SweepReport:
-    """Rescue batches whose worker died or whose message the broker lost.
-
-    A processing batch with no heartbeat for BATCH_STUCK_AFTER_SECONDS is sent again; a queued
-    batch unclaimed for BATCH_RESEND_AFTER_SECONDS has its message sent again. A duplicate
-    message is harmless (the claim and the unique constraint see to that), a lost one is not.
-    ``everything`` sends every processing and queued batch again whatever its age: only for
-    when no worker is running (the embedded default, after its one worker died).
-    """
-    now = timezone.now()
-    stuck_after = 0 if everything else settings.BATCH_STUCK_AFTER_SECONDS
-    resend_after = 0 if everything else settings.BATCH_RESEND_AFTER_SECONDS
-    requeued: list[int] = []
-    resent: list[int] = []
-    failed: list[int] = []
-    for batch in stuck_batches(now=now, after_seconds=stuck_after).only(
-        "id", "priority", "stalled_attempts"
-    ):
-        if delivery_limit_reached(deliveries=batch.stalled_attempts + 1):  # the resend's
-            mark_batch_failed(batch_id=batch.pk, reason=_gave_up(batch.stalled_attempts))
-            failed.append(batch.pk)
-            continue
-        send_batch(batch_id=batch.pk, queue=batch.queue)
-        requeued.append(batch.pk)
-    for batch in unclaimed_batches(now=now, after_seconds=resend_after).only("id", "priority"):
-        send_batch(batch_id=batch.pk, queue=batch.queue)
-        resent.append(batch.pk)
-    if requeued or resent or failed:
-        logger.warning("sweep: requeued %s, resent %s, failed %s", requeued, resent, failed)
-    return SweepReport(requeued_stuck=requeued, resent_queued=resent, failed=failed)

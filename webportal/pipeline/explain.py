@@ -9,9 +9,9 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from ml.explain import explain_png
-from webportal.cases.classifiers import load_classifier
 from webportal.cases.heatmaps import heatmap_name
 from webportal.cases.models import Cell, Prediction
+from webportal.pipeline.classifiers import load_classifier
 
 
 def compute_heatmap(*, cell_id: int) -> str | None:

@@ -12,8 +12,9 @@ from django.conf import LazySettings
 from django.utils import timezone
 
 from tests.conftest import noisy_jpeg_bytes
-from webportal.cases import processing, services
+from webportal.cases import services
 from webportal.cases.models import Batch, ModelVersion, Prediction
+from webportal.pipeline import batch_job, sweeper
 
 pytestmark = pytest.mark.django_db
 
@@ -35,15 +36,15 @@ def test_a_spent_time_slice_saves_its_work_and_queues_the_rest(
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 2
     batch = _submit(case, count=5)
-    first = processing.chunk_sizes(5, 2)[0]  # one chunk's work, then the slice is spent
+    first = batch_job.chunk_sizes(5, 2)[0]  # one chunk's work, then the slice is spent
     assert 1 <= first < 5
-    outcome = processing.process_batch(batch_id=batch.pk, time_budget=0)
+    outcome = batch_job.process_batch(batch_id=batch.pk, time_budget=0)
     batch.refresh_from_db()
     assert (outcome.classified, outcome.remaining) == (first, 5 - first)
     assert batch.status == Batch.Status.QUEUED  # waiting in the queue again, not "processing"
     assert batch.processed_images == first
     assert len(_messages()) == 1
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert Prediction.objects.filter(cell__image__batch=batch).count() == 5
@@ -57,7 +58,7 @@ def test_the_sweeper_requeues_a_batch_whose_worker_stopped(
     Batch.objects.filter(pk=batch.pk).update(
         status=Batch.Status.PROCESSING, heartbeat_at=stale, stalled_attempts=1
     )
-    report = processing.sweep_batches()
+    report = sweeper.sweep_batches()
     batch.refresh_from_db()
     assert report.requeued_stuck == [batch.pk]
     assert batch.status == Batch.Status.QUEUED
@@ -73,7 +74,7 @@ def test_the_sweeper_resends_a_queued_batch_the_broker_lost(
     old = timezone.now() - timedelta(seconds=settings.BATCH_RESEND_AFTER_SECONDS + 1)
     Batch.objects.filter(pk__in=[batch.pk, fresh.pk]).update(enqueued_at=old)
     Batch.objects.filter(pk=fresh.pk).update(enqueued_at=timezone.now())
-    report = processing.sweep_batches()
+    report = sweeper.sweep_batches()
     assert report.resent_queued == [batch.pk]
     assert report.requeued_stuck == []
 
@@ -92,8 +93,8 @@ def test_with_no_worker_left_every_unfinished_batch_is_sent_again_at_once(
     for message in _messages():
         message.unlink()  # the filesystem broker deleted them when the dead worker fetched them
 
-    assert processing.sweep_batches() == processing.SweepReport([], [], [])  # too fresh
-    report = processing.sweep_batches(everything=True)
+    assert sweeper.sweep_batches() == sweeper.SweepReport([], [], [])  # too fresh
+    report = sweeper.sweep_batches(everything=True)
 
     assert (report.requeued_stuck, report.resent_queued) == ([held.pk], [waiting.pk])
     assert len(_messages()) == 2
@@ -111,7 +112,7 @@ def test_the_sweeper_fails_a_batch_that_keeps_stopping_its_worker(
         heartbeat_at=stale,
         stalled_attempts=settings.BATCH_MAX_STALLED_ATTEMPTS,
     )
-    report = processing.sweep_batches()
+    report = sweeper.sweep_batches()
     batch.refresh_from_db()
     assert report.failed == [batch.pk]
     assert batch.status == Batch.Status.FAILED
@@ -123,7 +124,7 @@ def test_a_delivery_after_too_many_stalled_ones_fails_the_batch_with_the_reason(
 ) -> None:
     batch = _submit(case, count=1)
     Batch.objects.filter(pk=batch.pk).update(stalled_attempts=settings.BATCH_MAX_STALLED_ATTEMPTS)
-    outcome = processing.process_batch(batch_id=batch.pk)
+    outcome = batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert outcome.status == Batch.Status.FAILED
     assert "Gave up" in batch.error
@@ -132,7 +133,7 @@ def test_a_delivery_after_too_many_stalled_ones_fails_the_batch_with_the_reason(
 def test_progress_resets_the_stalled_count(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=2)
     Batch.objects.filter(pk=batch.pk).update(stalled_attempts=3)
-    processing.process_batch(batch_id=batch.pk)
+    batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.stalled_attempts == 0
@@ -145,15 +146,15 @@ def test_finished_and_cancelled_batches_are_never_sent_back_to_work(
     services.cancel_batch(batch_id=batch.pk)
     stale = timezone.now() - timedelta(days=1)
     Batch.objects.filter(pk=batch.pk).update(heartbeat_at=stale, enqueued_at=stale)
-    report = processing.sweep_batches()
-    assert report == processing.SweepReport(requeued_stuck=[], resent_queued=[], failed=[])
-    assert processing.process_batch(batch_id=batch.pk).status == Batch.Status.CANCELLED
+    report = sweeper.sweep_batches()
+    assert report == sweeper.SweepReport(requeued_stuck=[], resent_queued=[], failed=[])
+    assert batch_job.process_batch(batch_id=batch.pk).status == Batch.Status.CANCELLED
 
 
 @pytest.mark.parametrize("total", [0, 1, 5, 29, 60, 200, 512])
 @pytest.mark.parametrize("size", [1, 2, 32, 256])
 def test_chunks_cover_the_work_once_and_are_small_at_both_ends(total: int, size: int) -> None:
-    sizes = processing.chunk_sizes(total, size)
+    sizes = batch_job.chunk_sizes(total, size)
     assert sum(sizes) == total
     assert all(1 <= s <= size for s in sizes)
     if total >= 4 * size:  # long enough for the full ramp at both ends
@@ -169,7 +170,7 @@ def test_progress_counts_images_chunk_by_chunk_without_recounting_the_batch(
     batch = _submit(case, count=7)
     seen: list[int] = []
     counts: list[int] = []
-    save, count = processing._save_predictions, processing._images_done
+    save, count = batch_job._save_predictions, batch_job._images_done
 
     def saving(**kwargs: Any) -> int:
         result = save(**kwargs)
@@ -180,11 +181,11 @@ def test_progress_counts_images_chunk_by_chunk_without_recounting_the_batch(
         counts.append(count(**kwargs))
         return counts[-1]
 
-    monkeypatch.setattr(processing, "_save_predictions", saving)
-    monkeypatch.setattr(processing, "_images_done", counting)
-    processing.process_batch(batch_id=batch.pk)
+    monkeypatch.setattr(batch_job, "_save_predictions", saving)
+    monkeypatch.setattr(batch_job, "_images_done", counting)
+    batch_job.process_batch(batch_id=batch.pk)
 
-    sizes = processing.chunk_sizes(7, 2)
+    sizes = batch_job.chunk_sizes(7, 2)
     assert seen == [sum(sizes[: i + 1]) for i in range(len(sizes))]
     batch.refresh_from_db()
     assert (batch.status, batch.processed_images) == (Batch.Status.DONE, 7)
