@@ -132,10 +132,11 @@ def setup_system(var_dir: Path, model_path: Path) -> System:
     from django.core.management import call_command
 
     from webportal.accounts.models import Lab
-    from webportal.cases import registry, services
+    from webportal.cases import services
+    from webportal.pipeline import registration
 
     call_command("migrate", verbosity=0, interactive=False)
-    model_version = registry.register_model(checkpoint_path=model_path.resolve(), name="bench")
+    model_version = registration.register_model(checkpoint_path=model_path.resolve(), name="bench")
     lab = Lab.objects.create(name="Benchmark lab", slug="benchmark", active_model=model_version)
     case = services.create_case(lab=lab, created_by=None, accession_number="BENCH-0001")
     return System(
@@ -251,10 +252,10 @@ def run_system(system: System, samples: Sequence[Sample], *, workers: int) -> Pi
 
 
 def _prepare(case: Case, files: list[tuple[str, BinaryIO]]) -> PreparedUpload:
-    from webportal.cases import services
+    from webportal.cases import registry, services
 
     return services.prepare_upload(
-        model_version=services.active_model_for(lab=case.lab), files=files
+        model_version=registry.active_model_for(lab=case.lab), files=files
     )
 
 

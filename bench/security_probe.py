@@ -88,8 +88,8 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     from webportal.api import tokens, webhooks
     from webportal.api.models import ApiToken, WebhookEndpoint
     from webportal.audit.models import AuditEvent
-    from webportal.cases import registry, services, uploads
-    from webportal.pipeline import batch_job
+    from webportal.cases import services, uploads
+    from webportal.pipeline import batch_job, registration
     from webportal.reports.models import Report
 
     secure = debug_off  # behind the TLS proxy every request arrives as https
@@ -156,7 +156,7 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     checkpoint = make_tiny_checkpoint(
         Path(settings.VAR_DIR) / "tiny.pt", ["lymphocyte", "monocyte", "neutrophil"]
     )
-    registry.register_model(checkpoint_path=checkpoint, name="tiny")
+    registration.register_model(checkpoint_path=checkpoint, name="tiny")
     case = services.create_case(
         lab=lab_a, created_by=None, accession_number='ACC"; filename="evil.exe'
     )

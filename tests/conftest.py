@@ -12,9 +12,9 @@ from PIL import Image as PILImage
 from ml.testing import make_guarded_checkpoint, make_tiny_checkpoint, synthetic_cells
 from tests.factories import CaseFactory, MembershipFactory
 from webportal import outbound
-from webportal.cases import registry
 from webportal.cases.models import ModelVersion
 from webportal.celery import use_broker
+from webportal.pipeline import registration
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
 TINY_CLASSES = ["lymphocyte", "monocyte", "neutrophil"]
@@ -63,7 +63,7 @@ def local_receivers_allowed(settings: LazySettings) -> None:
 def tiny_model(db: None, tmp_path: Path) -> ModelVersion:
     """A randomly initialised, fast checkpoint registered as the newest model."""
     path = make_tiny_checkpoint(tmp_path / "tiny.pt", TINY_CLASSES)
-    return registry.register_model(checkpoint_path=path, name="tiny")
+    return registration.register_model(checkpoint_path=path, name="tiny")
 
 
 # A tiny model with a batch guard (ml.ood) fitted on ml.testing.synthetic_cells: cells drawn
@@ -88,7 +88,7 @@ def guarded_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def guarded_model(db: None, guarded_checkpoint: Path) -> ModelVersion:
     """The guarded checkpoint registered as the newest model."""
-    return registry.register_model(checkpoint_path=guarded_checkpoint, name="guarded")
+    return registration.register_model(checkpoint_path=guarded_checkpoint, name="guarded")
 
 
 def cell_pngs(

@@ -8,9 +8,12 @@ portal's process really runs without PyTorch.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import grimp
 
@@ -89,3 +92,68 @@ print(",".join(loaded))
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def _contract(name_starts: str) -> dict[str, Any]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    return next(c for c in contracts if c["name"].startswith(name_starts))
+
+
+def test_the_pytorch_contract_names_every_part_of_the_portal_but_the_pipeline() -> None:
+    contract = _contract("PyTorch behind one door")
+    portal = ROOT / "webportal"
+    parts = {
+        f"webportal.{path.stem}"
+        for path in portal.iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__")
+        or (path.is_dir() and (path / "__init__.py").exists())
+    }
+    assert set(contract["source_modules"]) == parts - {"webportal.pipeline"}
+
+
+def _lint_copy(tmp_path: Path, injected: dict[str, str]) -> str:
+    """lint-imports on a copy of the sources with `injected` lines added to the top of some
+    modules (path -> line); the report it prints."""
+    for package in (*PACKAGES, "tests"):
+        shutil.copytree(
+            ROOT / package,
+            tmp_path / package,
+            ignore=shutil.ignore_patterns("weights", "templates", "static", "__pycache__"),
+        )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    for relative, line in injected.items():
+        module = tmp_path / relative
+        module.write_text(f"{line}\n{module.read_text()}")
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run(
+        [str(lint), "--no-cache"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0, result.stdout
+    return result.stdout
+
+
+def test_the_contracts_fail_on_an_upward_import_a_cycle_and_pytorch_outside_the_pipeline(
+    tmp_path: Path,
+) -> None:
+    report = _lint_copy(
+        tmp_path,
+        {
+            # upward: core (the bottom) imports an app
+            "webportal/core/labels.py": "import webportal.cases.models  # noqa",
+            # a cycle between layers: celery <- logs
+            "webportal/logs.py": "import webportal.celery  # noqa",
+            # PyTorch reached from an app, through a torch-side ml module
+            "webportal/quality/selectors.py": "import ml.inference  # noqa",
+        },
+    )
+    flat = " ".join(report.split())
+    assert "-> shared -> core BROKEN" in flat  # the layers contract
+    assert "webportal.core.labels -> webportal.cases.models" in flat
+    assert "webportal.logs -> webportal.celery" in flat
+    assert "webportal.quality.selectors -> ml.inference" in flat
+    assert "PyTorch behind one door: only webportal.pipeline reaches torch-side code BROKEN" in flat

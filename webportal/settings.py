@@ -180,6 +180,8 @@ INSTALLED_APPS = [
     "webportal.quality",
     "webportal.adaptation",
     "webportal.api",
+    # No models: the worker-side management commands (register_model, seed_demo...).
+    "webportal.pipeline",
 ]
 
 MIDDLEWARE = [

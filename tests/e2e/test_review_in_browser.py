@@ -20,10 +20,10 @@ from tests.conftest import SAMPLES
 from tests.factories import PASSWORD, MembershipFactory, PatientFactory
 from tests.services import celery_worker
 from webportal.accounts.models import Role
-from webportal.cases import registry, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Case, Review
 from webportal.celery import use_broker
-from webportal.pipeline import batch_job
+from webportal.pipeline import batch_job, registration
 from webportal.reports.models import Report
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -64,7 +64,7 @@ def reviewed_batch(db: None) -> tuple[Batch, object]:
     pathologist = MembershipFactory.create(role=Role.PATHOLOGIST)
     pathologist.user.first_name, pathologist.user.last_name = "Maria", "Okafor"
     pathologist.user.save()
-    registry.register_model(checkpoint_path=PBC_MODEL, name="pbc8-mobilenetv2")
+    registration.register_model(checkpoint_path=PBC_MODEL, name="pbc8-mobilenetv2")
     case = Case.objects.create(
         lab=pathologist.lab,
         accession_number="H26-004217",

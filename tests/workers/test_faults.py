@@ -30,9 +30,10 @@ from tests.services import (
     wait_until,
     writes_held,
 )
-from webportal.cases import registry, services
+from webportal.cases import services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 from webportal.celery import use_broker
+from webportal.pipeline import registration
 
 pytestmark = [pytest.mark.faults, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -53,7 +54,7 @@ FAST_RESCUE = {
 def slow_model(db: None, tmp_path: Path) -> ModelVersion:
     """Random weights at 160 px: slow enough on one thread to be caught mid-batch."""
     path = make_tiny_checkpoint(tmp_path / "slow.pt", TINY_CLASSES, input_size=160)
-    return registry.register_model(checkpoint_path=path, name="slow")
+    return registration.register_model(checkpoint_path=path, name="slow")
 
 
 @pytest.fixture

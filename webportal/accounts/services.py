@@ -29,7 +29,7 @@ from rest_framework.request import Request
 from webportal.accounts.models import Invitation, Lab, Membership, Profile, Role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
-from webportal.cases.models import ModelVersion
+from webportal.core.errors import ApplicationError
 
 # Who may do what; the services name one of these sets when they call require_role.
 CASE_WRITERS = frozenset({Role.STAFF, Role.PATHOLOGIST, Role.INTEGRATOR})
@@ -139,7 +139,7 @@ def authenticated_user(request: HttpRequest | Request) -> User:
 # --- lab administration (the portal's lab admin pages) ----------------------------------------
 
 
-class AccountError(Exception):
+class AccountError(ApplicationError):
     """A lab administration request that cannot be carried out, with a message for the user."""
 
 
@@ -292,64 +292,8 @@ def remove_member(*, admin: User, membership: Membership) -> None:
         membership.delete()
 
 
-def models_for(*, lab: Lab) -> QuerySet[ModelVersion]:
-    """The models a lab may choose: the shared ones and those adapted to its own cells."""
-    return ModelVersion.objects.filter(Q(lab=None) | Q(lab=lab)).order_by("-created_at", "-id")
-
-
 def members_of(*, lab: Lab) -> QuerySet[Membership]:
     return Membership.objects.filter(lab=lab).select_related("user").order_by("user__username")
-
-
-def activate_model(
-    *, admin: User, lab: Lab, model_version: ModelVersion | None, reason: str = ""
-) -> Lab:
-    """Choose the model the lab's new batches run with (None: the newest shared model now;
-    one registered later reaches the lab only by another such choice: `cases.registry`).
-
-    A new model is activated by a person, never silently; batches already uploaded keep
-    the model they were uploaded with. A model without a batch guard (`ModelVersion.guard`)
-    is refused unless the admin states why (`reason`, kept in the audit event): its batches
-    from another microscope or stain would be auto-accepted without any warning.
-    """
-    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="choose the lab's model")
-    if model_version is not None and model_version.lab_id not in (None, lab.pk):
-        # A model adapted to another lab's cells is that lab's alone.
-        raise AccountError(f"{model_version} is not a model of {lab}.")
-    chosen = model_version or newest_shared_model()
-    reason = reason.strip()
-    if chosen is not None and not chosen.has_guard and not reason:
-        raise AccountError(
-            f"{chosen} has no batch guard: batches unlike its validation cells (another "
-            "microscope, stain or camera) would be auto-accepted without a warning. State why "
-            "the lab should use it anyway, or choose a model with a guard."
-        )
-    with transaction.atomic():
-        lab = (
-            Lab.objects.select_for_update(of=("self",))
-            .select_related("active_model")
-            .get(pk=lab.pk)
-        )
-        if lab.active_model == model_version:
-            return lab
-        before = {"model": str(lab.active_model) if lab.active_model else "newest shared"}
-        lab.active_model = model_version
-        lab.save(update_fields=["active_model"])
-        after: dict[str, str] = {
-            "model": str(model_version) if model_version else "newest shared",
-            "guard": "yes" if chosen is not None and chosen.has_guard else "none",
-        }
-        if reason:
-            after["reason"] = reason
-        record_event(
-            lab=lab,
-            actor=admin,
-            action=Action.MODEL_ACTIVATED,
-            obj=lab,
-            before=before,
-            after=after,
-        )
-        return lab
 
 
 # --- what a report says of the lab and of its signer (issue 19, ISO 15189:2022 7.4.1.6) -------
@@ -498,8 +442,3 @@ def create_lab(
             after={**_membership_values(membership), "new_user": created, "lab_created": True},
         )
         return membership
-
-
-def newest_shared_model() -> ModelVersion | None:
-    """The newest model every lab may choose (one adapted to a lab never is)."""
-    return ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()

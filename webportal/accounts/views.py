@@ -21,6 +21,7 @@ from webportal.accounts.forms import (
     RoleForm,
 )
 from webportal.accounts.models import Invitation, Lab, Membership
+from webportal.cases import registry
 
 
 def admin_lab(request: HttpRequest, lab_id: int) -> Lab:
@@ -172,13 +173,13 @@ def member_unlock(request: HttpRequest, lab_id: int, membership_id: int) -> Http
 @require_http_methods(["GET", "POST"])
 def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
     lab = admin_lab(request, lab_id)
-    choices = services.models_for(lab=lab)
+    choices = registry.models_for(lab=lab)
     form = ActiveModelForm(
         request.POST or None, initial={"model_version": lab.active_model}, models=choices
     )
     if request.method == "POST" and form.is_valid():
         try:
-            services.activate_model(
+            registry.activate_model(
                 admin=services.authenticated_user(request),
                 lab=lab,
                 model_version=form.cleaned_data["model_version"],
@@ -196,7 +197,7 @@ def lab_model(request: HttpRequest, lab_id: int) -> HttpResponse:
             "lab": lab,
             "form": form,
             "models": choices,
-            "current": lab.active_model or services.newest_shared_model(),
+            "current": lab.active_model or registry.newest_shared_model(),
         },
     )
 
@@ -229,7 +230,7 @@ def locked_out(
 def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
     """One row per class: the lab's own interval for any sex and age, or the adult default it
     replaces; below, the lab's ranges for one sex or an age band."""
-    from webportal.cases.services import ServiceError
+    from webportal.core.errors import ServiceError
     from webportal.reports.differential import DEFAULT_ABSOLUTE_RANGES, DEFAULT_REFERENCE_RANGES
     from webportal.reports.models import ReferenceRange
     from webportal.reports.services import (
@@ -269,7 +270,7 @@ def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
         return redirect("accounts:reference_ranges", lab_id=lab.pk)
     intervals = reference_intervals_for(lab=lab)
     ranges = intervals.percent
-    model = lab.active_model or services.models_for(lab=lab).filter(lab=None).first()
+    model = lab.active_model or registry.models_for(lab=lab).filter(lab=None).first()
     labels = list(dict.fromkeys([*(model.classes if model else []), *ranges]))
     rows = [
         {

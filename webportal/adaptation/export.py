@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from ml.locate import crop_cell
 from webportal.accounts.models import Lab
 from webportal.cases.models import Cell
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 
 
 def cell_picture(cell: Cell) -> PILImage.Image:

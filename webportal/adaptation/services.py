@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from webportal.accounts.models import Lab
-from webportal.accounts.services import LAB_ADMINS, activate_model, require_role
+from webportal.accounts.services import LAB_ADMINS, require_role
 from webportal.adaptation.models import AdaptationJob
 from webportal.adaptation.selectors import (
     active_job,
@@ -29,8 +29,9 @@ from webportal.adaptation.selectors import (
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
-from webportal.cases.services import ServiceError, active_model_for
+from webportal.cases.registry import activate_model, active_model_for
 from webportal.celery import ADAPT_MODEL_TASK, ADAPT_QUEUE, app
+from webportal.core.errors import ServiceError
 
 # Audit actions (labelled, and a filter of the trail browser).
 ADAPTATION_STARTED = Action.ADAPTATION_STARTED

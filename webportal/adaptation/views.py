@@ -10,7 +10,8 @@ from django.views.decorators.http import require_GET, require_POST
 from webportal.accounts.services import authenticated_user
 from webportal.accounts.views import admin_lab
 from webportal.adaptation import selectors, services
-from webportal.cases.services import ServiceError, active_model_for
+from webportal.cases.registry import active_model_for
+from webportal.core.errors import ServiceError
 
 
 @require_GET

@@ -34,7 +34,7 @@ from webportal.api.schema import errors
 from webportal.api.strict import StrictStrings
 from webportal.cases import reviews
 from webportal.cases.models import Batch, Cell, Prediction, Review
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 
 
 class ReviewSerializer(serializers.ModelSerializer[Review]):

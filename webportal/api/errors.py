@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from webportal.cases import services
+from webportal.core.errors import ApplicationError
 
 
 class Conflict(exceptions.APIException):
@@ -35,9 +36,20 @@ def error_body(code: str, detail: str, fields: dict[str, Any] | None = None) -> 
     return {"error": code, "detail": detail, "fields": fields or {}}
 
 
+class _ApplicationFailure(exceptions.APIException):
+    """An ApplicationError as the API answers it: its own status and code (400, invalid)."""
+
+    def __init__(self, exc: ApplicationError) -> None:
+        super().__init__(str(exc), exc.code)
+        self.status_code = exc.http_status
+
+
 def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
+    """The one place an error raised by a service or by Django becomes an HTTP answer."""
     if isinstance(exc, exceptions.APIException):
         return exc
+    if isinstance(exc, ApplicationError):
+        return _ApplicationFailure(exc)
     if isinstance(exc, Http404):
         return exceptions.NotFound("Not found.")
     if isinstance(exc, DjangoPermissionDenied):

@@ -45,7 +45,7 @@ from webportal.api.serializers import (
 )
 from webportal.api.strict import StrictStrings
 from webportal.cases.batch_check import describe
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 from webportal.downloads import content_disposition
 from webportal.reports import fhir, hl7v2, services, wording
 from webportal.reports.content import amendment_of, header_of

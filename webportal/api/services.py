@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.api.models import IdempotencyKey
-from webportal.cases import services
+from webportal.cases import registry, services
 from webportal.cases.models import Batch, Case
 
 
@@ -75,7 +75,7 @@ def submit_batch_once(
     # Decoding and storing happen before the transaction, which stays short (no lock held
     # while images are validated); its files are deleted if the rows are not kept.
     prepared = services.prepare_upload(
-        model_version=services.active_model_for(lab=case.lab), files=named, image_kind=image_kind,
+        model_version=registry.active_model_for(lab=case.lab), files=named, image_kind=image_kind,
         lab=case.lab,
     )  # fmt: skip
     try:

@@ -104,23 +104,16 @@ class CaseList(generics.ListAPIView[Case]):
             )  # fmt: skip
         if access.cases(request).filter(lab=lab, accession_number=data["accession_number"].strip()):
             raise Conflict(f"Accession number {data['accession_number']} already exists.")
-        try:
-            case = services.create_case(
-                lab=lab,
-                created_by=authenticated_user(request),
-                accession_number=data["accession_number"],
-                patient=data.get("patient"),
-                specimen=services.SpecimenDetails(**data["specimen"])
-                if "specimen" in data
-                else None,
-                requester=data.get("requester", ""),
-                clinical_note=data.get("clinical_note", ""),
-            )
-        except services.ServiceError as exc:
-            return Response(
-                {"error": "invalid", "detail": str(exc), "fields": {}},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+        # A ServiceError answers 400 through the one exception handler (webportal.api.errors).
+        case = services.create_case(
+            lab=lab,
+            created_by=authenticated_user(request),
+            accession_number=data["accession_number"],
+            patient=data.get("patient"),
+            specimen=services.SpecimenDetails(**data["specimen"]) if "specimen" in data else None,
+            requester=data.get("requester", ""),
+            clinical_note=data.get("clinical_note", ""),
+        )
         case = _with_status(access.cases(request)).get(pk=case.pk)
         body = CaseSerializer(case, context={"request": request}).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -244,11 +237,7 @@ class CaseBatches(generics.ListAPIView[Batch]):
             )
         except api_services.IdempotencyConflict as exc:
             raise Conflict(str(exc)) from exc
-        except services.ServiceError as exc:
-            return Response(
-                {"error": "invalid", "detail": str(exc), "fields": {}},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+        # A ServiceError answers 400 through the one exception handler (webportal.api.errors).
         body = BatchSerializer(submitted.batch, context={"request": request}).data
         if submitted.replayed:
             replayed = {"Idempotent-Replayed": "true"}

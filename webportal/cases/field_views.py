@@ -13,7 +13,7 @@ from django.views.decorators.http import require_http_methods
 from webportal.accounts.services import RoleRequired, authenticated_user
 from webportal.cases import reviews, selectors, services
 from webportal.cases.models import Batch, Cell, Image
-from webportal.reports.differential import NOT_CLASSED
+from webportal.core.labels import NOT_CLASSED
 
 
 @require_http_methods(["GET", "POST"])

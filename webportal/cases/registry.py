@@ -1,73 +1,94 @@
-"""The model registry: a checkpoint file becomes a ModelVersion row.
-
-Reading a checkpoint needs PyTorch, so this lives apart from `services` (the portal's side):
-`manage.py register_model`, `seed_demo` and the workers use it, the web process never does.
+"""The model registry's portal side: which models a lab may choose and runs with, the lab
+admin's audited choice, and the pinning that keeps a new shared model from reaching a lab
+silently. Reading a checkpoint file needs PyTorch: registering one is the worker's side
+(`webportal.pipeline.registration`); this module never loads it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
+from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q, QuerySet
 
-from ml.checkpoint import load_ood, read_metadata, sha256_of
 from webportal.accounts.models import Lab
+from webportal.accounts.services import LAB_ADMINS, AccountError, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import ModelVersion
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 
 
-def register_model(
-    *,
-    checkpoint_path: Path,
-    name: str = "",
-    lab: Lab | None = None,
-    extra_metrics: dict[str, Any] | None = None,
-) -> ModelVersion:
-    """Register a checkpoint file; registering the same file again returns the same row.
-
-    `lab`: a model adapted to that lab's cells, seen and chosen by that lab only (None: shared).
-    `extra_metrics` join the checkpoint's own (e.g. an adaptation's held-out figures).
-
-    No silent change of model: a new shared model does not become the model of the labs set to
-    "the newest shared model"; each is pinned, audited, to the model it ran with until now
-    (`pin_labs_on_newest`), and a lab admin's audited choice (`accounts.services.activate_model`)
-    is the only way the new one reaches a lab.
-    """
-    if not checkpoint_path.is_file():
-        raise ServiceError(f"No checkpoint file at {checkpoint_path}")
-    digest = sha256_of(checkpoint_path)
-    existing = ModelVersion.objects.filter(checkpoint_sha256=digest).first()
-    if existing is not None:
-        return existing
-    meta = read_metadata(checkpoint_path)
-    ood = load_ood(checkpoint_path)
-    guard = (
-        {"thresholds": {str(n): float(t) for n, t in sorted(ood.thresholds.items())}}
-        if ood is not None and ood.thresholds
-        else {}
-    )
-    with transaction.atomic():
-        if lab is None:
-            pin_labs_on_newest(registering=name or checkpoint_path.stem)
-        return ModelVersion.objects.create(
-            name=name or checkpoint_path.stem,
-            architecture=meta.arch,
-            classes=list(meta.classes),
-            checkpoint_path=str(checkpoint_path.resolve()),
-            checkpoint_sha256=digest,
-            input_size=meta.input_size,
-            resize=meta.resize,
-            mean=list(meta.mean),
-            std=list(meta.std),
-            temperature=meta.temperature,
-            threshold=meta.threshold,
-            metrics={**meta.metrics, **(extra_metrics or {})},
-            guard=guard,
-            lab=lab,
+def active_model_for(*, lab: Lab) -> ModelVersion:
+    if lab.active_model is not None:
+        return lab.active_model
+    # The newest shared model: one adapted to a lab is never any lab's model by being newest.
+    newest = ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()
+    if newest is None:
+        raise ServiceError(
+            "No model is registered yet: run `python manage.py register_model PATH` first."
         )
+    return newest
+
+
+def newest_shared_model() -> ModelVersion | None:
+    """The newest model every lab may choose (one adapted to a lab never is)."""
+    return ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()
+
+
+def models_for(*, lab: Lab) -> QuerySet[ModelVersion]:
+    """The models a lab may choose: the shared ones and those adapted to its own cells."""
+    return ModelVersion.objects.filter(Q(lab=None) | Q(lab=lab)).order_by("-created_at", "-id")
+
+
+def activate_model(
+    *, admin: User, lab: Lab, model_version: ModelVersion | None, reason: str = ""
+) -> Lab:
+    """Choose the model the lab's new batches run with (None: the newest shared model now;
+    one registered later reaches the lab only by another such choice: `pin_labs_on_newest`).
+
+    A new model is activated by a person, never silently; batches already uploaded keep
+    the model they were uploaded with. A model without a batch guard (`ModelVersion.guard`)
+    is refused unless the admin states why (`reason`, kept in the audit event): its batches
+    from another microscope or stain would be auto-accepted without any warning.
+    """
+    require_role(user=admin, lab=lab, allowed=LAB_ADMINS, action="choose the lab's model")
+    if model_version is not None and model_version.lab_id not in (None, lab.pk):
+        # A model adapted to another lab's cells is that lab's alone.
+        raise AccountError(f"{model_version} is not a model of {lab}.")
+    chosen = model_version or newest_shared_model()
+    reason = reason.strip()
+    if chosen is not None and not chosen.has_guard and not reason:
+        raise AccountError(
+            f"{chosen} has no batch guard: batches unlike its validation cells (another "
+            "microscope, stain or camera) would be auto-accepted without a warning. State why "
+            "the lab should use it anyway, or choose a model with a guard."
+        )
+    with transaction.atomic():
+        lab = (
+            Lab.objects.select_for_update(of=("self",))
+            .select_related("active_model")
+            .get(pk=lab.pk)
+        )
+        if lab.active_model == model_version:
+            return lab
+        before = {"model": str(lab.active_model) if lab.active_model else "newest shared"}
+        lab.active_model = model_version
+        lab.save(update_fields=["active_model"])
+        after: dict[str, str] = {
+            "model": str(model_version) if model_version else "newest shared",
+            "guard": "yes" if chosen is not None and chosen.has_guard else "none",
+        }
+        if reason:
+            after["reason"] = reason
+        record_event(
+            lab=lab,
+            actor=admin,
+            action=Action.MODEL_ACTIVATED,
+            obj=lab,
+            before=before,
+            after=after,
+        )
+        return lab
 
 
 def pin_labs_on_newest(*, registering: str) -> None:

@@ -25,8 +25,8 @@ from webportal.accounts.services import authenticated_user
 from webportal.cases import heatmaps, selectors, services
 from webportal.cases.models import Batch, Cell, Prediction
 from webportal.cases.reviews import review_cells, review_history, review_labels
-from webportal.cases.selectors import PENDING, CellState, batch_cells
-from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
+from webportal.cases.selectors import CellState, batch_cells
+from webportal.core.labels import NOT_CLASSED, PENDING, UNIDENTIFIED
 from webportal.reports.models import Report
 from webportal.reports.services import latest_report
 from webportal.reports.wording import differential_context, threshold_text

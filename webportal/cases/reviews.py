@@ -25,7 +25,7 @@ from webportal.cases.selectors import (
     current_counts,
     current_label,
 )
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 from webportal.reports.services import latest_report, refresh_preliminary_report, vocabulary_for
 from webportal.reports.vocabulary import find_label, review_choices
 

@@ -19,7 +19,8 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Prediction, Review
-from webportal.reports.differential import UNIDENTIFIED
+from webportal.core.labels import PENDING as PENDING
+from webportal.core.labels import UNIDENTIFIED
 
 
 def cases_visible_to(*, user: User) -> QuerySet[Case]:
@@ -38,10 +39,6 @@ def images_visible_to(*, user: User) -> QuerySet[Image]:
 
 def cells_visible_to(*, user: User) -> QuerySet[Cell]:
     return Cell.objects.filter(image__batch__case__lab__memberships__user=user)
-
-
-# A cell of a batch still being classified: no prediction yet, counted nowhere.
-PENDING = "pending"
 
 
 @dataclass(frozen=True)

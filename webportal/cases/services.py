@@ -31,6 +31,7 @@ from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
+from webportal.cases.registry import active_model_for
 from webportal.cases.uploads import (
     DEFAULT_LIMITS,
     FITTED_COPY_SUFFIX,
@@ -40,30 +41,12 @@ from webportal.cases.uploads import (
     inspect_uploads,
 )
 from webportal.celery import PROCESS_BATCH_TASK, app
+from webportal.core.errors import ServiceError as ServiceError
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    """A request that cannot be carried out, with a message fit to show the user."""
-
-
-# --- models -------------------------------------------------------------------------
-
-
-def active_model_for(*, lab: Lab) -> ModelVersion:
-    if lab.active_model is not None:
-        return lab.active_model
-    # The newest shared model: one adapted to a lab is never any lab's model by being newest.
-    newest = ModelVersion.objects.filter(lab=None).order_by("-created_at", "-id").first()
-    if newest is None:
-        raise ServiceError(
-            "No model is registered yet: run `python manage.py register_model PATH` first."
-        )
-    return newest
 
 
 # --- queueing -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from webportal.accounts.services import RoleRequired, authenticated_user, labs_o
 from webportal.cases import batch_check, selectors, services
 from webportal.cases.forms import BatchUploadForm, CaseForm
 from webportal.cases.models import Batch
-from webportal.reports.differential import UNIDENTIFIED
+from webportal.core.labels import UNIDENTIFIED
 from webportal.reports.services import latest_report
 
 

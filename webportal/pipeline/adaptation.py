@@ -37,8 +37,8 @@ from webportal.adaptation.export import export_cells
 from webportal.adaptation.models import AdaptationJob
 from webportal.adaptation.selectors import HELDOUT, TRAIN
 from webportal.cases.models import ModelVersion
-from webportal.cases.registry import register_model
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
+from webportal.pipeline.registration import register_model
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from webportal.api import webhooks
 from webportal.cases import monitoring
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 from webportal.cases.selectors import delivery_limit_reached
-from webportal.cases.services import FIELD_COPY, ServiceError, send_batch
+from webportal.cases.services import FIELD_COPY, send_batch
+from webportal.core.errors import ServiceError
 from webportal.pipeline.classifiers import chunk_size_for, load_classifier
 from webportal.pipeline.pixels import open_cell, open_original
 from webportal.pipeline.verdict import check_if_pending, open_batch_check, record_check

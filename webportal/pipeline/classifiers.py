@@ -18,7 +18,7 @@ from ml.engine import choose_engine
 from ml.inference import Classifier
 from webportal.accounts.models import Lab
 from webportal.cases.models import Image, ModelVersion
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 

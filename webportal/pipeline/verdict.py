@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from ml.inference import BatchCheck, Classifier
 from ml.locate import crop_cell
 from webportal.cases.models import Batch, Cell, Image, ModelVersion
-from webportal.cases.services import ServiceError
+from webportal.core.errors import ServiceError
 from webportal.pipeline.pixels import open_cell, open_original
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from ml.agreement import cohen_kappa
 from webportal.accounts.models import Lab
 from webportal.cases.models import Batch, Cell, ModelVersion, Prediction, Review
-from webportal.reports.differential import NOT_CLASSED, UNIDENTIFIED
+from webportal.core.labels import NOT_CLASSED, UNIDENTIFIED
 from webportal.reports.models import Report
 
 OTHER_CATEGORY = "other category"

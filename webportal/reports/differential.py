@@ -28,8 +28,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
-UNIDENTIFIED = "unidentified"
-NOT_CLASSED = "not classed"
+# The words live in core (cases and reports share them); named here too for the arithmetic.
+from webportal.core.labels import NOT_CLASSED as NOT_CLASSED
+from webportal.core.labels import UNIDENTIFIED as UNIDENTIFIED
 
 # Classes outside the leukocyte denominator, by name (case-insensitive; classes come from the
 # checkpoint, these are the names the shipped models use and the lab vocabulary's defaults).

@@ -23,8 +23,9 @@ from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases import batch_check
 from webportal.cases.models import Batch, ModelVersion, Patient
-from webportal.cases.selectors import PENDING, CellState, batch_cells
-from webportal.cases.services import ServiceError
+from webportal.cases.selectors import CellState, batch_cells
+from webportal.core.errors import ServiceError
+from webportal.core.labels import PENDING
 from webportal.reports.content import freeze_header, patient_band
 from webportal.reports.differential import (
     CATEGORY_GROUPS,

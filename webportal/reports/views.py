@@ -8,9 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from webportal.accounts.services import authenticated_user, can_sign, models_for
+from webportal.accounts.services import authenticated_user, can_sign
 from webportal.cases.batch_check import describe
-from webportal.cases.services import ServiceError
+from webportal.cases.registry import models_for
+from webportal.core.errors import ServiceError
 from webportal.downloads import content_disposition
 from webportal.reports import services, wording
 from webportal.reports.content import END_OF_REPORT, amendment_of, header_of

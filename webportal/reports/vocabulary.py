@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from webportal.reports.differential import NOT_CLASSED, Category, Group, group_of
+from webportal.core.labels import NOT_CLASSED
+from webportal.reports.differential import Category, Group, group_of
 
 # Class name -> (LOINC code, display) of the "/100 leukocytes" result (panel 24318-8).
 PERCENT_LOINC: dict[str, tuple[str, str]] = {

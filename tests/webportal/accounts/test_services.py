@@ -8,6 +8,7 @@ from tests.factories import LabFactory, MembershipFactory, ModelVersionFactory, 
 from webportal.accounts import services
 from webportal.accounts.models import Invitation, Membership, Role
 from webportal.audit.models import Action, AuditEvent
+from webportal.cases import registry
 
 pytestmark = pytest.mark.django_db
 
@@ -215,13 +216,13 @@ def test_activating_a_model_is_the_admins_and_is_recorded() -> None:
     staff = MembershipFactory.create(lab=admin.lab, role=Role.PATHOLOGIST)
     model = ModelVersionFactory.create(name="pbc8")
     with pytest.raises(services.RoleRequired):
-        services.activate_model(admin=staff.user, lab=admin.lab, model_version=model)
-    lab = services.activate_model(admin=admin.user, lab=admin.lab, model_version=model)
+        registry.activate_model(admin=staff.user, lab=admin.lab, model_version=model)
+    lab = registry.activate_model(admin=admin.user, lab=admin.lab, model_version=model)
     assert lab.active_model == model
     event = AuditEvent.objects.get(action=Action.MODEL_ACTIVATED)
     assert event.before == {"model": "newest shared"}
     assert event.after == {"model": str(model), "guard": "yes"}
-    services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
+    registry.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
     lab.refresh_from_db()
     assert lab.active_model is None
     assert AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).count() == 2
@@ -231,9 +232,9 @@ def test_a_model_without_a_batch_guard_is_refused_unless_the_admin_states_why() 
     admin = _admin_of_new_lab()
     unguarded = ModelVersionFactory.create(name="pbc8-old", guard={})
     with pytest.raises(services.AccountError, match="no batch guard"):
-        services.activate_model(admin=admin.user, lab=admin.lab, model_version=unguarded)
+        registry.activate_model(admin=admin.user, lab=admin.lab, model_version=unguarded)
     with pytest.raises(services.AccountError, match="no batch guard"):
-        services.activate_model(
+        registry.activate_model(
             admin=admin.user, lab=admin.lab, model_version=unguarded, reason="   "
         )
     admin.lab.refresh_from_db()
@@ -241,7 +242,7 @@ def test_a_model_without_a_batch_guard_is_refused_unless_the_admin_states_why() 
     assert not AuditEvent.objects.filter(action=Action.MODEL_ACTIVATED).exists()
 
     why = "validation study of the old model, every batch reviewed by hand"
-    lab = services.activate_model(
+    lab = registry.activate_model(
         admin=admin.user, lab=admin.lab, model_version=unguarded, reason=why
     )
     assert lab.active_model == unguarded
@@ -252,10 +253,10 @@ def test_a_model_without_a_batch_guard_is_refused_unless_the_admin_states_why() 
 def test_the_newest_shared_model_without_a_guard_needs_a_reason_too() -> None:
     admin = _admin_of_new_lab()
     guarded = ModelVersionFactory.create(name="guarded")
-    services.activate_model(admin=admin.user, lab=admin.lab, model_version=guarded)
+    registry.activate_model(admin=admin.user, lab=admin.lab, model_version=guarded)
     ModelVersionFactory.create(name="newest-unguarded", guard={})
     with pytest.raises(services.AccountError, match=r"newest-unguarded.*no batch guard"):
-        services.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
+        registry.activate_model(admin=admin.user, lab=admin.lab, model_version=None)
     admin.lab.refresh_from_db()
     assert admin.lab.active_model == guarded
 

@@ -26,13 +26,14 @@ from tests.factories import (
 )
 from tests.webportal.adaptation.conftest import CLASSES, PER_CASE
 from webportal.accounts.models import Role
-from webportal.accounts.services import AccountError, RoleRequired, activate_model
+from webportal.accounts.services import AccountError, RoleRequired
 from webportal.adaptation import selectors, services
 from webportal.adaptation.export import export_cells
 from webportal.adaptation.models import AdaptationJob
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell, Image, ModelVersion, Review
-from webportal.cases.services import ServiceError, active_model_for
+from webportal.cases.registry import activate_model, active_model_for
+from webportal.cases.services import ServiceError
 from webportal.celery import ADAPT_MODEL_TASK
 from webportal.celery import app as celery_app
 

@@ -11,7 +11,8 @@ from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES
 from tests.factories import LabFactory
 from webportal.audit.models import Action, AuditEvent
-from webportal.cases import registry, services
+from webportal.cases import registry
+from webportal.pipeline import registration
 
 pytestmark = pytest.mark.django_db
 
@@ -19,14 +20,14 @@ pytestmark = pytest.mark.django_db
 def test_a_registered_checkpoint_keeps_its_guards_limits(guarded_checkpoint: Path) -> None:
     stored = load_ood(guarded_checkpoint)
     assert stored is not None
-    version = registry.register_model(checkpoint_path=guarded_checkpoint)
+    version = registration.register_model(checkpoint_path=guarded_checkpoint)
     assert version.has_guard
     assert version.guard["thresholds"] == {str(n): t for n, t in stored.thresholds.items()}
     assert version.guard_threshold(20) == pytest.approx(stored.thresholds[20])
 
 
 def test_a_checkpoint_without_a_guard_is_registered_as_having_none(tmp_path: Path) -> None:
-    version = registry.register_model(
+    version = registration.register_model(
         checkpoint_path=make_tiny_checkpoint(tmp_path / "m.pt", TINY_CLASSES)
     )
     assert version.guard == {}
@@ -36,18 +37,18 @@ def test_a_checkpoint_without_a_guard_is_registered_as_having_none(tmp_path: Pat
 def test_registering_a_shared_model_changes_no_labs_model(
     tmp_path: Path, guarded_checkpoint: Path
 ) -> None:
-    first = registry.register_model(
+    first = registration.register_model(
         checkpoint_path=make_tiny_checkpoint(tmp_path / "first.pt", TINY_CLASSES)
     )
     on_newest, chose = LabFactory.create(), LabFactory.create(active_model=first)
-    assert services.active_model_for(lab=on_newest) == first
+    assert registry.active_model_for(lab=on_newest) == first
 
-    second = registry.register_model(checkpoint_path=guarded_checkpoint, name="second")
+    second = registration.register_model(checkpoint_path=guarded_checkpoint, name="second")
 
     on_newest.refresh_from_db()
     assert on_newest.active_model == first
-    assert services.active_model_for(lab=on_newest) == first
-    assert services.active_model_for(lab=chose) == first
+    assert registry.active_model_for(lab=on_newest) == first
+    assert registry.active_model_for(lab=chose) == first
     # The pin is audited in the lab that was on "the newest shared model", and only there.
     event = AuditEvent.objects.get(action=Action.MODEL_PINNED)
     assert event.lab == on_newest
@@ -57,19 +58,19 @@ def test_registering_a_shared_model_changes_no_labs_model(
     assert event.after["model"] == str(first)
     assert "second was registered" in event.after["why"]
     # A lab made after the registration starts on the newest shared model.
-    assert services.active_model_for(lab=LabFactory.create()) == second
+    assert registry.active_model_for(lab=LabFactory.create()) == second
 
 
 def test_registering_a_labs_adapted_model_pins_nothing(tmp_path: Path) -> None:
-    shared = registry.register_model(
+    shared = registration.register_model(
         checkpoint_path=make_tiny_checkpoint(tmp_path / "shared.pt", TINY_CLASSES)
     )
     lab = LabFactory.create()
-    registry.register_model(
+    registration.register_model(
         checkpoint_path=make_tiny_checkpoint(tmp_path / "adapted.pt", TINY_CLASSES, seed=1),
         lab=lab,
     )
     lab.refresh_from_db()
     assert lab.active_model is None
-    assert services.active_model_for(lab=lab) == shared
+    assert registry.active_model_for(lab=lab) == shared
     assert not AuditEvent.objects.filter(action=Action.MODEL_PINNED).exists()

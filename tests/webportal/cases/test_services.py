@@ -11,9 +11,9 @@ from PIL import Image as PILImage
 from ml.testing import make_tiny_checkpoint
 from tests.conftest import TINY_CLASSES, noisy_jpeg_bytes
 from tests.factories import CaseFactory, LabFactory
-from webportal.cases import registry, selectors, services
+from webportal.cases import selectors, services
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
-from webportal.pipeline import batch_job, classifiers, pixels
+from webportal.pipeline import batch_job, classifiers, pixels, registration
 
 pytestmark = pytest.mark.django_db
 
@@ -25,8 +25,8 @@ def _submit(case, count: int = 3) -> Batch:
 
 def test_registering_the_same_checkpoint_twice_returns_one_version(tmp_path: Path) -> None:
     path = make_tiny_checkpoint(tmp_path / "m.pt", TINY_CLASSES)
-    first = registry.register_model(checkpoint_path=path)
-    again = registry.register_model(checkpoint_path=path)
+    first = registration.register_model(checkpoint_path=path)
+    again = registration.register_model(checkpoint_path=path)
     assert first.pk == again.pk
     assert first.classes == TINY_CLASSES
     assert ModelVersion.objects.count() == 1
@@ -34,7 +34,7 @@ def test_registering_the_same_checkpoint_twice_returns_one_version(tmp_path: Pat
 
 def test_registering_a_missing_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(services.ServiceError, match="No checkpoint file at"):
-        registry.register_model(checkpoint_path=tmp_path / "absent.pt")
+        registration.register_model(checkpoint_path=tmp_path / "absent.pt")
 
 
 def test_a_case_needs_an_accession_number_unique_in_its_lab() -> None:
@@ -193,7 +193,7 @@ def test_predictions_from_the_fitted_copy_equal_those_from_the_original(
     resize: str, case, tmp_path: Path
 ) -> None:
     path = make_tiny_checkpoint(tmp_path / f"{resize}.pt", TINY_CLASSES, resize=resize)
-    model_version = registry.register_model(checkpoint_path=path)
+    model_version = registration.register_model(checkpoint_path=path)
     assert model_version.resize == resize
     case.lab.active_model = model_version
     case.lab.save()

@@ -16,8 +16,9 @@ from django.db import transaction
 
 from webportal.accounts.models import Lab, Role
 from webportal.accounts.services import add_member
-from webportal.cases import registry, services
+from webportal.cases import services
 from webportal.cases.models import Case
+from webportal.pipeline import registration
 
 DEMO_ACCESSION = "DEMO-0001"
 SAMPLES = settings.BASE_DIR / "samples" / "demo"
@@ -38,7 +39,7 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save()
             add_member(lab=lab, user=user, role=Role.PATHOLOGIST)
-        model = registry.register_model(checkpoint_path=settings.DEFAULT_MODEL_PATH)
+        model = registration.register_model(checkpoint_path=settings.DEFAULT_MODEL_PATH)
         if not Case.objects.filter(lab=lab, accession_number=DEMO_ACCESSION).exists():
             case = services.create_case(
                 lab=lab,

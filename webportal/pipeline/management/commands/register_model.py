@@ -11,7 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from webportal.cases import registry, services
+from webportal.cases import services
+from webportal.pipeline import registration
 
 
 class Command(BaseCommand):
@@ -23,7 +24,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            version = registry.register_model(checkpoint_path=options["path"], name=options["name"])
+            version = registration.register_model(
+                checkpoint_path=options["path"], name=options["name"]
+            )
         except (services.ServiceError, ValueError, KeyError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
