@@ -85,10 +85,11 @@ def probe(*, debug_off: bool) -> dict[str, Any]:
     from ml.testing import make_tiny_checkpoint
     from webportal.accounts import services as accounts
     from webportal.accounts.models import Lab, Membership, Role
-    from webportal.api import tokens, webhooks
+    from webportal.api import tokens
     from webportal.api.models import ApiToken, WebhookEndpoint
     from webportal.audit.models import AuditEvent
     from webportal.cases import services, uploads
+    from webportal.notifications import webhooks
     from webportal.pipeline import batch_job, registration
     from webportal.reports.models import Report
 

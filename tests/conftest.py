@@ -11,9 +11,9 @@ from PIL import Image as PILImage
 
 from ml.testing import make_guarded_checkpoint, make_tiny_checkpoint, synthetic_cells
 from tests.factories import CaseFactory, MembershipFactory
-from webportal import outbound
 from webportal.cases.models import ModelVersion
 from webportal.celery import use_broker
+from webportal.notifications import outbound
 from webportal.pipeline import registration
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo"
@@ -41,7 +41,8 @@ EXAMPLE_PUBLIC_ADDRESS = "93.184.216.34"
 @pytest.fixture(autouse=True)
 def _example_names_are_public(monkeypatch: pytest.MonkeyPatch) -> None:
     """Webhook URLs on *.example (RFC 2606) resolve to a public address without DNS, so the
-    outbound guard (webportal.outbound) accepts them; every other name resolves as usual."""
+    outbound guard (webportal.notifications.outbound) accepts them; every other name resolves
+    as usual."""
     real = outbound.resolve
 
     def resolve(host: str, port: int) -> list[outbound.IPAddress]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from webportal.reports import mllp
+from webportal.notifications import mllp
 
 
 @dataclass

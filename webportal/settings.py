@@ -182,6 +182,10 @@ INSTALLED_APPS = [
     "webportal.api",
     # No models: the worker-side management commands (register_model, seed_demo...).
     "webportal.pipeline",
+    # No models: connects the webhooks and the LIS to the report lifecycle's signals.
+    "webportal.notifications",
+    # No models: pages and the API (registers the API schema's token scheme when ready).
+    "webportal.interfaces",
 ]
 
 MIDDLEWARE = [
@@ -193,11 +197,11 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before the CSRF check, which is the first to parse a request's files.
-    "webportal.cases.middleware.UploadFileCountMiddleware",
+    "webportal.interfaces.cases.middleware.UploadFileCountMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "webportal.accounts.middleware.IntegratorsUseTheApiMiddleware",
+    "webportal.interfaces.accounts.middleware.IntegratorsUseTheApiMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out login into the lockout page.
@@ -217,7 +221,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "webportal.accounts.context_processors.roles",
+                "webportal.interfaces.accounts.context_processors.roles",
             ],
         },
     },
@@ -280,7 +284,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_HANDLER = "webportal.accounts.lockout.PairAndAddressHandler"
 AXES_RESET_ON_SUCCESS = True
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_LOCKOUT_CALLABLE = "webportal.accounts.views.locked_out"
+AXES_LOCKOUT_CALLABLE = "webportal.interfaces.accounts.views.locked_out"
 # Behind N reverse proxies (a TLS proxy: 1), the client's address is the N-th from the right in
 # X-Forwarded-For; 0 (the default) takes the connection's address (REMOTE_ADDR).
 LOGIN_PROXY_COUNT = env_int("LOGIN_PROXY_COUNT", 0, minimum=0, maximum=10)
@@ -449,26 +453,26 @@ REST_FRAMEWORK = {
     # Integrator tokens first, so an unauthenticated call gets 401 with a WWW-Authenticate
     # header; a portal session works too (the interactive docs use it).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "webportal.api.authentication.ApiTokenAuthentication",
+        "webportal.interfaces.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
-        "webportal.api.permissions.TokenScope",
+        "webportal.interfaces.api.permissions.TokenScope",
     ],
-    "DEFAULT_THROTTLE_CLASSES": ["webportal.api.throttling.PerTokenRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["webportal.interfaces.api.throttling.PerTokenRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"token": env_str("API_THROTTLE_RATE", "600/minute")},
-    # JSON nested deeper than webportal.api.parsers.MAX_JSON_DEPTH is a 400 (issue 21).
+    # JSON nested deeper than webportal.interfaces.api.parsers.MAX_JSON_DEPTH is a 400 (issue 21).
     "DEFAULT_PARSER_CLASSES": [
-        "webportal.api.parsers.DepthLimitedJSONParser",
+        "webportal.interfaces.api.parsers.DepthLimitedJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "webportal.api.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "webportal.interfaces.api.pagination.Pagination",
     "PAGE_SIZE": 100,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "webportal.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "webportal.interfaces.api.errors.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -481,11 +485,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "PREPROCESSING_HOOKS": ["webportal.api.schema.only_v1"],
+    "PREPROCESSING_HOOKS": ["webportal.interfaces.api.schema.only_v1"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "webportal.api.schema.error_responses_everywhere",
-        "webportal.api.schema.json_request_bodies",
+        "webportal.interfaces.api.schema.error_responses_everywhere",
+        "webportal.interfaces.api.schema.json_request_bodies",
     ],
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI from this server (no CDN): the page works offline and under a strict CSP.
@@ -512,7 +516,8 @@ WEBHOOK_REPLAY_WINDOW_SECONDS = 300
 # --- Issue 21: outbound calls, secrets at rest (docs/SECURITY.md) ------------------------------
 # Private hosts or networks that outbound calls (webhooks, HL7) may reach, e.g. an on-premises
 # LIS: comma-separated CIDR networks, addresses or host names. Empty by default, DEBUG included:
-# loopback, private, link-local and cloud metadata addresses are refused (webportal.outbound).
+# loopback, private, link-local and cloud metadata addresses are refused
+# (webportal.notifications.outbound).
 # Plain http:// targets only with DEBUG on.
 OUTBOUND_ALLOWED_NETWORKS = env_list("OUTBOUND_ALLOWED_NETWORKS", [])
 # The Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook secrets in the database;

@@ -8,8 +8,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import server_error
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from webportal.api import errors, ops
-from webportal.worklist import views as worklist_views
+from webportal.interfaces.api import errors, ops
+from webportal.interfaces.worklist import views as worklist_views
 
 
 @login_not_required
@@ -26,7 +26,7 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics, name="metrics"),
-    path("api/v1/", include("webportal.api.urls")),
+    path("api/v1/", include("webportal.interfaces.api.urls")),
     path("api/schema/", login_not_required(SpectacularAPIView.as_view()), name="api_schema"),
     # The split view serves Swagger UI's start-up script as a file: no inline script (CSP).
     path(
@@ -34,18 +34,18 @@ urlpatterns = [
         login_not_required(SpectacularSwaggerSplitView.as_view(url_name="api_schema")),
         name="api_docs",
     ),
-    path("api/", include("webportal.api.legacy_urls")),
+    path("api/", include("webportal.interfaces.api.legacy_urls")),
     re_path(r"^api/", login_not_required(csrf_exempt(errors.json_not_found))),
-    path("integrations/", include("webportal.api.portal_urls")),
-    path("account/tokens/", include("webportal.api.personal_urls")),
+    path("integrations/", include("webportal.interfaces.api.portal_urls")),
+    path("account/tokens/", include("webportal.interfaces.api.personal_urls")),
     path("", worklist_views.home, name="home"),
-    path("", include("webportal.worklist.urls")),
-    path("", include("webportal.accounts.urls")),
-    path("", include("webportal.adaptation.urls")),
-    path("", include("webportal.audit.urls")),
-    path("", include("webportal.quality.urls")),
-    path("", include("webportal.cases.urls")),
-    path("", include("webportal.reports.urls")),
+    path("", include("webportal.interfaces.worklist.urls")),
+    path("", include("webportal.interfaces.accounts.urls")),
+    path("", include("webportal.interfaces.adaptation.urls")),
+    path("", include("webportal.interfaces.audit.urls")),
+    path("", include("webportal.interfaces.quality.urls")),
+    path("", include("webportal.interfaces.cases.urls")),
+    path("", include("webportal.interfaces.reports.urls")),
 ]
 
 

@@ -21,8 +21,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from webportal.cases import monitoring
 from webportal.celery import ADAPT_QUEUE, app
+from webportal.ops import monitoring
 
 logger = logging.getLogger(__name__)
 

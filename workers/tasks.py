@@ -87,7 +87,7 @@ def load_models_after_fork(**_: object) -> None:
 def deliver_webhook(delivery_id: int) -> None:
     """One try of one new delivery, right after it was committed. Never retried from here: the
     row's next try is in the database (`next_attempt_at`), and the poll below sends it."""
-    from webportal.api import webhooks
+    from webportal.notifications import webhooks
 
     webhooks.attempt_delivery(delivery_id=delivery_id)
 
@@ -95,7 +95,7 @@ def deliver_webhook(delivery_id: int) -> None:
 @shared_task(name=DELIVER_DUE_WEBHOOKS_TASK)
 def deliver_due_webhooks() -> None:
     """The webhook outbox's poll (Celery beat, every WEBHOOK_POLL_SECONDS): what is due."""
-    from webportal.api import webhooks
+    from webportal.notifications import webhooks
 
     webhooks.deliver_due()
 
@@ -103,7 +103,7 @@ def deliver_due_webhooks() -> None:
 @shared_task(name=DELIVER_LIS_TASK)
 def deliver_lis_message(delivery_id: int) -> None:
     """One try of one new LIS delivery (HL7 over MLLP), right after it was committed."""
-    from webportal.api import lis
+    from webportal.notifications import lis
 
     lis.attempt_delivery(delivery_id=delivery_id)
 
@@ -111,7 +111,7 @@ def deliver_lis_message(delivery_id: int) -> None:
 @shared_task(name=DELIVER_DUE_LIS_TASK)
 def deliver_due_lis_messages() -> None:
     """The LIS outbox's poll (Celery beat, every WEBHOOK_POLL_SECONDS): what is due."""
-    from webportal.api import lis
+    from webportal.notifications import lis
 
     lis.deliver_due()
 

@@ -21,7 +21,7 @@ from tests.factories import (
 )
 from tests.mllp_listener import mllp_listener
 from webportal.accounts.models import Role
-from webportal.api import lis
+from webportal.notifications import lis
 from webportal.reports import services
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -24,10 +24,10 @@ from tests.factories import PASSWORD, MembershipFactory, ModelVersionFactory, cl
 from webportal.accounts.models import Membership, Role
 from webportal.accounts.services import update_lab_details, update_person
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.cases.services import PatientDetails, SpecimenDetails, create_case
 from webportal.reports import services
 from webportal.reports.models import Report
+from webportal.reports.reviews import review_cells
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -6,6 +6,7 @@ import axes.attempts
 import axes.handlers.proxy
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tests.factories import (
     PBC_CLASSES,
@@ -15,6 +16,8 @@ from tests.factories import (
     ModelVersionFactory,
 )
 from webportal.accounts.models import Role
+from webportal.api import tokens
+from webportal.api.models import ApiToken
 
 
 class Clock:
@@ -58,3 +61,29 @@ def people(lab):
 @pytest.fixture
 def lab_case(lab):
     return CaseFactory.create(lab=lab)
+
+
+# --- the API: a token and a client that sends it (API, notifications and report tests) ---
+
+
+def bearer(plaintext: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    return client
+
+
+@pytest.fixture
+def issued(member) -> tokens.IssuedToken:
+    """A read-write token for an integrator account of the member's lab."""
+    return tokens.issue_token(lab=member.lab, username="lis", name="LIS")
+
+
+@pytest.fixture
+def api(issued: tokens.IssuedToken) -> APIClient:
+    return bearer(issued.plaintext)
+
+
+@pytest.fixture
+def read_only_api(member) -> APIClient:
+    issued = tokens.issue_token(lab=member.lab, username="lis-reader", scope=ApiToken.Scope.READ)
+    return bearer(issued.plaintext)

@@ -39,9 +39,9 @@ from webportal.api.models import (
     WebhookEndpoint,
 )
 from webportal.api.tokens import issue_token
-from webportal.api.webhooks import emit, register_endpoint
 from webportal.cases import services
 from webportal.cases.models import Batch, ModelVersion
+from webportal.notifications.webhooks import emit, register_endpoint
 from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 

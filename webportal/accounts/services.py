@@ -97,6 +97,13 @@ def require_role(*, user: User, lab: Lab, allowed: Iterable[str], action: str = 
     return role
 
 
+def reviewer_roles(*, via_api: bool = False) -> frozenset[str]:
+    """What may be done through a token as through the portal: review cells and edit a
+    preliminary report's remarks. Staff (first review) and pathologists, through the portal or
+    their personal token alike; never the integrator (service) account, whatever `via_api`."""
+    return REVIEWERS
+
+
 def can_write_cases(*, user: User, lab: Lab) -> bool:
     return role_in(user=user, lab=lab) in CASE_WRITERS
 

@@ -25,12 +25,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet, Subquery
 from django.utils import timezone
 
 from webportal.accounts.models import Lab
 from webportal.adaptation.models import AdaptationJob
 from webportal.cases.models import Cell, Image, ModelVersion, Review
+from webportal.cases.selectors import latest_review
 
 TRAIN, HELDOUT = "train", "heldout"
 
@@ -98,7 +99,7 @@ class Plan:
 def reviewed_cells(*, lab: Lab, classes: Sequence[str]) -> tuple[list[ReviewedCell], Counter[str]]:
     """The lab's cells whose latest review gives one of `classes` (matched case-insensitively);
     and how many reviewed cells were not usable, by reason. One query."""
-    latest = Review.objects.filter(cell=OuterRef("pk")).order_by("-id").values("label")[:1]
+    latest = latest_review().values("label")[:1]
     # Only reviewed cells get the latest-review subquery (a lab has far more cells than reviews).
     reviewed = Review.objects.filter(cell__image__batch__case__lab=lab).values("cell_id")
     rows = (

@@ -155,8 +155,8 @@ class WebhookDelivery(models.Model):
 
 class LisEndpoint(models.Model):
     """A lab information system that takes signed and amended reports as HL7 v2.5.1 ORU^R01
-    over MLLP (TCP). Reached only through the outbound rules (webportal.outbound): an address
-    inside the hospital network needs the operator's OUTBOUND_ALLOWED_NETWORKS."""
+    over MLLP (TCP). Reached only through the outbound rules (webportal.notifications.outbound):
+    an address inside the hospital network needs the operator's OUTBOUND_ALLOWED_NETWORKS."""
 
     lab = models.ForeignKey("accounts.Lab", on_delete=models.CASCADE, related_name="+")
     host = models.CharField(max_length=253)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
-from webportal.accounts.models import Lab
 from webportal.audit.models import AuditEvent
+
+if TYPE_CHECKING:
+    # For annotations only: audit sits below accounts (whose services record events).
+    from webportal.accounts.models import Lab
 
 
 def events_of(

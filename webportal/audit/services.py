@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.db import models
 
-from webportal.accounts.models import Lab
 from webportal.audit.models import AuditEvent
+
+if TYPE_CHECKING:
+    # For annotations only: audit sits below accounts (whose services record events).
+    from webportal.accounts.models import Lab
 
 
 def record_event(

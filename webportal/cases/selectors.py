@@ -18,27 +18,28 @@ from django.contrib.auth.models import User
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
+from webportal.accounts.selectors import visible_to
 from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Prediction, Review
 from webportal.core.labels import PENDING as PENDING
 from webportal.core.labels import UNIDENTIFIED
 
 
 def cases_visible_to(*, user: User) -> QuerySet[Case]:
-    return Case.objects.filter(lab__memberships__user=user).select_related("lab", "patient")
+    return visible_to(Case.objects.all(), user=user).select_related("lab", "patient")
 
 
 def batches_visible_to(*, user: User) -> QuerySet[Batch]:
-    return Batch.objects.filter(case__lab__memberships__user=user).select_related(
+    return visible_to(Batch.objects.all(), user=user, lab_path="case__lab").select_related(
         "case", "case__lab", "model_version"
     )
 
 
 def images_visible_to(*, user: User) -> QuerySet[Image]:
-    return Image.objects.filter(batch__case__lab__memberships__user=user)
+    return visible_to(Image.objects.all(), user=user, lab_path="batch__case__lab")
 
 
 def cells_visible_to(*, user: User) -> QuerySet[Cell]:
-    return Cell.objects.filter(image__batch__case__lab__memberships__user=user)
+    return visible_to(Cell.objects.all(), user=user, lab_path="image__batch__case__lab")
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,17 @@ def current_label(
     return predicted
 
 
+def latest_review() -> QuerySet[Review]:
+    """The newest review of the cell of the outer query: a subquery, `.values(field)[:1]`.
+    Every "latest review" (labels, agreement, adaptation) reads it from here."""
+    return Review.objects.filter(cell=OuterRef("pk")).order_by("-id")
+
+
 def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> list[CellState]:
     """Every cell of the batch (or those of `cell_ids`) with its labels, in one query."""
     model_version: ModelVersion = batch.model_version
     prediction = Prediction.objects.filter(cell=OuterRef("pk"), model_version=model_version)
-    latest_review = Review.objects.filter(cell=OuterRef("pk")).order_by("-id")
+    latest = latest_review()
     cells: QuerySet[Cell] = Cell.objects.filter(image__batch=batch)
     if cell_ids is not None:
         cells = cells.filter(pk__in=list(cell_ids))
@@ -103,8 +110,8 @@ def batch_cells(*, batch: Batch, cell_ids: Collection[int] | None = None) -> lis
         cells.annotate(
             predicted=Subquery(prediction.values("label")[:1]),
             confidence=Subquery(prediction.values("confidence")[:1]),
-            reviewed=Subquery(latest_review.values("label")[:1]),
-            reviewer_role=Subquery(latest_review.values("reviewer_role")[:1]),
+            reviewed=Subquery(latest.values("label")[:1]),
+            reviewer_role=Subquery(latest.values("reviewer_role")[:1]),
         )
         .order_by("pk")
         .values_list(

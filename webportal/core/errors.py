@@ -1,5 +1,6 @@
 """One error base for the whole portal, mapped to HTTP in one place per interface: the API's
-exception handler (webportal.api.errors.exception_handler) and the pages' `error_message`.
+exception handler (webportal.interfaces.api.errors.exception_handler); a page shows the
+message where it catches it.
 
 A service raises an ApplicationError (or a subclass) with a sentence fit to show the person
 who asked; a page shows that sentence, the API answers it in its error shape.

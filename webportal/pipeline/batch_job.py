@@ -29,12 +29,12 @@ from PIL import Image as PILImage
 
 from ml.inference import BatchCheck, CellPrediction, Classifier, read_ahead
 from ml.locate import crop_cell, image_kind, locate
-from webportal.api import webhooks
-from webportal.cases import monitoring
 from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
 from webportal.cases.selectors import delivery_limit_reached
 from webportal.cases.services import FIELD_COPY, send_batch
 from webportal.core.errors import ServiceError
+from webportal.notifications import webhooks
+from webportal.ops import monitoring
 from webportal.pipeline.classifiers import chunk_size_for, load_classifier
 from webportal.pipeline.pixels import open_cell, open_original
 from webportal.pipeline.verdict import check_if_pending, open_batch_check, record_check

@@ -16,7 +16,8 @@ from django.db.models import OuterRef, QuerySet, Subquery
 
 from ml.agreement import cohen_kappa
 from webportal.accounts.models import Lab
-from webportal.cases.models import Batch, Cell, ModelVersion, Prediction, Review
+from webportal.cases.models import Batch, Cell, ModelVersion, Prediction
+from webportal.cases.selectors import latest_review
 from webportal.core.labels import NOT_CLASSED, UNIDENTIFIED
 from webportal.reports.models import Report
 
@@ -95,12 +96,11 @@ def agreement(
         lab=lab, model_version=model_version, date_from=date_from, date_to=date_to
     )
     prediction = Prediction.objects.filter(cell=OuterRef("pk"), model_version=model_version)
-    latest_review = Review.objects.filter(cell=OuterRef("pk")).order_by("-id")
     rows = (
         Cell.objects.filter(image__batch__in=batches)
         .annotate(
             predicted=Subquery(prediction.values("label")[:1]),
-            reviewed=Subquery(latest_review.values("label")[:1]),
+            reviewed=Subquery(latest_review().values("label")[:1]),
         )
         .filter(predicted__isnull=False)
         .values_list("predicted", "reviewed")

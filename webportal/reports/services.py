@@ -17,8 +17,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from webportal.accounts.models import Lab
-from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role
-from webportal.api import lis, webhooks
+from webportal.accounts.selectors import visible_to
+from webportal.accounts.services import LAB_ADMINS, REVIEWERS, SIGNERS, require_role, reviewer_roles
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
 from webportal.cases import batch_check
@@ -26,6 +26,7 @@ from webportal.cases.models import Batch, ModelVersion, Patient
 from webportal.cases.selectors import CellState, batch_cells
 from webportal.core.errors import ServiceError
 from webportal.core.labels import PENDING
+from webportal.reports import signals
 from webportal.reports.content import freeze_header, patient_band
 from webportal.reports.differential import (
     CATEGORY_GROUPS,
@@ -43,12 +44,6 @@ from webportal.reports.models import CellCategory, ReferenceRange, Report, Repor
 from webportal.reports.vocabulary import build_vocabulary, class_key
 
 __all__ = ["UNIDENTIFIED"]
-
-
-def _editors(*, via_api: bool) -> frozenset[str]:
-    """Who may edit a preliminary report's remarks: the reviewers, through the portal or their
-    personal token alike; never the integrator (service) account."""
-    return REVIEWERS
 
 
 # --- reference ranges -----------------------------------------------------------------------
@@ -388,7 +383,7 @@ def _snapshot(report: Report) -> dict[str, Any]:
 
 
 def reports_visible_to(*, user: User) -> QuerySet[Report]:
-    return Report.objects.filter(batch__case__lab__memberships__user=user).select_related(
+    return visible_to(Report.objects.all(), user=user, lab_path="batch__case__lab").select_related(
         "batch__case__lab", "batch__case__patient", "model_version", "signed_by"
     )
 
@@ -418,7 +413,7 @@ def write_preliminary_report(*, batch: Batch) -> Report:
         _fill(report, count_batch(batch=batch))
         report.save()
         if report.critical:
-            webhooks.report_critical_on_commit(report_id=report.pk)
+            signals.report_critical.send(sender=Report, report=report)
         return report
 
 
@@ -437,7 +432,7 @@ def refresh_preliminary_report(*, batch: Batch) -> Report | None:
         _fill(report, count_batch(batch=batch, wbc_count=report.wbc_count))
         report.save(update_fields=[*FILLED, "updated_at"])
         if report.critical and not was_critical:
-            webhooks.report_critical_on_commit(report_id=report.pk)
+            signals.report_critical.send(sender=Report, report=report)
         return report
 
 
@@ -461,7 +456,9 @@ def update_preliminary_report(
 ) -> Report:
     """Comment, morphology remarks and WBC count on a report not yet signed."""
     lab = report.batch.case.lab
-    require_role(user=actor, lab=lab, allowed=_editors(via_api=via_api), action="edit reports")
+    require_role(
+        user=actor, lab=lab, allowed=reviewer_roles(via_api=via_api), action="edit reports"
+    )
     wbc_count = _clean_wbc_count(wbc_count)
     with transaction.atomic():
         report = (
@@ -475,7 +472,7 @@ def update_preliminary_report(
         _fill(report, count_batch(batch=report.batch, wbc_count=wbc_count))
         report.save()
         if report.critical and not was_critical:
-            webhooks.report_critical_on_commit(report_id=report.pk)
+            signals.report_critical.send(sender=Report, report=report)
         record_event(
             lab=lab,
             actor=actor,
@@ -567,10 +564,9 @@ def sign_report(
             lab=lab, actor=actor, action=Action.REPORT_SIGNED, obj=report, before=before,
             after=_snapshot(report),
         )  # fmt: skip
-        webhooks.report_changed_on_commit(report_id=report.pk)
-        lis.report_changed(report=report)
+        signals.report_changed.send(sender=Report, report=report)
         if report.critical:
-            webhooks.report_critical_on_commit(report_id=report.pk)
+            signals.report_critical.send(sender=Report, report=report)
     return report
 
 
@@ -636,10 +632,9 @@ def amend_report(
             before=_snapshot(old),
             after={**_snapshot(new), "reason": reason},
         )
-        webhooks.report_changed_on_commit(report_id=new.pk)
-        lis.report_changed(report=new)
+        signals.report_changed.send(sender=Report, report=new)
         if new.critical:
-            webhooks.report_critical_on_commit(report_id=new.pk)
+            signals.report_critical.send(sender=Report, report=new)
     return new
 
 

@@ -28,6 +28,7 @@ from django.db.models import (
     Case as SqlCase,
 )
 
+from webportal.accounts.selectors import visible_to
 from webportal.cases.models import Batch, Case, Patient
 from webportal.reports.models import Report
 
@@ -73,7 +74,7 @@ def worklist(*, user: User, filters: WorklistFilters) -> QuerySet[Batch]:
     """The user's labs' batches for the chosen queue: critical reports first (a category the
     lab marks critical was counted: issue 19), then STAT, then oldest first."""
     batches = (
-        Batch.objects.filter(case__lab__memberships__user=user)
+        visible_to(Batch.objects.all(), user=user, lab_path="case__lab")
         .select_related("case", "case__lab", "case__patient", "model_version")
         .annotate(
             report_status=Subquery(_latest_report().values("status")[:1], output_field=CharField()),
@@ -134,7 +135,7 @@ def unidentified_count(differential: list[dict[str, Any]] | None) -> int | None:
 
 
 def patients_visible_to(*, user: User) -> QuerySet[Patient]:
-    return Patient.objects.filter(lab__memberships__user=user).select_related("lab")
+    return visible_to(Patient.objects.all(), user=user).select_related("lab")
 
 
 @dataclass

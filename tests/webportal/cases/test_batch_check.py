@@ -12,12 +12,12 @@ from tests.factories import BatchFactory, MembershipFactory
 from webportal.accounts.models import Role
 from webportal.cases import batch_check, services
 from webportal.cases.models import Batch, Cell, ModelVersion, Prediction
-from webportal.cases.reviews import review_cells
 from webportal.cases.selectors import PENDING, batch_cells, current_label
 from webportal.cases.services import ServiceError
 from webportal.pipeline import batch_job, verdict
 from webportal.reports import services as reports
 from webportal.reports.differential import UNIDENTIFIED
+from webportal.reports.reviews import review_cells
 
 pytestmark = pytest.mark.django_db
 

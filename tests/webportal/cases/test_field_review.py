@@ -12,9 +12,10 @@ from django.urls import reverse
 from tests.factories import MembershipFactory
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
-from webportal.cases import reviews, services
+from webportal.cases import services
 from webportal.cases.models import Cell, Image, ModelVersion, Review
 from webportal.pipeline import batch_job
+from webportal.reports import reviews
 from webportal.reports.differential import NOT_CLASSED
 
 pytestmark = pytest.mark.django_db

@@ -11,10 +11,10 @@ from tests.factories import allow_small_counts, classified_batch
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.cases.services import ServiceError
 from webportal.reports import services
 from webportal.reports.models import ReferenceRange, Report
+from webportal.reports.reviews import review_cells
 
 
 @pytest.fixture

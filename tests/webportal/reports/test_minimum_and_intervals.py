@@ -10,7 +10,6 @@ from tests.factories import classified_batch
 from webportal.accounts.models import Role
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.cases.services import ServiceError
 from webportal.reports import services
 from webportal.reports.differential import (
@@ -20,6 +19,7 @@ from webportal.reports.differential import (
     shown,
 )
 from webportal.reports.models import Report
+from webportal.reports.reviews import review_cells
 from webportal.reports.vocabulary import build_vocabulary
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",

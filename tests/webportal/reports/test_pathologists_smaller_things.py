@@ -13,8 +13,8 @@ from django.urls import reverse
 from tests.factories import classified_batch
 from webportal.accounts.models import Role
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.reports import services
+from webportal.reports.reviews import review_cells
 
 
 def _client(user) -> Client:

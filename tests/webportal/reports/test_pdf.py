@@ -11,9 +11,9 @@ from pypdf import PdfReader
 from tests.factories import PatientFactory, classified_batch
 from webportal.accounts.models import Role
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.reports import services, wording
 from webportal.reports.pdf import render_report_pdf
+from webportal.reports.reviews import review_cells
 
 
 def _text(pdf: bytes) -> str:

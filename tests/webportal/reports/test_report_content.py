@@ -17,17 +17,17 @@ from django.utils import timezone
 from pypdf import PdfReader
 
 from tests.factories import ModelVersionFactory, classified_batch
-from tests.webportal.api.conftest import bearer
+from tests.webportal.conftest import bearer
 from webportal.accounts.models import Role
 from webportal.accounts.services import update_lab_details, update_person
 from webportal.api import tokens
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells
 from webportal.cases.services import PatientDetails, ServiceError, SpecimenDetails, create_case
 from webportal.reports import services, wording
 from webportal.reports.content import NOT_VERIFIED_SUPPORT, age_on, amendment_of, header_of
 from webportal.reports.differential import build_differential, corrected_wbc
 from webportal.reports.pdf import render_report_pdf
+from webportal.reports.reviews import review_cells
 
 pytestmark = pytest.mark.django_db
 

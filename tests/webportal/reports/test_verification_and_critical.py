@@ -13,15 +13,16 @@ from django.urls import reverse
 from pypdf import PdfReader
 
 from tests.factories import CaseFactory, allow_small_counts, classified_batch
-from tests.webportal.api.conftest import bearer
+from tests.webportal.conftest import bearer
 from webportal.accounts.models import Role
-from webportal.api import tokens, webhooks
+from webportal.api import tokens
 from webportal.api.models import WebhookDelivery
 from webportal.cases.models import Cell, Review
-from webportal.cases.reviews import review_cells
 from webportal.cases.services import ServiceError
+from webportal.notifications import webhooks
 from webportal.reports import fhir, services, wording
 from webportal.reports.pdf import render_report_pdf
+from webportal.reports.reviews import review_cells
 from webportal.worklist.selectors import WorklistFilters, worklist
 
 

@@ -14,9 +14,9 @@ from webportal.adaptation.selectors import reviewed_cells
 from webportal.api.tokens import issue_personal_token
 from webportal.audit.models import AuditEvent
 from webportal.cases.models import Cell
-from webportal.cases.reviews import review_cells, review_labels
 from webportal.reports import services
 from webportal.reports.models import CellCategory
+from webportal.reports.reviews import review_cells, review_labels
 
 
 def _client(user) -> Client:

@@ -1,0 +1,1 @@
+"""The accounts app's pages (views, forms, urls)."""

@@ -1,0 +1,1 @@
+"""The REST API (views, serializers, permissions, schema) and the integrations pages."""

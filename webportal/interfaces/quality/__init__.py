@@ -1,0 +1,1 @@
+"""The quality app's pages (views, forms, urls)."""

@@ -1,0 +1,1 @@
+"""The worklist app's pages (views, forms, urls)."""
