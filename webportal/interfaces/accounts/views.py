@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from webportal.accounts import lockout, services
 from webportal.accounts.models import Invitation, Lab, Membership
 from webportal.cases import registry
+from webportal.core.errors import ServiceError
 from webportal.interfaces.accounts.forms import (
     ActiveModelForm,
     AddMemberForm,
@@ -22,6 +23,9 @@ from webportal.interfaces.accounts.forms import (
     ReferenceRangeForm,
     RoleForm,
 )
+from webportal.reports.differential import DEFAULT_ABSOLUTE_RANGES, DEFAULT_REFERENCE_RANGES
+from webportal.reports.models import ReferenceRange
+from webportal.reports.services import band_label, reference_intervals_for, set_reference_range
 
 
 def admin_lab(request: HttpRequest, lab_id: int) -> Lab:
@@ -230,15 +234,6 @@ def locked_out(
 def reference_ranges(request: HttpRequest, lab_id: int) -> HttpResponse:
     """One row per class: the lab's own interval for any sex and age, or the adult default it
     replaces; below, the lab's ranges for one sex or an age band."""
-    from webportal.core.errors import ServiceError
-    from webportal.reports.differential import DEFAULT_ABSOLUTE_RANGES, DEFAULT_REFERENCE_RANGES
-    from webportal.reports.models import ReferenceRange
-    from webportal.reports.services import (
-        band_label,
-        reference_intervals_for,
-        set_reference_range,
-    )
-
     lab = admin_lab(request, lab_id)
     if request.method == "POST":
         form = ReferenceRangeForm(request.POST)

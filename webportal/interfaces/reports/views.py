@@ -13,6 +13,7 @@ from webportal.cases.batch_check import describe
 from webportal.cases.registry import models_for
 from webportal.core.errors import ServiceError
 from webportal.downloads import content_disposition
+from webportal.interfaces.accounts.views import admin_lab
 from webportal.interfaces.reports.forms import AmendForm, CategoryForm, PolicyForm, RemarksForm
 from webportal.reports import services, wording
 from webportal.reports.content import END_OF_REPORT, amendment_of, header_of
@@ -159,8 +160,6 @@ def report_pdf(request: HttpRequest, report_id: int) -> HttpResponse:
 def lab_vocabulary(request: HttpRequest, lab_id: int) -> HttpResponse:
     """Lab admins: the cell vocabulary (add a category, mark one critical) and the signing
     rules (minimum of leukocytes, every cell verified by a person). Every change audited."""
-    from webportal.interfaces.accounts.views import admin_lab
-
     lab = admin_lab(request, lab_id)
     user = authenticated_user(request)
     model = lab.active_model or models_for(lab=lab).filter(lab=None).first()
