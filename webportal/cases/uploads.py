@@ -274,6 +274,8 @@ class _Item:
     data: bytes | None = field(default=None, repr=False)  # None: refused before reading
     in_archive: bool = False
     decoding: Future[_Decoded | str | None] | None = None
+    # _Verdicts.screen's answer, when it was asked ahead of the item's turn (threads).
+    screened: tuple[str, str] | str | None = None
 
 
 # What _decode gives for an accepted image: (png, width, height, fitted copy).
@@ -313,7 +315,7 @@ class _Verdicts:
             return RejectedFile(name, reason)
         if item.data is None and item.rejected is None:  # pragma: no cover - budgets only grow
             raise AssertionError(f"{name} was refused before reading but not at its turn")
-        screened = self.screen(item)
+        screened = item.screened if item.screened is not None else self.screen(item)
         if isinstance(screened, str):
             return RejectedFile(name, screened)
         fmt, digest = screened
@@ -357,7 +359,7 @@ def _inspect_in_threads(
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode")
     try:
         for item in items:
-            screened = verdicts.screen(item) if item.data is not None else None
+            screened = item.screened = verdicts.screen(item) if item.data is not None else None
             if isinstance(screened, tuple) and screened[1] not in decoding:
                 decoding.add(screened[1])
                 item.decoding = pool.submit(
