@@ -1,10 +1,13 @@
-"""Run both benchmarks in one run, print the figures and ratios, write them as JSON.
+"""Run the benchmarks in one run, print the figures and ratios, write them as JSON.
 
     .venv/bin/python -m bench --json var/bench.json [--images 512] [--model PATH] [--data DIR]
+    .venv/bin/python -m bench --json var/upload.json --only upload [--upload-images 500]
 
 Pipeline: the raw model in-process (the worker's engine, and eager fp32 as the baseline)
 against the whole system (upload, filesystem broker, real celery workers, SQLite) on --images
-real cells, with one worker and with two. Engine: eager fp32
+real cells, with one worker and with two. Upload (bench/upload_speed.py): held-out cells
+uploaded through the API of a running portal, against one worker's speed in the same run, and
+--report-images cells from upload to report with one worker and with two. Engine: eager fp32
 against the CPU engines of ml.engine on the model's held-out validation images. Details and the
 last measured figures: bench/README.md. A full run takes several minutes on two cores.
 """
@@ -20,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import engine as engine_bench
-from bench import pipeline
-from bench.data import pipeline_images
+from bench import pipeline, upload_speed
+from bench.data import Sample, pipeline_images
 from bench.machine import machine_info, wait_for_quiet
 from bench.report import EngineRun, ModelRun, PipelineRun, build_report, format_summary, write_json
 from ml.checkpoint import sha256_of
@@ -71,7 +74,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to this long for other processes to leave the CPUs (shared machine)",
     )
-    p.add_argument("--only", choices=["all", "pipeline", "engine"], default="all")
+    p.add_argument("--only", choices=["all", "pipeline", "engine", "upload"], default="all")
+    p.add_argument(
+        "--upload-images", type=int, default=500, help="held-out cells in the timed API upload"
+    )
+    p.add_argument(
+        "--report-images",
+        type=int,
+        default=2000,
+        help="cells timed from upload to report, with 1 and 2 workers (0: skip)",
+    )
+    p.add_argument(
+        "--upload-threads",
+        type=int,
+        default=0,
+        help="the portal's UPLOAD_THREADS (0: one per core, at most 8); 1 is timed beside it",
+    )
+    p.add_argument(
+        "--profile-upload",
+        action="store_true",
+        help="cProfile the upload service (serial, in-process) on the upload's cells",
+    )
     p.add_argument(
         "--workdir", type=Path, help="an empty folder to keep the system's files in (default: temp)"
     )
@@ -94,8 +117,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     pipeline_runs: list[PipelineRun] = []
     engine_runs: list[EngineRun] = []
     extra: dict[str, Any] = {}
-    if args.only in {"all", "pipeline"}:
-        model_runs, pipeline_runs, extra["worker_profile"] = run_pipeline(args)
+    if args.only in {"all", "pipeline", "upload"}:
+        model_runs, pipeline_runs, pipeline_extra = run_pipeline(args)
+        extra.update(pipeline_extra)
     if args.only in {"all", "engine"}:
         engine_runs, extra["engine_held_out"], extra["engines_skipped"] = run_engine(args)
     config = {
@@ -131,7 +155,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def run_pipeline(
     args: argparse.Namespace,
 ) -> tuple[list[ModelRun], list[PipelineRun], dict[str, Any]]:
+    """The pipeline's runs and, with --only all or upload, the upload figures (extra keys).
+
+    --only upload times one worker alone (the upload's yardstick), no raw model or profile.
+    """
     samples = pipeline_images(args.data, args.images)
+    if args.only == "upload":
+        return [], *run_upload_only(args, samples)
     classifier = Classifier.load(args.model, device="cpu")
     chunks = pipeline.decode_images(classifier, samples, CHUNK_SIZE)
     # The worker's engine, chosen as the worker chooses it (INFERENCE_ENGINE=auto), checked on
@@ -165,8 +195,44 @@ def run_pipeline(
                 runs.append(pipeline.run_system(system, samples, workers=workers))
         del chunks, classifier, engine
         print("profiling the worker's job in-process...", flush=True)
-        profile = pipeline.profile_worker(system, samples[: args.profile_images])
-    return model_runs, runs, profile
+        extra: dict[str, Any] = {
+            "worker_profile": pipeline.profile_worker(system, samples[: args.profile_images])
+        }
+        if args.only == "all":
+            extra.update(run_upload(args, system, runs))
+    return model_runs, runs, extra
+
+
+def run_upload_only(
+    args: argparse.Namespace, samples: list[Sample]
+) -> tuple[list[PipelineRun], dict[str, Any]]:
+    runs: list[PipelineRun] = []
+    with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
+        system = pipeline.setup_system(args.workdir or Path(temp), args.model)
+        for repeat in range(args.repeats):
+            print(f"whole system, 1 worker, run {repeat + 1}...", flush=True)
+            runs.append(pipeline.run_system(system, samples, workers=1))
+        return runs, run_upload(args, system, runs)
+
+
+def run_upload(
+    args: argparse.Namespace, system: pipeline.System, runs: list[PipelineRun]
+) -> dict[str, Any]:
+    """Upload figures against the fastest one-worker run of this same run."""
+    one_worker = [run.images_per_second for run in runs if run.workers == 1]
+    upload = upload_speed.run(
+        system,
+        data=args.data,
+        model=args.model,
+        upload_images=args.upload_images,
+        report_images=args.report_images,
+        upload_threads=args.upload_threads,
+        repeats=args.repeats,
+        worker_images_per_second=max(one_worker) if one_worker else None,
+        profile=args.profile_upload,
+    )
+    print(upload_speed.summary(upload), flush=True)
+    return upload
 
 
 def run_engine(args: argparse.Namespace) -> tuple[list[EngineRun], dict[str, Any], dict[str, str]]:

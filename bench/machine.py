@@ -34,6 +34,9 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_default_threads": torch.get_num_threads(),
         "packages": {name: _version(name) for name in ("torchvision", "onnxruntime", "onnx")},
+        # 1, 5 and 15-minute load averages when the run started: above the core count, other
+        # work was queued for the CPUs (a busy shared machine; each run's `cpu` says more).
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
     }
 
 

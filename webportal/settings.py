@@ -346,6 +346,10 @@ UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000, minimum=64, maximum
 # members too, and the images' pixels together stay within this budget (500 Mpx: 2,000 cells of
 # 500 x 500, or 160 fields of 1600 x 1200 at 2 Mpx each).
 UPLOAD_MAX_TOTAL_PIXELS = env_int("UPLOAD_MAX_TOTAL_PIXELS", 500_000_000, minimum=64)
+# Issue 23: threads one upload decodes, re-encodes and fits its images in (Pillow and zlib
+# release the GIL); 0: one per core, at most 8. Images over 2 Mpx are decoded one at a time
+# whatever this says (webportal.cases.uploads.THREADED_MAX_PIXELS); 1: all in the request's thread.
+UPLOAD_THREADS = env_int("UPLOAD_THREADS", 0, minimum=0, maximum=64)
 # Bytes a lab's uploads may store in all (images and their fitted copies); 0: no quota.
 LAB_STORAGE_QUOTA_BYTES = env_int("LAB_STORAGE_QUOTA_BYTES", 200 * 1024**3, minimum=0)
 

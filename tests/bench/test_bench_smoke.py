@@ -37,3 +37,32 @@ def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
     assert profile["images"] == 4
     assert profile["engine"] == report["worker_engine"]
     assert set(profile["prefetch_thread_seconds"]) == {"open_and_decode", "resize_normalise"}
+
+
+def test_the_upload_benchmark_times_an_api_upload_against_one_worker(
+    tmp_path: Path, tiny_bench: TinyBench
+) -> None:
+    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", str(out), "--only", "upload",
+         "--images", "4", "--upload-images", "4", "--report-images", "4", "--repeats", "1",
+         "--upload-threads", "2", "--profile-upload",
+         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [run["workers"] for run in report["pipeline_runs"]] == [1]
+    assert [run["upload_threads"] for run in report["upload_runs"]] == [1, 2]
+    assert all(run["accepted"] == 4 and run["rejected"] == 0 for run in report["upload_runs"])
+    assert report["upload_images_per_second"] > 0
+    assert report["upload_vs_worker"] == pytest.approx(
+        report["upload_images_per_second"] / report["pipeline_images_per_second"]
+    )
+    assert set(report["time_to_report_seconds"]) == {"1", "2"}
+    for run in report["time_to_report_runs"]:
+        assert run["images"] == 4
+        assert run["time_to_report_seconds"] > run["upload_seconds"] > 0
+    assert report["upload_profile"]["files"] == 4
+    assert "load_average_at_start" in report["machine"]

@@ -8,6 +8,7 @@ is the portal's side: Django, Pillow and NumPy only, never PyTorch (the worker's
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -354,6 +355,19 @@ def upload_limits() -> UploadLimits:
     )
 
 
+# UPLOAD_THREADS=0 stops here: more threads than this only add memory (each holds a decoded
+# image) once the cores are busy.
+MAX_AUTO_UPLOAD_THREADS = 8
+
+
+def upload_threads() -> int:
+    """Threads an upload's images are inspected in (settings.UPLOAD_THREADS; 0: one per core)."""
+    if settings.UPLOAD_THREADS:
+        return int(settings.UPLOAD_THREADS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_UPLOAD_THREADS, cores or 1))
+
+
 def too_many_files_message() -> str:
     """Why an upload of more than UPLOAD_MAX_FILES files is refused (portal and API alike)."""
     return (
@@ -453,7 +467,9 @@ def prepare_upload(
     quota = settings.LAB_STORAGE_QUOTA_BYTES if lab is not None else 0
     used = lab_storage_used(lab=lab) if lab is not None and quota else 0
     try:
-        for result in inspect_uploads(files, limits=upload_limits(), fit=fit):
+        for result in inspect_uploads(
+            files, limits=upload_limits(), fit=fit, threads=upload_threads()
+        ):
             size = (
                 len(result.content) + len(result.model_input or b"")
                 if isinstance(result, AcceptedImage)

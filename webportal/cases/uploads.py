@@ -21,6 +21,9 @@ Security model (see DESIGN.md, "Security and bad input"):
   bytes, which neutralises polyglots and payloads hidden in metadata or after the image.
 * ZIP archives are read in memory only; member paths are used for nothing but a display name;
   uncompressed sizes and compression ratios are counted while reading, never taken from headers.
+* With ``threads`` (the portal's UPLOAD_THREADS), decoding runs in a pool while later files are
+  read, a bounded window ahead; every verdict (budget, duplicate, reason) is still decided in
+  upload order, so the results are the serial ones, in the same order.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import struct
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Final, cast
 
@@ -217,7 +222,8 @@ def inspect_uploads(
     *,
     limits: UploadLimits = DEFAULT_LIMITS,
     fit: Fit | None = None,
-) -> Iterator[UploadResult]:
+    threads: int = 1,
+) -> Generator[UploadResult, None, None]:
     """Yield one result per uploaded file, or per member of an uploaded ZIP archive, in order.
 
     Files are read one at a time and results are yielded as soon as they are known, so a caller
@@ -226,21 +232,151 @@ def inspect_uploads(
     name is used only for display.  A later file whose original bytes equal an accepted earlier
     one in the same call is rejected as a duplicate.  With ``fit``, each accepted image also
     carries ``model_input``, the fitted copy, made from the pixels already decoded.
+
+    With ``threads`` above 1, images are decoded, re-encoded and fitted in that many threads
+    (Pillow and zlib release the GIL) while the files after them are read, at most
+    ``2 * threads`` files and READ_AHEAD_BYTES ahead of the one yielded; the results, their
+    order and every reason are the serial ones (the budget, duplicates and each verdict are
+    still decided file by file, in order).  An image over THREADED_MAX_PIXELS is decoded alone,
+    in the caller's thread, when its turn comes.
     """
-    seen: dict[str, str] = {}
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     budget = _Budget(limits)
-    for raw_name, stream in files:
-        name = _base_name(raw_name)
-        data = _read_capped(stream, limits.max_file_bytes)
-        if isinstance(data, str):
-            yield RejectedFile(name, data)
-        elif _is_zip(data):
-            yield from (budget.spend(r) for r in _inspect_zip(name, data, limits, seen, fit,
-                                                              budget))  # fmt: skip
-        elif (reason := budget.refuse()) is not None:
-            yield RejectedFile(name, reason)
-        else:
-            yield budget.spend(_inspect_payload(name, data, limits, seen, fit, in_archive=False))
+    verdicts = _Verdicts(limits, fit, budget)
+    items = _read_items(files, limits, budget)
+    if threads == 1:
+        for item in items:
+            yield verdicts.verdict(item)
+        return
+    yield from _inspect_in_threads(items, verdicts, threads)
+
+
+# Images up to this many pixels are decoded in the pool's threads: with 8 threads, 8 decoded
+# copies of 6 MB and their re-encoded PNGs. A larger one (up to UploadLimits.max_pixels, 75 MB
+# decoded at 25 Mpx) waits for its turn and is decoded in the caller's thread, one at a time,
+# so threads do not multiply the memory a large image takes (bench.upload_memory --threads).
+THREADED_MAX_PIXELS: Final = 2_000_000
+# Bytes of uploaded files (or ZIP members) read ahead of the one being yielded; the file being
+# read past this is the last one read until the oldest is out (25 MB files: three at a time).
+READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class _Item:
+    """One file or ZIP member as read, in upload order, waiting for its turn to be judged."""
+
+    name: str
+    # The upload's image and pixel budget is checked first, at the item's turn (files and ZIP
+    # members; not whole-archive rejections).
+    budgeted: bool
+    rejected: str | None = None  # a reason known from reading alone
+    data: bytes | None = field(default=None, repr=False)  # None: refused before reading
+    in_archive: bool = False
+    decoding: Future[_Decoded | str | None] | None = None
+    # _Verdicts.screen's answer, when it was asked ahead of the item's turn (threads).
+    screened: tuple[str, str] | str | None = None
+
+
+# What _decode gives for an accepted image: (png, width, height, fitted copy).
+_Decoded = tuple[bytes, int, int, bytes | None]
+
+
+class _Verdicts:
+    """Turns items into results in upload order: the state one upload's verdicts share."""
+
+    def __init__(self, limits: UploadLimits, fit: Fit | None, budget: _Budget) -> None:
+        self.limits = limits
+        self.fit = fit
+        self.budget = budget
+        self.seen: dict[str, str] = {}  # sha256 of the uploaded bytes -> first accepted name
+
+    def screen(self, item: _Item) -> tuple[str, str] | str:
+        """(format, sha256) of an image worth decoding, or why the item is rejected; cheap."""
+        if item.rejected is not None:
+            return item.rejected
+        data = item.data
+        assert data is not None  # an item refused before reading never gets this far
+        if not data:
+            return "Empty file: it contains no data."
+        if _is_zip(data):
+            if item.in_archive:
+                return _nested_reason("a ZIP archive")
+            raise AssertionError("ZIP uploads are handled by _read_zip")  # pragma: no cover
+        fmt = _sniff_accepted(data)
+        if fmt is None:
+            return _not_accepted_reason(item.name, data, in_archive=item.in_archive)
+        return fmt, hashlib.sha256(data).hexdigest()
+
+    def verdict(self, item: _Item) -> UploadResult:
+        """The item's result, decided at its turn (every earlier item has had its verdict)."""
+        name = item.name
+        if item.budgeted and (reason := self.budget.refuse()) is not None:
+            return RejectedFile(name, reason)
+        if item.data is None and item.rejected is None:  # pragma: no cover - budgets only grow
+            raise AssertionError(f"{name} was refused before reading but not at its turn")
+        screened = item.screened if item.screened is not None else self.screen(item)
+        if isinstance(screened, str):
+            return RejectedFile(name, screened)
+        fmt, digest = screened
+        first = self.seen.get(digest)
+        if first is not None:
+            return RejectedFile(
+                name, f"Duplicate of {first} in this upload; only the first copy is kept."
+            )
+        decoded = None if item.decoding is None else item.decoding.result()
+        if decoded is None:  # not decoded ahead (serial, too large, or a copy of an earlier one)
+            assert item.data is not None
+            decoded = _decode(item.data, fmt, self.limits, self.fit)
+            assert decoded is not None  # without max_pixels every image is decoded
+        if isinstance(decoded, str):
+            return RejectedFile(name, decoded)
+        content, width, height, model_input = decoded
+        self.seen[digest] = name
+        return self.budget.spend(
+            AcceptedImage(
+                name=name,
+                content=content,
+                sha256=digest,
+                width=width,
+                height=height,
+                source_format=fmt,
+                model_input=model_input,
+            )
+        )
+
+
+def _inspect_in_threads(
+    items: Iterator[_Item], verdicts: _Verdicts, threads: int
+) -> Iterator[UploadResult]:
+    """Decode items ahead in a pool of `threads`; judge and yield them in upload order."""
+    window: deque[_Item] = deque()
+    ahead_bytes = 0
+    # Digests already being decoded: a later copy waits for the first one's verdict (a
+    # duplicate, or decoded at its turn if the first was rejected), never decoded twice at once.
+    decoding: set[str] = set()
+    limits, fit = verdicts.limits, verdicts.fit
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode")
+    try:
+        for item in items:
+            screened = item.screened = verdicts.screen(item) if item.data is not None else None
+            if isinstance(screened, tuple) and screened[1] not in decoding:
+                decoding.add(screened[1])
+                item.decoding = pool.submit(
+                    _decode, item.data or b"", screened[0], limits, fit,
+                    max_pixels=THREADED_MAX_PIXELS,
+                )  # fmt: skip
+            window.append(item)
+            ahead_bytes += len(item.data or b"")
+            while window and (len(window) > 2 * threads or ahead_bytes > READ_AHEAD_BYTES):
+                oldest = window.popleft()
+                ahead_bytes -= len(oldest.data or b"")
+                yield verdicts.verdict(oldest)
+        while window:
+            yield verdicts.verdict(window.popleft())
+    finally:
+        # A caller that stops early (or an error) leaves nothing running behind it.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Budget:
@@ -473,51 +609,35 @@ def _nested_reason(description: str) -> str:
 # Images
 
 
-def _inspect_payload(
-    name: str,
-    data: bytes,
-    limits: UploadLimits,
-    seen: dict[str, str],
-    fit: Fit | None,
-    *,
-    in_archive: bool,
-) -> UploadResult:
-    """Check one file's bytes (a plain upload or a ZIP member) and re-encode it if acceptable."""
-    if not data:
-        return RejectedFile(name, "Empty file: it contains no data.")
-    if _is_zip(data):
-        if in_archive:
-            return RejectedFile(name, _nested_reason("a ZIP archive"))
-        raise AssertionError("ZIP uploads are handled by _inspect_zip")  # pragma: no cover
-    fmt = _sniff_accepted(data)
-    if fmt is None:
-        return RejectedFile(name, _not_accepted_reason(name, data, in_archive=in_archive))
-    digest = hashlib.sha256(data).hexdigest()
-    first = seen.get(digest)
-    if first is not None:
-        return RejectedFile(
-            name, f"Duplicate of {first} in this upload; only the first copy is kept."
-        )
-    decoded = _decode(data, fmt, limits, fit)
-    if isinstance(decoded, str):
-        return RejectedFile(name, decoded)
-    content, width, height, model_input = decoded
-    seen[digest] = name
-    return AcceptedImage(
-        name=name,
-        content=content,
-        sha256=digest,
-        width=width,
-        height=height,
-        source_format=fmt,
-        model_input=model_input,
-    )
+def _read_items(
+    files: Iterable[tuple[str, IO[bytes]]], limits: UploadLimits, budget: _Budget
+) -> Iterator[_Item]:
+    """Read the files in order: one item per file or ZIP member, with what reading tells.
+
+    The budget is looked at as it stands when a file is read, to skip reading what is refused
+    already; the verdict asks it again at the item's turn (budgets only grow).
+    """
+    for raw_name, stream in files:
+        name = _base_name(raw_name)
+        data = _read_capped(stream, limits.max_file_bytes)
+        if isinstance(data, str):
+            yield _Item(name, budgeted=False, rejected=data)
+        elif _is_zip(data):
+            yield from _read_zip(name, data, limits, budget)
+        elif budget.refuse() is not None:
+            yield _Item(name, budgeted=True)
+        else:
+            yield _Item(name, budgeted=True, data=data)
 
 
 def _decode(
-    data: bytes, fmt: str, limits: UploadLimits, fit: Fit | None
-) -> tuple[bytes, int, int, bytes | None] | str:
-    """Decode, normalise and re-encode; (png, width, height, fitted png) or a rejection reason."""
+    data: bytes, fmt: str, limits: UploadLimits, fit: Fit | None, *, max_pixels: int = 0
+) -> _Decoded | str | None:
+    """Decode, normalise and re-encode; (png, width, height, fitted copy) or a rejection reason.
+
+    With `max_pixels`, an image whose header passes but has more pixels is left undecoded
+    (None): the pool's threads pass large images back to be decoded one at a time.
+    """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # A programming/configuration error elsewhere: truncated files would pass silently.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for uploads")
@@ -532,6 +652,8 @@ def _decode(
             reason = _check_header(img, fmt, limits)
             if reason is not None:
                 return reason
+            if max_pixels and img.width * img.height > max_pixels:
+                return None
             img.load()
         except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
             return _decode_failure(exc, fmt)
@@ -680,62 +802,56 @@ class _CountingReader(io.BytesIO):
         return chunk
 
 
-def _inspect_zip(
-    name: str,
-    data: bytes,
-    limits: UploadLimits,
-    seen: dict[str, str],
-    fit: Fit | None,
-    budget: _Budget | None = None,
-) -> Iterator[UploadResult]:
+def _read_zip(name: str, data: bytes, limits: UploadLimits, budget: _Budget) -> Iterator[_Item]:
+    """One item per member (read, not yet judged), or one for the whole archive."""
     declared = _declared_entry_count(data)
     if declared is not None and declared > limits.max_zip_members:
         # Refused before zipfile builds an object per entry (hundreds of MB for a 25 MB archive).
-        yield RejectedFile(name, _too_many_reason(declared, limits))
+        yield _Item(name, budgeted=False, rejected=_too_many_reason(declared, limits))
         return
     archive = _CountingReader(data)
     try:
         zf = zipfile.ZipFile(archive)
     except _ZIP_ERRORS as exc:
-        yield RejectedFile(
-            name, f"Corrupt ZIP archive: it cannot be opened ({_detail(exc)}). No files were read."
-        )
+        reason = f"Corrupt ZIP archive: it cannot be opened ({_detail(exc)}). No files were read."
+        yield _Item(name, budgeted=False, rejected=reason)
         return
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_zip_members:
-            yield RejectedFile(name, _too_many_reason(len(infos), limits))
+            yield _Item(name, budgeted=False, rejected=_too_many_reason(len(infos), limits))
             return
         members = [info for info in infos if not info.is_dir()]
         if not members:
-            yield RejectedFile(name, "Empty ZIP archive: it contains no files.")
+            yield _Item(name, budgeted=False, rejected="Empty ZIP archive: it contains no files.")
             return
         paths = {info.filename for info in members}
         if "[Content_Types].xml" in paths or "mimetype" in paths:
-            yield RejectedFile(
-                name,
+            reason = (
                 "Not an image archive: the file's content is an office document (Word, Excel, "
-                f"PowerPoint or OpenDocument), not a ZIP of {_ACCEPTED_WORDS} images.",
+                f"PowerPoint or OpenDocument), not a ZIP of {_ACCEPTED_WORDS} images."
             )
+            yield _Item(name, budgeted=False, rejected=reason)
             return
         total = 0
         for info in members:
             member_name = f"{name}/{_base_name(info.filename)}"
-            if budget is not None and (reason := budget.refuse()) is not None:
-                yield RejectedFile(member_name, reason)
+            # Every member is checked against the upload's budget first, at its turn.
+            if budget.refuse() is not None:
+                yield _Item(member_name, budgeted=True)
                 continue
             if total > limits.max_zip_total_bytes:
-                yield RejectedFile(member_name, _total_reason(limits))
+                yield _Item(member_name, budgeted=True, rejected=_total_reason(limits))
                 continue
-            reason = _member_header_reason(info, limits)
-            if reason is not None:
-                yield RejectedFile(member_name, reason)
+            header_reason = _member_header_reason(info, limits)
+            if header_reason is not None:
+                yield _Item(member_name, budgeted=True, rejected=header_reason)
                 continue
             payload, total = _read_member(zf, archive, info, limits, total)
             if isinstance(payload, str):
-                yield RejectedFile(member_name, payload)
+                yield _Item(member_name, budgeted=True, rejected=payload)
             else:
-                yield _inspect_payload(member_name, payload, limits, seen, fit, in_archive=True)
+                yield _Item(member_name, budgeted=True, data=payload, in_archive=True)
                 del payload
 
 
