@@ -1,12 +1,18 @@
 """Leave-one-lab-out evaluation of a multi-source model, and the model trained on every lab.
 
     python -m ml.crosscheck \
-        --source pbc:pbc:folder:../shared/data/pbc/dev:5000 \
-        --source kaggle:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:2500 \
+        --source pbc:pbc:folder:../shared/data/pbc/dev \
+        --source kaggle:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:1400 \
         --source bccd:bccd:voc:../shared/data/bccd \
-        --weights ../shared/weights/mobilenet_v2_imagenet1k.pth \
-        --cache-dir var/crosscheck --json var/crosscheck/report.json \
-        --out ml/weights/wbc-mobilenetv2.pt
+        --weights ../shared/weights/mobilenet_v2_imagenet1k.pth --input-size 192 \
+        --trunk-blocks 10 --views 1 --epochs 12 --head-epochs 2 --patience 3 --lr-patience 1 \
+        --adapt-epochs 6 --adapt-seeds 2 --threads 2 --seed 0 --print-freq 50 \
+        --cache-dir var/crosscheck --json var/crosscheck/full.json \
+        --out var/crosscheck/wbc-mobilenetv2.pt
+
+is the shipped multi-source model's command (ml/weights/README.md, its model card; about an
+hour on 2 idle CPU cores); copy the two outputs to ml/weights/wbc-mobilenetv2.pt and
+ml/weights/wbc-mobilenetv2.crosscheck.json.
 
 Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
 
@@ -19,9 +25,10 @@ Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
 3. For each lab L, and once for all labs ("all"): the tail (features[K:] + head) is trained on
    the training cells of the other labs, with the loss masked to each source's own classes
    (`ml.sources.masked_cross_entropy`), early-stopped on their val cells, and a temperature is
-   fitted on them. The model then classifies every cell of L, over the classes it was taught
-   (cells of classes no training source labels are counted apart): accuracy, macro-F1, and
-   coverage / accuracy of auto-accepted cells.
+   fitted on them: `ml.fit.fit`, the one fit loop, which ml.train runs too (`Fold.fit` hands
+   it the cached views and this command's options). The model then classifies every cell of
+   L, over the classes it was taught (cells of classes no training source labels are counted
+   apart): accuracy, macro-F1, and coverage / accuracy of auto-accepted cells.
 4. The per-cell threshold: for each left-out lab, the lowest confidence at which its accepted
    cells are >= --target-accuracy right; the threshold that holds on every left-out lab is the
    highest of these. Coverage per lab at it is reported. A lab on which no threshold reaches
