@@ -18,10 +18,14 @@ versions write is compared for equality; keys only one version writes are listed
 
 instead runs the shipped multi-source model's command (ml/weights/README.md, model card of
 `wbc-mobilenetv2.pt`) on real cells, reduced to fit a busy 2-core machine: SHIPPED_LIMITS cells
-per source and SHIPPED_REDUCED's options (fewer epochs, a shorter adaptation curve, one thread).
-Both versions share one activation cache (the old run writes it, the new one reads it: the
-cache code is not what changed), so what is compared is every fold's fit, threshold, guard and
-report, and the checkpoint the command writes.
+of PBC and BCCD (the Kaggle source is left out: listing it groups all 9,957 frames, minutes)
+and SHIPPED_REDUCED's options (fewer epochs, a shorter adaptation curve, one thread).
+
+Each version builds its own activation cache. A crosscheck that finds its whole cache on disk
+starts its fits from another global RNG state (the cache re-seeds torch per chunk; dropout
+then draws from it) than one that computes the last chunk itself, with the old code as with
+the new: two versions sharing one cache do not compare (tried: the fits differed from the
+first epoch).
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 # Keys whose values differ from run to run by nature, not by the fit.
 NOT_COMPARED = {"seconds", "train_seconds", "cache_dir", "json", "out", "data", "init", "source"}
-SHIPPED_LIMITS = {"pbc": 400, "kaggle": 350, "bccd": 100}
-SHIPPED_REDUCED = ["--epochs", "5", "--adapt-n", "0", "10", "--adapt-epochs", "2"]
+SHIPPED_LIMITS = {"pbc": 200, "bccd": 100}
+SHIPPED_REDUCED = ["--epochs", "4", "--adapt-n", "0", "10", "--adapt-epochs", "2"]
 SHIPPED_REDUCED += ["--adapt-seeds", "1", "--threads", "1"]
 COLOURS = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
 
@@ -101,10 +105,6 @@ def shipped_recipe_run(data: Path, weights: str, out: Path, cache: Path) -> dict
     limits = SHIPPED_LIMITS
     argv = ["ml.crosscheck"]
     argv += ["--source", f"pbc:pbc:folder:{data / 'pbc/dev'}:{limits['pbc']}"]
-    argv += [
-        "--source",
-        f"kaggle:bccd:copies:{data / 'kaggle-blood-cells/TRAIN'}:{limits['kaggle']}",
-    ]
     argv += ["--source", f"bccd:bccd:voc:{data / 'bccd'}:{limits['bccd']}"]
     argv += ["--weights", weights, "--input-size", "192", "--trunk-blocks", "10", "--views", "1"]
     argv += ["--epochs", "12", "--head-epochs", "2", "--patience", "3", "--adapt-epochs", "6"]
@@ -196,10 +196,10 @@ def main() -> None:
         (root / "a").mkdir()
         (root / "b").mkdir()
         if args.shipped_recipe:
-            data, cache = Path(args.shipped_recipe).resolve(), root / "cache"
+            data = Path(args.shipped_recipe).resolve()
             weights = str(Path(args.weights).resolve()) if args.weights != "none" else "none"
-            todo_a = shipped_recipe_run(data, weights, root / "a", cache)
-            todo_b = shipped_recipe_run(data, weights, root / "b", cache)
+            todo_a = shipped_recipe_run(data, weights, root / "a", root / "a" / "cache")
+            todo_b = shipped_recipe_run(data, weights, root / "b", root / "b" / "cache")
         else:
             data = root / "data"
             lab_folder(data / "one", ["alpha", "beta", "gamma"], tint=0, n=12)
