@@ -99,45 +99,42 @@ def test_val_scores_leave_out_the_classes_a_fold_was_not_taught():
 
 def _options(**extra: object) -> argparse.Namespace:
     """What both commands' option parsers give for one recipe."""
-    return argparse.Namespace(
-        epochs=5,
-        head_epochs=1,
-        patience=2,
-        lr=3e-3,
-        weight_decay=1e-4,
-        label_smoothing=0.1,
-        lr_patience=1,
-        batch_size=64,
-        seed=0,
-        print_freq=20,
-        **extra,
-    )
+    recipe: dict[str, object] = {
+        "patience": 2,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "label_smoothing": 0.1,
+        "lr_patience": 1,
+        "seed": 0,
+        "print_freq": 20,
+    }
+    return argparse.Namespace(**recipe, **extra)
 
 
 def test_a_tiny_fit_through_train_and_through_crosscheck_agrees(tmp_path):
     """The same cached cells and recipe through ml.train's fit and ml.crosscheck's fold fit
-    give the same model, history and best epoch. One batch per epoch and identical views, so
-    the order the two commands draw cells in (re-seeded each epoch or one stream) cannot
-    matter; what is left to differ is the loop: optimiser, schedule, phases, loss, selection."""
+    give the same model, bit for bit. One epoch at seed 0, where the two commands' draws
+    coincide (ml.train re-seeds each epoch with seed * 1000 + epoch, the crosscheck seeds one
+    stream with seed; after that the orders differ, and Adam turns the rounding of a reordered
+    batch into visible differences within a few epochs); --init, so that ml.train's loss is
+    masked like the crosscheck's. Three optimiser steps of the whole tail."""
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", 3, pretrained=None)
-    dropout = model.get_submodule("classifier.0")
-    assert isinstance(dropout, nn.Dropout)
-    dropout.p = 0.0  # its draws would follow the order the cells come in
     trunk, _ = split_trunk_tail(model, "mobilenet_v2", TRUNK_BLOCKS)
     n_train, n_val = 24, 9
     labels = torch.arange(n_train + n_val) % 3
-    images = torch.randn(n_train + n_val, 3, 32, 32) + labels[:, None, None, None] * 0.5
+    images = torch.randn(n_train + n_val, 3, 64, 64) + labels[:, None, None, None] * 0.5
     with torch.inference_mode():
         acts = trunk.eval()(images).to(torch.float16)
     train_acts, val_acts = acts[:n_train], acts[n_train:]
+    views = torch.stack([train_acts, train_acts.flip(0)])  # 2 views, distinct
+    options = {"epochs": 1, "head_epochs": 0, "batch_size": 8}
 
     via_train = copy.deepcopy(model)
     _, tail = split_trunk_tail(via_train, "mobilenet_v2", TRUNK_BLOCKS)
-    args = _options(init=None, resume=False)
-    cache = train.Cache(
-        torch.cat([train_acts, train_acts]), labels[:n_train], val_acts, labels[n_train:], 2
-    )
+    args = _options(init="start.pt", resume=False, **options)
+    cache = train.Cache(views.flatten(0, 1), labels[:n_train], val_acts, labels[n_train:], 2)
+    torch.manual_seed(1)  # dropout's draws
     state = train.fit_tail(
         args,
         via_train,
@@ -151,30 +148,29 @@ def test_a_tiny_fit_through_train_and_through_crosscheck_agrees(tmp_path):
     assert state.best_state is not None
     via_train.load_state_dict(state.best_state)
 
+    # The crosscheck's views: the eval view (view 0) and the augmented ones.
     via_crosscheck = copy.deepcopy(model)
     fold = crosscheck.Fold(
-        _options(head_only=False, trunk_blocks=TRUNK_BLOCKS),
+        _options(head_only=False, trunk_blocks=TRUNK_BLOCKS, **options),
         "all",
         via_crosscheck,
         copy.deepcopy(model.state_dict()),
         torch.ones(n_train + n_val, 3, dtype=torch.bool),
         labels,
     )
+    torch.manual_seed(1)
     fold.fit(
-        acts,
-        acts[None],
+        torch.cat([views[0], val_acts]),
+        torch.cat([views[1], val_acts])[None],
         np.arange(n_train),
         np.arange(n_train, n_train + n_val),
-        epochs=args.epochs,
-        head_epochs=args.head_epochs,
+        epochs=1,
+        head_epochs=0,
     )
 
+    assert [row["train_loss"] for row in fold.history] == [r["train_loss"] for r in state.history]
     assert [row["val_acc"] for row in fold.history] == [row["val_acc"] for row in state.history]
-    assert [row["lr"] for row in fold.history] == [row["lr"] for row in state.history]
-    for a, b in zip(fold.history, state.history, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert fold.history[0]["val_loss"] == pytest.approx(state.history[0]["val_loss"], rel=1e-6)
     got, want = via_crosscheck.state_dict(), via_train.state_dict()
     assert any(not torch.equal(want[k], model.state_dict()[k]) for k in want)  # it trained
-    for k in want:
-        assert torch.allclose(got[k].float(), want[k].float(), atol=1e-4), k
+    assert [k for k in want if not torch.equal(got[k], want[k])] == []
