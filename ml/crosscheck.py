@@ -1,12 +1,18 @@
 """Leave-one-lab-out evaluation of a multi-source model, and the model trained on every lab.
 
     python -m ml.crosscheck \
-        --source pbc:pbc:folder:../shared/data/pbc/dev:5000 \
-        --source kaggle:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:2500 \
+        --source pbc:pbc:folder:../shared/data/pbc/dev \
+        --source kaggle:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:1400 \
         --source bccd:bccd:voc:../shared/data/bccd \
-        --weights ../shared/weights/mobilenet_v2_imagenet1k.pth \
-        --cache-dir var/crosscheck --json var/crosscheck/report.json \
-        --out ml/weights/wbc-mobilenetv2.pt
+        --weights ../shared/weights/mobilenet_v2_imagenet1k.pth --input-size 192 \
+        --trunk-blocks 10 --views 1 --epochs 12 --head-epochs 2 --patience 3 --lr-patience 1 \
+        --adapt-epochs 6 --adapt-seeds 2 --threads 2 --seed 0 --print-freq 50 \
+        --cache-dir var/crosscheck --json var/crosscheck/full.json \
+        --out var/crosscheck/wbc-mobilenetv2.pt
+
+is the shipped multi-source model's command (ml/weights/README.md, its model card; about an
+hour on 2 idle CPU cores); copy the two outputs to ml/weights/wbc-mobilenetv2.pt and
+ml/weights/wbc-mobilenetv2.crosscheck.json.
 
 Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
 
@@ -19,9 +25,10 @@ Sources are `NAME:LAB:KIND:PATH[:LIMIT]` (`ml.sources`). Steps:
 3. For each lab L, and once for all labs ("all"): the tail (features[K:] + head) is trained on
    the training cells of the other labs, with the loss masked to each source's own classes
    (`ml.sources.masked_cross_entropy`), early-stopped on their val cells, and a temperature is
-   fitted on them. The model then classifies every cell of L, over the classes it was taught
-   (cells of classes no training source labels are counted apart): accuracy, macro-F1, and
-   coverage / accuracy of auto-accepted cells.
+   fitted on them: `ml.fit.fit`, the one fit loop, which ml.train runs too (`Fold.fit` hands
+   it the cached views and this command's options). The model then classifies every cell of
+   L, over the classes it was taught (cells of classes no training source labels are counted
+   apart): accuracy, macro-F1, and coverage / accuracy of auto-accepted cells.
 4. The per-cell threshold: for each left-out lab, the lowest confidence at which its accepted
    cells are >= --target-accuracy right; the threshold that holds on every left-out lab is the
    highest of these. Coverage per lab at it is reported. A lab on which no threshold reaches
@@ -63,7 +70,9 @@ from torch.utils.data import DataLoader
 
 from ml.checkpoint import save_checkpoint
 from ml.data import grouped_stratified_split
-from ml.metrics import choose_threshold, fit_temperature, summarize
+from ml.fit import Cells, Recipe, fit_temperature_over, progress, seed_everything, start_fit
+from ml.fit import fit as run_fit
+from ml.metrics import choose_threshold, summarize
 from ml.model import ARCHS, FeaturesTail, build_model, default_weights, split_trunk_tail
 from ml.ood import OODGuard, auroc, batch_means
 from ml.sources import (
@@ -72,9 +81,7 @@ from ml.sources import (
     SourceSpec,
     limit_cells,
     list_cells,
-    masked_cross_entropy,
 )
-from ml.train import progress, seed_everything, set_phase
 from ml.transforms import RESIZE_MODES, eval_transform, train_transform
 
 
@@ -100,7 +107,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--head-epochs", type=int, default=2)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    p.add_argument(
+        "--lr-patience",
+        type=int,
+        default=1,
+        help="epochs without a lower val loss before the learning rate is cut (x0.2)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -277,6 +290,27 @@ def pool(model: nn.Module, k: int, acts: torch.Tensor, batch: int = 256) -> torc
     return out.reshape(*acts.shape[:-3], out.shape[-1]).to(torch.float16)
 
 
+def fit_recipe(args: argparse.Namespace, *, epochs: int, head_epochs: int) -> Recipe:
+    """The one fit loop's recipe (ml.fit) from ml.crosscheck's options."""
+    return Recipe(
+        epochs=epochs,
+        head_epochs=head_epochs,
+        patience=args.patience,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        lr_patience=args.lr_patience,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        # One stream of draws per fit, seeded once: how the shipped wbc-mobilenetv2.pt was
+        # trained (ml.train re-seeds every epoch, for --resume; the crosscheck does not resume
+        # a fit, its cache is what is resumable).
+        reseed_each_epoch=False,
+        eval_batch_size=256,
+        print_freq=args.print_freq,
+    )
+
+
 class Fold:
     """The cached data of one fold and the tail trained on it."""
 
@@ -317,61 +351,32 @@ class Fold:
         args = self.args
         self.model.load_state_dict(start if start is not None else self.initial)
         self.known = self.masks[torch.as_tensor(train)].any(0)
-        opt = torch.optim.AdamW(self.tail.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.2, patience=1)
-        g = torch.Generator().manual_seed(args.seed)
-        train_t = torch.as_tensor(train)
-        n_views = aug_acts.shape[0] + 1
-        best: tuple[tuple[float, float], dict[str, torch.Tensor]] | None = None
-        since = 0
-        for epoch in range(epochs):
-            head_only = epoch < head_epochs
-            set_phase(self.tail, head_only)
-            order = train_t[torch.randperm(len(train_t), generator=g)]
-            view = torch.randint(n_views, (len(order),), generator=g)
-            total, seen = 0.0, 0
-            for s in range(0, len(order), args.batch_size):
-                idx, v = order[s : s + args.batch_size], view[s : s + args.batch_size]
-                first = (v == 0).reshape(-1, *[1] * (eval_acts.dim() - 1))
-                x = torch.where(first, eval_acts[idx], aug_acts[(v - 1).clamp(0), idx]).float()
-                loss = masked_cross_entropy(
-                    self.tail(x),
-                    self.labels[idx],
-                    self.masks[idx],
-                    label_smoothing=args.label_smoothing,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-            entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(seen, 1)}
-            if len(val):
-                logits, _ = self.logits(eval_acts, val)
-                y = self.labels[torch.as_tensor(val)]
-                val_loss = float(nn.functional.cross_entropy(logits, y))
-                val_acc = float((logits.argmax(1) == y).float().mean())
-                entry |= {"val_loss": val_loss, "val_acc": val_acc}
-                if not head_only:
-                    sched.step(val_loss)
-                key = (val_acc, -val_loss)
-                if best is None or key > best[0]:
-                    best, since = (key, copy.deepcopy(self.model.state_dict())), 0
-                else:
-                    since += 1
-            self.history.append(entry)
-            print(f"[{self.name}] {entry}", flush=True)
-            if len(val) and not head_only and since >= args.patience:
-                break
-        if best is not None:
-            self.model.load_state_dict(best[1])
+        # View 0 is the eval view, 1.. the augmented ones; the loss is masked to each cell's
+        # source's classes, the val scores to the classes this fold is taught.
+        views = [eval_acts, *aug_acts.unbind(0)]
+        recipe = fit_recipe(args, epochs=epochs, head_epochs=head_epochs)
+        state = run_fit(
+            self.model,
+            self.tail,
+            recipe,
+            start_fit(self.tail, recipe),
+            train=Cells(views, self.labels, self.masks),
+            train_idx=torch.as_tensor(train),
+            val=Cells(views, self.labels),
+            val_idx=torch.as_tensor(val),
+            device=torch.device("cpu"),
+            known=self.known,
+            name=self.name,
+        )
+        # One history per fold, the adaptation curve's fine-tunes appended to it.
+        self.history.extend(state.history)
+        if state.best_state is not None:
+            self.model.load_state_dict(state.best_state)
             logits, _ = self.logits(eval_acts, val)
             # Over the taught classes only (the others' logits are -inf).
-            cols = torch.nonzero(self.known).flatten()
-            remap = torch.full((len(self.known),), -1, dtype=torch.long)
-            remap[cols] = torch.arange(len(cols))
-            y = remap[self.labels[torch.as_tensor(val)]]
-            self.temperature = fit_temperature(logits[:, cols], y)
+            self.temperature = fit_temperature_over(
+                logits, self.labels[torch.as_tensor(val)], self.known
+            )
 
     @torch.inference_mode()
     def logits(

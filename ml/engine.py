@@ -33,6 +33,11 @@ thread, batch 32, the PBC MobileNetV2 at 192 px, 1263 held-out images (bench/REA
 - "channels-last" (45 images/s): NHWC layout only.
 - "eager" (25.5 images/s): the model as trained, NCHW: what `Classifier` runs on a CPU today.
 
+Checked before use: `choose_engine` runs a candidate and eager on a few real cells and keeps
+the candidate only if it gives eager's answers; with no cells to compare it keeps eager.
+`check_cells` gives the sixteen real cells shipped inside this package (ml/check_cells), so
+an installed worker always has some.
+
 Threads: every engine uses `torch.get_num_threads()` unless `threads` is given, so a worker that
 sets its intra-op threads before building the engine gets the same count in ONNX Runtime.
 """
@@ -50,6 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from PIL import Image
 from torch import nn
 
 FP32_ENGINES: Final = ("eager", "channels-last", "fused-channels-last", "inductor", "ort-fp32")
@@ -58,6 +64,9 @@ ENGINES: Final = FP32_ENGINES + INT8_ENGINES
 DEFAULT_ENGINE: Final = "ort-fp32"
 # ONNX opset of the exported graph; 17 is read by every ONNX Runtime release of recent years.
 OPSET: Final = 17
+# Real cells shipped with the package (package data): what an engine is checked on when the
+# caller has none of its own (ml/check_cells/README.md says where they come from).
+CHECK_CELLS_DIR: Final = Path(__file__).resolve().parent / "check_cells"
 
 
 class EngineUnavailable(RuntimeError):
@@ -73,6 +82,17 @@ def available_engines() -> list[str]:
 def best_fp32_engine() -> str:
     """The fastest engine installed here that gives eager's answers: ort-fp32, else pure PyTorch."""
     return DEFAULT_ENGINE if DEFAULT_ENGINE in available_engines() else "fused-channels-last"
+
+
+def check_cells(limit: int | None = None) -> list[Image.Image]:
+    """The real cells shipped in CHECK_CELLS_DIR (RGB, in name order: two of each class
+    first-to-last), at most limit of them."""
+    paths = sorted(CHECK_CELLS_DIR.glob("*.jpg"))[:limit]
+    cells = []
+    for path in paths:
+        with Image.open(path) as picture:
+            cells.append(picture.convert("RGB"))
+    return cells
 
 
 def needs_calibration(engine: str) -> bool:
@@ -145,6 +165,8 @@ def choose_engine(
     tried alone. Each candidate must give eager's top class on every image of `check` (a few
     preprocessed real cells) and move no probability by more than MAX_PROBABILITY_CHANGE;
     otherwise, or if it cannot be built here, the next is tried, and eager is the last resort.
+    With no check images every candidate is refused, with that reason: eager (`check_cells`
+    gives real cells to check on when the caller has none of its own).
     The int8 engines are never chosen here: they change answers (see the module's docstring).
     """
     if wanted != "auto" and wanted not in FP32_ENGINES:
@@ -156,6 +178,12 @@ def choose_engine(
         candidates = [wanted]
     eager = model.cpu().eval()
     x = check.detach().to("cpu", torch.float32).contiguous()
+    if len(x) == 0:
+        # No cells, no comparison: an engine that was never compared is not used.
+        why = "nothing to compare it with eager on (no check images)"
+        return EngineChoice(
+            "eager", eager, tuple(f"{n}: {why}" for n in candidates if n != "eager")
+        )
     with torch.inference_mode():
         reference = torch.softmax(eager(x).float(), dim=1)
     passed_over: list[str] = []
@@ -169,7 +197,7 @@ def choose_engine(
         except Exception as exc:  # a missing package, a failed export: try the next one
             passed_over.append(f"{name}: could not be built ({type(exc).__name__}: {exc})")
             continue
-        change = float((got - reference).abs().max()) if len(x) else 0.0
+        change = float((got - reference).abs().max())
         if not torch.equal(got.argmax(1), reference.argmax(1)):
             passed_over.append(f"{name}: changed a top class on the check images")
         elif change > MAX_PROBABILITY_CHANGE:

@@ -21,37 +21,44 @@ from the seed).
 
 `main` is the four steps in order, as in torchvision's classification reference: `load_data`,
 `build_cache`, `fit_tail` (after `make_fit`, which restores --resume state) and
-`calibrate_and_write`. `on_device` is the one place that moves a batch to the device with
-CUDA's channels-last memory and float16 autocast.
+`calibrate_and_write`. Step 3 is `ml.fit.fit`, the one fit loop, which `ml.crosscheck` runs
+too; `fit_tail` hands it this command's cache and options. `ml.fit.on_device` is the one place
+that moves a batch to the device with CUDA's channels-last memory and float16 autocast.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ml.checkpoint import atomic_save, load_checkpoint, read_metadata, save_checkpoint
 from ml.data import ImageList, grouped_stratified_split, list_samples, near_duplicate_groups
+from ml.fit import (
+    Cells,
+    FitState,
+    Recipe,
+    evaluate,
+    fit_temperature_over,
+    on_device,
+    progress,
+    seed_everything,
+    start_fit,
+)
+from ml.fit import fit as run_fit
 from ml.inference import PooledFeatures
 from ml.metrics import (
     choose_threshold,
     coverage_curve,
-    fit_temperature,
     format_report,
     group_vote_accuracy,
     summarize,
@@ -59,14 +66,11 @@ from ml.metrics import (
 from ml.model import ARCHS, build_model, default_weights, split_trunk_tail
 from ml.ood import OODGuard, fit_guard
 from ml.plots import plot_confusion, plot_coverage, plot_curves
-from ml.sources import masked_cross_entropy
 from ml.transforms import (
     RESIZE_MODES,
     eval_transform,
     train_transform,
 )
-
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -147,19 +151,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-class MaskedLoss(nn.Module):
-    """Cross-entropy over a fixed subset of the classes (`ml.sources.masked_cross_entropy`)."""
-
-    def __init__(self, mask: torch.Tensor, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-        self.label_smoothing = label_smoothing
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mask = self.get_buffer("mask").to(logits.device).expand(len(logits), -1)
-        return masked_cross_entropy(logits, target, mask, label_smoothing=self.label_smoothing)
-
-
 def apply_init(args: argparse.Namespace) -> list[str] | None:
     """With --init, take the checkpoint's classes and geometry into args; returns its classes."""
     if not args.init:
@@ -167,50 +158,6 @@ def apply_init(args: argparse.Namespace) -> list[str] | None:
     meta = read_metadata(args.init)
     args.arch, args.input_size, args.resize = meta.arch, meta.input_size, meta.resize
     return meta.classes
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def on_device(x: torch.Tensor, device: torch.device) -> Iterator[torch.Tensor]:
-    """x moved to device, for a forward pass in the block: on CUDA, channels-last memory and
-    float16 autocast (the one place training decides this); on a CPU, plain fp32."""
-    cuda = device.type == "cuda"
-    x = x.to(device, non_blocking=True)
-    if cuda and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-        yield x
-
-
-class _LogLines(tqdm):  # type: ignore[type-arg]
-    """tqdm writing each refresh as its own line: a log file keeps readable progress lines
-    instead of carriage-return redraws."""
-
-    def display(self, msg: str | None = None, pos: int | None = None) -> None:
-        self.fp.write((msg or self.__str__()) + "\n")
-        self.fp.flush()
-
-
-def progress(total: int, desc: str, *, print_freq: int, unit: str = "img") -> tqdm:  # type: ignore[type-arg]
-    """A progress bar over `total` units: redrawn in place on a terminal; in a log, one line
-    every print_freq updates (and the last)."""
-    if sys.stdout.isatty():
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stdout, dynamic_ncols=True)
-    return _LogLines(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stdout,
-        ascii=True,
-        ncols=100,
-        mininterval=0,
-        miniters=print_freq,
-    )
 
 
 @torch.inference_mode()
@@ -237,71 +184,6 @@ def cache_activations(
             labels.append(y)
             bar.update(len(y))
     return torch.cat(chunks), torch.cat(labels)
-
-
-def cached_batches(
-    acts: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        yield acts[idx].float(), labels[idx]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Batches,
-    n_batches: int,
-    device: torch.device,
-    epoch: int,
-    scaler: torch.amp.GradScaler,
-    print_freq: int,
-) -> tuple[float, float]:
-    """One pass of SGD; returns (mean loss, accuracy) on the training batches."""
-    total_loss, correct, seen = 0.0, 0, 0
-    with progress(n_batches, f"epoch {epoch}", print_freq=print_freq, unit="batch") as bar:
-        for x, y in batches:
-            y = y.to(device, non_blocking=True)
-            with on_device(x, device) as x:
-                logits = model(x)
-                loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix_str(f"loss {total_loss / seen:.4f} acc {correct / seen:.4f}", False)
-            bar.update()
-    return total_loss / max(seen, 1), correct / max(seen, 1)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, criterion: nn.Module, batches: Batches, device: torch.device
-) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """(mean loss, accuracy, logits, labels) over batches, in eval mode."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for x, y in batches:
-        with on_device(x, device) as x:
-            all_logits.append(model(x).float().cpu())
-        all_labels.append(y)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    loss = float(criterion(logits, labels))
-    acc = float((logits.argmax(1) == labels).float().mean())
-    return loss, acc, logits, labels
-
-
-def set_phase(tail: nn.Module, head_only: bool) -> None:
-    """Head phase: tail blocks frozen and in eval mode (keep their BatchNorm statistics)."""
-    tail.train()
-    for p in tail.blocks.parameters():  # type: ignore[union-attr]
-        p.requires_grad_(not head_only)
-    if head_only:
-        tail.blocks.eval()  # type: ignore[union-attr]
 
 
 def add_extra_training(
@@ -456,33 +338,37 @@ def build_cache(
 # Fit -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Fit:
-    """Optimisation state of the tail, saved after every epoch to <out stem>.last.pt."""
+# The optimisation state of the tail, saved after every epoch to <out stem>.last.pt.
+Fit = FitState
 
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    start_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    since_best: int = 0
-    best_key: tuple[float, float] = (-1.0, 0.0)
-    best_epoch: int = -1
-    best_state: dict[str, torch.Tensor] | None = None
-    rng: torch.Tensor | None = None  # restored after the cache is rebuilt
+
+def fit_recipe(args: argparse.Namespace) -> Recipe:
+    """The one fit loop's recipe (ml.fit) from ml.train's options."""
+    return Recipe(
+        epochs=args.epochs,
+        head_epochs=args.head_epochs,
+        patience=args.patience,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        lr_patience=args.lr_patience,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        # Re-seeded every epoch, so a resumed run draws the same batches.
+        reseed_each_epoch=True,
+        eval_batch_size=args.batch_size,
+        print_freq=args.print_freq,
+    )
 
 
 def make_fit(args: argparse.Namespace, model: nn.Module, tail: nn.Module, last_path: Path) -> Fit:
     """A fresh optimiser and schedule for the tail, or the state of --resume's last epoch."""
-    optimizer = torch.optim.AdamW(tail.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=0.2, patience=args.lr_patience
-    )
-    fit = Fit(optimizer, scheduler)
+    fit = start_fit(tail, fit_recipe(args))
     if args.resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        fit.optimizer.load_state_dict(state["optimizer"])
+        fit.scheduler.load_state_dict(state["scheduler"])
         fit.start_epoch, fit.history = state["epoch"], state["history"]
         fit.since_best, fit.best_key = state["since_best"], tuple(state["best_key"])
         fit.best_epoch, fit.best_state = state["best_epoch"], state["best_state"]
@@ -502,95 +388,53 @@ def fit_tail(
     n_classes: int = 0,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Fit:
-    """Train the head, then the tail, on the cached activations; keep the best epoch by val
-    accuracy (then loss), stop early; save resumable state every epoch."""
+    """Train the head, then the tail, on the cached activations (`ml.fit.fit`); keep the best
+    epoch by val accuracy (then loss), stop early; save resumable state every epoch."""
     if fit.rng is not None:
         # Restored only now, so the cache drew the same augmentations as the first run.
         torch.set_rng_state(fit.rng)
-    t_start = time.time()
-    criterion: nn.Module = nn.CrossEntropyLoss()
-    train_criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    n_train, n_val = len(cache.train_y), len(cache.val_y)
+    train_masks = val_masks = None
     if args.init:
         # Only the classes --data labels enter the loss: fine-tuning on one lab's folder must not
         # teach the model's other classes as absent.
         present = torch.zeros(n_classes, dtype=torch.bool)
         present[torch.unique(torch.cat([cache.train_y, cache.val_y]))] = True
-        criterion = MaskedLoss(present)
-        train_criterion = MaskedLoss(present, args.label_smoothing)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    bs, n_train = args.batch_size, len(cache.train_y)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    for epoch in range(fit.start_epoch, args.epochs):
-        head_only = epoch < args.head_epochs
-        set_phase(tail, head_only)
-        # The generator is re-seeded per epoch so a resumed run draws the same batches.
-        g.manual_seed(args.seed * 1000 + epoch)
-        order = torch.randperm(n_train, generator=g)
-        order = order + n_train * torch.randint(cache.views, (n_train,), generator=g)
-        train_loss, train_acc = train_one_epoch(
-            tail,
-            train_criterion,
-            fit.optimizer,
-            cached_batches(cache.train_acts, cache.train_y.repeat(cache.views), order, bs),
-            (n_train + bs - 1) // bs,
-            device,
-            epoch,
-            scaler,
-            args.print_freq,
-        )
-        val_order = torch.arange(len(cache.val_y))
-        val_loss, val_acc, _, _ = evaluate(
-            tail, criterion, cached_batches(cache.val_acts, cache.val_y, val_order, bs), device
-        )
-        if not head_only:
-            fit.scheduler.step(val_loss)
-        lr = fit.optimizer.param_groups[0]["lr"]
-        fit.history.append(
-            {
-                "epoch": epoch,
-                "phase": "head" if head_only else "finetune",
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": lr,
-                "seconds": time.time() - t_start,
-            }
-        )
-        key = (val_acc, -val_loss)
-        if key > fit.best_key:
-            fit.best_key, fit.best_epoch = key, epoch
-            fit.best_state = copy.deepcopy(model.state_dict())
-            fit.since_best = 0
-        else:
-            fit.since_best += 1
-        print(
-            f"epoch {epoch} done: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f} | lr {lr:.2e} | "
-            f"best {fit.best_key[0]:.4f} @ {fit.best_epoch} | {time.time() - t_start:.0f}s",
-            flush=True,
-        )
+        train_masks, val_masks = present.expand(n_train, -1), present.expand(n_val, -1)
+    # The cache is view-major (row v * N + i is view v of image i): one tensor per view.
+    views = cache.train_acts.view(cache.views, n_train, *cache.train_acts.shape[1:]).unbind(0)
+
+    def after_epoch(state: FitState) -> None:
         if on_epoch is not None:
-            on_epoch({**fit.history[-1], "epochs": args.epochs})
+            on_epoch({**state.history[-1], "epochs": args.epochs})
         atomic_save(
             {
-                "epoch": epoch + 1,
+                "epoch": state.history[-1]["epoch"] + 1,
                 "model": model.state_dict(),
-                "optimizer": fit.optimizer.state_dict(),
-                "scheduler": fit.scheduler.state_dict(),
-                "history": fit.history,
-                "since_best": fit.since_best,
-                "best_key": list(fit.best_key),
-                "best_epoch": fit.best_epoch,
-                "best_state": fit.best_state,
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "history": state.history,
+                "since_best": state.since_best,
+                "best_key": list(state.best_key),
+                "best_epoch": state.best_epoch,
+                "best_state": state.best_state,
                 "rng": torch.get_rng_state(),
             },
             last_path,
         )
-        if not head_only and fit.since_best >= args.patience:
-            print(f"early stop: no val improvement for {fit.since_best} epochs", flush=True)
-            break
-    return fit
+
+    return run_fit(
+        model,
+        tail,
+        fit_recipe(args),
+        fit,
+        train=Cells(views, cache.train_y, train_masks),
+        train_idx=torch.arange(n_train),
+        val=Cells([cache.val_acts], cache.val_y, val_masks),
+        val_idx=torch.arange(n_val),
+        device=device,
+        after_epoch=after_epoch,
+    )
 
 
 # Calibrate and write ---------------------------------------------------------------------------
@@ -614,7 +458,7 @@ def calibrate_and_write(
     bs, classes = args.batch_size, data.classes
     loader = DataLoader(data.val_set, batch_size=bs, num_workers=args.workers)
     val_loss, _, logits, y = evaluate(model, criterion, loader, device)
-    temperature = fit_temperature(logits, y)
+    temperature = fit_temperature_over(logits, y)
     probs = torch.softmax(logits / temperature, dim=1)
     confidence = probs.max(1).values.numpy()
     correct = (probs.argmax(1) == y).numpy()

@@ -260,3 +260,63 @@ def test_an_engine_that_cannot_be_built_is_passed_over_with_the_reason(
 def test_an_int8_engine_is_never_chosen_for_the_worker(mobilenet) -> None:
     with pytest.raises(ValueError, match="auto"):
         choose_engine(mobilenet, input_size=SIZE, check=blobs(2, seed=6), wanted="ort-int8")
+
+
+# --- the cells an engine is checked on ------------------------------------------------------
+
+
+def test_with_no_check_images_every_faster_engine_is_refused_with_the_reason(mobilenet) -> None:
+    nothing = torch.empty(0, 3, SIZE, SIZE)
+
+    choice = choose_engine(mobilenet, input_size=SIZE, check=nothing)
+
+    assert choice.name == "eager"
+    assert choice.model is mobilenet
+    assert [reason.split(":")[0] for reason in choice.passed_over] == [
+        e for e in ("ort-fp32", "fused-channels-last") if e in available_engines()
+    ]
+    assert all("nothing to compare" in reason for reason in choice.passed_over)
+    named = choose_engine(mobilenet, input_size=SIZE, check=nothing, wanted="fused-channels-last")
+    assert (named.name, len(named.passed_over)) == ("eager", 1)
+
+
+def test_the_package_ships_two_real_cells_of_each_class_to_check_an_engine_on() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from ml.engine import CHECK_CELLS_DIR, check_cells
+
+    names = sorted(p.name for p in CHECK_CELLS_DIR.glob("*.jpg"))
+    classes = [name.split("-")[0] for name in names]
+    assert sorted(set(classes)) == [
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "ig",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    ]
+    assert all(classes.count(c) == 2 for c in classes)
+    cells = check_cells()
+    assert len(cells) == len(names) == 16
+    assert all(cell.mode == "RGB" and min(cell.size) >= 300 for cell in cells)  # PBC's ~360 px
+    assert len(check_cells(limit=3)) == 3
+    # Package data: an installed worker has them too.
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["ml"]
+    assert "check_cells/*.jpg" in shipped
+
+
+def test_the_shipped_cells_let_an_engine_be_checked_and_chosen(checkpoint, mobilenet) -> None:
+    from ml.engine import check_cells
+
+    check = Classifier.load(checkpoint, device="cpu").preprocess(check_cells())
+
+    choice = choose_engine(mobilenet, input_size=SIZE, check=check)
+
+    assert check.shape == (16, 3, SIZE, SIZE)
+    assert choice.name == best_fp32_engine()
+    assert choice.passed_over == ()
+    assert choice.max_probability_change <= 1e-3

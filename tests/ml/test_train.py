@@ -10,27 +10,6 @@ from ml.checkpoint import read_metadata
 from ml.inference import Classifier
 
 
-def test_one_training_step_lowers_the_loss():
-    torch.manual_seed(0)
-    # No BatchNorm, so the eval-mode loss before and after compares like with like.
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
-    )
-    x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    before, _, _, _ = train.evaluate(model, criterion, [(x, y)], torch.device("cpu"))
-
-    model.train()
-    train.train_one_epoch(
-        model, criterion, optimizer, [(x, y)], 1, torch.device("cpu"), 0, scaler, print_freq=10
-    )
-    after, _, _, _ = train.evaluate(model, criterion, [(x, y)], torch.device("cpu"))
-
-    assert after < before
-
-
 def test_train_writes_a_self_describing_checkpoint_and_reports_then_resumes(tmp_path, image_folder):
     out = tmp_path / "w" / "tiny.pt"
     argv = [
@@ -98,32 +77,6 @@ def test_train_stores_the_normalisation_of_the_chosen_backbone(tmp_path, image_f
     # Every PBC-style file is its own group, so the per-cell figure counts every val image.
     assert metrics["cells"]["n"] == metrics["n_val"] == 6
     assert len(Classifier.load(out, device="cpu").predict_logits(torch.zeros(1, 3, 32, 32))) == 1
-
-
-def test_progress_is_a_bar_on_a_terminal_and_sparse_lines_in_a_log(capsys, monkeypatch):
-    from ml.train import progress
-
-    with progress(5, "epoch 0", print_freq=2, unit="batch") as bar:
-        for _ in range(5):
-            bar.set_postfix_str("loss 1.0", refresh=False)
-            bar.update()
-    lines = [line for line in capsys.readouterr().out.splitlines() if line]
-    assert "\r" not in "".join(lines)
-    # The opening line, every second update, and the closing line.
-    assert [line.split("|")[2].split()[0] for line in lines][-3:] == [
-        "2/5",
-        "4/5",
-        "5/5",
-    ]
-    assert all(line.startswith("epoch 0:") for line in lines)
-    assert "loss 1.0" in lines[-1]
-
-    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
-    with progress(2, "epoch 1", print_freq=2) as bar:
-        bar.update(2)
-    out = capsys.readouterr().out
-    assert "\r" in out
-    assert "2/2" in out
 
 
 def test_extra_training_images_join_only_known_classes_on_the_training_side(tmp_path, capsys):

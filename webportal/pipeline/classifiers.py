@@ -14,7 +14,7 @@ from django.conf import settings
 from PIL import Image as PILImage
 
 from ml.checkpoint import sha256_of
-from ml.engine import choose_engine
+from ml.engine import CHECK_CELLS_DIR, choose_engine
 from ml.inference import Classifier
 from webportal.accounts.models import Lab
 from webportal.cases.models import Image, ModelVersion
@@ -44,8 +44,9 @@ def load_classifier(*, model_version: ModelVersion) -> Classifier:
     return classifier
 
 
-# Cells the engine is checked on when the model has classified none yet here.
-DEMO_CELLS = Path(settings.BASE_DIR) / "samples" / "demo"
+# Cells the engine is checked on when the model has classified none yet here: real cells
+# shipped inside the ml package, so an installed worker has them without the source tree.
+DEMO_CELLS = CHECK_CELLS_DIR
 CHECK_CELLS = 8
 
 
