@@ -20,7 +20,7 @@ from ml.adapt import (
     reinhard,
     view,
 )
-from ml.adapt_study import draw_reviewed, kaggle_cells, split_lab
+from ml.adapt_study import cross_lab_thresholds, draw_reviewed, kaggle_cells, split_lab
 from ml.sources import Cell
 
 
@@ -185,3 +185,24 @@ def test_kaggle_copies_of_one_cell_count_once(tmp_path: Path):
         Image.new("RGB", (8, 8)).save(folder / name)
     cells = kaggle_cells(tmp_path, ["monocyte"])
     assert sorted(c.group for c in cells) == ["kaggle:monocyte:0", "kaggle:monocyte:1"]
+
+
+def test_cross_lab_threshold_comes_from_the_other_labs_cells_only():
+    rng = np.random.default_rng(0)
+    method = {"variant": "plain", "views": 1, "head": "proto", "n": 10, "seed": 0}
+    rows = [{"lab": lab, **method} for lab in ("a", "b", "c")]
+    conf = {lab: rng.uniform(0.5, 1.0, 400) for lab in "abc"}
+    scores = {
+        0: (conf["a"], conf["a"] > 0.6),  # a: wrong below 0.6
+        1: (conf["b"], conf["b"] > 0.6),
+        2: (conf["c"], np.zeros(400, dtype=bool)),  # c: always wrong
+    }
+    cross_lab_thresholds(rows, scores)
+    # c's threshold rests on a and b alone, which are right above 0.6: it accepts c's cells.
+    assert rows[2]["cross_lab"]["from_labs"] == ["a", "b"]
+    assert rows[2]["cross_lab"]["threshold"] > 0.55  # a lone error near 0.6 is allowed
+    assert rows[2]["cross_lab"]["accepted"] > 0
+    assert rows[2]["cross_lab"]["right"] == 0
+    # a's rests on b and c: c's errors reach the top, so no threshold.
+    assert rows[0]["cross_lab"]["threshold"] is None
+    assert rows[0]["cross_lab"]["accepted"] == 0
