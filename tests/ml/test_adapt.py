@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -189,8 +190,8 @@ def test_kaggle_copies_of_one_cell_count_once(tmp_path: Path):
 
 def test_cross_lab_threshold_comes_from_the_other_labs_cells_only():
     rng = np.random.default_rng(0)
-    method = {"variant": "plain", "views": 1, "head": "proto", "n": 10, "seed": 0}
-    rows = [{"lab": lab, **method} for lab in ("a", "b", "c")]
+    method: dict[str, Any] = {"variant": "plain", "views": 1, "head": "proto", "n": 10, "seed": 0}
+    rows: list[dict[str, Any]] = [{"lab": lab, **method} for lab in ("a", "b", "c")]
     conf = {lab: rng.uniform(0.5, 1.0, 400) for lab in "abc"}
     scores = {
         0: (conf["a"], conf["a"] > 0.6),  # a: wrong below 0.6
