@@ -495,9 +495,23 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def tables(report: dict[str, Any]) -> str:
-    """Markdown: per lab, the accuracy curve of every method; then the thresholds."""
+def tables(
+    report: dict[str, Any],
+    *,
+    select: Sequence[str] = (),
+    threshold_ns: Sequence[int] = (),
+) -> str:
+    """Markdown: per lab, the accuracy curve of every method (or of those in select, each
+    VARIANT/VIEWS/HEAD); then the auto-accept thresholds (at threshold_ns, or every n)."""
     summary = report.get("summary") or summarise(report["rows"])
+    if select:
+        wanted = {tuple(m.split("/")) for m in select}
+        summary = [
+            s
+            for s in summary
+            if (s["variant"], str(s["views"]), s["head"]) in wanted
+            or (s["n"] == 0 and any(w[:2] == (s["variant"], str(s["views"])) for w in wanted))
+        ]
     ns = sorted({s["n"] for s in summary})
     lines = []
     for lab in report["labs"]:
@@ -535,7 +549,7 @@ def tables(report: dict[str, Any]) -> str:
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in summary:
-        if s["n"] == 0:
+        if s["n"] == 0 or (threshold_ns and s["n"] not in threshold_ns):
             continue
         c, e = s["conservative"], s["empirical"]
         x = s.get("cross_lab", {"runs_with_threshold": "-"})
@@ -553,6 +567,8 @@ def tables(report: dict[str, Any]) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--report", help="print the tables of this result JSON and stop")
+    p.add_argument("--select", nargs="*", default=[], help="with --report: VARIANT/VIEWS/HEAD")
+    p.add_argument("--threshold-ns", type=int, nargs="*", default=[], help="with --report")
     p.add_argument("--model", default="ml/weights/pbc8-mobilenetv2.pt")
     p.add_argument("--pbc", default="../shared/data/pbc/dev", help="the model's --data folder")
     p.add_argument("--kaggle", default="../shared/data/kaggle-blood-cells/TRAIN")
@@ -574,7 +590,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.report:
-        print(tables(json.loads(Path(args.report).read_text())))
+        report = json.loads(Path(args.report).read_text())
+        print(tables(report, select=args.select, threshold_ns=args.threshold_ns))
         return
     unknown = set(args.labs) - {"bccd", *SYNTHETIC}
     if unknown:
