@@ -3,7 +3,7 @@ curve of `ml.adapt`'s methods on every leave-one-lab-out fold the shared data al
 
     nice -n 10 python -m ml.adapt_study --model ml/weights/pbc8-mobilenetv2.pt \\
         --pbc ../shared/data/pbc/dev --kaggle ../shared/data/kaggle-blood-cells/TRAIN \\
-        --labs bccd stain scale yellow --cache-dir var/adapt-study \\
+        --labs bccd yellow stain --cache-dir var/adapt-study \\
         --json ml/weights/trials/pbc8-adapt-study.json
     python -m ml.adapt_study --report ml/weights/trials/pbc8-adapt-study.json  # the tables
 
@@ -572,7 +572,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ml/weights/pbc8-mobilenetv2.pt")
     p.add_argument("--pbc", default="../shared/data/pbc/dev", help="the model's --data folder")
     p.add_argument("--kaggle", default="../shared/data/kaggle-blood-cells/TRAIN")
-    p.add_argument("--labs", nargs="+", default=["bccd", "stain", "scale", "yellow"])
+    p.add_argument("--labs", nargs="+", default=["bccd", "yellow", "stain"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     p.add_argument("--views", type=int, default=2, choices=range(1, len(VIEWS) + 1))
