@@ -1,0 +1,392 @@
+"""Cheap adaptation of a trained classifier to one lab, from the lab's own cells (issue 24).
+
+Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed cells:
+
+- **Test-time BatchNorm statistics** (`recalibrate_batchnorm`, `with_model`): the running
+  means and variances of every BatchNorm layer re-estimated on the lab's cells, the weights
+  unchanged. Tsutsui et al. (2023) name BN statistics as a main cause of the accuracy drop of
+  blood-cell classifiers across labs. Needs no labels: any of the lab's uploaded cells will do.
+- **Reinhard stain normalisation** (`StainStats.of`, `reinhard`): each pixel's colour moved in
+  Reinhard et al.'s (2001) l-alpha-beta space so that the lab's pooled per-channel mean and
+  standard deviation become the training stain's. The statistics are pooled over many of the
+  lab's pictures, not taken per picture: a per-picture mapping would wash out the colour of an
+  eosinophil's granules, which is what tells it apart.
+- **A head on the lab's reviewed cells' features** (`FeatureHead`): `prototype_head` (centred
+  cosine similarity to each class's mean feature; Snell et al. 2017, Wang et al. 2019's
+  SimpleShot) or `logistic_head` (the model's own classifier refitted on the reviewed cells,
+  pulled towards its trained weights so a handful of cells cannot undo it).
+- **More views** (`VIEWS`, `view`): the dihedral flips/rotations of the input square; features
+  averaged over views at prediction, every view a training sample for a head.
+- **A conservative auto-accept threshold** (`conservative_threshold`): the lowest confidence
+  above which the lower one-sided Clopper-Pearson bound of the accuracy of held-out reviewed
+  cells is at least the target (99 %), thresholds tested in a fixed order so the choice among
+  many does not make the bound optimistic. It says how many cells it rests on, and gives none
+  when there are too few (a 95 % bound of 99 % needs at least 299 cells, all right).
+
+`python -m ml.adapt_study` measures every method on the leave-one-lab-out folds the shared
+data allows (docs/MODELS.md, "Adapting with few reviewed cells").
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+from scipy.stats import beta
+from torch import nn
+
+from ml.inference import Classifier, PooledFeatures
+
+# Test-time BatchNorm statistics --------------------------------------------------------------
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def recalibrate_batchnorm(
+    model: M, batches: Iterable[torch.Tensor], *, source_weight: float = 0.0
+) -> M:
+    """A copy of model whose BatchNorm running statistics are those of `batches` (the lab's
+    preprocessed cells), blended with the trained ones by source_weight (0: the lab's alone).
+
+    Every other weight is unchanged; the copy is in eval mode. Each layer's statistics are the
+    average over the batches (momentum None), so the order and size of batches barely matter,
+    but a batch needs at least two cells.
+    """
+    if not 0.0 <= source_weight <= 1.0:
+        raise ValueError(f"source_weight {source_weight} is not in [0, 1]")
+    adapted = copy.deepcopy(model).eval()
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    trained = {}
+    for m in norms:
+        if m.running_mean is None or m.running_var is None:
+            continue  # a BN layer without running statistics uses the batch's own anyway
+        trained[m] = (m.running_mean.clone(), m.running_var.clone(), m.momentum)
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()  # only the BN layers: dropout and the rest stay in eval mode
+    seen = 0
+    with torch.no_grad():
+        for x in batches:
+            if len(x) < 2:
+                continue  # one cell has no variance
+            adapted(x.float())
+            seen += len(x)
+    if seen == 0:
+        raise ValueError("no batch of at least two cells to estimate BatchNorm statistics on")
+    for m, (mean, var, momentum) in trained.items():
+        assert m.running_mean is not None  # kept above: the layer has running statistics
+        assert m.running_var is not None
+        m.running_mean.mul_(1 - source_weight).add_(source_weight * mean)
+        m.running_var.mul_(1 - source_weight).add_(source_weight * var)
+        m.momentum = momentum
+        m.eval()
+    return adapted
+
+
+def with_model(clf: Classifier, model: nn.Module) -> Classifier:
+    """The same classifier (classes, preprocessing, temperature, threshold) with another
+    network of the same architecture, e.g. `recalibrate_batchnorm`'s copy. No batch guard: the
+    guard was fitted on the original network's features."""
+    out = copy.copy(clf)
+    out.model = out.eager = model.to(clf.device).eval()
+    out.engine = "eager"
+    out.feature_model = PooledFeatures(model.get_submodule("features"))
+    out.feature_engine = "eager"
+    out.ood = None
+    return out
+
+
+# Reinhard stain normalisation ----------------------------------------------------------------
+
+# Reinhard et al. (2001): RGB -> LMS cone space, log10, then Ruderman's decorrelated l-alpha-beta.
+_LMS_FROM_RGB = np.array(
+    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]]
+)
+_LAB_FROM_LOGLMS = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
+    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]
+)
+_RGB_FROM_LMS = np.linalg.inv(_LMS_FROM_RGB)
+_LOGLMS_FROM_LAB = np.linalg.inv(_LAB_FROM_LOGLMS)
+# Statistics are taken on a thumbnail: colour statistics need no detail, and it is 50x cheaper.
+STATS_SIDE = 64
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 (or float 0-255) RGB -> l-alpha-beta (float64)."""
+    a = np.clip(np.asarray(rgb, dtype=np.float64), 1.0, 255.0) / 255.0  # log of 0 is undefined
+    lms = np.clip(a @ _LMS_FROM_RGB.T, 1e-6, None)
+    lab: np.ndarray = np.log10(lms) @ _LAB_FROM_LOGLMS.T
+    return lab
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """l-alpha-beta -> H x W x 3 uint8 RGB (clipped)."""
+    lms = np.power(10.0, lab @ _LOGLMS_FROM_LAB.T)
+    rgb = lms @ _RGB_FROM_LMS.T * 255.0
+    out: np.ndarray = np.clip(rgb, 0, 255).round().astype(np.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class StainStats:
+    """Per-channel mean and standard deviation in l-alpha-beta of a set of pictures."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, images: Iterable[Image.Image]) -> StainStats:
+        """Pooled over every pixel of every picture (each shrunk to a thumbnail first)."""
+        pixels = []
+        for img in images:
+            small = img.convert("RGB")
+            small.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
+            pixels.append(rgb_to_lab(np.asarray(small)).reshape(-1, 3))
+        if not pixels:
+            raise ValueError("no picture to take stain statistics of")
+        lab = np.concatenate(pixels)
+        m, s = lab.mean(0), lab.std(0)
+        return cls(
+            mean=(float(m[0]), float(m[1]), float(m[2])),
+            std=(float(s[0]), float(s[1]), float(s[2])),
+        )
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def reinhard(img: Image.Image, *, source: StainStats, target: StainStats) -> Image.Image:
+    """img's colours moved so that pictures with `source` statistics get `target`'s."""
+    lab = rgb_to_lab(np.asarray(img.convert("RGB")))
+    src_m, src_s = np.array(source.mean), np.maximum(np.array(source.std), 1e-6)
+    mapped = (lab - src_m) / src_s * np.array(target.std) + np.array(target.mean)
+    return Image.fromarray(lab_to_rgb(mapped))
+
+
+# More views -----------------------------------------------------------------------------------
+
+# The dihedral views of a square: a cell on a slide has no up or left.
+VIEWS = ("identity", "flip", "rot90", "transpose")
+_TRANSPOSE = {
+    "flip": Image.Transpose.FLIP_LEFT_RIGHT,
+    "rot90": Image.Transpose.ROTATE_90,
+    "transpose": Image.Transpose.TRANSPOSE,
+}
+
+
+def view(img: Image.Image, name: str) -> Image.Image:
+    """One of VIEWS of a picture."""
+    if name == "identity":
+        return img
+    if name not in _TRANSPOSE:
+        raise ValueError(f"unknown view {name!r}; one of {VIEWS}")
+    return img.transpose(_TRANSPOSE[name])
+
+
+# Heads on the lab's reviewed cells' features -------------------------------------------------
+
+
+@dataclass
+class FeatureHead:
+    """A linear head on pooled features: logits = scale * (W z + b), z the features (centred
+    and L2-normalised first when `normalise`), softmax over the `allowed` classes only."""
+
+    weight: torch.Tensor  # C x D
+    bias: torch.Tensor  # C
+    allowed: torch.Tensor  # C, bool
+    centre: torch.Tensor | None = None  # D, subtracted before normalising
+    normalise: bool = False
+    scale: float = 1.0
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        z = features.float()
+        if self.centre is not None:
+            z = z - self.centre
+        if self.normalise:
+            z = nn.functional.normalize(z, dim=1)
+        out = self.scale * (z @ self.weight.T + self.bias)
+        return out.masked_fill(~self.allowed, float("-inf"))
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(features), dim=1)
+
+
+def _allowed(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    allowed = torch.zeros(num_classes, dtype=torch.bool)
+    allowed[sorted(set(labels.tolist()))] = True
+    return allowed
+
+
+def prototype_head(
+    features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, scale: float = 16.0
+) -> FeatureHead:
+    """Nearest class mean by cosine similarity, the features centred on the reviewed cells'
+    mean first (post-ReLU features all point one way; centring spreads them). Only classes
+    with reviewed cells can be predicted. scale sets how peaked the softmax is (it does not
+    change the predicted class, and the auto-accept threshold is fitted on its output)."""
+    z = features.float()
+    centre = z.mean(0)
+    zn = nn.functional.normalize(z - centre, dim=1)
+    weight = torch.zeros(num_classes, z.shape[1])
+    for c in sorted(set(labels.tolist())):
+        weight[c] = nn.functional.normalize(zn[labels == c].mean(0), dim=0)
+    return FeatureHead(
+        weight=weight,
+        bias=torch.zeros(num_classes),
+        allowed=_allowed(labels, num_classes),
+        centre=centre,
+        normalise=True,
+        scale=scale,
+    )
+
+
+def logistic_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    init_weight: torch.Tensor,
+    init_bias: torch.Tensor,
+    anchor: float = 1e-2,
+    max_iter: int = 100,
+) -> FeatureHead:
+    """The model's linear classifier refitted on the reviewed cells (multinomial logistic
+    regression, L-BFGS), penalised by anchor * ||W - W0||^2 so it stays near the trained
+    weights W0 (L2-SP: Li et al. 2018). The softmax and the prediction are over the classes
+    with reviewed cells only: a class the lab did not review is not taught as absent, and is
+    not predicted."""
+    num_classes = init_weight.shape[0]
+    allowed = _allowed(labels, num_classes)
+    w0, b0 = init_weight.detach().float(), init_bias.detach().float()
+    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    x = features.float()
+    optimiser = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        logits = (x @ w.T + b).masked_fill(~allowed, float("-inf"))
+        loss = nn.functional.cross_entropy(logits, labels) + anchor * (w - w0).pow(2).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimiser.step(closure)  # type: ignore[no-untyped-call]
+    return FeatureHead(weight=w.detach(), bias=b.detach(), allowed=allowed)
+
+
+# A conservative auto-accept threshold ---------------------------------------------------------
+
+
+def clopper_pearson_lower(right: int, cells: int, *, alpha: float = 0.05) -> float:
+    """One-sided lower (1 - alpha) Clopper-Pearson bound of a proportion, right of cells."""
+    if cells <= 0 or right <= 0:
+        return 0.0
+    return float(beta.ppf(alpha, right, cells - right + 1))
+
+
+def cells_needed(target: float, *, alpha: float = 0.05) -> int:
+    """The fewest cells, all right, whose lower bound reaches target: (1 - alpha) confidence
+    that the accuracy is at least target takes n with target^n <= alpha."""
+    return math.ceil(math.log(alpha) / math.log(target))
+
+
+@dataclass(frozen=True)
+class AcceptThreshold:
+    """Auto-accept a cell when its confidence is at least `threshold` (None: never)."""
+
+    threshold: float | None
+    cells: int  # held-out reviewed cells it was fitted on
+    above: int  # of those, at or above the threshold
+    right_above: int
+    lower_bound: float | None  # Clopper-Pearson lower bound of the accuracy above it
+    target: float
+    alpha: float
+    none_because: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "threshold": self.threshold,
+            "cells": self.cells,
+            "above": self.above,
+            "right_above": self.right_above,
+            "lower_bound": self.lower_bound,
+            "target": self.target,
+            "alpha": self.alpha,
+            "none_because": self.none_because,
+        }
+
+
+def conservative_threshold(
+    confidence: npt.ArrayLike,
+    correct: npt.ArrayLike,
+    *,
+    target: float = 0.99,
+    alpha: float = 0.05,
+) -> AcceptThreshold:
+    """The lowest confidence threshold whose held-out cells above it have a lower one-sided
+    (1 - alpha) Clopper-Pearson bound of accuracy of at least `target`.
+
+    The cells must not have trained the model that gave the confidences. Candidate thresholds
+    are the cells' confidences from the highest down, starting where enough cells are above
+    for the bound to be able to reach the target (`cells_needed`); each is tested in turn and
+    the first failure stops the search (fixed-sequence testing: the order depends only on the
+    confidences, not on which cells are right, so testing many thresholds does not make the
+    bound optimistic). None when no threshold passes; with fewer than `cells_needed` cells
+    that is certain, and none_because says so.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if conf.shape != ok.shape:
+        raise ValueError("confidence and correct differ in length")
+    n, need = len(conf), cells_needed(target, alpha=alpha)
+
+    def none(why: str) -> AcceptThreshold:
+        return AcceptThreshold(None, n, 0, 0, None, target, alpha, why)
+
+    if n < need:
+        return none(
+            f"{n} held-out cells: a {1 - alpha:.0%} lower bound of {target:.0%} needs at "
+            f"least {need}, all right"
+        )
+    order = np.argsort(-conf, kind="stable")
+    conf_sorted, right_cum = conf[order], np.cumsum(ok[order])
+    best: AcceptThreshold | None = None
+    k = need - 1
+    while k < n:
+        # Cells tied with the k-th confidence are all above the same threshold.
+        while k + 1 < n and conf_sorted[k + 1] == conf_sorted[k]:
+            k += 1
+        above, right = k + 1, int(right_cum[k])
+        bound = clopper_pearson_lower(right, above, alpha=alpha)
+        if bound < target:
+            break
+        best = AcceptThreshold(float(conf_sorted[k]), n, above, right, bound, target, alpha)
+        k += 1
+    if best is None:
+        return none(
+            f"no threshold: the {need} most confident of {n} held-out cells are not "
+            f"{target:.0%} right with {1 - alpha:.0%} confidence"
+        )
+    return best
+
+
+def empirical_threshold(
+    confidence: npt.ArrayLike, correct: npt.ArrayLike, *, target: float = 0.99
+) -> float | None:
+    """The lowest threshold whose cells above it are at least target right, as measured
+    (no bound): what `ml.train` fits on a val split. Optimistic on few cells; kept to show by
+    how much against `conservative_threshold`."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    acc = np.cumsum(ok[order]) / np.arange(1, len(conf) + 1)
+    passing = np.nonzero(acc >= target)[0]
+    if len(passing) == 0:
+        return None
+    return float(conf[order][passing[-1]])
