@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import load_checkpoint, load_ood
-from ml.ood import OODGuard
+from ml.ood import OODGuard, odd_cells
 from ml.transforms import eval_geometry, eval_transform, geometry_key, to_input_tensor
 
 
@@ -36,6 +36,12 @@ class BatchCheck:
     # size-1 threshold, None without one): one odd cell in a normal batch is above it.
     cell_scores: tuple[float, ...] = ()
     cell_threshold: float | None = None
+
+    @property
+    def odd_cells(self) -> list[int]:
+        """The checked cells (positions in cell_scores) above the per-cell limit: each is held
+        for review whatever the batch's verdict (`ml.ood.odd_cells`)."""
+        return odd_cells(self.cell_scores, self.cell_threshold)
 
 
 # A faster engine's guard features differ from eager's by float rounding only; one whose cell

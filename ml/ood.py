@@ -70,6 +70,17 @@ class OODGuard:
     def batch_score(self, features: torch.Tensor) -> float:
         return float(self.cell_scores(features).mean())
 
+    @property
+    def cell_limit(self) -> float | None:
+        """The per-cell limit: the size-1 threshold (the quantile of single in-lab cells'
+        scores), None when the guard was not calibrated for single cells."""
+        return self.thresholds.get(1)
+
+    def odd_cells(self, features: torch.Tensor) -> list[int]:
+        """The cells (row indices) whose own score is above the per-cell limit: held for review
+        even in a batch whose mean passes, so one odd cell cannot hide among normal ones."""
+        return odd_cells(self.cell_scores(features).tolist(), self.cell_limit)
+
     def calibrated_size_for(self, n: int) -> int | None:
         """The calibrated batch size whose threshold a batch of n cells is judged by: the
         largest not above n (None: n is below every calibrated size)."""
@@ -127,6 +138,11 @@ class OODGuard:
         )
 
 
+def odd_cells(scores: Sequence[float], limit: float | None) -> list[int]:
+    """Indices of the cell scores above the per-cell limit (none without a limit)."""
+    return [] if limit is None else [i for i, v in enumerate(scores) if v > limit]
+
+
 def _residual2(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     proj = (x @ basis) @ basis.T
     return (x - proj).pow(2).sum(1)
@@ -138,13 +154,12 @@ def batch_means(scores: np.ndarray, n: int, draws: int, rng: np.random.Generator
     return np.asarray(scores[idx].mean(axis=1))
 
 
-def grouped_batch_means(
-    scores: np.ndarray, groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
+def grouped_batch_indices(
+    groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Mean score of `draws` random batches of n cells of one pool: n distinct groups (one
-    random copy of each; a group is one source cell's near-copies) while the pool has n groups,
-    else groups drawn with replacement (fewer distinct cells: a noisier mean, so a higher,
-    more lenient threshold)."""
+    """`draws` random batches of n cells of one pool, as rows of cell indices: n distinct
+    groups (one random copy of each; a group is one source cell's near-copies) while the pool
+    has n groups, else groups drawn with replacement (fewer distinct cells: a noisier batch)."""
     keys, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     sizes = np.bincount(inverse, minlength=len(keys))
@@ -152,7 +167,16 @@ def grouped_batch_means(
     replace = len(keys) < n
     picks = np.stack([rng.choice(len(keys), size=n, replace=replace) for _ in range(draws)])
     member = (rng.random(picks.shape) * sizes[picks]).astype(int)
-    return np.asarray(scores[order[starts[picks] + member]].mean(axis=1))
+    return np.asarray(order[starts[picks] + member])
+
+
+def grouped_batch_means(
+    scores: np.ndarray, groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Mean score of `draws` random batches of n cells of one pool (`grouped_batch_indices`:
+    distinct groups while the pool has n of them, so a higher, more lenient threshold when
+    it has fewer)."""
+    return np.asarray(scores[grouped_batch_indices(groups, n, draws, rng)].mean(axis=1))
 
 
 def grouped_thresholds(
