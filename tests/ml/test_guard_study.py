@@ -97,3 +97,30 @@ def test_groups_never_straddle_the_sides():
     assert not seen[0] & seen[2]
     assert not seen[1] & seen[2]
     assert [len(s) for s in seen] == [20, 10, 10]
+
+
+def test_the_report_tables_give_every_pool_per_design_fold_and_batch_size():
+    from ml.guard_report import study_markdown
+
+    pools = [
+        pool("train", "home", 150, shift=0.0, seed=1, seen=True),
+        pool("val", "home", 150, shift=0.0, seed=2),
+        pool("other", "away", 150, shift=1.5, seed=3),
+    ]
+    designs = {
+        d: {
+            f"without {lab}": run_fold(DESIGNS[d], pools, lab, CLASSES, study_args(), bootstrap=5)
+            for lab in ("away", "home")
+        }
+        for d in ("pooled mahalanobis k16", "early mahalanobis k32")
+    }
+
+    text = study_markdown({"designs": designs})
+
+    fold = designs["pooled mahalanobis k16"]["without away"]
+    assert "Guard fitted without away" in text
+    assert "Guard fitted without home" in text
+    assert "| val false alarms | other flagged |" in text
+    alarms, rate = fold["batch_20"]["false_alarm"]["val"], fold["batch_20"]["detected"]["other"]
+    assert f"| pooled mahalanobis k16 | 20 | {100 * alarms:.1f}% | {100 * rate:.1f}% |" in text
+    assert text.count("| early mahalanobis k32 | without home |") == 2  # bootstrap, sizes 1, 20
