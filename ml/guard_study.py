@@ -133,8 +133,19 @@ class Scorer:
     def cell_scores(self, x: FeatureSet) -> np.ndarray:
         raise NotImplementedError
 
+    def scores(self, x: FeatureSet) -> np.ndarray:
+        """cell_scores, remembered (keyed by id; the feature set is kept with its scores so
+        that its id is not reused) until forget()."""
+        memo: dict[int, tuple[FeatureSet, np.ndarray]] = self.__dict__.setdefault("_memo", {})
+        if id(x) not in memo:
+            memo[id(x)] = (x, self.cell_scores(x))
+        return memo[id(x)][1]
+
+    def forget(self) -> None:
+        self.__dict__.pop("_memo", None)
+
     def batch_stats(self, x: FeatureSet, batches: np.ndarray) -> np.ndarray:
-        return np.asarray(self.cell_scores(x)[batches].mean(axis=1))
+        return np.asarray(self.scores(x)[batches].mean(axis=1))
 
 
 @dataclass
@@ -163,7 +174,7 @@ class ShrunkScorer(Scorer):
         best = np.full(len(z), np.inf)
         for m in self.class_means:
             d = z - m
-            best = np.minimum(best, np.einsum("ij,jk,ik->i", d, self.precision, d))
+            best = np.minimum(best, ((d @ self.precision) * d).sum(axis=1))
         return np.asarray(best / z.shape[1])
 
 
@@ -526,6 +537,7 @@ def bootstrap_fold(
         limits = thresholds_of(scorer, c, sizes, quantile=args.quantile, draws=draws, rng=rng)
         inside = flag_rates(scorer, t, limits, draws=draws, rng=rng)
         outside = flag_rates(scorer, away, limits, draws=draws, rng=rng)
+        scorer.forget()  # the resampled sides' scores are not needed again
         for n in sizes:
             rows = found[int(n)]
             rows.setdefault("threshold", []).append(limits[n])
