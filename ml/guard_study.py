@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import sha256_of
+from ml.checkpoint import atomic_save, sha256_of
 from ml.guard import SHIFTS, fit_subset, group_ids, model_split
 from ml.inference import Classifier
-from ml.ood import OODGuard, auroc, grouped_batch_indices
+from ml.ood import BATCH_SIZES, OODGuard, auroc, grouped_batch_indices, grouped_thresholds
 from ml.sources import Cell, SourceSpec, limit_cells, list_cells
 
 # MobileNetV2 blocks whose per-channel mean and standard deviation make the early and middle
@@ -554,6 +554,47 @@ def bootstrap_fold(
     } | {"times": times}
 
 
+# Shipping -------------------------------------------------------------------------------------
+
+# Designs that `OODGuard` stores in a checkpoint (the others are measured only).
+SHIPPABLE = ("pooled mahalanobis k32 (shipped)", "pooled + early")
+
+
+def ship_guard(
+    design: str, pools: Sequence[Pool], classes: Sequence[str], args: argparse.Namespace
+) -> tuple[OODGuard, dict[str, Any]]:
+    """The design fitted on the model's own training cells ("seen") and calibrated on all its
+    val cells (sizes 1, 5, 20, 100 and --sizes; the size-1 limit is the per-cell one)."""
+    train = next(p for p in pools if p.name == "train")
+    val = next(p for p in pools if p.name == "val")
+    labels = torch.tensor([classes.index(c.label) for c in train.cells])
+    guard = OODGuard.fit(train.x["pooled"], labels, k=32)
+    inputs = val.x["pooled"]
+    if design == "pooled + early":
+        guard.taps = TAPS["early"]
+        guard.early = OODGuard.fit(train.x["early"], labels, k=32)
+        inputs = torch.cat([val.x["pooled"], val.x["early"]], dim=1)
+    scores = guard.cell_scores(inputs).numpy()
+    sizes = sorted({*BATCH_SIZES, *args.sizes})
+    guard.thresholds = grouped_thresholds(
+        scores,
+        val.groups,
+        sizes,
+        quantile=args.quantile,
+        draws=args.draws,
+        rng=np.random.default_rng(args.seed),
+    )
+    info = {
+        "design": design,
+        "fitted_on_cells": len(train.cells),
+        "calibrated_on_cells": len(val.cells),
+        "quantile": args.quantile,
+        "thresholds": guard.thresholds,
+        "taps": list(guard.taps),
+    }
+    return guard, info
+
+
 # Main -----------------------------------------------------------------------------------------
 
 
@@ -572,6 +613,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--bootstrap-designs", nargs="*", default=[], choices=list(DESIGNS))
+    p.add_argument("--ship", choices=SHIPPABLE, help="fit this design for the checkpoint")
+    p.add_argument("--out", help="write the checkpoint with the --ship guard here")
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--json", help="write the report here")
     p.add_argument("--seed", type=int, default=0)
@@ -651,12 +694,38 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 DESIGNS[design], pools, lab, clf.classes, args, bootstrap=times
             )
         print(f"{design}: {time.time() - t:.0f}s " + summary_line(folds), flush=True)
+    if args.ship:
+        guard, info = ship_guard(args.ship, pools, clf.classes, args)
+        report["shipped"] = info
+        if args.out:
+            ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+            before = sha256_of(args.model)
+            ckpt["ood"] = guard.to_dict()
+            summary = {k: v for k, v in info.items() if k != "design"}
+            fold = report["designs"].get(args.ship, {}).get(f"without {other_lab(pools)}")
+            if fold is not None:
+                summary["measured"] = {
+                    k: {"false_alarm": v["false_alarm"], "detected": v["detected"]}
+                    for k, v in fold.items()
+                    if k.startswith("batch_")
+                }
+            ckpt["metrics"] = {**ckpt.get("metrics", {}), "guard": {"design": args.ship, **summary}}
+            atomic_save(ckpt, args.out)
+            report["shipped"] |= {"model_sha256_before": before, "out": str(args.out)}
+            report["shipped"]["out_sha256"] = sha256_of(args.out)
+        print(f"shipped {args.ship}: thresholds {guard.thresholds}", flush=True)
     report["seconds"] = round(time.time() - t0, 1)
     report["command"] = "python -m ml.guard_study " + " ".join(command_args(args))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def other_lab(pools: Sequence[Pool]) -> str:
+    """The lab the model's own fold leaves out (the first lab not the model's)."""
+    model_lab = next(p.lab for p in pools if p.seen)
+    return next(p.lab for p in pools if p.lab != model_lab and not p.shifted)
 
 
 def summary_line(folds: dict[str, Any]) -> str:
@@ -683,6 +752,11 @@ def command_args(args: argparse.Namespace) -> list[str]:
         f"--draws {args.draws}",
         f"--seed {args.seed}",
     ]
+    if args.bootstrap_designs:
+        parts.append(f"--bootstrap {args.bootstrap} --bootstrap-designs")
+        parts += [f'"{d}"' for d in args.bootstrap_designs]
+    if args.ship:
+        parts.append(f'--ship "{args.ship}"' + (f" --out {args.out}" if args.out else ""))
     return parts
 
 

@@ -35,6 +35,12 @@ class OODGuard:
     class_means: torch.Tensor  # C x k, whitened
     residual_scale: float
     thresholds: dict[int, float] = field(default_factory=dict)  # batch size -> flag above
+    # Optionally a second guard of the same kind on the per-channel mean and standard deviation
+    # of these earlier blocks of the network (`ml.inference.PooledFeatures(taps=)`: their
+    # columns follow the pooled ones), whose cell score is added: it sees stain, focus and
+    # camera noise, which the pooled features are trained to ignore (docs/MODELS.md).
+    taps: tuple[int, ...] = ()
+    early: OODGuard | None = None
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, *, k: int = 32) -> OODGuard:
@@ -62,10 +68,14 @@ class OODGuard:
         )
 
     def cell_scores(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.float() - self.mean
+        width = self.mean.shape[0]
+        x = features[:, :width].float() - self.mean
         z = x @ self.components
         d2 = torch.cdist(z, self.class_means).pow(2).min(1).values / self.components.shape[1]
-        return d2 + _residual2(x, self.basis) / self.residual_scale
+        scores = d2 + _residual2(x, self.basis) / self.residual_scale
+        if self.early is not None:
+            scores = scores + self.early.cell_scores(features[:, width:])
+        return scores
 
     def batch_score(self, features: torch.Tensor) -> float:
         return float(self.cell_scores(features).mean())
@@ -124,6 +134,8 @@ class OODGuard:
             "class_means": self.class_means,
             "residual_scale": self.residual_scale,
             "thresholds": {int(k): float(v) for k, v in self.thresholds.items()},
+            "taps": list(self.taps),
+            "early": None if self.early is None else self.early.to_dict(),
         }
 
     @classmethod
@@ -135,6 +147,8 @@ class OODGuard:
             class_means=d["class_means"].float(),
             residual_scale=float(d["residual_scale"]),
             thresholds={int(k): float(v) for k, v in d.get("thresholds", {}).items()},
+            taps=tuple(int(i) for i in d.get("taps", ())),
+            early=None if d.get("early") is None else cls.from_dict(d["early"]),
         )
 
 

@@ -198,3 +198,41 @@ def test_without_a_per_cell_limit_no_cell_is_held():
 
     assert guard.cell_limit is None
     assert guard.odd_cells(features(20, shift=3.0, seed=7)[0]) == []
+
+
+def test_a_guard_reading_early_blocks_gets_their_statistics_from_the_classifier(tmp_path):
+    from ml.inference import Classifier
+    from ml.testing import make_guarded_checkpoint, synthetic_cells
+
+    path = make_guarded_checkpoint(
+        tmp_path / "g.pt",
+        ["a", "b", "c"],
+        fit_on=synthetic_cells(60, seed=1),
+        calibrate_on=synthetic_cells(40, seed=2),
+        taps=(3, 6),
+    )
+    clf = Classifier.load(path, device="cpu")
+    cells = clf.preprocess(synthetic_cells(20, seed=3))
+    away = clf.preprocess(synthetic_cells(20, seed=4, shifted=True))
+
+    guard = load_ood(path)
+    feats = clf.embed(cells)
+    pooled_width = guard.mean.shape[0]  # type: ignore[union-attr]
+    check_in, check_away = clf.check_batch(cells), clf.check_batch(away)
+
+    assert guard is not None
+    assert guard.taps == (3, 6)
+    assert guard.early is not None
+    # Pooled features, then the mean and standard deviation of each channel of blocks 3 and 6.
+    blocks = clf.eager.get_submodule("features")
+    channels = [list(blocks.children())[i].out_channels for i in (3, 6)]
+    assert feats.shape[1] == pooled_width + 2 * sum(channels)
+    assert torch.allclose(
+        guard.cell_scores(feats),
+        OODGuard.from_dict({**guard.to_dict(), "early": None}).cell_scores(feats)
+        + guard.early.cell_scores(feats[:, pooled_width:]),
+    )
+    assert check_in is not None
+    assert check_away is not None
+    assert not check_in.flagged
+    assert check_away.flagged
