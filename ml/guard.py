@@ -1,12 +1,13 @@
 """Fit a batch guard (`ml.ood`) to a trained checkpoint on its own features, and measure it.
 
-    python -m ml.guard --model ml/weights/pbc8-mobilenetv2.pt --data ../shared/data/pbc/dev \
-        --away bccd:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:400 \
-        --away bccd-fields:bccd:voc:../shared/data/bccd \
-        --cache-dir var/guard --json ml/weights/pbc8-mobilenetv2.guard.json \
-        --out ml/weights/pbc8-mobilenetv2.pt
+    python -m ml.guard --model ml/weights/kaggle4-mobilenetv2.pt \
+        --data ../shared/data/kaggle-blood-cells/TRAIN --away bccd:bccd:voc:../shared/data/bccd \
+        --shift-cells 200 --cache-dir var/guard/cache \
+        --json ml/weights/kaggle4-mobilenetv2.guard.json --out ml/weights/kaggle4-mobilenetv2.pt
 
-A guard is fitted after training, so a shipped model gets one without being retrained. Steps:
+A guard is fitted after training, so a shipped model gets one without being retrained. This
+fits the pooled-feature design; `ml.guard_study --ship` fits the one that also reads early
+blocks (pbc8's, docs/MODELS.md "A guard a lab can trust"). Steps:
 
 1. The model's own split is rebuilt from its checkpoint's `recipe` (`ml.train.load_data`: the
    same data folder, grouping, val fraction, seed, naive holdout and extra training folders),

@@ -1,7 +1,8 @@
 """The Markdown tables of `ml.guard` JSON reports and of an `ml.guard_study` report (as quoted in
 docs/MODELS.md).
 
-python -m ml.guard_report ml/weights/*.guard.json
+python -m ml.guard_report ml/weights/trials/pbc8-mobilenetv2.guard-pooled.json \
+    ml/weights/kaggle4-mobilenetv2.guard.json
 python -m ml.guard_report --study ml/weights/pbc8-mobilenetv2.guard-study.json
 """
 
