@@ -48,7 +48,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from ml.checkpoint import atomic_save, sha256_of
-from ml.inference import Classifier
+from ml.inference import Classifier, PooledFeatures
 from ml.ood import BATCH_SIZES, OODGuard, auroc, grouped_batch_means, grouped_thresholds
 from ml.sources import Cell, SourceSpec, limit_cells, list_cells
 
@@ -219,9 +219,13 @@ def features(
                 if shift is not None:
                     img = SHIFTS[shift](img, np.random.default_rng([seed, k + i]))
                 images.append(img)
-            feats = torch.cat(
-                [clf.embed(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
-            )
+            # The pooled features alone (this command fits the pooled-feature design), whatever
+            # guard the checkpoint carries now (Classifier.embed follows that guard's taps).
+            pooled = PooledFeatures(clf.eager.get_submodule("features")).eval()
+            with torch.inference_mode():
+                feats = torch.cat(
+                    [pooled(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
+                )
             torch.save(feats, path)
         out.append(torch.load(path, weights_only=True))
     return torch.cat(out) if out else torch.zeros(0, 0)

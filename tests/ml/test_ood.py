@@ -236,3 +236,8 @@ def test_a_guard_reading_early_blocks_gets_their_statistics_from_the_classifier(
     assert check_away is not None
     assert not check_in.flagged
     assert check_away.flagged
+    # A faster engine computes the same tapped features, or the guard stays on eager.
+    assert clf.use_feature_engine("fused-channels-last", check=cells[:8]) is None
+    fast_in = clf.check_batch(cells)
+    assert fast_in is not None
+    assert fast_in.score == pytest.approx(check_in.score, rel=1e-3)
