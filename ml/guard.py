@@ -1,12 +1,13 @@
 """Fit a batch guard (`ml.ood`) to a trained checkpoint on its own features, and measure it.
 
-    python -m ml.guard --model ml/weights/pbc8-mobilenetv2.pt --data ../shared/data/pbc/dev \
-        --away bccd:bccd:copies:../shared/data/kaggle-blood-cells/TRAIN:400 \
-        --away bccd-fields:bccd:voc:../shared/data/bccd \
-        --cache-dir var/guard --json ml/weights/pbc8-mobilenetv2.guard.json \
-        --out ml/weights/pbc8-mobilenetv2.pt
+    python -m ml.guard --model ml/weights/kaggle4-mobilenetv2.pt \
+        --data ../shared/data/kaggle-blood-cells/TRAIN --away bccd:bccd:voc:../shared/data/bccd \
+        --shift-cells 200 --cache-dir var/guard/cache \
+        --json ml/weights/kaggle4-mobilenetv2.guard.json --out ml/weights/kaggle4-mobilenetv2.pt
 
-A guard is fitted after training, so a shipped model gets one without being retrained. Steps:
+A guard is fitted after training, so a shipped model gets one without being retrained. This
+fits the pooled-feature design; `ml.guard_study --ship` fits the one that also reads early
+blocks (pbc8's, docs/MODELS.md "A guard a lab can trust"). Steps:
 
 1. The model's own split is rebuilt from its checkpoint's `recipe` (`ml.train.load_data`: the
    same data folder, grouping, val fraction, seed, naive holdout and extra training folders),
@@ -47,7 +48,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from ml.checkpoint import atomic_save, sha256_of
-from ml.inference import Classifier
+from ml.inference import Classifier, PooledFeatures
 from ml.ood import BATCH_SIZES, OODGuard, auroc, grouped_batch_means, grouped_thresholds
 from ml.sources import Cell, SourceSpec, limit_cells, list_cells
 
@@ -218,9 +219,13 @@ def features(
                 if shift is not None:
                     img = SHIFTS[shift](img, np.random.default_rng([seed, k + i]))
                 images.append(img)
-            feats = torch.cat(
-                [clf.embed(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
-            )
+            # The pooled features alone (this command fits the pooled-feature design), whatever
+            # guard the checkpoint carries now (Classifier.embed follows that guard's taps).
+            pooled = PooledFeatures(clf.eager.get_submodule("features")).eval()
+            with torch.inference_mode():
+                feats = torch.cat(
+                    [pooled(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
+                )
             torch.save(feats, path)
         out.append(torch.load(path, weights_only=True))
     return torch.cat(out) if out else torch.zeros(0, 0)

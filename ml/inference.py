@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ml.checkpoint import load_checkpoint, load_ood
-from ml.ood import OODGuard
+from ml.ood import OODGuard, odd_cells
 from ml.transforms import eval_geometry, eval_transform, geometry_key, to_input_tensor
 
 
@@ -37,6 +37,12 @@ class BatchCheck:
     cell_scores: tuple[float, ...] = ()
     cell_threshold: float | None = None
 
+    @property
+    def odd_cells(self) -> list[int]:
+        """The checked cells (positions in cell_scores) above the per-cell limit: each is held
+        for review whatever the batch's verdict (`ml.ood.odd_cells`)."""
+        return odd_cells(self.cell_scores, self.cell_threshold)
+
 
 # A faster engine's guard features differ from eager's by float rounding only; one whose cell
 # scores move by more than this (relative to the score, or absolute below 1) on the check
@@ -46,14 +52,24 @@ MAX_GUARD_SCORE_CHANGE = 1e-3
 
 class PooledFeatures(nn.Module):
     """A model's `features` trunk and the global average pool: the classifier's input, which
-    the batch guard (ml.ood) models."""
+    the batch guard (ml.ood) models; with `taps` (a guard's `OODGuard.taps`), followed by each
+    tapped block's per-channel mean and standard deviation over the picture."""
 
-    def __init__(self, features: nn.Module) -> None:
+    def __init__(self, features: nn.Module, taps: Sequence[int] = ()) -> None:
         super().__init__()
         self.features = features
+        self.taps = tuple(sorted(taps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        if not self.taps:
+            return nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        stats = []
+        for i, block in enumerate(self.features.children()):
+            x = block(x)
+            if i in self.taps:
+                stats.append(torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1))
+        pooled = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return torch.cat([pooled, *stats], dim=1)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class Classifier:
         ood: OODGuard | None = None,
     ) -> None:
         self.classes = list(classes)
-        self.ood = ood
+        self._ood = ood
         self.arch = arch
         self.input_size = input_size
         self.temperature = temperature
@@ -103,7 +119,9 @@ class Classifier:
         self.engine = "eager"
         # The guard's features: the model as built until use_feature_engine swaps in a faster
         # engine that gives the same scores.
-        self.feature_model: nn.Module = PooledFeatures(self.eager.get_submodule("features"))
+        self.feature_model: nn.Module = PooledFeatures(
+            self.eager.get_submodule("features"), taps=ood.taps if ood is not None else ()
+        )
         self.feature_engine = "eager"
         # The GPU path: channels-last memory and reduced-precision autocast. On by default on
         # CUDA only (on a CPU it gains nothing); forcing it on a CPU tests the same code path.
@@ -111,6 +129,19 @@ class Classifier:
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         if self.accelerate:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def ood(self) -> OODGuard | None:
+        """The batch guard (None: the checkpoint has none)."""
+        return self._ood
+
+    @ood.setter
+    def ood(self, guard: OODGuard | None) -> None:
+        # Another guard may read other blocks: its features start on the model as built.
+        self._ood = guard
+        taps = guard.taps if guard is not None else ()
+        self.feature_model = PooledFeatures(self.eager.get_submodule("features"), taps=taps)
+        self.feature_engine = "eager"
 
     @classmethod
     def load(
@@ -152,7 +183,8 @@ class Classifier:
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        """Pooled penultimate features (the classifier's input) of a normalised batch, from the
+        """The guard's features of a normalised batch: pooled penultimate features (the
+        classifier's input), then those of the guard's tapped blocks if it has any, from the
         model as built (`features` then `classifier`: mobilenet_v2, efficientnet_lite0), or
         the faster engine of use_feature_engine."""
         out: torch.Tensor = self.feature_model(batch.to(self.device).float())
@@ -170,7 +202,7 @@ class Classifier:
 
         if self.ood is None:
             return "the checkpoint has no batch guard"
-        reference = PooledFeatures(self.eager.get_submodule("features"))
+        reference = PooledFeatures(self.eager.get_submodule("features"), taps=self.ood.taps)
         try:
             fast = optimise_for_cpu(reference, input_size=self.input_size, engine=engine)
         except (ImportError, RuntimeError, ValueError) as exc:

@@ -35,6 +35,12 @@ class OODGuard:
     class_means: torch.Tensor  # C x k, whitened
     residual_scale: float
     thresholds: dict[int, float] = field(default_factory=dict)  # batch size -> flag above
+    # Optionally a second guard of the same kind on the per-channel mean and standard deviation
+    # of these earlier blocks of the network (`ml.inference.PooledFeatures(taps=)`: their
+    # columns follow the pooled ones), whose cell score is added: it sees stain, focus and
+    # camera noise, which the pooled features are trained to ignore (docs/MODELS.md).
+    taps: tuple[int, ...] = ()
+    early: OODGuard | None = None
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, *, k: int = 32) -> OODGuard:
@@ -62,13 +68,28 @@ class OODGuard:
         )
 
     def cell_scores(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.float() - self.mean
+        width = self.mean.shape[0]
+        x = features[:, :width].float() - self.mean
         z = x @ self.components
         d2 = torch.cdist(z, self.class_means).pow(2).min(1).values / self.components.shape[1]
-        return d2 + _residual2(x, self.basis) / self.residual_scale
+        scores = d2 + _residual2(x, self.basis) / self.residual_scale
+        if self.early is not None:
+            scores = scores + self.early.cell_scores(features[:, width:])
+        return scores
 
     def batch_score(self, features: torch.Tensor) -> float:
         return float(self.cell_scores(features).mean())
+
+    @property
+    def cell_limit(self) -> float | None:
+        """The per-cell limit: the size-1 threshold (the quantile of single in-lab cells'
+        scores), None when the guard was not calibrated for single cells."""
+        return self.thresholds.get(1)
+
+    def odd_cells(self, features: torch.Tensor) -> list[int]:
+        """The cells (row indices) whose own score is above the per-cell limit: held for review
+        even in a batch whose mean passes, so one odd cell cannot hide among normal ones."""
+        return odd_cells(self.cell_scores(features).tolist(), self.cell_limit)
 
     def calibrated_size_for(self, n: int) -> int | None:
         """The calibrated batch size whose threshold a batch of n cells is judged by: the
@@ -113,6 +134,8 @@ class OODGuard:
             "class_means": self.class_means,
             "residual_scale": self.residual_scale,
             "thresholds": {int(k): float(v) for k, v in self.thresholds.items()},
+            "taps": list(self.taps),
+            "early": None if self.early is None else self.early.to_dict(),
         }
 
     @classmethod
@@ -124,7 +147,14 @@ class OODGuard:
             class_means=d["class_means"].float(),
             residual_scale=float(d["residual_scale"]),
             thresholds={int(k): float(v) for k, v in d.get("thresholds", {}).items()},
+            taps=tuple(int(i) for i in d.get("taps", ())),
+            early=None if d.get("early") is None else cls.from_dict(d["early"]),
         )
+
+
+def odd_cells(scores: Sequence[float], limit: float | None) -> list[int]:
+    """Indices of the cell scores above the per-cell limit (none without a limit)."""
+    return [] if limit is None else [i for i, v in enumerate(scores) if v > limit]
 
 
 def _residual2(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -138,13 +168,12 @@ def batch_means(scores: np.ndarray, n: int, draws: int, rng: np.random.Generator
     return np.asarray(scores[idx].mean(axis=1))
 
 
-def grouped_batch_means(
-    scores: np.ndarray, groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
+def grouped_batch_indices(
+    groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Mean score of `draws` random batches of n cells of one pool: n distinct groups (one
-    random copy of each; a group is one source cell's near-copies) while the pool has n groups,
-    else groups drawn with replacement (fewer distinct cells: a noisier mean, so a higher,
-    more lenient threshold)."""
+    """`draws` random batches of n cells of one pool, as rows of cell indices: n distinct
+    groups (one random copy of each; a group is one source cell's near-copies) while the pool
+    has n groups, else groups drawn with replacement (fewer distinct cells: a noisier batch)."""
     keys, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     sizes = np.bincount(inverse, minlength=len(keys))
@@ -152,7 +181,16 @@ def grouped_batch_means(
     replace = len(keys) < n
     picks = np.stack([rng.choice(len(keys), size=n, replace=replace) for _ in range(draws)])
     member = (rng.random(picks.shape) * sizes[picks]).astype(int)
-    return np.asarray(scores[order[starts[picks] + member]].mean(axis=1))
+    return np.asarray(order[starts[picks] + member])
+
+
+def grouped_batch_means(
+    scores: np.ndarray, groups: np.ndarray, n: int, draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Mean score of `draws` random batches of n cells of one pool (`grouped_batch_indices`:
+    distinct groups while the pool has n of them, so a higher, more lenient threshold when
+    it has fewer)."""
+    return np.asarray(scores[grouped_batch_indices(groups, n, draws, rng)].mean(axis=1))
 
 
 def grouped_thresholds(

@@ -86,8 +86,10 @@ def make_guarded_checkpoint(
     seed: int = 0,
     temperature: float = 1.0,
     threshold: float | None = None,
+    taps: Sequence[int] = (),
 ) -> Path:
-    """A tiny checkpoint with a batch guard (`ml.ood`) for pictures like `fit_on`.
+    """A tiny checkpoint with a batch guard (`ml.ood`) for pictures like `fit_on` (with `taps`,
+    a second guard on those blocks' channel statistics, `OODGuard.early`).
 
     The random network's BatchNorm statistics are those of `fit_on` (as training would leave
     them: a random network with its initial statistics gives nearly the same features for every
@@ -112,7 +114,13 @@ def make_guarded_checkpoint(
     classifier = Classifier.load(path, device="cpu")
     features = classifier.embed(inputs)
     labels = torch.arange(len(features)) % len(classes)
-    guard = OODGuard.fit(features, labels, k=min(8, len(features) - len(classes)))
+    k = min(8, len(features) - len(classes))
+    guard = OODGuard.fit(features, labels, k=k)
+    if taps:
+        guard.taps = tuple(taps)
+        classifier.ood = guard  # its features now carry the tapped blocks' statistics
+        tapped = classifier.embed(inputs)[:, features.shape[1] :]
+        guard.early = OODGuard.fit(tapped, labels, k=min(k, tapped.shape[1]))
     guard.calibrate(
         [classifier.embed(classifier.preprocess(list(calibrate_on)))], sizes=sizes, seed=seed
     )

@@ -103,6 +103,12 @@ def test_the_classifier_checks_a_batch_with_the_guard_of_its_checkpoint(tmp_path
     assert check_out.flagged
     assert check_out.score > check_in.score
     assert check_out.cells_checked == 20
+    # Every cell of the shifted batch is above the per-cell limit, few of the in-lab one.
+    assert check_out.odd_cells == list(range(20))
+    assert len(check_in.odd_cells) <= 3
+    assert check_in.odd_cells == [
+        i for i, v in enumerate(check_in.cell_scores) if v > guard.thresholds[1]
+    ]
     assert clf.check_batch(inside[:200], max_cells=50).cells_checked == 50  # type: ignore[union-attr]
 
 
@@ -166,3 +172,71 @@ def test_too_few_cells_give_no_guard_and_say_why():
     guard, info = fit_guard(train_x, train_y, features(30, seed=1)[0])
     assert guard is None
     assert "too few cells" in info["none_because"]
+
+
+def test_one_odd_cell_in_a_normal_batch_is_held_while_the_batch_passes():
+    train_x, train_y = features(600)
+    guard = OODGuard.fit(train_x, train_y, k=16)
+    guard.calibrate([features(400, seed=1)[0]], sizes=(1, 20), seed=0)
+    batch = features(20, seed=5)[0].clone()
+    odd_one = features(1, shift=1.5, seed=6)[0][0]
+    batch[7] = odd_one
+
+    scores = guard.cell_scores(batch)
+
+    assert guard.cell_limit == guard.thresholds[1]
+    assert not guard.flags(batch)
+    assert 7 in guard.odd_cells(batch)
+    assert float(scores[7]) > guard.cell_limit
+    # About 1 % of in-lab cells are above the limit by construction: few of the other 19.
+    assert len(guard.odd_cells(batch)) <= 3
+
+
+def test_without_a_per_cell_limit_no_cell_is_held():
+    guard = OODGuard.fit(*features(300), k=8)
+    guard.thresholds = {20: 2.0}
+
+    assert guard.cell_limit is None
+    assert guard.odd_cells(features(20, shift=3.0, seed=7)[0]) == []
+
+
+def test_a_guard_reading_early_blocks_gets_their_statistics_from_the_classifier(tmp_path):
+    from ml.inference import Classifier
+    from ml.testing import make_guarded_checkpoint, synthetic_cells
+
+    path = make_guarded_checkpoint(
+        tmp_path / "g.pt",
+        ["a", "b", "c"],
+        fit_on=synthetic_cells(60, seed=1),
+        calibrate_on=synthetic_cells(40, seed=2),
+        taps=(3, 6),
+    )
+    clf = Classifier.load(path, device="cpu")
+    cells = clf.preprocess(synthetic_cells(20, seed=3))
+    away = clf.preprocess(synthetic_cells(20, seed=4, shifted=True))
+
+    guard = load_ood(path)
+    feats = clf.embed(cells)
+    pooled_width = guard.mean.shape[0]  # type: ignore[union-attr]
+    check_in, check_away = clf.check_batch(cells), clf.check_batch(away)
+
+    assert guard is not None
+    assert guard.taps == (3, 6)
+    assert guard.early is not None
+    # Pooled features, then the mean and standard deviation of each channel of blocks 3 and 6
+    # (MobileNetV2: 24 and 32 channels).
+    assert feats.shape[1] == pooled_width + 2 * (24 + 32)
+    assert torch.allclose(
+        guard.cell_scores(feats),
+        OODGuard.from_dict({**guard.to_dict(), "early": None}).cell_scores(feats)
+        + guard.early.cell_scores(feats[:, pooled_width:]),
+    )
+    assert check_in is not None
+    assert check_away is not None
+    assert not check_in.flagged
+    assert check_away.flagged
+    # A faster engine computes the same tapped features, or the guard stays on eager.
+    assert clf.use_feature_engine("fused-channels-last", check=cells[:8]) is None
+    fast_in = clf.check_batch(cells)
+    assert fast_in is not None
+    assert fast_in.score == pytest.approx(check_in.score, rel=1e-3)
