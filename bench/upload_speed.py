@@ -237,11 +237,11 @@ def _wait_until_finished(batch_id: int) -> None:
 def profile_upload(system: System, files: Sequence[UploadFile], *, top: int = 25) -> dict[str, Any]:
     """cProfile of the upload service on `files`, serial, in this process; the stored files are
     deleted afterwards. Returns the `top` functions by own time, and by cumulative time."""
-    from webportal.cases import services
+    from webportal.cases import registry, services
     from webportal.cases.models import Case
 
     case = Case.objects.select_related("lab").get(pk=system.case_id)
-    model_version = services.active_model_for(lab=case.lab)
+    model_version = registry.active_model_for(lab=case.lab)
     streams = [(name, io.BytesIO(content)) for name, content in files]
     profiler = cProfile.Profile()
     start = time.perf_counter()
