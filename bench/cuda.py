@@ -304,7 +304,9 @@ def measure_model(
     budget: Budget,
 ) -> None:
     """Images/s of each setting at each batch size; one JSON row per setting, as measured."""
-    classifier = Classifier.load(args.model, device=device)
+    # accelerate=False keeps the eager model NCHW (accelerate converts it in place); each
+    # setting below makes its own copy in its own layout.
+    classifier = Classifier.load(args.model, device=device, accelerate=False)
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     base = _input_batch(classifier, samples, max(sizes))
     settings = model_settings(classifier, device, args.model)
@@ -518,6 +520,9 @@ def measure_pipeline(
             if not budget.allows(PIPELINE_MIN_SECONDS):
                 results.append("pipeline", "skipped", f"chunk {chunk}: time budget")
                 continue
+            # A stuck worker fails the run inside the budget rather than outlive it.
+            pipeline.WORKER_START_TIMEOUT = min(180.0, budget.left())
+            pipeline.BATCH_TIMEOUT = budget.left()
             sized = replace(
                 system,
                 env={
