@@ -29,6 +29,7 @@ import copy
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -168,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"--parts: unknown {unknown}; choose from {list(PARTS)}")
+    samples = cells(args.data)  # a wrong --data stops the run before anything is written
+    begun = time.monotonic()
     budget = Budget(args.budget)
     path = args.json or RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M}-cuda.json"
     results = Results(
@@ -184,11 +187,12 @@ def main(args: argparse.Namespace) -> int:
                 "data": str(args.data),
                 "budget_seconds": args.budget,
                 "parts": parts,
+                "arguments": {key: str(value) for key, value in vars(args).items()},
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
             },
         },
     )
     print(f"writing {path} as it goes", flush=True)
-    samples = cells(args.data)
     steps: dict[str, Callable[[], None]] = {
         "model": lambda: measure_model(args, device, samples, results, budget),
         "engine": lambda: measure_engine(args, device, samples, results),
@@ -210,11 +214,15 @@ def main(args: argparse.Namespace) -> int:
         results.put(part, "seconds", round(time.monotonic() - started, 1))
         release(device)
     results.data["finished"] = True
-    results.data["seconds"] = round(args.budget - budget.left() - RESERVE_SECONDS, 1)
+    results.data["seconds"] = round(time.monotonic() - begun, 1)
     results.save()
     print(json.dumps(summary(results.data), indent=2))
     print(f"wrote {path}")
     return 1 if failed else 0
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def gpu_info(device: torch.device) -> dict[str, Any]:
@@ -590,7 +598,13 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    return main(get_args_parser().parse_args(argv))
+    # `timeout` sends SIGTERM: leave through the context managers, so a worker (in its own
+    # session) is stopped too; the JSON keeps what was measured ("finished": false).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return main(get_args_parser().parse_args(argv))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
