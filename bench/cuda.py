@@ -35,7 +35,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,17 @@ class Results:
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
         partial.replace(self.path)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every part of one run reads: its arguments, device, cells, JSON and budget."""
+
+    args: argparse.Namespace
+    device: torch.device
+    samples: Sequence[Sample]
+    results: Results
+    budget: Budget
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -193,10 +204,11 @@ def main(args: argparse.Namespace) -> int:
         },
     )
     print(f"writing {path} as it goes", flush=True)
-    steps: dict[str, Callable[[], None]] = {
-        "model": lambda: measure_model(args, device, samples, results, budget),
-        "engine": lambda: measure_engine(args, device, samples, results),
-        "pipeline": lambda: measure_pipeline(args, device, samples, results, budget),
+    context = Context(args=args, device=device, samples=samples, results=results, budget=budget)
+    steps: dict[str, Callable[[Context], None]] = {
+        "model": measure_model,
+        "engine": measure_engine,
+        "pipeline": measure_pipeline,
     }
     failed = False
     for part in parts:
@@ -206,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"== {part} ==", flush=True)
         started = time.monotonic()
         try:
-            steps[part]()
+            steps[part](context)
         except Exception as exc:  # one part's failure keeps the others' figures
             failed = True
             traceback.print_exc()
@@ -304,14 +316,15 @@ def distinct_files(samples: Sequence[Sample], count: int, folder: Path) -> list[
 # --- (a) the bare model ---------------------------------------------------------------------
 
 
-def measure_model(
-    args: argparse.Namespace,
-    device: torch.device,
-    samples: Sequence[Sample],
-    results: Results,
-    budget: Budget,
-) -> None:
+def measure_model(context: Context) -> None:
     """Images/s of each setting at each batch size; one JSON row per setting, as measured."""
+    args, device, samples, results, budget = (
+        context.args,
+        context.device,
+        context.samples,
+        context.results,
+        context.budget,
+    )
     # accelerate=False keeps the eager model NCHW (accelerate converts it in place); each
     # setting below makes its own copy in its own layout.
     classifier = Classifier.load(args.model, device=device, accelerate=False)
@@ -443,10 +456,9 @@ def _open_rgb(path: Path) -> PILImage.Image:
 # --- (b) the engine choice and the GPU's answers --------------------------------------------
 
 
-def measure_engine(
-    args: argparse.Namespace, device: torch.device, samples: Sequence[Sample], results: Results
-) -> None:
+def measure_engine(context: Context) -> None:
     """choose_engine on this machine's CPU, and the CUDA paths against CPU eager fp32."""
+    args, device, samples, results = context.args, context.device, context.samples, context.results
     reference = Classifier.load(args.model, device="cpu")
     check = reference.preprocess(check_cells())
     start = time.perf_counter()
@@ -507,15 +519,10 @@ def _in_chunks(classifier: Classifier, batch: torch.Tensor, size: int) -> torch.
 # --- (c) the whole pipeline -----------------------------------------------------------------
 
 
-def measure_pipeline(
-    args: argparse.Namespace,
-    device: torch.device,
-    samples: Sequence[Sample],
-    results: Results,
-    budget: Budget,
-) -> None:
+def measure_pipeline(context: Context) -> None:
     """One worker per --chunk-sizes value, each on the same --images cells; the worker puts the
     model on CUDA itself (its log says so, recorded as worker_device)."""
+    args, samples, results, budget = context.args, context.samples, context.results, context.budget
     from bench import pipeline
 
     chunk_sizes = [int(s) for s in args.chunk_sizes.split(",") if s.strip()]
@@ -541,17 +548,17 @@ def measure_pipeline(
                 },
             )
             print(f"one worker, chunk {chunk}, {len(files)} cells...", flush=True)
-            run = pipeline.run_system(sized, files, workers=1)
+            measured = pipeline.run_system(sized, files, workers=1)
             row = {
                 "chunk_size": chunk,
-                "images_per_second": run.images_per_second,
+                "images_per_second": measured.images_per_second,
                 "worker_device": worker_device(sized.var_dir),
-                **asdict(run),
+                **asdict(measured),
             }
             results.append("pipeline", "runs", row)
             print(
-                f"chunk {chunk}: {run.images_per_second:.1f} images/s queue -> done, "
-                f"upload {run.upload_seconds:.1f} s, worker on {row['worker_device']}",
+                f"chunk {chunk}: {measured.images_per_second:.1f} images/s queue -> done, "
+                f"upload {measured.upload_seconds:.1f} s, worker on {row['worker_device']}",
                 flush=True,
             )
 
