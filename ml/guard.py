@@ -41,7 +41,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ from ml.checkpoint import atomic_save, sha256_of
 from ml.inference import Classifier, PooledFeatures
 from ml.ood import BATCH_SIZES, OODGuard, auroc, grouped_batch_means, grouped_thresholds
 from ml.sources import Cell, SourceSpec, limit_cells, list_cells
+
+T = TypeVar("T")
 
 # Synthetic shifts of the val cells: what another lab's slides and camera change.
 Shift = Callable[[Image.Image, np.random.Generator], Image.Image]
@@ -193,6 +195,43 @@ def fit_subset(cells: Sequence[Cell], per_class: int, seed: int) -> list[Cell]:
 # 2. Features ----------------------------------------------------------------------------------
 
 
+def cached_features(
+    clf: Classifier,
+    cells: Sequence[Cell],
+    *,
+    identity: Sequence[object],
+    extract: Callable[[torch.Tensor], T],
+    join: Callable[[list[T]], T],
+    shift: str | None,
+    cache: Path,
+    chunk: int,
+    seed: int,
+) -> T:
+    """extract() of the cells' preprocessed batches of 32 (optionally under a synthetic shift),
+    joined, and cached in chunk files under cache/ keyed by `identity` (what the features depend
+    on besides the cells: the model's geometry, its weights), the cells, the shift and the seed.
+    This command and ml.guard_study share it; each extracts its own features."""
+    key = json.dumps(
+        [*identity, [str(c.path) for c in cells], [c.box for c in cells], shift, seed]
+    ).encode()
+    root = cache / hashlib.sha1(key, usedforsecurity=False).hexdigest()[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    parts: list[T] = []
+    for k in range(0, len(cells), chunk):
+        path = root / f"chunk-{k // chunk:04d}.pt"
+        if not path.exists():
+            images = []
+            for i, c in enumerate(cells[k : k + chunk]):
+                img = c.open()
+                if shift is not None:
+                    img = SHIFTS[shift](img, np.random.default_rng([seed, k + i]))
+                images.append(img)
+            found = [extract(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
+            torch.save(join(found), path)
+        parts.append(torch.load(path, weights_only=True))
+    return join(parts)
+
+
 def features(
     clf: Classifier,
     cells: Sequence[Cell],
@@ -204,31 +243,26 @@ def features(
 ) -> torch.Tensor:
     """Pooled features (N x D, float32) of the cells as the model sees them, optionally under a
     synthetic shift, cached in chunk files under cache/ keyed by the model and the cells."""
-    key = json.dumps(
-        [clf.geometry, [str(c.path) for c in cells], [c.box for c in cells], shift, seed]
-    ).encode()
-    root = cache / hashlib.sha1(key, usedforsecurity=False).hexdigest()[:16]
-    root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for k in range(0, len(cells), chunk):
-        path = root / f"chunk-{k // chunk:04d}.pt"
-        if not path.exists():
-            images = []
-            for i, c in enumerate(cells[k : k + chunk]):
-                img = c.open()
-                if shift is not None:
-                    img = SHIFTS[shift](img, np.random.default_rng([seed, k + i]))
-                images.append(img)
-            # The pooled features alone (this command fits the pooled-feature design), whatever
-            # guard the checkpoint carries now (Classifier.embed follows that guard's taps).
-            pooled = PooledFeatures(clf.eager.get_submodule("features")).eval()
-            with torch.inference_mode():
-                feats = torch.cat(
-                    [pooled(clf.preprocess(images[s : s + 32])) for s in range(0, len(images), 32)]
-                )
-            torch.save(feats, path)
-        out.append(torch.load(path, weights_only=True))
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    # The pooled features alone (this command fits the pooled-feature design), whatever guard
+    # the checkpoint carries now (Classifier.embed follows that guard's taps).
+    pooled = PooledFeatures(clf.eager.get_submodule("features")).eval()
+
+    def extract(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out: torch.Tensor = pooled(batch)
+        return out
+
+    return cached_features(
+        clf,
+        cells,
+        identity=[clf.geometry],
+        extract=extract,
+        join=lambda found: torch.cat(found) if found else torch.zeros(0, 0),
+        shift=shift,
+        cache=cache,
+        chunk=chunk,
+        seed=seed,
+    )
 
 
 # 4-5. Batches, thresholds, bootstrap ----------------------------------------------------------

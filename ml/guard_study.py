@@ -38,7 +38,6 @@ a Gaussian kernel, or the energy distance, in the whitened space).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml import guard
 from ml.checkpoint import atomic_save, sha256_of
 from ml.guard import SHIFTS, fit_subset, group_ids, model_split
 from ml.inference import Classifier
@@ -92,36 +92,18 @@ def cached_features(
     seed: int,
 ) -> FeatureSet:
     """tapped_features of the cells (optionally under a synthetic shift), cached in chunk files
-    keyed by the model's geometry and weights, the cells and the shift."""
-    key = json.dumps(
-        [
-            clf.geometry,
-            model_sha256,
-            [str(c.path) for c in cells],
-            [c.box for c in cells],
-            shift,
-            seed,
-        ]
-    ).encode()
-    root = cache / hashlib.sha1(key, usedforsecurity=False).hexdigest()[:16]
-    root.mkdir(parents=True, exist_ok=True)
-    parts: list[FeatureSet] = []
-    for k in range(0, len(cells), chunk):
-        path = root / f"chunk-{k // chunk:04d}.pt"
-        if not path.exists():
-            images = []
-            for i, c in enumerate(cells[k : k + chunk]):
-                img = c.open()
-                if shift is not None:
-                    img = SHIFTS[shift](img, np.random.default_rng([seed, k + i]))
-                images.append(img)
-            found = [
-                tapped_features(clf, clf.preprocess(images[s : s + 32]))
-                for s in range(0, len(images), 32)
-            ]
-            torch.save({n: torch.cat([f[n] for f in found]) for n in found[0]}, path)
-        parts.append(torch.load(path, weights_only=True))
-    return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+    keyed by the model's geometry and weights, the cells and the shift (ml.guard's cache)."""
+    return guard.cached_features(
+        clf,
+        cells,
+        identity=[clf.geometry, model_sha256],
+        extract=lambda batch: tapped_features(clf, batch),
+        join=lambda found: {n: torch.cat([f[n] for f in found]) for n in found[0]},
+        shift=shift,
+        cache=cache,
+        chunk=chunk,
+        seed=seed,
+    )
 
 
 # Designs --------------------------------------------------------------------------------------

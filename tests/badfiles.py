@@ -19,9 +19,12 @@ import zlib
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import pytest
 from PIL import Image, ImageCms
 
 __all__ = [
+    "CORPUS_WARNINGS",
+    "EXPECTED_REASON",
     "EdgeCase",
     "bad_file_corpus",
     "edge_case_corpus",
@@ -39,6 +42,81 @@ class EdgeCase(NamedTuple):
     width: int  # expected after EXIF orientation
     height: int
     source_format: str
+
+
+# The marks of a test module that uploads the corpus (`pytestmark = CORPUS_WARNINGS`): Pillow
+# warns about some corpus files (bombs, corrupt EXIF); that noise is expected there, and
+# test_uploads' test_bad_files_are_rejected_not_raised_when_warnings_are_errors covers strict hosts.
+CORPUS_WARNINGS = [
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
+]
+
+
+# What each rejection must say (lower-cased substring), one entry per corpus kind.
+EXPECTED_REASON: dict[str, str] = {
+    "empty.jpg": "empty file",
+    "notes.jpg": "not an image: the file's content is text, not jpeg/png/tiff/bmp",
+    "page.png": "content is an html web page",
+    "drawing.svg": "content is an svg drawing",
+    "data.png": "content is an xml document",
+    "utf16.jpg": "content is text (utf-16)",
+    "run.png": "content is a script",
+    "report.jpg": "content is a pdf document",
+    "figure.jpg": "postscript",
+    "program.png": "elf executable",
+    "setup.bmp": "windows program",
+    "noise.tif": "not a recognised image format",
+    "polyglot_html.jpg": "content is an html web page",
+    "report.jpg.docx.jpg": "office document",
+    "images.tar.gz.png": "gzip-compressed file",
+    "batch.7z": "7-zip archive",
+    "still.gif": "gif image; only jpeg, png, tiff or bmp images are accepted",
+    "animated.gif": "multi-frame images are not supported",
+    "gifar.gif": "content is a gif image",
+    "photo.webp": "content is a webp image",
+    "animated.webp": "multi-frame images are not supported",
+    "iphone.jpg": "heic",
+    "scan.dcm": "dicom",
+    "slide.jp2": "jpeg 2000",
+    "layers.psd": "photoshop",
+    "animated.png": "multi-frame images are not supported: this png file contains more",
+    "pages.tif": "multi-frame images are not supported: this tiff file contains more than one",
+    "truncated.jpg": "truncated or corrupt jpeg image",
+    "jpeg_garbage.jpg": "truncated or corrupt jpeg image",
+    "jpeg_soi_only.jpg": "truncated or corrupt jpeg image",
+    "png_bad_crc.png": "truncated or corrupt png image",
+    "png_truncated.png": "truncated or corrupt png image",
+    "png_signature_only.png": "truncated or corrupt png image",
+    "png_text_bomb.png": "truncated or corrupt png image",
+    "tiff_broken_ifd.tif": "truncated or corrupt tiff image",
+    "tiff_strip_past_end.tif": "truncated or corrupt tiff image",
+    "tiff_header_only.tif": "truncated or corrupt tiff image",
+    "bmp_truncated.bmp": "truncated or corrupt bmp image",
+    "bomb_20000.png": "too large to process safely",
+    "bomb_header.jpg": "too large to process safely",
+    "bomb_header.bmp": "too large to process safely",
+    "pillow_limit.png": "too large: 10,000 x 10,000 pixels (100,000,000 pixels)",
+    "too_many_pixels.png": "too large: 8,000 x 7,000 pixels (56,000,000 pixels)",
+    "too_long_side.png": "too large: 12,000 x 10 pixels",
+    "tiny_1x1.png": "too small to be a cell image: 1 x 1 pixels",
+    "thin_4x100.jpg": "too small to be a cell image: 4 x 100 pixels",
+    "oversized.jpg": "file is too large",
+    "zip_bomb.zip": "file is too large",
+    "zip_bomb_ratio.zip": "zip bomb",
+    "zip_bomb_lying.zip": "corrupt zip member",
+    "nested.zip": "nested archive",
+    "tarball.zip": "nested archive",
+    "text_in.zip": "not an image: the file's content is text",
+    "encrypted.zip": "encrypted zip member",
+    "corrupt.zip": "corrupt zip archive",
+    "truncated.zip": "corrupt zip archive",
+    "bad_crc.zip": "corrupt zip member",
+    "deflate64.zip": "unsupported compression method",
+    "too_many_members.zip": "too many entries: 5,001",
+    "empty.zip": "empty zip archive",
+    "system_files.zip": "system file, ignored",
+}
 
 
 # ---------------------------------------------------------------------------------------------

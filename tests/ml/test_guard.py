@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from ml.guard import SHIFTS, bootstrap, halves, measure
+from ml.guard import SHIFTS, bootstrap, cached_features, features, halves, measure
+from ml.inference import Classifier, PooledFeatures
 from ml.ood import grouped_thresholds
+from ml.sources import Cell
+from ml.testing import make_tiny_checkpoint
 from tests.ml.conftest import blob_image
 
 
@@ -48,3 +54,52 @@ def test_a_shift_of_a_real_size_picture_is_deterministic_for_a_seed() -> None:
     a = SHIFTS["noise"](picture, np.random.default_rng(3))
     b = SHIFTS["noise"](picture, np.random.default_rng(3))
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cached_features_extracts_each_chunk_once_and_keys_the_cache_by_identity(
+    tmp_path: Path,
+) -> None:
+    classes = ["a", "b"]
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "tiny.pt", classes), device="cpu")
+    cells = []
+    for i in range(5):
+        path = tmp_path / f"cell-{i}.png"
+        blob_image(np.random.default_rng(i), size=48).save(path)
+        cells.append(Cell(path=path, label=classes[i % 2], source="test", group=str(i)))
+    extracted: list[int] = []
+
+    def extract(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        extracted.append(len(batch))
+        return {"mean": batch.mean(dim=(2, 3)), "max": batch.amax(dim=(2, 3))}
+
+    def join(found: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {name: torch.cat([f[name] for f in found]) for name in found[0]}
+
+    def run(identity: list[object]) -> dict[str, torch.Tensor]:
+        return cached_features(
+            clf, cells, identity=identity, extract=extract, join=join,
+            shift="blur", cache=tmp_path / "cache", chunk=2, seed=0,
+        )  # fmt: skip
+
+    first = run([clf.geometry, "weights-1"])
+    assert extracted == [2, 2, 1]  # three chunk files of at most 2 cells
+    again = run([clf.geometry, "weights-1"])
+    assert extracted == [2, 2, 1]  # read back from the cache, not extracted again
+    assert all(torch.equal(first[name], again[name]) for name in ("mean", "max"))
+    assert first["mean"].shape == (5, 3)
+    run([clf.geometry, "weights-2"])  # other weights: another cache folder
+    assert extracted == [2, 2, 1, 2, 2, 1]
+
+
+def test_the_pooled_features_come_through_the_shared_cache(tmp_path: Path) -> None:
+    clf = Classifier.load(make_tiny_checkpoint(tmp_path / "tiny.pt", ["a", "b"]), device="cpu")
+    path = tmp_path / "cell.png"
+    blob_image(np.random.default_rng(0), size=48).save(path)
+    cells = [Cell(path=path, label="a", source="test", group=str(i)) for i in range(3)]
+    got = features(clf, cells, shift=None, cache=tmp_path / "cache", chunk=2, seed=0)
+    pooled = PooledFeatures(clf.eager.get_submodule("features")).eval()
+    with torch.inference_mode():
+        want = pooled(clf.preprocess([cell.open() for cell in cells]))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert len(list((tmp_path / "cache").glob("*/chunk-*.pt"))) == 2
+    assert features(clf, [], shift=None, cache=tmp_path / "cache", chunk=2, seed=0).numel() == 0

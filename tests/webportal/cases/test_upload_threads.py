@@ -11,22 +11,18 @@ import pytest
 from django.test import override_settings
 from PIL import Image
 
-from tests.badfiles import bad_file_corpus, edge_case_corpus, image_bytes, make_zip
-from tests.webportal.cases.test_uploads import EXPECTED_REASON
+from tests.badfiles import (
+    CORPUS_WARNINGS,
+    EXPECTED_REASON,
+    bad_file_corpus,
+    edge_case_corpus,
+    image_bytes,
+    make_zip,
+)
 from webportal.cases import services, uploads
 from webportal.cases.models import ModelVersion
-from webportal.cases.uploads import (
-    AcceptedImage,
-    RejectedFile,
-    UploadLimits,
-    UploadResult,
-    inspect_uploads,
-)
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
-    pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
-]
+pytestmark = CORPUS_WARNINGS
 
 BAD = bad_file_corpus()
 EDGE = edge_case_corpus()
@@ -36,9 +32,9 @@ def png(width: int, height: int, shade: int) -> bytes:
     return image_bytes(Image.new("RGB", (width, height), (shade % 256, 90, 160)), "PNG")
 
 
-def outcome(result: UploadResult) -> tuple[object, ...]:
+def outcome(result: uploads.UploadResult) -> tuple[object, ...]:
     """Everything a result says, bytes included, to compare two runs exactly."""
-    if isinstance(result, RejectedFile):
+    if isinstance(result, uploads.RejectedFile):
         return ("rejected", result.name, result.reason)
     return (
         "accepted",
@@ -53,14 +49,14 @@ def outcome(result: UploadResult) -> tuple[object, ...]:
 
 
 def inspect(
-    files: list[tuple[str, bytes]], *, threads: int, limits: UploadLimits | None = None
+    files: list[tuple[str, bytes]], *, threads: int, limits: uploads.UploadLimits | None = None
 ) -> list[tuple[object, ...]]:
     pairs = [(name, io.BytesIO(content)) for name, content in files]
     return [
         outcome(result)
-        for result in inspect_uploads(
+        for result in uploads.inspect_uploads(
             pairs,
-            limits=limits or UploadLimits(),
+            limits=limits or uploads.UploadLimits(),
             fit=lambda image: image.resize((12, 10)),
             threads=threads,
         )
@@ -126,13 +122,15 @@ def test_the_image_limit_and_the_pixel_budget_count_the_same_files_in_threads(
     files = [(f"{n}.png", png(40, 40, n)) for n in range(9)]
     archive = make_zip([(f"m{n}.png", png(40, 40, 100 + n)) for n in range(4)])
     files.insert(2, ("cells.zip", archive))
-    by_count = inspect(files, threads=threads, limits=UploadLimits(max_images=6))
-    by_pixels = inspect(files, threads=threads, limits=UploadLimits(max_upload_pixels=7 * 1600))
+    by_count = inspect(files, threads=threads, limits=uploads.UploadLimits(max_images=6))
+    by_pixels = inspect(
+        files, threads=threads, limits=uploads.UploadLimits(max_upload_pixels=7 * 1600)
+    )
     assert [r[0] for r in by_count] == ["accepted"] * 6 + ["rejected"] * 7
     assert all("at most 6 images" in str(r[2]) for r in by_count[6:])
     assert [r[0] for r in by_pixels] == ["accepted"] * 7 + ["rejected"] * 6
     assert "exceed 11,200 decoded pixels" in str(by_pixels[7][2])
-    assert by_count == inspect(files, threads=1, limits=UploadLimits(max_images=6))
+    assert by_count == inspect(files, threads=1, limits=uploads.UploadLimits(max_images=6))
 
 
 def test_large_images_are_decoded_one_at_a_time_in_the_callers_thread(
@@ -149,9 +147,9 @@ def test_large_images_are_decoded_one_at_a_time_in_the_callers_thread(
 
     sizes = [40, 60, 45, 80, 30]
     files = [(f"{side}.png", io.BytesIO(png(side, side, side))) for side in sizes]
-    results = list(inspect_uploads(files, fit=fit, threads=4))
+    results = list(uploads.inspect_uploads(files, fit=fit, threads=4))
     assert [r.name for r in results] == [f"{side}.png" for side in sizes]
-    assert all(isinstance(r, AcceptedImage) for r in results)
+    assert all(isinstance(r, uploads.AcceptedImage) for r in results)
     caller = threading.current_thread().name
     assert fitted_in[60] == caller
     assert fitted_in[80] == caller
@@ -166,7 +164,7 @@ def test_files_are_read_only_a_bounded_window_ahead_of_the_results() -> None:
             pulled.append(number)
             yield f"{number}.png", io.BytesIO(png(20, 20, number))
 
-    results = inspect_uploads(arriving(), threads=2)
+    results = uploads.inspect_uploads(arriving(), threads=2)
     next(results)
     assert len(pulled) <= 2 * 2 + 2
     assert len(list(results)) == 39
@@ -174,7 +172,7 @@ def test_files_are_read_only_a_bounded_window_ahead_of_the_results() -> None:
 
 def test_a_caller_that_stops_early_leaves_no_decoding_thread_behind() -> None:
     files = [(f"{n}.png", io.BytesIO(png(64, 64, n))) for n in range(30)]
-    results = inspect_uploads(files, threads=4)
+    results = uploads.inspect_uploads(files, threads=4)
     next(results)
     results.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("upload-decode")]
@@ -186,12 +184,12 @@ def test_a_bug_in_our_own_fitting_is_still_raised_in_threads() -> None:
 
     files = [(f"{n}.png", io.BytesIO(png(20, 20, n))) for n in range(5)]
     with pytest.raises(KeyError, match="geometry"):
-        list(inspect_uploads(files, fit=broken_fit, threads=3))
+        list(uploads.inspect_uploads(files, fit=broken_fit, threads=3))
 
 
 def test_threads_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        list(inspect_uploads([], threads=0))
+        list(uploads.inspect_uploads([], threads=0))
 
 
 def test_a_zip_read_ahead_keeps_its_members_in_order() -> None:
