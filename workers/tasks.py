@@ -52,8 +52,8 @@ def process_batch(batch_id: int) -> None:
     except TRANSIENT_ERRORS:
         raise  # retried with backoff (autoretry_for)
     except SoftTimeLimitExceeded:
-        # What was saved stays saved; the rest goes back to the queue.
-        batch_job.requeue_batch(batch_id=batch_id)
+        # What was saved stays saved; the shard goes back to the queue for any worker.
+        batch_job.release_claimed_shards()
     except Exception as exc:
         # Anything else (a stored file gone, a bug) fails the batch now with its reason,
         # rather than leaving it "processing" until the sweeper gives up on it.
