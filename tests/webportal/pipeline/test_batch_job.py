@@ -194,9 +194,7 @@ def test_progress_resets_the_stalled_count(tiny_model: ModelVersion, case) -> No
     assert _shards(batch)[0].deliveries == 0
 
 
-def test_a_worker_past_its_time_limit_gives_its_shard_back(
-    tiny_model: ModelVersion, case
-) -> None:
+def test_a_worker_past_its_time_limit_gives_its_shard_back(tiny_model: ModelVersion, case) -> None:
     batch = _submit(case, count=1)
     for message in _messages():
         message.unlink()

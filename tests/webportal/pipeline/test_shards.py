@@ -55,7 +55,8 @@ def test_labs_take_turns_least_recently_served_first() -> None:
     big_lab, small_lab, other_lab = LabFactory.create_batch(3)
     big = _batch(big_lab, count=4)  # uploaded first, and already being worked
     first = shards.claim_next_shard(worker="w:1")
-    assert first is not None and first.batch_id == big.pk
+    assert first is not None
+    assert first.batch_id == big.pk
     small = _batch(small_lab, count=1)
     other = _batch(other_lab, count=2)
     # The labs never served go first (oldest batch first among them), then the turns go round.
@@ -80,7 +81,8 @@ def test_a_claim_records_who_and_moves_the_batch_to_processing() -> None:
     shard = shards.claim_next_shard(worker="host-a:42")
     assert shard is not None
     assert (shard.status, shard.claimed_by, shard.deliveries) == ("processing", "host-a:42", 1)
-    assert shard.claimed_at is not None and shard.heartbeat_at is not None
+    assert shard.claimed_at is not None
+    assert shard.heartbeat_at is not None
     batch.refresh_from_db()
     assert batch.status == Batch.Status.PROCESSING
     assert batch.started_at is not None
@@ -100,7 +102,8 @@ def test_only_the_last_shard_to_complete_says_the_batch_is_finished() -> None:
     batch = _batch(LabFactory.create(), count=2)
     one = shards.claim_next_shard(worker="w:1")
     two = shards.claim_next_shard(worker="w:2")
-    assert one is not None and two is not None
+    assert one is not None
+    assert two is not None
     assert shards.complete_shard(shard_id=one.pk, batch_id=batch.pk) is False
     assert shards.complete_shard(shard_id=two.pk, batch_id=batch.pk) is True
 
@@ -135,6 +138,7 @@ def test_two_claimers_at_once_never_take_the_same_shard() -> None:
     both = claimed["a"] + claimed["b"]
     assert sorted(both) == sorted(set(both))  # no shard twice
     assert len(both) == total  # and none left behind
-    assert claimed["a"] and claimed["b"]  # both really claimed
+    assert claimed["a"]
+    assert claimed["b"]
     holders = dict(Shard.objects.values_list("pk", "claimed_by"))
     assert all(holders[pk] == name for name, pks in claimed.items() for pk in pks)
