@@ -84,8 +84,13 @@ def run(
             services.create_case(lab=lab, created_by=None, accession_number=f"FAIR-{number:04d}")
         )
     unique = min(unique_cells, big_cells)
-    samples, held_out = held_out_cells(data, model, unique + labs * small_cells)
-    files = read_files(samples)
+    wanted = unique + labs * small_cells
+    samples, held_out = held_out_cells(data, model, wanted)
+    found = read_files(samples)
+    if not found:
+        raise SystemExit(f"no cells found in {data}")
+    # A data folder with fewer cells (a smoke run's) repeats them: each is stored again.
+    files = [found[i % len(found)] for i in range(wanted)]
 
     def prepare(part: list[tuple[str, bytes]]) -> services.PreparedUpload:
         streams = [(name, io.BytesIO(content)) for name, content in part]
@@ -127,6 +132,7 @@ def run(
             "fair_workers": workers,
             "fair_shard_size": size,
             "fair_held_out_cells": held_out,
+            "fair_distinct_cells": len(found),
             "fair_command": " ".join(sys.argv),
         },
     )

@@ -75,14 +75,14 @@ def test_the_shards_benchmark_times_one_batch_with_one_worker_and_with_two(
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--json", str(out), "--only", "shards",
-         "--shard-cells", "8", "--shard-size", "2", "--repeats", "1",
+         "--shard-cells", "4", "--shard-size", "1", "--repeats", "1",
          "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [run["workers"] for run in report["shard_runs"]] == [1, 2]
-    assert all(run["shards"] == 4 and run["images"] == 8 for run in report["shard_runs"])
+    assert all(run["shards"] == 4 and run["images"] == 4 for run in report["shard_runs"])
     seconds = report["shard_time_to_report_seconds"]
     assert report["shard_two_vs_one"] == pytest.approx(seconds["1"] / seconds["2"])
     one, two = report["shard_runs"]
