@@ -336,7 +336,7 @@ def _pipeline_run(
         upload_seconds=upload_seconds,
         queue_to_done_seconds=max(row["done_at"] for row in per_batch) - first,
         queue_to_claim_seconds=min(row["claimed_at"] for row in per_batch) - first,
-        # Every delivery beyond one per batch is a time slice that re-queued the rest.
+        # Every delivery beyond one per batch: its other shards (BATCH_SHARD_IMAGES), or a resend.
         requeues=max(0, deliveries - len(per_batch)),
         upload_store_seconds=store_seconds,
         per_batch=per_batch,
