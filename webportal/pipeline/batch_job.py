@@ -102,11 +102,25 @@ def process_batch(*, batch_id: int) -> Outcome:
     so a re-offered shard never locates a field twice. The worker that completes a batch's
     last shard checks the batch (the verdict), writes the report and marks it done.
     """
+    global _batch_at_work
+    _batch_at_work = batch_id
     ensure_shards(batch_id=batch_id)
     shard = claim_next_shard()
     if shard is None:
         return _finish_if_complete(batch_id=batch_id)
+    _batch_at_work = shard.batch_id
     return work_shard(shard=shard)
+
+
+# The batch whose shard this process works (or last worked): a message names one batch but
+# its worker may claim another's shard, and an error must fail the batch it happened in.
+_batch_at_work: int | None = None
+
+
+def batch_at_work(*, default: int) -> int:
+    """The batch of the shard the last process_batch of this process claimed, else `default`
+    (the message's): the batch an error in that call belongs to."""
+    return default if _batch_at_work is None else _batch_at_work
 
 
 def work_shard(*, shard: Shard) -> Outcome:

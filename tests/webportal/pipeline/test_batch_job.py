@@ -269,3 +269,23 @@ def test_progress_counts_images_chunk_by_chunk_without_recounting_the_batch(
     batch.refresh_from_db()
     assert (batch.status, batch.processed_images) == (Batch.Status.DONE, 7)
     assert counts == [7]  # the whole batch counted once, at the end, not per chunk
+
+
+def test_an_error_fails_the_batch_of_the_shard_claimed_not_the_one_the_message_named(
+    tiny_model: ModelVersion, case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import tasks
+
+    older = _submit(case, count=1)
+    named = _submit(case, count=1)  # its message; the database gives the older batch's shard
+
+    def broken(**_: Any) -> None:
+        raise ValueError("a stored file is gone")
+
+    monkeypatch.setattr(batch_job, "load_classifier", broken)
+    tasks.process_batch(named.pk)  # the task, run in this process
+    older.refresh_from_db()
+    named.refresh_from_db()
+    assert older.status == Batch.Status.FAILED
+    assert "a stored file is gone" in older.error
+    assert named.status == Batch.Status.QUEUED  # untouched: its shard is still to claim
