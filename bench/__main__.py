@@ -2,12 +2,16 @@
 
     .venv/bin/python -m bench --json var/bench.json [--images 512] [--model PATH] [--data DIR]
     .venv/bin/python -m bench --json var/upload.json --only upload [--upload-images 500]
+    .venv/bin/python -m bench --json var/shards.json --only shards [--shard-cells 2000]
+    .venv/bin/python -m bench --json var/fair.json --only fair_share [--fair-big-cells 10000]
 
 Pipeline: the raw model in-process (the worker's engine, and eager fp32 as the baseline)
 against the whole system (upload, filesystem broker, real celery workers, SQLite) on --images
 real cells, with one worker and with two. Upload (bench/upload_speed.py): held-out cells
 uploaded through the API of a running portal, against one worker's speed in the same run, and
---report-images cells from upload to report with one worker and with two. Engine: eager fp32
+--report-images cells from upload to report with one worker and with two. Shards
+(bench/shards.py): one batch of --shard-cells cells to report with one worker and with two.
+Fair share (bench/fair_share.py): ten labs at once, one with a large batch. Engine: eager fp32
 against the CPU engines of ml.engine on the model's held-out validation images. Details and the
 last measured figures: bench/README.md. A full run takes several minutes on two cores.
 """
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import engine as engine_bench
-from bench import pipeline, upload_speed
+from bench import fair_share, pipeline, shards, upload_speed
 from bench.data import Sample, pipeline_images
 from bench.machine import machine_info, wait_for_quiet
 from bench.report import EngineRun, ModelRun, PipelineRun, build_report, format_summary, write_json
@@ -74,7 +78,36 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to this long for other processes to leave the CPUs (shared machine)",
     )
-    p.add_argument("--only", choices=["all", "pipeline", "engine", "upload"], default="all")
+    p.add_argument(
+        "--only",
+        choices=["all", "pipeline", "engine", "upload", "shards", "fair_share"],
+        default="all",
+        help="all: pipeline, engine and upload; shards and fair_share run only when named",
+    )
+    p.add_argument(
+        "--shard-cells", type=int, default=2000, help="cells in the one sharded batch (shards)"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        help="BATCH_SHARD_IMAGES for shards and fair_share (default: the setting's default)",
+    )
+    p.add_argument(
+        "--fair-big-cells",
+        type=int,
+        default=10_000,
+        help="fair_share: the big lab's routine batch (its rows reuse --fair-unique files)",
+    )
+    p.add_argument(
+        "--fair-unique", type=int, default=500, help="fair_share: distinct cell files stored"
+    )
+    p.add_argument(
+        "--fair-small-cells", type=int, default=20, help="fair_share: each small batch's cells"
+    )
+    p.add_argument(
+        "--fair-labs", type=int, default=10, help="fair_share: labs, the big one included"
+    )
+    p.add_argument("--fair-workers", type=int, default=2, help="fair_share: workers")
     p.add_argument(
         "--upload-images", type=int, default=500, help="held-out cells in the timed API upload"
     )
@@ -117,6 +150,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     pipeline_runs: list[PipelineRun] = []
     engine_runs: list[EngineRun] = []
     extra: dict[str, Any] = {}
+    if args.only in {"shards", "fair_share"}:
+        extra.update(run_sharding(args))
     if args.only in {"all", "pipeline", "upload"}:
         model_runs, pipeline_runs, pipeline_extra = run_pipeline(args)
         extra.update(pipeline_extra)
@@ -233,6 +268,36 @@ def run_upload(
     )
     print(upload_speed.summary(upload), flush=True)
     return upload
+
+
+def run_sharding(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/shards.py or bench/fair_share.py on a fresh installation of their own."""
+    with tempfile.TemporaryDirectory(prefix="hv-bench-") as temp:
+        system = pipeline.setup_system(args.workdir or Path(temp), args.model)
+        if args.only == "shards":
+            result = shards.run(
+                system,
+                data=args.data,
+                model=args.model,
+                cells=args.shard_cells,
+                shard_size=args.shard_size,
+                repeats=args.repeats,
+            )
+            print(shards.summary(result), flush=True)
+            return result
+        result = fair_share.run(
+            system,
+            data=args.data,
+            model=args.model,
+            big_cells=args.fair_big_cells,
+            unique_cells=args.fair_unique,
+            small_cells=args.fair_small_cells,
+            labs=args.fair_labs,
+            workers=args.fair_workers,
+            shard_size=args.shard_size,
+        )
+        print(fair_share.summary(result), flush=True)
+        return result
 
 
 def run_engine(args: argparse.Namespace) -> tuple[list[EngineRun], dict[str, Any], dict[str, str]]:

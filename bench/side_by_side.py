@@ -124,7 +124,7 @@ def _job(env: dict[str, str], batch_id: int, start: Any, results: Any) -> None:
     start.wait()
     with batch_job.recording_stages(record):
         wall, cpu = time.perf_counter(), time.process_time()
-        outcome = batch_job.process_batch(batch_id=batch_id, time_budget=3600.0)
+        outcome = batch_job.process_batch(batch_id=batch_id)
         seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     results.put(
         {

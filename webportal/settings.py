@@ -371,10 +371,11 @@ INFERENCE_ENGINE = env_choice(
     "auto",
     ("auto", "eager", "channels-last", "fused-channels-last", "ort-fp32"),
 )
-# A task works on a batch for this long, then sends itself to the back of the queue: tasks
-# stay short (time limits and the broker's visibility timeout mean something) and a STAT
-# batch never waits behind a whole routine batch.
-BATCH_TIME_SLICE_SECONDS = env_int("BATCH_TIME_SLICE_SECONDS", 60)
+# A batch is split into shards of at most this many images (webportal.cases.models.Shard),
+# each claimed by one worker: a large batch uses every worker, a task stays short (time limits
+# and the broker's visibility timeout mean something), and a STAT batch or another lab's small
+# one waits at most for the shards being worked (the claim order decides the next one).
+BATCH_SHARD_IMAGES = env_int("BATCH_SHARD_IMAGES", 256, maximum=100_000)
 TASK_SOFT_TIME_LIMIT_SECONDS = env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 300)
 TASK_TIME_LIMIT_SECONDS = env_int("TASK_TIME_LIMIT_SECONDS", 360)
 if TASK_SOFT_TIME_LIMIT_SECONDS >= TASK_TIME_LIMIT_SECONDS:

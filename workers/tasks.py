@@ -6,6 +6,7 @@ imports it at start (the app's `include`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -50,15 +51,21 @@ def process_batch(batch_id: int) -> None:
     try:
         batch_job.process_batch(batch_id=batch_id)
     except TRANSIENT_ERRORS:
-        raise  # retried with backoff (autoretry_for)
+        # Retried with backoff (autoretry_for); the shard held goes back to the queue now if
+        # the database lets it, else the sweeper offers it again once its heartbeat is stale.
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            batch_job.release_claimed_shards()
+        raise
     except SoftTimeLimitExceeded:
-        # What was saved stays saved; the rest goes back to the queue.
-        batch_job.requeue_batch(batch_id=batch_id)
+        # What was saved stays saved; the shard goes back to the queue for any worker.
+        batch_job.release_claimed_shards()
     except Exception as exc:
         # Anything else (a stored file gone, a bug) fails the batch now with its reason,
-        # rather than leaving it "processing" until the sweeper gives up on it.
-        logger.exception("batch %s failed", batch_id)
-        batch_job.mark_batch_failed(batch_id=batch_id, reason=batch_job.failure_reason(exc))
+        # rather than leaving it "processing" until the sweeper gives up on it: the batch of
+        # the shard claimed, which need not be the one the message named.
+        failed = batch_job.batch_at_work(default=batch_id)
+        logger.exception("batch %s failed", failed)
+        batch_job.mark_batch_failed(batch_id=failed, reason=batch_job.failure_reason(exc))
 
 
 @shared_task(name=SWEEP_BATCHES_TASK, autoretry_for=TRANSIENT_ERRORS, max_retries=3)

@@ -66,3 +66,48 @@ def test_the_upload_benchmark_times_an_api_upload_against_one_worker(
         assert run["time_to_report_seconds"] > run["upload_seconds"] > 0
     assert report["upload_profile"]["files"] == 4
     assert "load_average_at_start" in report["machine"]
+
+
+def test_the_shards_benchmark_times_one_batch_with_one_worker_and_with_two(
+    tmp_path: Path, tiny_bench: TinyBench
+) -> None:
+    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", str(out), "--only", "shards",
+         "--shard-cells", "4", "--shard-size", "1", "--repeats", "1",
+         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [run["workers"] for run in report["shard_runs"]] == [1, 2]
+    assert all(run["shards"] == 4 and run["images"] == 4 for run in report["shard_runs"])
+    seconds = report["shard_time_to_report_seconds"]
+    assert report["shard_two_vs_one"] == pytest.approx(seconds["1"] / seconds["2"])
+    one, two = report["shard_runs"]
+    assert len(one["claims_per_worker"]) == 1
+    assert sum(two["claims_per_worker"].values()) == 4
+
+
+def test_the_fair_share_benchmark_gives_each_small_batch_its_wait_and_stat_its_position(
+    tmp_path: Path, tiny_bench: TinyBench
+) -> None:
+    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", str(out), "--only", "fair_share",
+         "--fair-big-cells", "12", "--fair-unique", "4", "--fair-small-cells", "2",
+         "--fair-labs", "3", "--fair-workers", "1", "--shard-size", "4",
+         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["fair_big_shards"] == 3
+    assert [run["cells"] for run in report["fair_small_batches"]] == [2, 2]
+    assert report["fair_shard_seconds"] > 0
+    # One worker, busy on the big batch's first shard when the others arrive: every later
+    # claim goes to STAT first, then the labs never served, before the big batch again.
+    assert report["fair_stat_position"] == 1
+    assert report["fair_small_big_shards_claimed_meanwhile_max"] == 0

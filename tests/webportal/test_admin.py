@@ -15,7 +15,7 @@ from django.urls import reverse
 from tests.conftest import noisy_jpeg_bytes
 from tests.factories import LabFactory, MembershipFactory, UserFactory
 from webportal.cases import services
-from webportal.cases.models import Batch, Case, Cell, Image, Patient, Prediction
+from webportal.cases.models import Batch, Case, Cell, Image, Patient, Prediction, Shard
 from webportal.pipeline import batch_job
 from webportal.reports.models import Report
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 # registry, kept by the lab admin.
 CLINICAL_APPS = {"cases", "reports", "audit"}
 NOT_CLINICAL = {"cases.modelversion"}
-SHOWN_IN_ADMIN = [Case, Patient, Batch, Image, Cell, Prediction, Report]
+SHOWN_IN_ADMIN = [Case, Patient, Batch, Shard, Image, Cell, Prediction, Report]
 
 
 def clinical_models() -> list[type[Model]]:

@@ -162,7 +162,7 @@ def _load_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) 
         ("UPLOAD_MAX_FILE_BYTES", "-1", "UPLOAD_MAX_FILE_BYTES must be at least 1"),
         ("UPLOAD_MAX_PIXELS", "10", "UPLOAD_MAX_PIXELS must be from 64 to 100000000, not 10"),
         ("INFERENCE_THREADS", "-1", "INFERENCE_THREADS must be from 0 to 1024"),
-        ("BATCH_TIME_SLICE_SECONDS", "0", "BATCH_TIME_SLICE_SECONDS must be at least 1"),
+        ("BATCH_SHARD_IMAGES", "0", "BATCH_SHARD_IMAGES must be from 1 to 100000, not 0"),
         ("BATCH_MAX_STALLED_ATTEMPTS", "0", "BATCH_MAX_STALLED_ATTEMPTS must be at least 1"),
         ("SWEEP_INTERVAL_SECONDS", "0", "SWEEP_INTERVAL_SECONDS must be at least 1"),
         ("BATCH_STUCK_AFTER_SECONDS", "0", "BATCH_STUCK_AFTER_SECONDS must be at least 1"),

@@ -30,12 +30,13 @@ def test_a_real_worker_flags_a_shifted_batch_and_auto_accepts_none_of_its_cells(
 ) -> None:
     folder = tmp_path / "broker"
     use_broker("filesystem://", folder)  # this process sends where the worker listens
+    settings.BATCH_SHARD_IMAGES = 8  # split here, at the upload: three shards per batch
     with celery_worker(
         broker_url="filesystem://",
         broker_folder=folder,
         log_path=tmp_path / "worker.log",
-        # Chunks of 8 in slices of 1 s: the verdict must be the whole batch's, not a chunk's.
-        extra_env={"INFERENCE_CHUNK_SIZE": "8", "BATCH_TIME_SLICE_SECONDS": "1"},
+        # Chunks of 8: the verdict must be the whole batch's, not a chunk's or a shard's.
+        extra_env={"INFERENCE_CHUNK_SIZE": "8"},
     ):
         shifted = services.submit_batch(
             case=case, created_by=None, files=cell_pngs(20, seed=4, shifted=True, prefix="away")

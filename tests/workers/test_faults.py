@@ -31,7 +31,7 @@ from tests.services import (
     writes_held,
 )
 from webportal.cases import services
-from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction, Shard
 from webportal.celery import use_broker
 from webportal.pipeline import registration
 
@@ -43,9 +43,8 @@ FAST_RESCUE = {
     "BATCH_STUCK_AFTER_SECONDS": "4",
     "BATCH_RESEND_AFTER_SECONDS": "4",
     "SWEEP_INTERVAL_SECONDS": "1",
-    "BATCH_TIME_SLICE_SECONDS": "2",
     "INFERENCE_CHUNK_SIZE": "8",
-    # The slow model must stay slow: a faster engine would finish a batch within one slice.
+    # The slow model must stay slow: a faster engine would finish a shard before the kill.
     "INFERENCE_ENGINE": "eager",
 }
 
@@ -187,10 +186,11 @@ def test_a_brief_database_outage_is_retried_until_the_batch_completes(
 def test_a_stat_batch_overtakes_a_routine_backlog(
     redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
 ) -> None:
-    # Several time slices of routine work at any speed of this machine (the slow model does
-    # about 100 images/s on an idle core): the STAT batch must find the routine one requeued.
+    # Many shards of routine work at any speed of this machine (the slow model does about 100
+    # images/s on an idle core): the STAT batch's shard is claimed after the current one.
+    settings.BATCH_SHARD_IMAGES = 16
     routine = _submit(case, count=300)
-    kwargs = _worker_kwargs(tmp_path, redis_server.url, extra_env={"BATCH_TIME_SLICE_SECONDS": "1"})
+    kwargs = _worker_kwargs(tmp_path, redis_server.url)
     with celery_worker(**kwargs):
         wait_until(
             lambda: _predicted(routine) > 0, timeout=90, interval=0.02, what="the routine batch"
@@ -203,3 +203,62 @@ def test_a_stat_batch_overtakes_a_routine_backlog(
         wait_until(lambda: _status(routine) == "done", timeout=180, what="the routine batch")
     _assert_exactly_once(stat, slow_model, tmp_path / "worker.log")
     _assert_exactly_once(routine, slow_model, tmp_path / "worker.log")
+
+
+def test_killing_a_worker_mid_shard_the_sweeper_reoffers_that_shard_and_nothing_is_lost(
+    redis_server: RedisServer, slow_model: ModelVersion, case, tmp_path: Path, settings
+) -> None:
+    """Sharded: two workers on one batch, one killed while it holds a shard half done; the
+    sweeper offers that shard again, the survivor (or a new worker) finishes it."""
+    seed = int(os.environ.get("FAULT_SEED", time.time()))
+    rng = random.Random(seed)
+    settings.BATCH_SHARD_IMAGES = 24
+    batch = _submit(case, count=144)  # six shards
+    kwargs = _worker_kwargs(tmp_path, redis_server.url)
+    # The victim without the embedded beat: its one child is the pool process that claims.
+    with celery_worker(**kwargs), celery_worker(**{**kwargs, "beat": False}) as victim:
+        # Wait for a shard held by the victim with some but not all of its cells saved.
+        target = rng.randint(1, 20)
+
+        def victim_mid_shard() -> bool:
+            for shard in Shard.objects.filter(batch=batch, status=Shard.Status.PROCESSING):
+                if not shard.claimed_by.endswith(f":{_pool_child(victim.pid)}"):
+                    continue
+                done = _predicted_in(batch, shard)
+                if target <= done < shard.images:
+                    return True
+            return False
+
+        wait_until(victim_mid_shard, timeout=120, interval=0.02, what=f"mid-shard (seed {seed})")
+        with writes_held():
+            held = [
+                (shard.pk, shard.claimed_by, _predicted_in(batch, shard))
+                for shard in Shard.objects.filter(batch=batch, status=Shard.Status.PROCESSING)
+                if shard.claimed_by.endswith(f":{_pool_child(victim.pid)}")
+            ]
+            kill_worker(victim)
+        assert held, f"the victim held no shard when killed (seed {seed})"
+        wait_until(lambda: _status(batch) == "done", timeout=180, what=f"the batch (seed {seed})")
+    _assert_exactly_once(batch, slow_model, tmp_path / "worker.log")
+    log = (tmp_path / "worker.log").read_text()
+    assert "sweep: requeued" in log  # re-offered by the sweeper, not by luck
+    for shard_id, killed_by, saved in held:
+        shard = Shard.objects.get(pk=shard_id)
+        assert shard.status == Shard.Status.DONE
+        assert shard.claimed_by != killed_by, f"shard {shard_id} finished by the dead worker?"
+        assert 0 < saved < shard.images  # it really was killed mid-shard
+    assert Batch.objects.get(pk=batch.pk).reports.count() == 1
+
+
+def _pool_child(parent_pid: int) -> int:
+    """The pid of a prefork worker's one pool child (the process that claims shards)."""
+    children = Path(f"/proc/{parent_pid}/task/{parent_pid}/children").read_text().split()
+    return int(children[0]) if len(children) == 1 else 0  # 0: not started yet
+
+
+def _predicted_in(batch: Batch, shard: Shard) -> int:
+    return Prediction.objects.filter(
+        cell__image__batch=batch,
+        cell__image_id__gte=shard.first_image_id,
+        cell__image_id__lte=shard.last_image_id,
+    ).count()

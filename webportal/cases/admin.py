@@ -1,7 +1,16 @@
 from django.contrib import admin
 
 from webportal.admin import ReadOnlyAdmin
-from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Prediction
+from webportal.cases.models import (
+    Batch,
+    Case,
+    Cell,
+    Image,
+    ModelVersion,
+    Patient,
+    Prediction,
+    Shard,
+)
 
 
 @admin.register(ModelVersion)
@@ -36,6 +45,26 @@ class BatchAdmin(ReadOnlyAdmin[Batch]):
     list_display = ["id", "case", "status", "priority", "total_images", "processed_images"]
     list_filter = ["status", "priority"]
     list_select_related = ["case"]
+
+
+@admin.register(Shard)
+class ShardAdmin(ReadOnlyAdmin[Shard]):
+    """Who works which part of a batch: the claimer (hostname:pid), its heartbeat, deliveries."""
+
+    list_display = [
+        "id",
+        "batch",
+        "lab",
+        "priority",
+        "status",
+        "images",
+        "claimed_by",
+        "claimed_at",
+        "heartbeat_at",
+        "deliveries",
+    ]
+    list_filter = ["status", "priority"]
+    list_select_related = ["batch__case", "lab"]
 
 
 @admin.register(Image)

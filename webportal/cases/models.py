@@ -219,6 +219,56 @@ class Batch(models.Model):
         return round(100 * self.processed_images / self.total_images)
 
 
+class Shard(models.Model):
+    """A range of a batch's accepted images that one worker classifies at a time.
+
+    A batch is split into shards of at most BATCH_SHARD_IMAGES images (a field and the cells
+    located in it belong to one shard) when it is queued, so one large batch uses every
+    worker. A worker claims a shard with a conditional UPDATE (webportal.pipeline.shards):
+    which one is decided here, in the database, not by the broker's order: STAT first, then
+    the lab served least recently (fair share), then the oldest batch.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PROCESSING = "processing", "Processing"
+        DONE = "done", "Done"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="shards")
+    # The batch's lab and priority, copied: the claim orders on them in one indexed query.
+    lab = models.ForeignKey("accounts.Lab", on_delete=models.PROTECT, related_name="+")
+    priority = models.CharField(max_length=10, choices=Batch.Priority.choices)
+    # Image ids first..last (inclusive) of the batch: the shard's work is its accepted images
+    # in that range (cells still without a prediction, fields not yet located).
+    first_image_id = models.PositiveBigIntegerField()
+    last_image_id = models.PositiveBigIntegerField()
+    images = models.PositiveIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    # Who holds it (hostname:pid of the worker process) and when it was claimed; the heartbeat
+    # moves with every chunk saved; claims in a row without progress (poison shards stop at
+    # BATCH_MAX_STALLED_ATTEMPTS).
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    deliveries = models.PositiveIntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["batch_id", "first_image_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "first_image_id"], name="one_shard_per_start")
+        ]
+        indexes = [
+            models.Index(fields=["status", "priority"], name="shard_status_priority"),
+            models.Index(fields=["lab", "claimed_at"], name="shard_lab_claimed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Shard {self.first_image_id}-{self.last_image_id} of batch {self.batch_id}"
+
+
 def image_upload_path(instance: Any, filename: str) -> str:
     # Generated names only: nothing a user typed reaches the file system.
     return f"batches/{instance.batch_id}/{filename}"

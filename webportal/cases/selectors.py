@@ -15,11 +15,21 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Case as Choose
+from django.db.models import Exists, F, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 
 from webportal.accounts.selectors import visible_to
-from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Prediction, Review
+from webportal.cases.models import (
+    Batch,
+    Case,
+    Cell,
+    Image,
+    ModelVersion,
+    Prediction,
+    Review,
+    Shard,
+)
 from webportal.core.labels import PENDING as PENDING
 from webportal.core.labels import UNIDENTIFIED
 
@@ -190,18 +200,65 @@ def delivery_limit_reached(*, deliveries: int) -> bool:
     return deliveries > settings.BATCH_MAX_STALLED_ATTEMPTS
 
 
-def stuck_batches(*, now: datetime, after_seconds: int) -> QuerySet[Batch]:
-    """Processing batches with no heartbeat for `after_seconds`: their worker died
-    (the sweeper: BATCH_STUCK_AFTER_SECONDS)."""
-    before = now - timedelta(seconds=after_seconds)
-    return Batch.objects.filter(status=Batch.Status.PROCESSING, heartbeat_at__lt=before)
+UNFINISHED = (Batch.Status.QUEUED, Batch.Status.PROCESSING)
 
 
-def unclaimed_batches(*, now: datetime, after_seconds: int) -> QuerySet[Batch]:
-    """Queued batches sent more than `after_seconds` ago: their message may be lost
-    (the sweeper: BATCH_RESEND_AFTER_SECONDS). One never sent (its enqueue failed before it
-    was marked) counts from its upload."""
+def claimable_shards() -> QuerySet[Shard]:
+    """Queued shards of unfinished batches in the order workers take them: STAT first, then
+    the lab served least recently (a lab never served first: fair share between labs), then
+    the oldest batch, then upload order. One query; the claim takes the first."""
+    last_served = (
+        Shard.objects.filter(lab_id=OuterRef("lab_id"), claimed_at__isnull=False)
+        .order_by("-claimed_at")
+        .values("claimed_at")[:1]
+    )
+    return (
+        Shard.objects.filter(status=Shard.Status.QUEUED, batch__status__in=UNFINISHED)
+        .annotate(
+            routine=Choose(When(priority=Batch.Priority.STAT, then=Value(0)), default=Value(1)),
+            lab_served=Subquery(last_served),
+        )
+        .order_by(
+            "routine",
+            F("lab_served").asc(nulls_first=True),
+            "batch_id",
+            "first_image_id",
+        )
+    )
+
+
+def stuck_shards(*, now: datetime, after_seconds: int) -> QuerySet[Shard]:
+    """Claimed shards of unfinished batches with no heartbeat for `after_seconds`: their
+    worker died (the sweeper: BATCH_STUCK_AFTER_SECONDS)."""
     before = now - timedelta(seconds=after_seconds)
-    return Batch.objects.annotate(sent_at=Coalesce("enqueued_at", "created_at")).filter(
-        status=Batch.Status.QUEUED, sent_at__lt=before
+    return Shard.objects.filter(
+        status=Shard.Status.PROCESSING, heartbeat_at__lt=before, batch__status__in=UNFINISHED
+    ).order_by("id")
+
+
+def unclaimed_shards(*, now: datetime, after_seconds: int) -> QuerySet[Shard]:
+    """Queued shards of unfinished batches offered more than `after_seconds` ago: their message
+    may be lost (the sweeper: BATCH_RESEND_AFTER_SECONDS). One never offered (its message
+    failed before it was marked) counts from its creation, with its batch's upload."""
+    before = now - timedelta(seconds=after_seconds)
+    return (
+        Shard.objects.annotate(sent_at=Coalesce("enqueued_at", "created_at"))
+        .filter(status=Shard.Status.QUEUED, sent_at__lt=before, batch__status__in=UNFINISHED)
+        .order_by("id")
+    )
+
+
+def unfinished_batches_without_work(*, now: datetime, after_seconds: int) -> QuerySet[Batch]:
+    """Unfinished batches with no shard left to claim and no heartbeat for `after_seconds`:
+    every shard is done but the finish (verdict, report) never committed, or the batch was
+    queued before batches had shards. A message makes a worker finish or split it."""
+    before = now - timedelta(seconds=after_seconds)
+    open_shards = Shard.objects.filter(batch_id=OuterRef("pk")).exclude(status=Shard.Status.DONE)
+    return (
+        Batch.objects.annotate(
+            sent_at=Coalesce("heartbeat_at", "enqueued_at", "created_at"),
+            has_open=Exists(open_shards),
+        )
+        .filter(status__in=UNFINISHED, has_open=False, sent_at__lt=before)
+        .order_by("id")
     )

@@ -31,7 +31,7 @@ from webportal.accounts.models import Lab
 from webportal.accounts.services import CASE_WRITERS, require_role
 from webportal.audit.models import Action
 from webportal.audit.services import record_event
-from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient
+from webportal.cases.models import Batch, Case, Cell, Image, ModelVersion, Patient, Shard
 from webportal.cases.registry import active_model_for
 from webportal.cases.uploads import (
     DEFAULT_LIMITS,
@@ -53,27 +53,74 @@ logger = logging.getLogger(__name__)
 # --- queueing -------------------------------------------------------------------------------
 
 
-def send_batch(*, batch_id: int, queue: str) -> None:
-    """Mark the batch queued and send its message now, by task name.
+def plan_shards(*, batch_id: int) -> int:
+    """Split a batch's accepted images into shards of at most BATCH_SHARD_IMAGES (in upload
+    order: a field and the cells located in it belong to one shard); nothing when it has them
+    already. Returns the number of shards the batch has."""
+    size = settings.BATCH_SHARD_IMAGES
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().select_related("case").get(pk=batch_id)
+        existing = Shard.objects.filter(batch_id=batch_id).count()
+        if existing:
+            return existing
+        ids = list(
+            Image.objects.filter(batch_id=batch_id, status=Image.Status.OK)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        shards = [
+            Shard(
+                batch_id=batch_id,
+                lab_id=batch.case.lab_id,
+                priority=batch.priority,
+                first_image_id=part[0],
+                last_image_id=part[-1],
+                images=len(part),
+            )
+            for part in (ids[start : start + size] for start in range(0, len(ids), size))
+        ]
+        Shard.objects.bulk_create(shards)
+        return len(shards)
 
-    "processing" means a worker is on it at this moment; a batch sent again (the rest of a
-    time slice, or rescued from a dead worker) waits in the queue as "queued" like any other.
-    Callers inside a transaction use enqueue_on_commit instead.
+
+def send_batch(*, batch_id: int, queue: str) -> None:
+    """Offer the batch's queued shards now: one message each, by task name.
+
+    A message only says "there is work" (the worker claims whichever shard the database puts
+    first, webportal.pipeline.shards); a batch that is not held, queued or processing sends
+    nothing. Callers inside a transaction use enqueue_on_commit instead.
     """
-    Batch.objects.filter(
+    if not Batch.objects.filter(
         pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
-    ).update(status=Batch.Status.QUEUED, enqueued_at=timezone.now())
-    app.send_task(PROCESS_BATCH_TASK, args=(batch_id,), queue=queue)
+    ).exists():
+        return
+    plan_shards(batch_id=batch_id)
+    now = timezone.now()
+    Batch.objects.filter(pk=batch_id, status=Batch.Status.QUEUED).update(enqueued_at=now)
+    waiting = Shard.objects.filter(batch_id=batch_id, status=Shard.Status.QUEUED)
+    count = waiting.update(enqueued_at=now)
+    for _ in range(max(count, 1)):  # one at least: a batch left to finish is looked at
+        app.send_task(PROCESS_BATCH_TASK, args=(batch_id,), queue=queue)
+
+
+def offer_shard(*, shard_id: int) -> None:
+    """Send one message for one queued shard (re-offered or resent by the sweeper, or given
+    back at a task's time limit), marking when."""
+    shard = Shard.objects.select_related("batch").get(pk=shard_id)
+    Shard.objects.filter(pk=shard_id, status=Shard.Status.QUEUED).update(enqueued_at=timezone.now())
+    app.send_task(PROCESS_BATCH_TASK, args=(shard.batch_id,), queue=shard.batch.queue)
 
 
 def enqueue_on_commit(*, batch: Batch) -> None:
-    """Queue the batch once the surrounding transaction has committed its rows.
+    """Split the batch into shards now and send their messages once the surrounding
+    transaction has committed its rows.
 
     Robust: a broker that fails now is logged and leaves the batch saved and queued, with its
-    files; the sweeper sends its message after BATCH_RESEND_AFTER_SECONDS. The request that
+    files; the sweeper sends its messages after BATCH_RESEND_AFTER_SECONDS. The request that
     saved it answers as usual instead of failing after its rows were committed.
     """
     batch_id, queue = batch.pk, batch.queue
+    plan_shards(batch_id=batch_id)
     transaction.on_commit(lambda: send_batch(batch_id=batch_id, queue=queue), robust=True)
 
 

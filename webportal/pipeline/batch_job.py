@@ -1,11 +1,11 @@
-"""The batch job: claiming a batch, classifying it in chunks, finishing it (the verdict, the
-preliminary report), failing it. The batch guard's verdict is in `verdict`, the sweeper in
-`sweeper`.
+"""The batch job: claiming a shard of a batch (`shards`), classifying it in chunks, finishing
+the batch when its last shard is done (the verdict, the preliminary report), failing it. The
+batch guard's verdict is in `verdict`, the sweeper in `sweeper`.
 
 Every function here is safe to run twice. The database is the source of truth; a broker
-message only says "look at batch N": a claim is a conditional UPDATE, a redelivered message
-does only the cells still without a prediction, and the unique constraint on (cell, model
-version) refuses a second prediction even when two deliveries race.
+message only says "there is work": a claim is a conditional UPDATE on the shard the database
+puts first, a re-offered shard does only the cells still without a prediction, and the unique
+constraint on (cell, model version) refuses a second prediction even when two deliveries race.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import F, Q
@@ -29,14 +28,21 @@ from PIL import Image as PILImage
 
 from ml.inference import BatchCheck, CellPrediction, Classifier, read_ahead
 from ml.locate import crop_cell, image_kind, locate
-from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction, Shard
 from webportal.cases.selectors import delivery_limit_reached
-from webportal.cases.services import FIELD_COPY, send_batch
+from webportal.cases.services import FIELD_COPY
+from webportal.celery import PROCESS_BATCH_TASK, app
 from webportal.core.errors import ServiceError
 from webportal.notifications import webhooks
 from webportal.ops import monitoring
 from webportal.pipeline.classifiers import chunk_size_for, load_classifier
 from webportal.pipeline.pixels import open_cell, open_original
+from webportal.pipeline.shards import (
+    claim_next_shard,
+    complete_shard,
+    ensure_shards,
+    release_shards,
+)
 from webportal.pipeline.verdict import check_if_pending, open_batch_check, record_check
 from webportal.reports.services import write_preliminary_report
 
@@ -82,44 +88,78 @@ def _stage(name: str) -> Iterator[None]:
 class Outcome:
     status: str
     classified: int  # cells classified by this call
-    remaining: int  # cells still without a prediction when it returned
+    remaining: int  # units (cells, fields) of the shard still undone when it returned
 
 
-def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome:
-    """Classify the cells of a batch still without a prediction, within a time budget.
+def process_batch(*, batch_id: int) -> Outcome:
+    """Claim the next shard the database offers (of any batch: STAT first, then fair share
+    between labs, then the oldest batch) and classify it; `batch_id` is the batch whose
+    message this is (for the logs, a batch queued before batches had shards, and a batch
+    whose finish never committed).
 
     Whole fields not yet located are located on the way (ml.locate), in the same chunks: their
     white cells become Cell rows with boxes, saved with their predictions in one transaction,
-    so a redelivered batch never locates a field twice. When the budget runs out with work
-    left, the batch goes back to the end of its queue; when every cell is done, the report is
-    written and the batch is marked done.
+    so a re-offered shard never locates a field twice. The worker that completes a batch's
+    last shard checks the batch (the verdict), writes the report and marks it done.
     """
-    budget = settings.BATCH_TIME_SLICE_SECONDS if time_budget is None else time_budget
-    batch = _claim(batch_id=batch_id)
-    if batch is None:
-        status = Batch.objects.filter(pk=batch_id).values_list("status", flat=True).first()
-        logger.info("batch %s is %s: nothing to do", batch_id, status)
-        return Outcome(status=status or "missing", classified=0, remaining=0)
-    if delivery_limit_reached(deliveries=batch.stalled_attempts):  # this delivery counted
-        mark_batch_failed(batch_id=batch_id, reason=gave_up(batch.stalled_attempts - 1))
+    global _batch_at_work
+    _batch_at_work = batch_id
+    ensure_shards(batch_id=batch_id)
+    shard = claim_next_shard()
+    if shard is None:
+        return _finish_if_complete(batch_id=batch_id)
+    _batch_at_work = shard.batch_id
+    return work_shard(shard=shard)
+
+
+# The batch whose shard this process works (or last worked): a message names one batch but
+# its worker may claim another's shard, and an error must fail the batch it happened in.
+_batch_at_work: int | None = None
+
+
+def batch_at_work(*, default: int) -> int:
+    """The batch of the shard the last process_batch of this process claimed, else `default`
+    (the message's): the batch an error in that call belongs to."""
+    return default if _batch_at_work is None else _batch_at_work
+
+
+def work_shard(*, shard: Shard) -> Outcome:
+    """Classify a claimed shard's images still undone; finish its batch if it was the last."""
+    batch_id = shard.batch_id
+    batch = Batch.objects.select_related("model_version").get(pk=batch_id)
+    if delivery_limit_reached(deliveries=shard.deliveries):  # this delivery counted
+        mark_batch_failed(batch_id=batch_id, reason=gave_up(shard.deliveries - 1))
         return Outcome(status=Batch.Status.FAILED, classified=0, remaining=0)
+    if batch.status != Batch.Status.PROCESSING:  # cancelled since the claim
+        logger.info("batch %s is %s: shard %s left", batch_id, batch.status, shard.pk)
+        return Outcome(status=batch.status, classified=0, remaining=0)
+    logger.info(
+        "shard %s of batch %s: images %s-%s",
+        shard.pk,
+        batch_id,
+        shard.first_image_id,
+        shard.last_image_id,
+    )
 
     model_version = batch.model_version
     classifier = load_classifier(model_version=model_version)
     open_batch_check(batch_id=batch_id, guarded=classifier.ood is not None)
+    in_shard = {
+        "batch_id": batch_id,
+        "status": Image.Status.OK,
+        "id__gte": shard.first_image_id,
+        "id__lte": shard.last_image_id,
+    }
     missing = list(
-        Cell.objects.filter(image__batch_id=batch_id, image__status=Image.Status.OK)
+        Cell.objects.filter(**{f"image__{key}": value for key, value in in_shard.items()})
         .exclude(predictions__model_version=model_version)
         .select_related("image")
         .order_by("id")
     )
     fields = list(
-        Image.objects.filter(
-            batch_id=batch_id,
-            status=Image.Status.OK,
-            kind=Image.Kind.FIELD,
-            located_at__isnull=True,
-        ).order_by("id")
+        Image.objects.filter(**in_shard, kind=Image.Kind.FIELD, located_at__isnull=True).order_by(
+            "id"
+        )
     )
     # In upload order: a cell's image id, a field's own id.
     work: list[Cell | Image] = sorted(
@@ -127,22 +167,17 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
     )
     detect = batch.image_kind == Batch.ImageKind.AUTO
     chunk_size = chunk_size_for(classifier=classifier)
-    deadline = time.monotonic() + budget
     classified = done = 0
-    # Images with nothing left to do: counted once here, then advanced chunk by chunk (a count
-    # over the whole batch after every chunk cost 0.5 ms per image at 512 images, and grows
-    # with the batch); _finish writes the exact count.
-    progress = _images_done(batch_id=batch_id, model_version=model_version)
     unsaved: tuple[Sequence[Cell | Image], _Decoded, list[CellPrediction]] | None = None
 
     def save(pending: tuple[Sequence[Cell | Image], _Decoded, list[CellPrediction]]) -> None:
-        nonlocal progress, classified, done
+        nonlocal classified, done
         units, decoded, predictions = pending
         with _stage("save_predictions"):
-            progress = _save_predictions(
+            _save_predictions(
                 batch_id=batch_id,
+                shard_id=shard.pk,
                 model_version=model_version,
-                progress=min(progress, batch.total_images),
                 units=units,
                 located=decoded.located,
                 predictions=predictions,
@@ -184,12 +219,10 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
                 with _stage("softmax_and_dicts"):
                     predictions = classifier.predictions_from_logits(logits)
             unsaved = (units, decoded, predictions)
-            if time.monotonic() > deadline and done + len(units) < len(work):
-                save(unsaved)
-                send_batch(batch_id=batch_id, queue=batch.queue)
-                return Outcome(Batch.Status.PROCESSING, classified, len(work) - done)
     if unsaved is not None:
         save(unsaved)
+    if not complete_shard(shard_id=shard.pk, batch_id=batch_id):
+        return Outcome(Batch.Status.PROCESSING, classified, 0)
     with _stage("batch_check"):
         check = check_if_pending(
             batch_id=batch_id, model_version=model_version, classifier=classifier
@@ -198,21 +231,27 @@ def process_batch(*, batch_id: int, time_budget: float | None = None) -> Outcome
         return _finish(batch_id=batch_id, classified=classified, check=check)
 
 
-def _claim(*, batch_id: int) -> Batch | None:
-    """Take the batch for this delivery: queued or (redelivered) processing, else None."""
-    now = timezone.now()
-    with transaction.atomic():
-        claimed = Batch.objects.filter(
-            pk=batch_id, status__in=[Batch.Status.QUEUED, Batch.Status.PROCESSING]
-        ).update(
-            status=Batch.Status.PROCESSING,
-            heartbeat_at=now,
-            stalled_attempts=F("stalled_attempts") + 1,
-        )
-        Batch.objects.filter(pk=batch_id, started_at__isnull=True).update(started_at=now)
-    if not claimed:
-        return None
-    return Batch.objects.select_related("model_version").get(pk=batch_id)
+def _finish_if_complete(*, batch_id: int) -> Outcome:
+    """A message that found no shard to claim: finish its batch if every shard is done but
+    the batch is not (the worker that completed the last one died before its finish
+    committed); else nothing."""
+    batch = Batch.objects.select_related("model_version").filter(pk=batch_id).first()
+    if batch is None:
+        logger.info("batch %s is missing: nothing to do", batch_id)
+        return Outcome(status="missing", classified=0, remaining=0)
+    shards = Shard.objects.filter(batch_id=batch_id)
+    if (
+        batch.status != Batch.Status.PROCESSING
+        or not shards.exists()
+        or shards.exclude(status=Shard.Status.DONE).exists()
+    ):
+        logger.info("batch %s is %s: nothing to claim", batch_id, batch.status)
+        return Outcome(status=batch.status, classified=0, remaining=0)
+    classifier = load_classifier(model_version=batch.model_version)
+    check = check_if_pending(
+        batch_id=batch_id, model_version=batch.model_version, classifier=classifier
+    )
+    return _finish(batch_id=batch_id, classified=0, check=check)
 
 
 def _is_cancelled(batch_id: int) -> bool:
@@ -317,17 +356,18 @@ def chunk_sizes(total: int, size: int) -> list[int]:
 def _save_predictions(
     *,
     batch_id: int,
+    shard_id: int,
     model_version: ModelVersion,
-    progress: int,
     units: Sequence[Cell | Image],
     located: dict[int, list[Box] | None],
     predictions: Sequence[CellPrediction],
-) -> int:
+) -> None:
     """One chunk's results in one transaction: the cells found in its fields (and the fields
-    marked located), every prediction, the batch's progress: `progress` images done before
-    this chunk, plus the fields it located and the single cells it classified. Returns that
-    sum. A delivery racing this one may have classified some of the same cells: the figure is
-    then high until _finish counts exactly, and never above the batch's total."""
+    marked located), every prediction, the batch's progress advanced (an F() increment, so
+    workers on other shards of the batch add theirs) by the fields it located and the single
+    cells it classified, and the shard's heartbeat. A delivery racing this one on the same
+    shard (re-offered from a worker thought dead) may have classified some of the same cells:
+    the figure is then high until _finish counts exactly, and never above the batch's total."""
     now = timezone.now()
     fields = [unit.pk for unit in units if isinstance(unit, Image)]
     with transaction.atomic():
@@ -400,7 +440,7 @@ def _save_predictions(
             ],
             ignore_conflicts=True,
         )
-        progress += len(free) + len(
+        advanced = len(free) + len(
             {
                 unit.image_id
                 for unit in units
@@ -408,11 +448,11 @@ def _save_predictions(
             }
         )
         Batch.objects.filter(pk=batch_id).update(
-            processed_images=Least(progress, F("total_images")),
+            processed_images=Least(F("processed_images") + advanced, F("total_images")),
             heartbeat_at=now,
             stalled_attempts=0,
         )
-    return progress
+        Shard.objects.filter(pk=shard_id).update(heartbeat_at=now, deliveries=0)
 
 
 def _delete_files(names: Sequence[str]) -> None:
@@ -467,10 +507,11 @@ def lab_slug_of(*, batch_id: int) -> str:
     return slug or ""
 
 
-def requeue_batch(*, batch_id: int) -> None:
-    """Send a batch whose time ran out back to its queue; what was saved stays saved."""
-    queue = Batch.objects.get(pk=batch_id).queue
-    send_batch(batch_id=batch_id, queue=queue)
+def release_claimed_shards() -> None:
+    """Give back the shards this worker process holds (its task ran out of time): queued and
+    offered again; what was saved stays saved."""
+    for batch_id, queue in release_shards():
+        app.send_task(PROCESS_BATCH_TASK, args=(batch_id,), queue=queue)
 
 
 def failure_reason(exc: BaseException) -> str:

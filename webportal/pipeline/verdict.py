@@ -48,7 +48,7 @@ def check_batch(
     """The batch guard's verdict on the cells of an uploaded batch (ml.ood), once every cell
     is classified.
 
-    One verdict per uploaded batch, whatever the chunks and time slices it was classified in:
+    One verdict per uploaded batch, whatever the chunks and shards it was classified in:
     the cells the worker classified (single cells and cells located in fields; not those a
     reviewer adds later), at most BATCH_CHECK_CELLS evenly spaced in upload order, read as the
     classifier read them. The same cells give the same verdict on a redelivery. A batch with

@@ -1,5 +1,5 @@
 """The batch guard in the job (no worker process): the verdict, what it does to auto-acceptance,
-the report, and that it is made once per uploaded batch whatever the chunks, slices and crashes."""
+the report, and that it is made once per uploaded batch whatever the chunks, shards and crashes."""
 
 from __future__ import annotations
 
@@ -222,30 +222,34 @@ def test_a_flagged_batch_is_signed_only_once_a_person_has_reviewed_every_cell(
     assert signed.flags[0]["code"] == batch_check.FLAG_CODE
 
 
-# --- once per uploaded batch, whatever the slices and crashes --------------------------------
+# --- once per uploaded batch, whatever the shards and crashes --------------------------------
 
 
-def test_the_verdict_is_made_once_for_the_whole_batch_after_its_last_slice(
+def test_the_verdict_is_made_once_for_the_whole_batch_after_its_last_shard(
     guarded_model: ModelVersion, case, settings: LazySettings
 ):
     settings.INFERENCE_CHUNK_SIZE = 8
+    settings.BATCH_SHARD_IMAGES = 8
     batch = services.submit_batch(
         case=case, created_by=None, files=cell_pngs(24, seed=4, shifted=True)
     )
 
-    batch_job.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then back in line
+    batch_job.process_batch(batch_id=batch.pk)  # its first shard of three
     batch.refresh_from_db()
     assert batch.ood_check == Batch.Check.PENDING
     states = batch_cells(batch=batch)
     classified = [s for s in states if s.predicted is not None]
-    assert 0 < len(classified) == batch_job.chunk_sizes(24, 8)[0] < 24
+    assert len(classified) == 8
     assert {s.current for s in states} == {PENDING}  # nothing auto-accepted meanwhile
 
     batch_job.process_batch(batch_id=batch.pk)
     batch.refresh_from_db()
+    assert batch.ood_check == Batch.Check.PENDING  # no verdict from a shard but the last
+    batch_job.process_batch(batch_id=batch.pk)
+    batch.refresh_from_db()
     assert batch.status == Batch.Status.DONE
     assert batch.ood_check == Batch.Check.FLAGGED
-    assert batch.ood_cells_checked == 24  # every cell, not the last slice's
+    assert batch.ood_cells_checked == 24  # every cell, not the last shard's
 
 
 def test_a_crash_before_the_verdict_is_committed_leaves_it_pending_and_the_next_delivery_decides(

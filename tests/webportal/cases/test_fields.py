@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from ml.locate import locate
 from tests.conftest import noisy_jpeg_bytes
 from webportal.cases import selectors, services
-from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction
+from webportal.cases.models import Batch, Cell, Image, ModelVersion, Prediction, Shard
 from webportal.pipeline import batch_job
 
 pytestmark = pytest.mark.django_db
@@ -90,10 +90,13 @@ def test_a_redelivered_batch_does_not_locate_a_field_twice(
     tiny_model: ModelVersion, case, settings: LazySettings
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 1
+    settings.BATCH_SHARD_IMAGES = 1
     batch = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:2]))
-    first = batch_job.process_batch(batch_id=batch.pk, time_budget=0)  # one chunk, then queued
+    first = batch_job.process_batch(batch_id=batch.pk)  # the first field's shard
     assert first.status == Batch.Status.PROCESSING
-    assert first.remaining == 1
+    # The first shard offered again (its worker thought dead): its field is not located twice.
+    Shard.objects.filter(batch=batch).update(status=Shard.Status.QUEUED)
+    batch_job.process_batch(batch_id=batch.pk)
     batch_job.process_batch(batch_id=batch.pk)
     batch_job.process_batch(batch_id=batch.pk)  # a duplicate message: nothing to claim
     expected = sum(len(expected_boxes(name)) for name in SAMPLES[:2])
@@ -170,10 +173,11 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     }
     guess = CellPrediction(label="a", confidence=0.9, probabilities={"a": 0.9, "b": 0.1})
 
-    progress = batch_job._save_predictions(
+    Batch.objects.filter(pk=batch.pk).update(processed_images=1)  # the other delivery's field
+    batch_job._save_predictions(
         batch_id=batch.pk,
+        shard_id=Shard.objects.get(batch=batch).pk,
         model_version=tiny_model,
-        progress=1,  # the first field, done by the other delivery
         units=[first, second],
         located=located,
         predictions=[guess] * 3,
@@ -189,7 +193,7 @@ def test_a_chunk_saved_after_a_racing_delivery_keeps_only_the_fields_it_located_
     saved = Prediction.objects.filter(cell__image__batch=batch)
     assert list(saved.values_list("cell__image_id", flat=True)) == [second.pk]
     batch.refresh_from_db()
-    assert progress == batch.processed_images == 2
+    assert batch.processed_images == 2  # only the field this chunk located was added
 
 
 def test_a_field_is_read_from_its_uncompressed_copy_which_goes_once_it_is_located(
@@ -240,6 +244,7 @@ def test_only_fields_up_to_the_size_limit_get_the_uncompressed_copy(
         case=case, created_by=None, files=field_files(SAMPLES[:1]), image_kind="cell"
     )
     assert as_cells.images.get().model_input_geometry == geometry  # a cell: the fitted copy
+    services.cancel_batch(batch_id=as_cells.pk)  # else the next delivery would claim it first
     monkeypatch.setattr(services, "FIELD_COPY_MAX_PIXELS", 640 * 480 - 1)
     too_big = services.submit_batch(case=case, created_by=None, files=field_files(SAMPLES[:1]))
     image = too_big.images.get()
