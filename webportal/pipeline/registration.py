@@ -44,7 +44,14 @@ def register_model(
     meta = read_metadata(checkpoint_path)
     ood = load_ood(checkpoint_path)
     guard = (
-        {"thresholds": {str(n): float(t) for n, t in sorted(ood.thresholds.items())}}
+        {
+            "thresholds": {str(n): float(t) for n, t in sorted(ood.thresholds.items())},
+            # What it reads (the Model page names it): the pooled features alone, or also
+            # the channel statistics of these early blocks (docs/MODELS.md, "A guard a lab
+            # can trust").
+            "design": "pooled + early" if ood.taps else "pooled",
+            "taps": list(ood.taps),
+        }
         if ood is not None and ood.thresholds
         else {}
     )

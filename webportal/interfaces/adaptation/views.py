@@ -64,6 +64,8 @@ def job(request: HttpRequest, lab_id: int, adaptation_job_id: int) -> HttpRespon
             "rows": selectors.figure_rows(found),
             "summary": selectors.summary_rows(found),
             "refused": selectors.why_not_activatable(found),
+            "method": selectors.method_text(found),
+            "auto_accept": selectors.auto_accept_text(found),
             "stale": selectors.stale_reason(found) if selectors.is_stale(found) else "",
             "in_use": found.result_model_id is not None
             and lab.active_model_id == found.result_model_id,
