@@ -338,9 +338,8 @@ def why_not_activatable(job: AdaptationJob) -> str:
 # How each ADAPT_METHOD adapts, in a lab admin's words (docs/MODELS.md, "From the portal").
 METHODS = {
     "few-cell": (
-        "few-cell: the lab's own colour and brightness statistics (BatchNorm) measured on its "
-        "reviewed cells, and the model's last layer refitted on them (seconds; the method "
-        "that did best with 10-25 reviewed cells a class)"
+        "few-cell: the lab's own BatchNorm statistics and the model's last layer refitted on "
+        "its reviewed cells (the method that did best with 10-25 reviewed cells a class)"
     ),
     "fine-tune": "fine-tune: the model's last blocks retrained on the reviewed cells",
 }
@@ -365,10 +364,9 @@ def auto_accept_text(job: AdaptationJob) -> str:
     if model.auto_accepts_nothing:
         needed = accept.get("cells_needed")
         return (
-            f"No auto-accepting: too few reviewed cells ({cells}; {needed} needed, nearly all "
-            "right, before a confidence threshold can be trusted to be 99% right with 95% "
-            "confidence). Every cell this model classifies waits for a person; review more "
-            "cells and adapt again to earn a threshold."
+            f"No auto-accepting: too few reviewed cells ({cells}; {needed} needed for a "
+            "threshold shown 99% right with 95% confidence). Every cell this model classifies "
+            "waits for a person; review more cells and adapt again to earn a threshold."
         )
     if accept.get("lower_bound") is not None:
         return (

@@ -219,7 +219,7 @@ def test_the_job_page_says_when_activating_would_lose_the_batch_check(lab, base_
     assert "the adapted one has none" in client.get(url).content.decode()
 
 
-def few_cell_job(lab, base_model, *, auto_accept: dict, threshold: float) -> AdaptationJob:
+def few_cell_job(lab, base_model, *, auto_accept: dict[str, object], threshold: float) -> AdaptationJob:
     """A finished few-cell adaptation (ADAPT_METHOD=few-cell) whose model has a guard."""
     job = finished_job(lab, base_model)
     assert job.result_model is not None
@@ -248,9 +248,7 @@ def test_the_job_page_names_the_few_cell_method_and_says_it_auto_accepts_nothing
     assert "never predicts them" in page
 
 
-def test_the_job_page_gives_the_earned_threshold_and_the_cells_it_rests_on(
-    lab, base_model
-) -> None:
+def test_the_job_page_gives_the_earned_threshold_and_the_cells_it_rests_on(lab, base_model) -> None:
     admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
     accept = {
         "threshold": 0.97,
