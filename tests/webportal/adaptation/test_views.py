@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -219,7 +221,9 @@ def test_the_job_page_says_when_activating_would_lose_the_batch_check(lab, base_
     assert "the adapted one has none" in client.get(url).content.decode()
 
 
-def few_cell_job(lab, base_model, *, auto_accept: dict[str, object], threshold: float) -> AdaptationJob:
+def few_cell_job(
+    lab, base_model, *, auto_accept: dict[str, Any], threshold: float
+) -> AdaptationJob:
     """A finished few-cell adaptation (ADAPT_METHOD=few-cell) whose model has a guard."""
     job = finished_job(lab, base_model)
     assert job.result_model is not None
