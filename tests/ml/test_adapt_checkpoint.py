@@ -21,6 +21,7 @@ from ml.adapt import (
     adapt_to_cells,
     cells_needed,
 )
+from ml.adapt_check import study_figure, summarise
 from ml.checkpoint import load_checkpoint, load_ood, read_metadata
 from ml.inference import Classifier
 from ml.testing import make_tiny_checkpoint
@@ -198,3 +199,27 @@ def test_classes_the_model_does_not_have_are_refused(base: Path, tmp_path: Path)
             labels=["basophil"] * len(labels),
             out=tmp_path / "x.pt",
         )
+
+
+def test_the_portal_check_sets_each_run_beside_the_studys_figure_for_the_same_draw() -> None:
+    study = {
+        "rows": [
+            {"lab": "stain", "variant": "bn", "views": 1, "head": "logistic", "n": 10,
+             "seed": 0, "test_right": 151},
+            {"lab": "stain", "variant": "bn", "views": 2, "head": "logistic", "n": 10,
+             "seed": 0, "test_right": 157},
+        ]
+    }  # fmt: skip
+    assert study_figure(study, "stain", 10, 0) == 151  # lab BN, 1 view, logistic: the method
+    assert study_figure(study, "stain", 10, 1) is None
+    runs = [
+        {"lab": "stain", "n": 10, "bn_from": "pool", "accuracy": a, "test_cells": 176,
+         "study_test_right": s, "auto_accept": {"threshold": None},
+         "auto_accepted_test_cells": 0, "has_guard": True}
+        for a, s in ((151 / 176, 151), (147 / 176, 147))
+    ]  # fmt: skip
+    (summary,) = summarise(runs)
+    assert summary["accuracy"] == pytest.approx(149 / 176)
+    assert summary["study_accuracy"] == pytest.approx(149 / 176)
+    assert summary["runs"] == summary["runs_with_guard"] == 2
+    assert summary["runs_with_threshold"] == 0
