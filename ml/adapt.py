@@ -422,8 +422,9 @@ class FewCellOptions:
     ones by bn_source_weight) and the anchored logistic head (`logistic_head`: anchor,
     max_iter) fitted on the reviewed cells in `views`; the auto-accept threshold
     (`conservative_threshold`: target, alpha) on their out-of-fold predictions (oof_folds);
-    the batch guard fitted on the reviewed cells less guard_calibration_share of each class,
-    calibrated on those (`ml.ood.fit_guard`)."""
+    the batch guard fitted on the reviewed cells less guard_calibration_share of each class
+    (rounded up: 10 cells a class of 4 classes give 12 to calibrate on, at least the 10
+    `ml.ood.fit_guard` needs), calibrated on those."""
 
     lab_batchnorm: bool = True
     bn_source_weight: float = 0.0
@@ -563,7 +564,7 @@ def adapt_to_cells(
     for c in sorted(set(y.tolist())):
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        calibrate[idx[: round(options.guard_calibration_share * len(idx))]] = True
+        calibrate[idx[: math.ceil(options.guard_calibration_share * len(idx))]] = True
     guard, guard_info = fit_guard(
         eval_x[~calibrate], y[~calibrate], eval_x[calibrate], seed=options.seed
     )
