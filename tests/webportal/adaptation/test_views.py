@@ -279,3 +279,17 @@ def test_a_job_from_before_the_method_was_recorded_is_named_a_fine_tune(lab, bas
 
     assert "Method: fine-tune" in page
     assert "still has them" in page
+
+
+@pytest.mark.parametrize(
+    ("method", "says"), [("few-cell", "refitted last layer"), ("fine-tune", "Fine-tunes")]
+)
+def test_the_adaptation_page_says_how_the_configured_method_adapts(
+    method: str, says: str, lab, base_model, settings
+) -> None:
+    settings.ADAPT_METHOD = method
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+
+    page = client_for(admin).get(reverse("adaptation:adaptation", args=[lab.pk])).content.decode()
+
+    assert says in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -34,6 +35,7 @@ def adaptation(request: HttpRequest, lab_id: int) -> HttpResponse:
             "problem": problem,
             "running": selectors.active_job(lab=lab),
             "jobs": selectors.jobs_of(lab=lab)[:20],
+            "few_cell": settings.ADAPT_METHOD == "few-cell",
         },
     )
 
