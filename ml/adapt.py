@@ -23,6 +23,11 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   many does not make the bound optimistic. It says how many cells it rests on, and gives none
   when there are too few (a 95 % bound of 99 % needs at least 299 cells, all right).
 
+The portal's adaptation runs the best of them that the checkpoint format holds as it is
+(`adapt_to_cells`, `adapt_folder`: the lab's BatchNorm statistics and the logistic head, the
+temperature, the conservative threshold and a refitted batch guard written into an ordinary
+checkpoint).
+
 `python -m ml.adapt_study` measures every method on the leave-one-lab-out folds the shared
 data allows (docs/MODELS.md, "Adapting with few reviewed cells").
 """
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TypeVar
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +49,11 @@ from PIL import Image
 from scipy.stats import beta
 from torch import nn
 
+from ml.checkpoint import read_metadata, save_checkpoint, sha256_of
+from ml.data import list_samples
+from ml.fit import fit_temperature_over
 from ml.inference import Classifier, PooledFeatures
+from ml.ood import fit_guard
 
 # Test-time BatchNorm statistics --------------------------------------------------------------
 
@@ -390,3 +401,236 @@ def empirical_threshold(
     if len(passing) == 0:
         return None
     return float(conf[order][passing[-1]])
+
+
+# The portal's adaptation: the best measured few-cell method as a checkpoint ------------------
+
+FEW_CELL_METHOD = "few-cell"
+# The checkpoint's `threshold` when no trustworthy auto-accept threshold could be earned: above
+# every confidence (a probability is at most 1), so under the portal's one rule (a confidence
+# below the threshold is unidentified) the model auto-accepts nothing. None would mean the
+# opposite: every cell accepted.
+NO_AUTO_ACCEPT = 2.0
+# The logit bias of a class the lab has no reviewed cell of: the adapted model never predicts
+# it (the study's heads predict only the reviewed classes), and its probability is 0.
+ABSENT_CLASS_BIAS = -1e4
+
+
+@dataclass(frozen=True)
+class FewCellOptions:
+    """How `adapt_to_cells` adapts: the lab's BatchNorm statistics (blended with the trained
+    ones by bn_source_weight) and the anchored logistic head (`logistic_head`: anchor,
+    max_iter) fitted on the reviewed cells in `views`; the auto-accept threshold
+    (`conservative_threshold`: target, alpha) on their out-of-fold predictions (oof_folds);
+    the batch guard fitted on the reviewed cells less guard_calibration_share of each class
+    (rounded up: 10 cells a class of 4 classes give 12 to calibrate on, at least the 10
+    `ml.ood.fit_guard` needs), calibrated on those."""
+
+    lab_batchnorm: bool = True
+    bn_source_weight: float = 0.0
+    views: tuple[str, ...] = ("identity",)
+    anchor: float = 1e-2
+    # L-BFGS iterations of the head: 30, as measured by ml.adapt_study (LOGISTIC_ITER).
+    max_iter: int = 30
+    oof_folds: int = 5
+    target: float = 0.99
+    alpha: float = 0.05
+    guard_calibration_share: float = 0.25
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "views": list(self.views)}
+
+
+def _linear_classifier(model: nn.Module) -> nn.Linear:
+    """The trained linear classifier on the pooled features (mobilenet_v2: Dropout, Linear)."""
+    linears = [m for m in model.get_submodule("classifier").modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no linear classifier to refit")
+    return linears[-1]
+
+
+def _stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """A fold number per cell, each class's cells spread over the folds in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.zeros(len(labels), dtype=torch.long)
+    for c in sorted(set(labels.tolist())):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        fold[idx] = torch.arange(len(idx)) % folds
+    return fold
+
+
+def _features(clf: Classifier, pictures: Sequence[Image.Image], name: str) -> torch.Tensor:
+    """Pooled features of the pictures in one view, 64 at a time."""
+    out = []
+    for s in range(0, len(pictures), 64):
+        squares = [clf.fit_to_input(p.convert("RGB")) for p in pictures[s : s + 64]]
+        out.append(clf.embed(clf.to_input_batch([view(q, name) for q in squares])))
+    return torch.cat(out)
+
+
+def adapt_to_cells(
+    *,
+    init: str | os.PathLike[str],
+    pictures: Sequence[Image.Image],
+    labels: Sequence[str],
+    out: str | os.PathLike[str],
+    options: FewCellOptions = FewCellOptions(),
+    bn_pictures: Sequence[Image.Image] | None = None,
+) -> dict[str, Any]:
+    """Adapt the checkpoint `init` to a lab's reviewed cells (pictures and their classes) with
+    the best few-cell method measured (docs/MODELS.md, "Adapting with few reviewed cells":
+    the lab's BatchNorm statistics and a logistic head), and write it to `out` in the
+    checkpoint format `ml.inference.Classifier` loads. Returns its metrics (also in the file).
+
+    - The BatchNorm running statistics are re-estimated on `bn_pictures` (default: the
+      reviewed pictures; no labels needed), every other trunk weight unchanged.
+    - The classifier layer is the logistic head fitted on the reviewed cells' features; a
+      class without a reviewed cell keeps its row but gets ABSENT_CLASS_BIAS (never predicted).
+      The classes, input size, normalisation and resize mode are `init`'s.
+    - The temperature is fitted on the reviewed cells' out-of-fold logits (each cell scored by
+      a head fitted without it), and the auto-accept threshold is `conservative_threshold` of
+      their out-of-fold confidences: with too few cells there is none, the checkpoint's
+      `threshold` is NO_AUTO_ACCEPT and `metrics["auto_accept"]` says why.
+    - The batch guard is refitted on the adapted network's features (`ml.ood.fit_guard`), as
+      `ml.train --init` does; with too few cells there is none and `metrics["guard"]` says why.
+    """
+    t_start = time.time()
+    if len(pictures) != len(labels):
+        raise ValueError(f"{len(pictures)} pictures but {len(labels)} labels")
+    meta = read_metadata(init)
+    clf = Classifier.load(init, device="cpu", accelerate=False)
+    index = {c.lower(): i for i, c in enumerate(clf.classes)}
+    unknown = sorted({c for c in labels if c.lower() not in index})
+    if unknown:
+        raise ValueError(f"classes {unknown} are not among the model's {clf.classes}")
+    y = torch.tensor([index[c.lower()] for c in labels], dtype=torch.long)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("reviewed cells of at least two classes are needed")
+
+    network: nn.Module = copy.deepcopy(clf.eager).eval()
+    if options.lab_batchnorm:
+        stats = list(bn_pictures) if bn_pictures is not None else list(pictures)
+        batches = [clf.preprocess(stats[s : s + 32]) for s in range(0, len(stats), 32)]
+        network = recalibrate_batchnorm(clf.eager, batches, source_weight=options.bn_source_weight)
+    adapted = with_model(clf, network)
+
+    # Every view of every reviewed cell is a training sample; the eval view alone is what the
+    # checkpoint will see, so the out-of-fold scores and the guard use it.
+    eval_x = _features(adapted, pictures, "identity")
+    views = torch.stack(
+        [eval_x if v == "identity" else _features(adapted, pictures, v) for v in options.views]
+    )
+    linear = _linear_classifier(network)
+    w0, b0 = linear.weight.detach().float().clone(), linear.bias.detach().float().clone()
+
+    def fit(selected: torch.Tensor) -> FeatureHead:
+        x = views[:, selected].reshape(-1, views.shape[-1])
+        return logistic_head(
+            x,
+            y[selected].repeat(len(options.views)),
+            init_weight=w0,
+            init_bias=b0,
+            anchor=options.anchor,
+            max_iter=options.max_iter,
+        )
+
+    head = fit(torch.ones(len(y), dtype=torch.bool))
+    allowed = head.allowed
+    fold = _stratified_folds(y, options.oof_folds, options.seed)
+    oof_logits = torch.zeros(len(y), len(clf.classes))
+    for f in range(options.oof_folds):
+        held = fold == f
+        if held.any():
+            oof = fit(~held)
+            oof_logits[held] = eval_x[held] @ oof.weight.T + oof.bias
+    temperature = fit_temperature_over(oof_logits, y, known=allowed)
+    oof_probs = torch.softmax(
+        (oof_logits / temperature).masked_fill(~allowed, float("-inf")), dim=1
+    )
+    confidence, predicted = oof_probs.max(1)
+    right = predicted == y
+    accept = conservative_threshold(
+        confidence.tolist(), right.tolist(), target=options.target, alpha=options.alpha
+    )
+
+    with torch.no_grad():
+        linear.weight.copy_(head.weight)
+        linear.bias.copy_(torch.where(allowed, head.bias, torch.tensor(ABSENT_CLASS_BIAS)))
+
+    calibrate = torch.zeros(len(y), dtype=torch.bool)
+    generator = torch.Generator().manual_seed(options.seed)
+    for c in sorted(set(y.tolist())):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        calibrate[idx[: math.ceil(options.guard_calibration_share * len(idx))]] = True
+    guard, guard_info = fit_guard(
+        eval_x[~calibrate], y[~calibrate], eval_x[calibrate], seed=options.seed
+    )
+
+    per_class = {clf.classes[c]: int((y == c).sum()) for c in sorted(set(y.tolist()))}
+    auto_accept = {
+        **accept.to_dict(),
+        "cells_needed": cells_needed(options.target, alpha=options.alpha),
+        "rule": "lowest confidence whose out-of-fold reviewed cells above it have a "
+        f"{1 - options.alpha:.0%} lower Clopper-Pearson bound of at least {options.target:.0%}",
+    }
+    metrics: dict[str, Any] = {
+        "method": FEW_CELL_METHOD,
+        "options": options.to_dict(),
+        "n_train": len(y),
+        "reviewed_per_class": per_class,
+        "bn_cells": (len(bn_pictures) if bn_pictures is not None else len(pictures))
+        if options.lab_batchnorm
+        else 0,
+        "reviewed_oof": {
+            "n": len(y),
+            "accuracy": float(right.float().mean()),
+            "folds": options.oof_folds,
+        },
+        "temperature": temperature,
+        "auto_accept": auto_accept,
+        "guard": guard_info,
+        "train_seconds": round(time.time() - t_start, 1),
+    }
+    recipe = {
+        "method": FEW_CELL_METHOD,
+        "init": str(init),
+        "init_sha256": sha256_of(init),
+        "options": options.to_dict(),
+    }
+    save_checkpoint(
+        out,
+        network,
+        arch=meta.arch,
+        classes=meta.classes,
+        input_size=meta.input_size,
+        mean=meta.mean,
+        std=meta.std,
+        recipe=recipe,
+        metrics=metrics,
+        temperature=temperature,
+        threshold=NO_AUTO_ACCEPT if accept.threshold is None else accept.threshold,
+        resize=meta.resize,
+        ood=None if guard is None else guard.to_dict(),
+    )
+    return metrics
+
+
+def adapt_folder(
+    *,
+    init: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: FewCellOptions = FewCellOptions(),
+) -> dict[str, Any]:
+    """`adapt_to_cells` on a folder of reviewed cells, one sub-folder per class (the portal's
+    export: `data/<class>/<picture>`)."""
+    found = list_samples(data)
+    pictures = []
+    for path, _ in found:
+        with Image.open(path) as img:
+            pictures.append(img.convert("RGB"))
+    labels = [label for _, label in found]
+    return adapt_to_cells(init=init, pictures=pictures, labels=labels, out=out, options=options)

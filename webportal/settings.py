@@ -403,7 +403,12 @@ BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
 ADAPT_MIN_TRAIN_CELLS = env_int("ADAPT_MIN_TRAIN_CELLS", 10, minimum=4)
 ADAPT_MIN_HELDOUT_CELLS = env_int("ADAPT_MIN_HELDOUT_CELLS", 5)
 ADAPT_HELDOUT_PERCENT = env_int("ADAPT_HELDOUT_PERCENT", 25, maximum=90)
-# `python -m ml.train` options after --init/--data/--out (docs/MODELS.md, "Adapting a model").
+# How the `adapt` worker adapts (docs/MODELS.md, "From the portal"): "few-cell" (ml.adapt: the
+# lab's BatchNorm statistics and a logistic head on the reviewed cells, a conservative
+# auto-accept threshold; seconds) or "fine-tune" (ml.train --init with ADAPT_TRAIN_OPTIONS).
+ADAPT_METHOD = env_choice("ADAPT_METHOD", "few-cell", ("few-cell", "fine-tune"))
+# With ADAPT_METHOD=fine-tune: `python -m ml.train` options after --init/--data/--out
+# (docs/MODELS.md, "Adapting a model").
 ADAPT_TRAIN_OPTIONS = env_str(
     "ADAPT_TRAIN_OPTIONS",
     "--trunk-blocks 17 --views 4 --epochs 10 --head-epochs 0 --stain-jitter --batch-size 32",

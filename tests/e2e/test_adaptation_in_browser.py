@@ -78,15 +78,24 @@ def _lab() -> tuple[Membership, ModelVersion]:
 def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
     """What the adaptation worker writes at the end, with made-up figures."""
     services.claim(job_id=job.pk)
+    train = sum(job.plan["train"].values())
+    # The default method (few-cell) on fewer reviewed cells than a bounded threshold needs:
+    # the model auto-accepts nothing (its threshold is ml.adapt.NO_AUTO_ACCEPT).
+    auto_accept = {"threshold": None, "cells": train, "cells_needed": 299}
     adapted = ModelVersionFactory.create(
         name=f"pbc8-mobilenetv2 adapted to {job.lab.slug} (#{job.pk})",
         classes=CLASSES,
         lab=job.lab,
+        threshold=2.0,
+        metrics={"auto_accept": auto_accept},
+        guard={"thresholds": {"1": 5.1, "20": 2.95, "100": 2.41}, "design": "pooled", "taps": []},
     )
     heldout = job.plan["heldout"]
     n = sum(heldout.values())
 
-    def figures(which: int, coverage: float, f1: float) -> dict[str, object]:
+    def figures(
+        which: int, coverage: float, f1: float, right_above: float | None
+    ) -> dict[str, object]:
         per_class = {
             label: {"support": heldout[label], "recall": RECALLS[label][which]} for label in heldout
         }
@@ -96,7 +105,7 @@ def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
             "accuracy": right / n,
             "macro_f1": f1,
             "coverage": coverage,
-            "accuracy_above_threshold": 0.99 if which else 0.93,
+            "accuracy_above_threshold": right_above,
             "per_class": per_class,
         }
 
@@ -104,13 +113,15 @@ def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
         job_id=job.pk,
         result_model=adapted,
         figures={
-            "base": figures(0, 0.41, 0.62),
-            "adapted": figures(1, 0.74, 0.87),
+            "base": figures(0, 0.41, 0.62, 0.93),
+            "adapted": figures(1, 0.0, 0.87, None),
+            "method": "few-cell",
+            "auto_accept": auto_accept,
             "heldout_cases": job.plan["heldout_cases"],
             "group_by": job.plan["group_by"],
             "base_guard": True,
             "adapted_guard": True,
-            "guard": {"fitted_on_cells": 58, "calibrated_on_cells": 11},
+            "guard": {"fitted_on_cells": train - 15, "calibrated_on_cells": 15},
         },
     )
     job.refresh_from_db()
@@ -150,7 +161,12 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     page.goto(f"{base}/lab/{lab.pk}/adaptation/{job.pk}/")
     expect(page.locator("#summary")).to_contain_text("held-out reviewed cells")
     expect(page.locator("#per-class tbody tr")).to_have_count(4)
-    expect(page.locator("#guard")).to_contain_text("58 to fit on, 11 to set its limits on")
+    train = sum(job.plan["train"].values())
+    expect(page.locator("#guard")).to_contain_text(f"{train - 15} to fit on, 15 to set")
+    expect(page.locator("#method")).to_contain_text("few-cell")
+    expect(page.locator("#auto-accept")).to_contain_text(
+        f"No auto-accepting: too few reviewed cells ({train}; 299 needed"
+    )
     _save(page, "adaptation-job")
 
     page.click("text=Activate for St Elsewhere Haematology")
@@ -158,4 +174,14 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     expect(page.locator("#decision")).to_contain_text("in use")
     lab.refresh_from_db()
     assert lab.active_model == job.result_model
+
+    # The Model page names the adapted model, its guard and that it auto-accepts nothing.
+    page.goto(f"{base}/lab/{lab.pk}/model/")
+    expect(page.locator("#current-model")).to_contain_text(str(job.result_model))
+    expect(page.locator("#current-guard")).to_contain_text("pooled features")
+    expect(page.locator("#current-guard")).to_contain_text("2.95")
+    expect(page.locator("#current-threshold")).to_contain_text(
+        f"{train} reviewed cells; a threshold needs at least 299"
+    )
+    _save(page, "lab-model-adapted")
     assert console_errors == []

@@ -1,5 +1,6 @@
 """A real Celery worker consuming only the `adapt` queue adapts a tiny model to a lab's reviewed
-cells: a new, inactive model version of that lab appears with its held-out figures."""
+cells: a new, inactive model version of that lab appears with its held-out figures. By each
+ADAPT_METHOD: few-cell (the default) and fine-tune."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
 
 
-def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_its_figures(
+def test_a_fine_tuning_worker_on_the_adapt_queue_registers_an_inactive_adapted_model(
     tiny_model: ModelVersion, tmp_path: Path, settings: LazySettings
 ) -> None:
     admin = MembershipFactory.create(role=Role.ADMIN)
@@ -43,6 +44,7 @@ def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_it
     use_broker("filesystem://", broker)
     models_dir, work_dir = tmp_path / "models", tmp_path / "work"
     env = {
+        "ADAPT_METHOD": "fine-tune",
         # A recipe of seconds for a 32-pixel model on one thread; a third of the training
         # cells are its val split, enough (12) to calibrate the refitted batch guard on.
         "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16 "
@@ -109,3 +111,74 @@ def test_a_worker_on_the_adapt_queue_registers_an_inactive_adapted_model_with_it
         action=services.ADAPTATION_FINISHED, object_id=str(job.pk), lab=lab
     ).exists()
     assert "loaded" not in log.read_text()  # an adaptation worker loads no classifier
+
+
+def test_by_default_the_worker_adapts_with_the_few_cell_method_and_auto_accepts_nothing(
+    tiny_model: ModelVersion, tmp_path: Path
+) -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    lab = admin.lab
+    reviewer = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST).user
+    for _ in range(12):
+        reviewed_batch(
+            case=CaseFactory.create(lab=lab),
+            model_version=tiny_model,
+            labels=PER_CASE,
+            reviewer=reviewer,
+            with_files=True,
+        )
+    broker = tmp_path / "broker"
+    use_broker("filesystem://", broker)
+    models_dir, work_dir = tmp_path / "models", tmp_path / "work"
+    env = {  # no ADAPT_METHOD: the default
+        "ADAPT_THREADS": "1",
+        "ADAPTED_MODELS_DIR": str(models_dir),
+        "ADAPT_WORK_DIR": str(work_dir),
+    }
+    log = tmp_path / "adapt-worker.log"
+
+    with celery_worker(
+        broker_url="filesystem://",
+        broker_folder=broker,
+        log_path=log,
+        extra_env=env,
+        queues="adapt",
+    ):
+        job = services.start_adaptation(admin=admin.user, lab=lab)
+        wait_until(
+            lambda: not AdaptationJob.objects.get(pk=job.pk).is_active,
+            timeout=300,
+            what="the adaptation to finish",
+        )
+
+    job.refresh_from_db()
+    assert job.status == AdaptationJob.Status.DONE, f"{job.error}\n{log.read_text()[-4000:]}"
+    adapted = job.result_model
+    assert adapted is not None
+    assert adapted.lab == lab
+    meta = read_metadata(Path(adapted.checkpoint_path))
+    assert meta.classes == TINY_CLASSES == adapted.classes
+    assert meta.recipe["method"] == "few-cell" == job.figures["method"]
+    assert meta.recipe["init_sha256"] == tiny_model.checkpoint_sha256
+    train = sum(job.plan["train"].values())
+    assert meta.metrics["reviewed_per_class"] == job.plan["train"]
+    # Far fewer reviewed cells than a bounded threshold needs: the model auto-accepts nothing,
+    # and the job says on how many cells that rests.
+    accept = job.figures["auto_accept"]
+    assert accept["threshold"] is None
+    assert accept["cells"] == train < accept["cells_needed"] == 299
+    assert adapted.auto_accepts_nothing
+    assert job.figures["adapted"]["coverage"] == 0.0
+    # Measured on the same held-out cells as the base model.
+    assert (
+        job.figures["adapted"]["n"] == job.figures["base"]["n"] == sum(job.plan["heldout"].values())
+    )
+    # A guard refitted on the lab's cells: a quarter of each class calibrates it.
+    assert (
+        job.figures["guard"]["fitted_on_cells"] + job.figures["guard"]["calibrated_on_cells"]
+        == train
+    )
+    assert adapted.has_guard
+    assert {"20", "100"} <= set(adapted.guard["thresholds"])
+    assert adapted.guard["design"] == "pooled"
+    assert not any(work_dir.iterdir())

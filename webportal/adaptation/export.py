@@ -1,6 +1,6 @@
 """Writing a lab's reviewed cells as folders `ml.train` and `ml.evaluate` read.
 
-    FOLDER/train/<class>/<cell id>.png      the cells the fine-tune learns from
+    FOLDER/train/<class>/<cell id>.png      the cells the adaptation learns from
     FOLDER/heldout/<class>/<cell id>.png    the cells both models are measured on
 
 Each picture is what the classifier is given for that cell, before its own resizing: a cell

@@ -7,9 +7,9 @@ from django.db import models
 
 
 class AdaptationJob(models.Model):
-    """A fine-tune of a base model on a lab's reviewed cells (ml.train --init), run by a worker
-    on the `adapt` queue; the result is a new ModelVersion of that lab, inactive until an admin
-    activates it."""
+    """An adaptation of a base model to a lab's reviewed cells (ADAPT_METHOD: ml.adapt's
+    few-cell method, or ml.train --init), run by a worker on the `adapt` queue; the result is
+    a new ModelVersion of that lab, inactive until an admin activates it."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -333,3 +333,52 @@ def why_not_activatable(job: AdaptationJob) -> str:
             "choose it on the Model page, stating why."
         )
     return ""
+
+
+# How each ADAPT_METHOD adapts, in a lab admin's words (docs/MODELS.md, "From the portal").
+METHODS = {
+    "few-cell": (
+        "few-cell: the lab's own BatchNorm statistics and the model's last layer refitted on "
+        "its reviewed cells (the method that did best with 10-25 reviewed cells a class)"
+    ),
+    "fine-tune": "fine-tune: the model's last blocks retrained on the reviewed cells",
+}
+
+
+def method_text(job: AdaptationJob) -> str:
+    """How the job adapted the model ("" before it has figures). Jobs from before the method
+    was recorded fine-tuned."""
+    if not job.figures:
+        return ""
+    method = str(job.figures.get("method", "fine-tune"))
+    return METHODS.get(method, method)
+
+
+def auto_accept_text(job: AdaptationJob) -> str:
+    """What the adapted model accepts without a person, and what that rests on."""
+    accept = job.figures.get("auto_accept")
+    model = job.result_model
+    if accept is None or model is None:
+        return ""
+    cells = accept.get("cells")
+    if model.auto_accepts_nothing:
+        needed = accept.get("cells_needed")
+        return (
+            f"No auto-accepting: too few reviewed cells ({cells}; {needed} needed for a "
+            "threshold shown 99% right with 95% confidence). Every cell this model classifies "
+            "waits for a person; review more cells and adapt again to earn a threshold."
+        )
+    if accept.get("lower_bound") is not None:
+        return (
+            f"Auto-accepts cells at a confidence of at least {accept['threshold']:.3f}: of "
+            f"{cells} reviewed cells, each scored by a model fitted without it, the "
+            f"{accept['above']} at or above it were {accept['right_above']} right (95% lower "
+            f"bound of their accuracy {100 * accept['lower_bound']:.1f}%)."
+        )
+    if model.threshold is None:
+        return "No confidence threshold: every cell would be accepted without review."
+    return (
+        f"Auto-accepts cells at a confidence of at least {model.threshold:.3f}, the lowest at "
+        f"which its own {cells} validation cells were right often enough, as measured on so "
+        "few cells (no bound)."
+    )

@@ -45,6 +45,26 @@ class ModelVersion(models.Model):
     def has_guard(self) -> bool:
         return bool(self.guard.get("thresholds"))
 
+    @property
+    def auto_accepts_nothing(self) -> bool:
+        """A threshold above every confidence (a probability is at most 1): the one rule
+        (`selectors.current_label`) leaves every cell unidentified until reviewed. A few-cell
+        adaptation writes one (ml.adapt.NO_AUTO_ACCEPT) when its reviewed cells are too few
+        to bound the accuracy of the cells it would accept. None is the opposite: no cell is
+        held for its confidence."""
+        return self.threshold is not None and self.threshold > 1.0
+
+    @property
+    def guard_design(self) -> str:
+        """What the guard reads, in words ("" when the row predates it being recorded)."""
+        design = self.guard.get("design")
+        if design == "pooled":
+            return "pooled features"
+        if design == "pooled + early":
+            blocks = ", ".join(str(t) for t in self.guard.get("taps", []))
+            return f"pooled + early (pooled features and the channel statistics of blocks {blocks})"
+        return ""
+
     def guard_threshold(self, cells: int) -> float | None:
         """The guard's flag limit for a batch of `cells` cells (None: no guard or no limit)."""
         limit = self.guard.get("thresholds", {}).get(str(cells))

@@ -1,4 +1,4 @@
-"""The adaptation worker's side: export, fine-tune, measure, register.
+"""The adaptation worker's side: export, adapt, measure, register.
 
 Only the worker consuming the `adapt` queue imports this module (through workers.tasks): it
 brings in PyTorch. The steps, each reported on the job row with a heartbeat:
@@ -6,9 +6,15 @@ brings in PyTorch. The steps, each reported on the job row with a heartbeat:
 1. claim the job (queued -> running; a repeated message finds nothing to claim);
 2. export the plan's cells (kept on the job since the start) to a work folder
    (`webportal.adaptation.export`): train/ and heldout/, one sub-folder per class;
-3. fine-tune the base checkpoint on train/ with `ml.train.fine_tune` (`--init`: its classes
-   kept, the loss masked to the lab's classes, temperature and threshold refitted), options
-   from ADAPT_TRAIN_OPTIONS, progress per epoch;
+3. adapt the base checkpoint to train/ by ADAPT_METHOD:
+   - `few-cell` (the default): `ml.adapt.adapt_folder`, the best method measured with 10-25
+     reviewed cells a class (docs/MODELS.md, "Adapting with few reviewed cells"): the lab's
+     BatchNorm statistics and a logistic head on the reviewed cells, the temperature and a
+     conservative auto-accept threshold from their out-of-fold predictions (none with too few
+     cells: the model then auto-accepts nothing), a batch guard refitted; seconds;
+   - `fine-tune`: `ml.train.fine_tune` (`--init`: its classes kept, the loss masked to the
+     lab's classes, temperature and threshold refitted on a val split), options from
+     ADAPT_TRAIN_OPTIONS, progress per epoch;
 4. evaluate the base and the adapted model on heldout/ (`ml.evaluate.evaluate_folder`);
 5. keep the checkpoint in ADAPTED_MODELS_DIR and register it as a ModelVersion of the lab,
    with both figures in its metrics, inactive; the job is done.
@@ -28,6 +34,7 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
+from ml.adapt import FewCellOptions, adapt_folder
 from ml.checkpoint import load_ood, sha256_of
 from ml.evaluate import evaluate_folder
 from ml.inference import Classifier
@@ -81,6 +88,62 @@ def _measure(path: Path, heldout: Path) -> dict[str, Any]:
     return figures_of(evaluate_folder(Classifier.load(path), heldout, workers=0))
 
 
+FEW_CELL, FINE_TUNE = "few-cell", "fine-tune"
+
+
+def _few_cell(job: AdaptationJob, base: Path, train: Path, out: Path) -> dict[str, Any]:
+    """ml.adapt's few-cell method: seconds, no epochs. Its auto-accept threshold is the
+    conservative one (`auto_accept`: the cells it rests on, or why there is none)."""
+    services.report_progress(job_id=job.pk, stage=Stage.TRAINING)
+    threads = settings.ADAPT_THREADS or torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        options = FewCellOptions()
+        metrics = adapt_folder(init=base, data=train, out=out, options=options)
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "method": FEW_CELL,
+        "options": options.to_dict(),
+        "guard": metrics["guard"],
+        "auto_accept": metrics["auto_accept"],
+        # Each reviewed training cell scored by a head fitted without it.
+        "training_val": {**metrics["reviewed_oof"], "out_of_fold": True},
+        "epochs": None,
+    }
+
+
+def _fine_tune(job: AdaptationJob, base: Path, train: Path, out: Path) -> dict[str, Any]:
+    """`ml.train --init` on the training cells (ADAPT_TRAIN_OPTIONS), progress per epoch. Its
+    threshold is ml.train's, fitted on its own val split (`auto_accept` says so)."""
+    options = train_options()
+    services.report_progress(job_id=job.pk, stage=Stage.TRAINING, epochs_done=0)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        services.report_progress(
+            job_id=job.pk,
+            stage=Stage.TRAINING,
+            epochs_done=int(row["epoch"]) + 1,
+            epochs_planned=int(row["epochs"]),
+        )
+
+    training = fine_tune(init=base, data=train, out=out, options=options, on_epoch=on_epoch)
+    return {
+        "method": FINE_TUNE,
+        "options": options,
+        "guard": training.get("guard"),
+        "auto_accept": {
+            "threshold": training.get("threshold"),
+            "cells": training.get("n"),
+            "rule": "lowest confidence whose val cells above it are "
+            f"{training.get('target_accuracy')} right, as measured (no bound)",
+        },
+        "training_val": {k: training.get(k) for k in ("n", "accuracy", "macro_f1")},
+        "epochs": training.get("best_epoch"),
+    }
+
+
 def run_adaptation(*, job_id: int) -> None:
     """Run one adaptation job to the end; a job not queued is left as it is. An error fails
     the job with its reason (the task's caller logs it)."""
@@ -113,21 +176,12 @@ def _run(job: AdaptationJob, work: Path) -> None:
     for side in (TRAIN, HELDOUT):
         export_cells(lab=job.lab, cells=job.plan["cells"][side], folder=work / side)
 
-    options = train_options()
-    services.report_progress(job_id=job.pk, stage=Stage.TRAINING, epochs_done=0)
-
-    def on_epoch(row: dict[str, Any]) -> None:
-        services.report_progress(
-            job_id=job.pk,
-            stage=Stage.TRAINING,
-            epochs_done=int(row["epoch"]) + 1,
-            epochs_planned=int(row["epochs"]),
-        )
-
     out = work / "out" / "adapted.pt"
-    training = fine_tune(
-        init=base_path, data=work / TRAIN, out=out, options=options, on_epoch=on_epoch
-    )
+    method = settings.ADAPT_METHOD
+    if method == FEW_CELL:
+        method_figures = _few_cell(job, base_path, work / TRAIN, out)
+    else:
+        method_figures = _fine_tune(job, base_path, work / TRAIN, out)
 
     services.report_progress(job_id=job.pk, stage=Stage.EVALUATING)
     figures = {
@@ -135,16 +189,13 @@ def _run(job: AdaptationJob, work: Path) -> None:
         "adapted": _measure(out, work / HELDOUT),
         "group_by": job.plan["group_by"],
         "heldout_cases": job.plan.get("heldout_cases"),
-        # Whether each checkpoint carries a batch guard (ml.ood): --init does not carry the
-        # base model's over (the features moved) but refits one on the lab's own training
-        # cells, calibrated on their val split; with too few cells there is none, and
-        # `guard` says why (the page says what that means).
+        # Whether each checkpoint carries a batch guard (ml.ood): neither method carries the
+        # base model's over (the features moved); each refits one on the lab's own training
+        # cells; with too few cells there is none, and `guard` says why (the page says what
+        # that means).
         "base_guard": load_ood(base_path) is not None,
         "adapted_guard": load_ood(out) is not None,
-        "guard": training.get("guard"),
-        "training_val": {k: training.get(k) for k in ("n", "accuracy", "macro_f1")},
-        "epochs": training.get("best_epoch"),
-        "options": options,
+        **method_figures,
     }
 
     services.report_progress(job_id=job.pk, stage=Stage.REGISTERING)
@@ -161,8 +212,9 @@ def _run(job: AdaptationJob, work: Path) -> None:
     )
     services.finish(job_id=job.pk, result_model=model, figures=figures)
     logger.info(
-        "adaptation %s: %s registered; held-out accuracy %.3f -> %.3f on %d cells",
+        "adaptation %s (%s): %s registered; held-out accuracy %.3f -> %.3f on %d cells",
         job.pk,
+        figures["method"],
         model,
         figures["base"]["accuracy"],
         figures["adapted"]["accuracy"],

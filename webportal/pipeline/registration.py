@@ -18,6 +18,20 @@ from webportal.cases.registry import pin_labs_on_newest
 from webportal.core.errors import ServiceError
 
 
+def guard_of(checkpoint_path: Path) -> dict[str, Any]:
+    """The checkpoint's batch guard as the registry keeps it ({} = none): its limits per
+    batch size and what it reads (the Model page names it): the pooled features alone, or also
+    the channel statistics of these early blocks (docs/MODELS.md, "A guard a lab can trust")."""
+    ood = load_ood(checkpoint_path)
+    if ood is None or not ood.thresholds:
+        return {}
+    return {
+        "thresholds": {str(n): float(t) for n, t in sorted(ood.thresholds.items())},
+        "design": "pooled + early" if ood.taps else "pooled",
+        "taps": list(ood.taps),
+    }
+
+
 def register_model(
     *,
     checkpoint_path: Path,
@@ -40,14 +54,13 @@ def register_model(
     digest = sha256_of(checkpoint_path)
     existing = ModelVersion.objects.filter(checkpoint_sha256=digest).first()
     if existing is not None:
+        if existing.guard and "design" not in existing.guard:
+            # Registered before the design was recorded: the same file, so the same guard.
+            existing.guard = guard_of(checkpoint_path)
+            existing.save(update_fields=["guard"])
         return existing
     meta = read_metadata(checkpoint_path)
-    ood = load_ood(checkpoint_path)
-    guard = (
-        {"thresholds": {str(n): float(t) for n, t in sorted(ood.thresholds.items())}}
-        if ood is not None and ood.thresholds
-        else {}
-    )
+    guard = guard_of(checkpoint_path)
     with transaction.atomic():
         if lab is None:
             pin_labs_on_newest(registering=name or checkpoint_path.stem)

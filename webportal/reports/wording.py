@@ -18,8 +18,19 @@ INTERVAL_NOTE = (
 
 
 def threshold_text(threshold: float | None) -> str:
-    """A calibrated-confidence threshold as printed: three decimals (0.99387 -> 0.994)."""
-    return "none" if threshold is None else f"{threshold:.3f}"
+    """A calibrated-confidence threshold as printed: three decimals (0.99387 -> 0.994); one
+    above every confidence (ModelVersion.auto_accepts_nothing) in words."""
+    if threshold is None:
+        return "none"
+    if threshold > 1.0:
+        return "none reached: nothing auto-accepted"
+    return f"{threshold:.3f}"
+
+
+def threshold_percent(threshold: float | None) -> str:
+    """The threshold in percent for a page's heading; "" for none and for one above every
+    confidence (the page says "nothing auto-accepted" instead)."""
+    return "" if threshold is None or threshold > 1.0 else f"{100 * threshold:.1f}"
 
 
 def verification_line(report: Report) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -217,3 +219,77 @@ def test_the_job_page_says_when_activating_would_lose_the_batch_check(lab, base_
     job.save()
 
     assert "the adapted one has none" in client.get(url).content.decode()
+
+
+def few_cell_job(
+    lab, base_model, *, auto_accept: dict[str, Any], threshold: float
+) -> AdaptationJob:
+    """A finished few-cell adaptation (ADAPT_METHOD=few-cell) whose model has a guard."""
+    job = finished_job(lab, base_model)
+    assert job.result_model is not None
+    job.result_model.threshold = threshold
+    job.result_model.guard = {"thresholds": {"20": 2.5, "100": 2.1}, "design": "pooled"}
+    job.result_model.metrics = {"auto_accept": auto_accept}
+    job.result_model.save()
+    job.figures = {**job.figures, "method": "few-cell", "auto_accept": auto_accept}
+    job.save()
+    return job
+
+
+def test_the_job_page_names_the_few_cell_method_and_says_it_auto_accepts_nothing_with_few_cells(
+    lab, base_model
+) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    accept = {"threshold": None, "cells": 36, "cells_needed": 299, "none_because": "36 cells"}
+    job = few_cell_job(lab, base_model, auto_accept=accept, threshold=2.0)
+
+    page = client_for(admin).get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+
+    assert "Method: few-cell" in page
+    assert "No auto-accepting: too few reviewed cells (36; 299 needed" in page
+    # Safe to use: nothing is accepted without a person, so it may be activated.
+    assert "Activate for" in page
+    assert "never predicts them" in page
+
+
+def test_the_job_page_gives_the_earned_threshold_and_the_cells_it_rests_on(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    accept = {
+        "threshold": 0.97,
+        "cells": 400,
+        "above": 320,
+        "right_above": 320,
+        "lower_bound": 0.9907,
+        "cells_needed": 299,
+    }
+    job = few_cell_job(lab, base_model, auto_accept=accept, threshold=0.97)
+
+    page = client_for(admin).get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+
+    assert "at least 0.970: of 400 reviewed cells" in page
+    assert "the 320 at or above it were 320 right (95% lower bound of their accuracy 99.1%)" in page
+    assert "No auto-accepting" not in page
+
+
+def test_a_job_from_before_the_method_was_recorded_is_named_a_fine_tune(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    job = finished_job(lab, base_model)
+
+    page = client_for(admin).get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+
+    assert "Method: fine-tune" in page
+    assert "still has them" in page
+
+
+@pytest.mark.parametrize(
+    ("method", "says"), [("few-cell", "refitted last layer"), ("fine-tune", "Fine-tunes")]
+)
+def test_the_adaptation_page_says_how_the_configured_method_adapts(
+    method: str, says: str, lab, base_model, settings
+) -> None:
+    settings.ADAPT_METHOD = method
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+
+    page = client_for(admin).get(reverse("adaptation:adaptation", args=[lab.pk])).content.decode()
+
+    assert says in page

@@ -64,6 +64,23 @@ def test_a_cell_is_auto_accepted_only_if_its_batch_check_allows_it(
     )
 
 
+def test_a_threshold_above_every_confidence_auto_accepts_no_cell() -> None:
+    """A few-cell adaptation without enough reviewed cells (ml.adapt.NO_AUTO_ACCEPT)."""
+    model = ModelVersion(threshold=2.0)
+    assert model.auto_accepts_nothing
+    assert not ModelVersion(threshold=0.9).auto_accepts_nothing
+    assert not ModelVersion(threshold=None).auto_accepts_nothing
+    for confidence in (0.5, 0.999, 1.0):
+        label = current_label(
+            predicted="neutrophil",
+            confidence=confidence,
+            reviewed=None,
+            threshold=model.threshold,
+            batch_check=Batch.Check.PASSED,
+        )
+        assert label == UNIDENTIFIED
+
+
 def test_an_odd_cell_is_unidentified_even_in_a_batch_that_passed() -> None:
     def label(*, reviewed: str | None = None, odd: bool = False) -> str:
         return current_label(

@@ -26,6 +26,22 @@ def test_a_registered_checkpoint_keeps_its_guards_limits(guarded_checkpoint: Pat
     assert version.guard_threshold(20) == pytest.approx(stored.thresholds[20])
 
 
+def test_the_registry_records_what_the_guard_reads_also_for_a_row_registered_before(
+    guarded_checkpoint: Path,
+) -> None:
+    version = registration.register_model(checkpoint_path=guarded_checkpoint)
+    assert version.guard["design"] == "pooled"
+    assert version.guard_design == "pooled features"
+    # A row registered before the design was recorded gets it when the file is registered again.
+    version.guard = {"thresholds": version.guard["thresholds"]}
+    version.save()
+    again = registration.register_model(checkpoint_path=guarded_checkpoint)
+    assert again.pk == version.pk
+    again.refresh_from_db()
+    assert again.guard["design"] == "pooled"
+    assert again.guard["taps"] == []
+
+
 def test_a_checkpoint_without_a_guard_is_registered_as_having_none(tmp_path: Path) -> None:
     version = registration.register_model(
         checkpoint_path=make_tiny_checkpoint(tmp_path / "m.pt", TINY_CLASSES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -34,6 +35,7 @@ def adaptation(request: HttpRequest, lab_id: int) -> HttpResponse:
             "problem": problem,
             "running": selectors.active_job(lab=lab),
             "jobs": selectors.jobs_of(lab=lab)[:20],
+            "few_cell": settings.ADAPT_METHOD == "few-cell",
         },
     )
 
@@ -64,6 +66,8 @@ def job(request: HttpRequest, lab_id: int, adaptation_job_id: int) -> HttpRespon
             "rows": selectors.figure_rows(found),
             "summary": selectors.summary_rows(found),
             "refused": selectors.why_not_activatable(found),
+            "method": selectors.method_text(found),
+            "auto_accept": selectors.auto_accept_text(found),
             "stale": selectors.stale_reason(found) if selectors.is_stale(found) else "",
             "in_use": found.result_model_id is not None
             and lab.active_model_id == found.result_model_id,

@@ -67,7 +67,12 @@ class VerificationSerializer(serializers.Serializer[Any]):
     labelled_cells = serializers.IntegerField()
     every_cell_verified_by_a_person = serializers.BooleanField()
     model = serializers.CharField()
-    threshold = serializers.FloatField(allow_null=True)
+    threshold = serializers.FloatField(
+        allow_null=True,
+        help_text="The model's confidence threshold: below it a cell is unidentified until "
+        "reviewed. Above 1 (a model adapted on too few reviewed cells): no cell is "
+        "auto-accepted. null: none, no cell is held for its confidence.",
+    )
     statement = serializers.CharField()
     decision_support = serializers.CharField()
 

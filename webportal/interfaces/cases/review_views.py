@@ -29,7 +29,7 @@ from webportal.core.labels import NOT_CLASSED, PENDING, UNIDENTIFIED
 from webportal.reports.models import Report
 from webportal.reports.reviews import review_cells, review_history, review_labels
 from webportal.reports.services import latest_report
-from webportal.reports.wording import differential_context, threshold_text
+from webportal.reports.wording import differential_context, threshold_percent, threshold_text
 
 # Keys 1-9 pick the first nine categories of the lab's vocabulary, then the letters a-z the
 # next ones (the morphology categories the model lacks); 0 marks "not classed".
@@ -96,7 +96,7 @@ def review(request: HttpRequest, batch_id: int) -> HttpResponse:
             "groups": _groups(states, list(batch.model_version.classes)),
             "cell_count": len(states),
             "choices": _choices(batch),
-            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "threshold_percent": threshold_percent(threshold),
             "threshold": threshold_text(threshold),
             "unidentified": UNIDENTIFIED,
             **_differential_context(report),
@@ -172,7 +172,7 @@ def cell_detail(request: HttpRequest, cell_id: int) -> HttpResponse:
                 {"label": label, "percent": 100 * p, "shown": f"{100 * p:.1f}"}
                 for label, p in probabilities
             ],
-            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "threshold_percent": threshold_percent(threshold),
             "history": review_history(cell=cell),
             "choices": _choices(batch),
             "unidentified": UNIDENTIFIED,

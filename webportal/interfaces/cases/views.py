@@ -14,6 +14,7 @@ from webportal.cases.models import Batch
 from webportal.core.labels import UNIDENTIFIED
 from webportal.interfaces.cases.forms import BatchUploadForm, CaseForm
 from webportal.reports.services import latest_report
+from webportal.reports.wording import threshold_percent
 
 
 @require_http_methods(["GET", "POST"])
@@ -97,7 +98,7 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
             "empty_fields": selectors.fields_without_white_cells(batch=batch),
             "differential": differential,
             "max_count": max_count,
-            "threshold_percent": "" if threshold is None else f"{100 * threshold:.1f}",
+            "threshold_percent": threshold_percent(threshold),
             "report": report,
             "unidentified": UNIDENTIFIED,
             "pending": selectors.PENDING,

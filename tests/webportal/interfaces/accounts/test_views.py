@@ -157,6 +157,33 @@ def test_the_model_page_names_the_model_in_use_and_its_guard() -> None:
     assert "1.42" in guard[: guard.index("</p>")]
 
 
+def test_the_model_page_names_the_guards_design_and_a_model_that_auto_accepts_nothing() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    adapted = ModelVersionFactory.create(
+        name="pbc8 adapted",
+        lab=admin.lab,
+        threshold=2.0,  # ml.adapt.NO_AUTO_ACCEPT: above every confidence
+        metrics={"auto_accept": {"threshold": None, "cells": 80, "cells_needed": 299}},
+        guard={"thresholds": {"20": 2.8, "100": 2.3}, "design": "pooled + early", "taps": [3, 6]},
+    )
+    admin.lab.active_model = adapted
+    admin.lab.save()
+
+    html = _client(admin).get(reverse("accounts:lab_model", args=[admin.lab.pk])).content.decode()
+
+    guard = html[html.index('id="current-guard"') :]
+    guard = guard[: guard.index("</p>")]
+    assert "pooled + early" in guard
+    assert "blocks 3, 6" in guard
+    assert "2.80" in guard
+    accepting = html[html.index('id="current-threshold"') :]
+    accepting = accepting[: accepting.index("</p>")]
+    assert "<strong>none</strong>" in accepting
+    assert "80 reviewed cells; a threshold needs at least 299" in accepting
+    assert "none reached: nothing auto-accepted" in html  # the table's threshold column
+    assert "2.000" not in html
+
+
 def test_choosing_a_model_without_a_guard_on_the_page_asks_why_and_changes_nothing() -> None:
     admin = MembershipFactory.create(role=Role.ADMIN)
     unguarded = ModelVersionFactory.create(name="no-guard", guard={})

@@ -1,0 +1,204 @@
+"""The portal's few-cell adaptation (`ml.adapt.adapt_to_cells`, what the `adapt` worker runs)
+through the evaluation of `ml.adapt_study`: the same labs, test cells, pools and reviewed
+cells drawn, each adapted checkpoint written, loaded by `ml.inference.Classifier` as a worker
+loads it and scored on the lab's test cells. Beside each run, the study's own figure for the
+same method (lab BN statistics, 1 view, logistic head), lab, n and seed.
+
+    nice -n 10 python -m ml.adapt_check --model ml/weights/pbc8-mobilenetv2.pt \\
+        --pbc ../shared/data/pbc/dev --kaggle ../shared/data/kaggle-blood-cells/TRAIN \\
+        --labs stain bccd yellow --ns 10 --study ml/weights/trials/pbc8-adapt-study.json \\
+        --json ml/weights/trials/pbc8-adapt-portal.json
+
+Two sources of the BatchNorm statistics (--bn-from): `reviewed`, the reviewed cells alone,
+as the portal has them (`webportal.pipeline.adaptation`), and `pool`, the study's (200
+unlabelled pictures of the lab's pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ml.adapt import FewCellOptions, adapt_to_cells
+from ml.adapt_study import draw_reviewed, kaggle_cells, shift_of, split_lab
+from ml.checkpoint import load_ood, sha256_of
+from ml.guard import fit_subset, model_split
+from ml.inference import Classifier
+from ml.sources import Cell
+
+STUDY_METHOD = {"variant": "bn", "views": 1, "head": "logistic"}
+
+
+def lab_pictures(lab: str, cells: list[Cell]) -> list[Image.Image]:
+    """Every cell's picture as the study's lab shows it (`ml.adapt_study.LabFeatures`)."""
+    shift = shift_of(lab)
+    out = []
+    for i, cell in enumerate(cells):
+        img = cell.open().convert("RGB")
+        out.append(img if shift is None else shift(img, np.random.default_rng([0, i])))
+    return out
+
+
+def study_figure(study: dict[str, Any] | None, lab: str, n: int, seed: int) -> int | None:
+    """The study's test cells right for the same method, lab, n and seed."""
+    for row in (study or {}).get("rows", []):
+        same = all(row[k] == v for k, v in STUDY_METHOD.items())
+        if same and (row["lab"], row["n"], row["seed"]) == (lab, n, seed):
+            return int(row["test_right"])
+    return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    study = json.loads(Path(args.study).read_text()) if args.study else None
+    base = Classifier.load(args.model, device="cpu", accelerate=False)
+    classes = list(base.classes)
+    ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+    _, val = model_split(
+        argparse.Namespace(data=args.pbc, extra_train=None), dict(ckpt.get("recipe", {}))
+    )
+    options = FewCellOptions()
+    report: dict[str, Any] = {
+        "command": "python -m ml.adapt_check " + " ".join(sys.argv[1:]),
+        "model": str(args.model),
+        "model_sha256": sha256_of(args.model),
+        "options": options.to_dict(),
+        "study": args.study,
+        "study_method": STUDY_METHOD,
+        "runs": [],
+    }
+    for lab in args.labs:
+        cells = (
+            kaggle_cells(Path(args.kaggle), classes)
+            if lab == "bccd"
+            else fit_subset(val, args.per_class, args.split_seed)
+        )
+        test, pool = split_lab(cells, args.split_seed)
+        pictures = lab_pictures(lab, cells)
+        step = max(1, len(pool) // args.stats_cells)
+        stats_idx = list(pool)[::step][: args.stats_cells]
+        test_y = [cells[i].label for i in test]
+        for n in args.ns:
+            for seed in args.seeds:
+                reviewed, drawn = draw_reviewed(cells, pool, n, seed)
+                for bn_from in args.bn_from:
+                    t_run = time.time()
+                    with tempfile.TemporaryDirectory() as tmp:
+                        out = Path(tmp) / "adapted.pt"
+                        metrics = adapt_to_cells(
+                            init=args.model,
+                            pictures=[pictures[i] for i in reviewed],
+                            labels=[cells[i].label for i in reviewed],
+                            out=out,
+                            options=options,
+                            bn_pictures=[pictures[i] for i in stats_idx]
+                            if bn_from == "pool"
+                            else None,
+                        )
+                        clf = Classifier.load(out, device="cpu", accelerate=False)
+                        has_guard = load_ood(out) is not None
+                    predictions = clf.predict([pictures[i] for i in test], batch_size=32)
+                    right = [p.label == y for p, y in zip(predictions, test_y, strict=True)]
+                    accepted = [p.confidence >= (clf.threshold or 0.0) for p in predictions]
+                    row = {
+                        "lab": lab,
+                        "n": n,
+                        "seed": seed,
+                        "bn_from": bn_from,
+                        "drawn": drawn,
+                        "test_cells": len(test),
+                        "test_right": int(sum(right)),
+                        "accuracy": sum(right) / len(test),
+                        "study_test_right": study_figure(study, lab, n, seed),
+                        "checkpoint_threshold": clf.threshold,
+                        "auto_accept": metrics["auto_accept"],
+                        "auto_accepted_test_cells": int(sum(accepted)),
+                        "guard": metrics["guard"],
+                        "has_guard": has_guard,
+                        "temperature": metrics["temperature"],
+                        "reviewed_oof": metrics["reviewed_oof"],
+                        "seconds": round(time.time() - t_run, 1),
+                    }
+                    report["runs"].append(row)
+                    print(
+                        f"{lab} n={n} seed={seed} bn={bn_from}: {row['test_right']}/{len(test)}"
+                        f" (study {row['study_test_right']}), {row['seconds']}s",
+                        flush=True,
+                    )
+                    _write(report, args.json)
+    report["summary"] = summarise(report["runs"])
+    report["seconds"] = round(time.time() - t_start, 1)
+    _write(report, args.json)
+    return report
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per lab, n and BN source: mean accuracy over seeds, and the study's mean."""
+    keys = sorted({(r["lab"], r["n"], r["bn_from"]) for r in runs})
+    out = []
+    for lab, n, bn_from in keys:
+        rs = [r for r in runs if (r["lab"], r["n"], r["bn_from"]) == (lab, n, bn_from)]
+        study = [r["study_test_right"] / r["test_cells"] for r in rs if r["study_test_right"]]
+        out.append(
+            {
+                "lab": lab,
+                "n": n,
+                "bn_from": bn_from,
+                "runs": len(rs),
+                "accuracy": float(np.mean([r["accuracy"] for r in rs])),
+                "accuracy_min": float(min(r["accuracy"] for r in rs)),
+                "accuracy_max": float(max(r["accuracy"] for r in rs)),
+                "study_accuracy": float(np.mean(study)) if len(study) == len(rs) else None,
+                "runs_with_threshold": sum(r["auto_accept"]["threshold"] is not None for r in rs),
+                "auto_accepted_test_cells": sum(r["auto_accepted_test_cells"] for r in rs),
+                "runs_with_guard": sum(r["has_guard"] for r in rs),
+            }
+        )
+    return out
+
+
+def _write(report: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="ml/weights/pbc8-mobilenetv2.pt")
+    p.add_argument("--pbc", default="../shared/data/pbc/dev", help="the model's --data folder")
+    p.add_argument("--kaggle", default="../shared/data/kaggle-blood-cells/TRAIN")
+    p.add_argument("--labs", nargs="+", default=["stain", "bccd"])
+    p.add_argument("--ns", type=int, nargs="+", default=[10])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--bn-from", nargs="+", default=["reviewed", "pool"], choices=["reviewed", "pool"]
+    )
+    p.add_argument("--per-class", type=int, default=72, help="PBC val cells a class (shifts)")
+    p.add_argument("--stats-cells", type=int, default=200, help="pool pictures (--bn-from pool)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--study", help="ml.adapt_study's result JSON, for its figures beside ours")
+    p.add_argument("--json")
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    report = run(args)
+    for s in report["summary"]:
+        print(json.dumps(s))
+
+
+if __name__ == "__main__":
+    main()
