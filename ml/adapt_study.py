@@ -361,6 +361,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tail_from": args.tail_from,
         "taps": args.taps,
         "tail_steps": args.tail_steps,
+        "deep_variants": args.deep_variants,
+        "deep_labs": args.deep_labs,
+        "deep_ns": args.deep_ns,
         "threads": args.threads,
         "oof_folds": OOF_FOLDS,
         "ns": args.ns,
@@ -440,8 +443,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         y_r = y_all[r_t]
                         for head in args.heads:
                             if head == "deep":
-                                if nv != len(views):
-                                    continue  # the deep fine-tune trains on every view
+                                if (
+                                    nv != len(views)  # the deep fine-tune trains on every view
+                                    or variant not in args.deep_variants
+                                    or lab not in args.deep_labs
+                                    or n not in args.deep_ns
+                                ):
+                                    continue
                                 fit = tail_fitter(
                                     tail, acts, y_all, seed=seed, steps=args.tail_steps
                                 )
@@ -497,6 +505,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
                             report["rows"].append(row)
             print(f"{lab} {variant}: heads in {time.time() - t_var:.0f}s", flush=True)
+            _write(report, args.json)  # a variant at a time: a cut-off run keeps its rows
         report["labs"][lab]["seconds"] = round(time.time() - t_lab, 1)
         print(f"{lab}: done in {time.time() - t_lab:.0f}s", flush=True)
         _write(report, args.json)  # a lab at a time: a cut-off run keeps what it measured
@@ -682,6 +691,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--taps", type=int, nargs="*", default=[13, 16], help="blocks the multilayer head adds"
     )
     p.add_argument("--tail-steps", type=int, default=80, help="batches of the deep fine-tune")
+    p.add_argument(
+        "--deep-variants",
+        nargs="*",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="the variants the deep head runs on (minutes a fit on a shared CPU)",
+    )
+    p.add_argument("--deep-labs", nargs="*", default=["bccd", *SYNTHETIC], help="labs for deep")
+    p.add_argument("--deep-ns", type=int, nargs="*", default=[5, 10, 25, 50], help="ns for deep")
     p.add_argument("--ns", type=int, nargs="+", default=[0, 5, 10, 25, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--per-class", type=int, default=72, help="PBC val cells a class (shifts)")
