@@ -17,6 +17,12 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   pulled towards its trained weights so a handful of cells cannot undo it).
 - **More views** (`VIEWS`, `view`): the dihedral flips/rotations of the input square; features
   averaged over views at prediction, every view a training sample for a head.
+- **A deeper fine-tune** (`prefix`, `Tail`, `fine_tune_tail`): the last inverted-residual
+  blocks and the classifier trained on the reviewed cells (every view a sample, the
+  activations shifted by a position as augmentation, L2-SP towards the trained weights), the
+  first blocks frozen, so their output is computed once per cell and view; BatchNorm keeps
+  the statistics it was given (the lab's, from `recalibrate_batchnorm`, first). Tens of
+  seconds on one CPU core for a few hundred samples.
 - **A conservative auto-accept threshold** (`conservative_threshold`): the lowest confidence
   above which the lower one-sided Clopper-Pearson bound of the accuracy of held-out reviewed
   cells is at least the target (99 %), thresholds tested in a fixed order so the choice among

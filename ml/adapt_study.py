@@ -3,9 +3,14 @@ curve of `ml.adapt`'s methods on every leave-one-lab-out fold the shared data al
 
     nice -n 10 python -m ml.adapt_study --model ml/weights/pbc8-mobilenetv2.pt \\
         --pbc ../shared/data/pbc/dev --kaggle ../shared/data/kaggle-blood-cells/TRAIN \\
-        --labs bccd yellow stain --cache-dir var/adapt-study \\
-        --json ml/weights/trials/pbc8-adapt-study.json
+        --labs bccd yellow stain --cache-dir var/adapt-study --views 2 \\
+        --heads base proto logistic --json ml/weights/trials/pbc8-adapt-study.json
     python -m ml.adapt_study --report ml/weights/trials/pbc8-adapt-study.json  # the tables
+
+    # the second study (4 views, multi-layer head, deep fine-tune of features[14:]):
+    nice -n 10 python -m ml.adapt_study --labs bccd yellow stain --variants bn reinhard \\
+        --heads logistic multilayer deep --deep-variants bn --deep-labs bccd yellow \\
+        --deep-ns 10 25 --json ml/weights/trials/pbc8-adapt-study-2.json
 
 The labs (folds), each one the model never trained on:
 
@@ -27,13 +32,21 @@ pool has fewer). Every figure is on the test cells, which nothing was fitted on.
 picture as is or Reinhard-normalised towards the training stain (lab statistics from the pool),
 the trained BatchNorm statistics or the lab's (from the pool's pictures, no labels), 1 or 2+
 views (`--views`), and a head: the model's own (`base`, restricted to the reviewed classes for
-n > 0), `proto` or `logistic` (`ml.adapt`). The auto-accept threshold is fitted on the reviewed
+n > 0), `proto` or `logistic` (`ml.adapt`), `multilayer` (the logistic head on the pooled
+features plus the pooled outputs of `--taps` blocks, z-scored on the lab's pool pictures), or
+`deep` (`ml.adapt.fine_tune_tail`: features[--tail-from:] and the classifier fine-tuned on
+every view of the reviewed cells; only on --deep-variants / --deep-labs / --deep-ns, since
+each fit takes a minute of a shared CPU). The auto-accept threshold is fitted on the reviewed
 cells' out-of-fold predictions (5 folds: each reviewed cell scored by a head not fitted on it):
 `ml.adapt.conservative_threshold` (99 %, 95 % Clopper-Pearson) and, to show how optimistic it
-is, the plain empirical one. At n = 0 the model's own threshold is used.
+is, the plain empirical one. At n = 0 the model's own threshold is used. The deep head's
+out-of-fold fits (5 fine-tunes) are skipped where the reviewed cells are fewer than the 299 a
+99 % bound needs (the conservative rule certainly gives no threshold there: recorded as such;
+the empirical one is then not fitted).
 
-Features are computed once per lab, variant and view and cached under --cache-dir (chunks: an
-interrupted run resumes); the heads then take seconds. One process, --threads (default 1).
+The output of the first --tail-from feature blocks is computed once per lab, variant and view
+and cached under --cache-dir (chunks: an interrupted run resumes); the pooled features are the
+frozen tail's on it, and the feature heads then take seconds. One process, --threads (default 1).
 """
 
 from __future__ import annotations
