@@ -17,6 +17,12 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   pulled towards its trained weights so a handful of cells cannot undo it).
 - **More views** (`VIEWS`, `view`): the dihedral flips/rotations of the input square; features
   averaged over views at prediction, every view a training sample for a head.
+- **A deeper fine-tune** (`prefix`, `Tail`, `fine_tune_tail`): the last inverted-residual
+  blocks and the classifier trained on the reviewed cells (every view a sample, the
+  activations shifted by a position as augmentation, L2-SP towards the trained weights), the
+  first blocks frozen, so their output is computed once per cell and view; BatchNorm keeps
+  the statistics it was given (the lab's, from `recalibrate_batchnorm`, first). Tens of
+  seconds on one CPU core for a few hundred samples.
 - **A conservative auto-accept threshold** (`conservative_threshold`): the lowest confidence
   above which the lower one-sided Clopper-Pearson bound of the accuracy of held-out reviewed
   cells is at least the target (99 %), thresholds tested in a fixed order so the choice among
@@ -634,3 +640,158 @@ def adapt_folder(
             pictures.append(img.convert("RGB"))
     labels = [label for _, label in found]
     return adapt_to_cells(init=init, pictures=pictures, labels=labels, out=out, options=options)
+
+
+# A deeper fine-tune: the last blocks and the classifier ---------------------------------------
+
+
+def prefix(model: nn.Module, start: int) -> nn.Sequential:
+    """`model.features[:start]` (the same modules, not a copy): the frozen part of a deep
+    fine-tune, whose output a study computes once per picture and view and keeps."""
+    blocks = list(model.get_submodule("features").children())
+    if not 0 < start < len(blocks):
+        raise ValueError(f"start {start} is not inside the {len(blocks)} feature blocks")
+    return nn.Sequential(*blocks[:start])
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class Tail(nn.Module):
+    """A copy of the part of a `features`-then-`classifier` network (mobilenet_v2,
+    efficientnet_lite0) from `features[start]` on: the last blocks, the global average pool and
+    the classifier. Its input is `prefix(model, start)`'s output."""
+
+    def __init__(self, model: nn.Module, start: int) -> None:
+        super().__init__()
+        blocks = list(prefix(model, start).children())  # checks start
+        rest = list(model.get_submodule("features").children())[len(blocks) :]
+        self.start = start
+        self.blocks = copy.deepcopy(nn.Sequential(*rest))
+        self.classifier = copy.deepcopy(model.get_submodule("classifier"))
+
+    def pooled(self, x: torch.Tensor, *, taps: Iterable[int] = ()) -> torch.Tensor:
+        """The classifier's input (pooled last block), then, for each of `taps` (indices of
+        `model.features`; start - 1 is the tail's input), that block's pooled output."""
+        wanted = set(taps)
+        extra = [_pool(x)] if self.start - 1 in wanted else []
+        for i, block in enumerate(self.blocks, start=self.start):
+            x = block(x)
+            if i in wanted:
+                extra.append(_pool(x))
+        return torch.cat([_pool(x), *extra], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.pooled(x))
+        return out
+
+    def linear(self) -> nn.Linear:
+        """The classifier's last linear layer (mobilenet_v2: Dropout then Linear)."""
+        return [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def shift_activations(x: torch.Tensor, most: int, generator: torch.Generator) -> torch.Tensor:
+    """Each map of an N x C x H x W batch moved by up to `most` positions each way (edges
+    repeated): a cell's place in the square carries no label, and it is the augmentation left
+    once the prefix's output is fixed."""
+    if most <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (most, most, most, most), mode="replicate")
+    dy = torch.randint(0, 2 * most + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * most + 1, (n,), generator=generator).tolist()
+    return torch.stack(
+        [padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(zip(dy, dx, strict=True))]
+    )
+
+
+@dataclass
+class TunedTail:
+    """A fine-tuned `Tail` predicting only the `allowed` classes (those with reviewed cells)."""
+
+    tail: Tail
+    allowed: torch.Tensor  # C, bool
+
+    @torch.no_grad()
+    def features(self, views: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """V x N x C x H x W prefix outputs (V views of N cells) -> N x D pooled features,
+        averaged over the views."""
+        self.tail.eval()
+        pooled = torch.stack(
+            [
+                torch.cat(
+                    [
+                        self.tail.pooled(v[s : s + batch_size].float())
+                        for s in range(0, v.shape[0], batch_size)
+                    ]
+                )
+                for v in views
+            ]
+        )
+        return pooled.mean(0)
+
+    def head(self) -> FeatureHead:
+        """The tuned classifier as a head on `features`."""
+        linear = self.tail.linear()
+        return FeatureHead(
+            weight=linear.weight.detach().clone(),
+            bias=linear.bias.detach().clone(),
+            allowed=self.allowed,
+        )
+
+    def probabilities(self, views: torch.Tensor) -> torch.Tensor:
+        return self.head().probabilities(self.features(views))
+
+
+def fine_tune_tail(
+    tail: Tail,
+    activations: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int = 80,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    head_lr: float = 3e-3,
+    anchor: float = 1e-3,
+    shift: int = 1,
+    seed: int = 0,
+) -> TunedTail:
+    """A copy of `tail` (its blocks and classifier) fine-tuned on the reviewed cells: their
+    prefix outputs (`activations`, N x C x H x W, each view of a cell its own sample) and
+    `labels` (N). Adam for `steps` batches drawn at random, the classifier at `head_lr`, the
+    blocks at `lr`; the loss is cross-entropy over the reviewed classes only plus
+    anchor * ||theta - theta0||^2 towards the trained weights (L2-SP, Li et al. 2018), so a
+    few dozen cells cannot pull the blocks far. BatchNorm layers keep their statistics (the
+    lab's, when `recalibrate_batchnorm` made the network: a batch of a few reviewed cells
+    would give worse ones) and train only their scale and shift; the classifier's dropout is
+    on. Augmentation: `shift_activations` by up to `shift` positions (the views are the
+    flips and rotations)."""
+    if len(activations) != len(labels) or len(labels) == 0:
+        raise ValueError("one label for each of at least one sample")
+    generator = torch.Generator().manual_seed(seed)
+    tuned = copy.deepcopy(tail)
+    start = [p.detach().clone() for p in tuned.parameters()]
+    head_params = set(map(id, tuned.classifier.parameters()))
+    optimiser = torch.optim.Adam(
+        [
+            {"params": [p for p in tuned.parameters() if id(p) not in head_params], "lr": lr},
+            {"params": list(tuned.classifier.parameters()), "lr": head_lr},
+        ]
+    )
+    num_classes = tuned.linear().out_features
+    allowed = _allowed(labels, num_classes)
+    tuned.eval()
+    tuned.classifier.train()  # dropout on; every BatchNorm stays in eval mode
+    x_all, y_all = activations.float(), labels.long()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y_all), (min(batch_size, len(y_all)),), generator=generator)
+        x = shift_activations(x_all[idx], shift, generator)
+        logits = tuned(x).masked_fill(~allowed, float("-inf"))
+        drift = sum((p - p0).pow(2).sum() for p, p0 in zip(tuned.parameters(), start, strict=True))
+        loss = nn.functional.cross_entropy(logits, y_all[idx]) + anchor * drift
+        optimiser.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+    tuned.eval()
+    return TunedTail(tail=tuned, allowed=allowed)

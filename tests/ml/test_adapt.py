@@ -11,17 +11,27 @@ from torch import nn
 
 from ml.adapt import (
     StainStats,
+    Tail,
     cells_needed,
     clopper_pearson_lower,
     conservative_threshold,
     empirical_threshold,
+    fine_tune_tail,
     logistic_head,
+    prefix,
     prototype_head,
     recalibrate_batchnorm,
     reinhard,
+    shift_activations,
     view,
 )
-from ml.adapt_study import cross_lab_thresholds, draw_reviewed, kaggle_cells, split_lab
+from ml.adapt_study import (
+    cross_lab_thresholds,
+    draw_reviewed,
+    kaggle_cells,
+    out_of_fold,
+    split_lab,
+)
 from ml.sources import Cell
 
 
@@ -207,3 +217,119 @@ def test_cross_lab_threshold_comes_from_the_other_labs_cells_only():
     # a's rests on b and c: c's errors reach the top, so no threshold.
     assert rows[0]["cross_lab"]["threshold"] is None
     assert rows[0]["cross_lab"]["accepted"] == 0
+
+
+class TinyNet(nn.Module):
+    """`features` blocks then a Dropout + Linear `classifier`, as mobilenet_v2 is built."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+
+        self.features = nn.Sequential(block(3, 4), block(4, 6), block(6, 8))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x).mean((2, 3)))
+        return out
+
+
+def test_the_tail_on_the_prefix_output_is_the_whole_network():
+    model = TinyNet().eval()
+    x = torch.randn(5, 3, 8, 8)
+    tail = Tail(model, 1)
+    with torch.no_grad():
+        assert torch.allclose(tail(prefix(model, 1)(x)), model(x), atol=1e-5)
+        # taps: the tail's input (block 0) and block 1, pooled, after the classifier's input.
+        pooled = tail.pooled(prefix(model, 1)(x), taps=[0, 1])
+    assert pooled.shape == (5, 8 + 4 + 6)
+    assert torch.allclose(pooled[:, 8:12], model.features[0](x).mean((2, 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="inside"):
+        prefix(model, 3)
+
+
+def test_shifted_activations_keep_their_shape_and_move_by_at_most_the_limit():
+    x = torch.zeros(6, 1, 5, 5)
+    x[:, 0, 2, 2] = 1.0  # one bright spot in the middle
+    moved = shift_activations(x, 1, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape
+    spots = [divmod(int(m.flatten().argmax()), 5) for m in moved]
+    assert all(abs(r - 2) <= 1 and abs(c - 2) <= 1 for r, c in spots)
+    assert len(set(spots)) > 1  # not all moved alike
+    assert torch.equal(shift_activations(x, 0, torch.Generator()), x)
+
+
+def _two_class_activations() -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix outputs of TinyNet (block 0: 4 channels) whose label is channel 0 against 1."""
+    torch.manual_seed(2)
+    y = torch.tensor([0, 2] * 12)  # class 1 never reviewed
+    x = torch.rand(24, 4, 6, 6) * 0.2
+    x[y == 0, 0] += 2.0
+    x[y == 2, 1] += 2.0
+    return x, y
+
+
+def test_fine_tuning_the_tail_learns_the_reviewed_cells_and_only_their_classes():
+    model = TinyNet().eval()
+    tail = Tail(model, 1)
+    x, y = _two_class_activations()
+    with torch.no_grad():
+        before = (tail(x).argmax(1) == y).float().mean()
+    tuned = fine_tune_tail(tail, x, y, steps=150, lr=1e-2, head_lr=3e-2, anchor=0.0)
+    probs = tuned.probabilities(x.unsqueeze(0))  # one view
+    assert (probs.argmax(1) == y).float().mean() >= 0.95 > before
+    assert probs[:, 1].max() == 0  # never reviewed, never predicted
+    # The tail it was given is untouched.
+    for p, q in zip(tail.parameters(), Tail(model, 1).parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_strong_anchor_keeps_the_tuned_tail_at_the_trained_weights():
+    model = TinyNet().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # statistics a batch of the reviewed cells would move
+            m.running_mean.uniform_(-1.0, 1.0)  # type: ignore[union-attr]
+    tail = Tail(model, 1)
+    x, y = _two_class_activations()
+    pinned = fine_tune_tail(tail, x, y, steps=40, lr=1e-2, head_lr=3e-2, anchor=1e4)
+    free = fine_tune_tail(tail, x, y, steps=40, lr=1e-2, head_lr=3e-2, anchor=0.0)
+
+    def drift(tuned: nn.Module) -> float:
+        pairs = zip(tuned.parameters(), tail.parameters(), strict=True)
+        return max(float((p - q).detach().abs().max()) for p, q in pairs)
+
+    assert drift(pinned.tail) < 0.2 * drift(free.tail)
+
+    # BatchNorm statistics are never re-estimated from the reviewed cells' batches.
+    def running_means(net: nn.Module) -> list[torch.Tensor]:
+        return [m.running_mean for m in net.modules() if isinstance(m, nn.BatchNorm2d)]  # type: ignore[misc]
+
+    assert running_means(free.tail)
+    for tuned, given in zip(running_means(free.tail), running_means(tail), strict=True):
+        assert torch.equal(tuned, given)
+
+
+def test_out_of_fold_scores_each_reviewed_cell_with_a_head_that_never_saw_it():
+    reviewed = torch.arange(100, 120)
+    y = torch.tensor([0, 1] * 10)
+    fitted_on: list[set[int]] = []
+
+    def fit(idx: torch.Tensor) -> Any:
+        seen = set(idx.tolist())
+        fitted_on.append(seen)
+
+        def predict(j: torch.Tensor) -> torch.Tensor:
+            assert not seen & set(j.tolist())
+            return torch.full((len(j), 2), 0.5)
+
+        return predict
+
+    probs = out_of_fold(fit, reviewed, y)
+    assert probs.shape == (20, 2)
+    assert len(fitted_on) == 5
+    assert all(len(s) == 16 for s in fitted_on)
