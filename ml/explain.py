@@ -31,6 +31,28 @@ def last_conv_block(model: nn.Module) -> nn.Module:
     return last
 
 
+def upsample(cam: torch.Tensor, size: int, *, aligned: bool = True) -> torch.Tensor:
+    """An n x n map on the `size` x `size` input square, bilinear.
+
+    aligned=True puts coarse cell j at input pixel s * j (s = size / n), where the receptive
+    field of a stack of stride-2 convolutions padded by kernel // 2 (MobileNetV2's, checked by
+    a test) is centred; beyond the last cell the map is held flat. aligned=False is
+    `interpolate(align_corners=False)`, which puts cell j at s * j + (s - 1) / 2: half a cell
+    (15.5 px at MobileNetV2's last block on a 192 square) down and to the right of where the
+    model looked.
+    """
+    n = cam.shape[-1]
+    if not aligned or size % n or n == 1:
+        return nn.functional.interpolate(
+            cam[None, None], size=(size, size), mode="bilinear", align_corners=False
+        )[0, 0]
+    stride = size // n
+    inner = nn.functional.interpolate(
+        cam[None, None], size=((n - 1) * stride + 1,) * 2, mode="bilinear", align_corners=True
+    )
+    return nn.functional.pad(inner, (0, stride - 1, 0, stride - 1), mode="replicate")[0, 0]
+
+
 def grad_cam(
     model: nn.Module, x: torch.Tensor, class_index: int, layer: nn.Module | None = None
 ) -> torch.Tensor:
