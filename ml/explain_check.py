@@ -41,6 +41,7 @@ from scipy import ndimage, stats
 from torch import nn
 
 from ml.explain import upsample
+from ml.geometry import shift_square
 from ml.guard import fit_subset, model_split
 from ml.inference import Classifier
 from ml.locate import DEFAULT_PARAMS, stain_score
@@ -209,16 +210,6 @@ def fused(maps: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def shifted(array: np.ndarray, dy: int, dx: int, *, reflect: bool) -> np.ndarray:
-    """The square's content moved down by dy and right by dx pixels, the same size: what
-    comes in at the edges is the picture mirrored (reflect=True: slide background of the same
-    kind, no black bars for the model to read), or False for a mask."""
-    size = array.shape[0]
-    width = [(size, size), (size, size)] + [(0, 0)] * (array.ndim - 2)
-    padded = np.pad(array, width, mode="reflect") if reflect else np.pad(array, width)
-    return np.asarray(padded[size - dy : 2 * size - dy, size - dx : 2 * size - dx])
-
-
 def random_offset(size: int, fraction: float, rng: np.random.Generator) -> tuple[int, int]:
     """(dy, dx) of length `fraction` of the side, in a random direction."""
     angle = rng.uniform(0, 2 * np.pi)
@@ -341,9 +332,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dy, dx = random_offset(size, args.shift, rng)
         for place in placements:
             if place:
-                rgb = shifted(np.asarray(picture), dy, dx, reflect=True)
+                rgb = shift_square(np.asarray(picture), dy, dx, reflect=True)
                 seen = Image.fromarray(rgb)
-                nucleus, box = (shifted(m, dy, dx, reflect=False) for m in masks)
+                nucleus, box = (shift_square(m, dy, dx, reflect=False) for m in masks)
             else:
                 seen, (nucleus, box) = picture, masks
             maps, right = variant_maps(model, seen, clf, target, layers, args)
