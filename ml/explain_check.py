@@ -291,7 +291,11 @@ def variant_maps(
     maps: dict[str, np.ndarray] = {}
     right: dict[int, bool] = {}
     for scale in args.scales:
-        seen = picture if scale == 1 else picture.resize((size * scale,) * 2, Image.BILINEAR)
+        seen = (
+            picture
+            if scale == 1
+            else picture.resize((size * scale,) * 2, Image.Resampling.BILINEAR)
+        )
         coarse, predicted = coarse_cams(model, clf.to_input(seen)[None], target, layers)
         right[scale] = predicted == target
         suffix = "" if scale == 1 else f"@x{scale}"

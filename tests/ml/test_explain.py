@@ -86,7 +86,7 @@ def test_aligned_upsampling_puts_each_coarse_cell_over_the_centre_of_its_recepti
     # put that cell's value there; align_corners=False puts it half a cell lower and righter.
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", 3, pretrained=None).eval()
-    block = model.get_submodule("features")[6]
+    block = model.get_submodule("features.6")
     stored: list[torch.Tensor] = []
     handle = block.register_forward_hook(lambda _m, _i, out: stored.append(out))
     x = torch.randn(1, 3, 64, 64, requires_grad=True)
