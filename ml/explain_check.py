@@ -1,7 +1,9 @@
 """Sanity checks of the Grad-CAM heatmaps (`ml.explain`) on labelled single-cell images.
 
     python -m ml.explain_check --model ml/weights/pbc8-mobilenetv2.pt \
-        --data ../shared/data/pbc/dev --per-class 25 --json ml/weights/pbc8-mobilenetv2.gradcam.json
+        --data ../shared/data/pbc/dev --per-class 25 --layers -1 -2 13 6 \
+        --randomise 1 3 6 19 --aligned --fuse 6 13 -1 --scales 1 2 --shift 0.25 \
+        --json ml/weights/pbc8-mobilenetv2.gradcam-2.json
 
 On the model's own val split (rebuilt from its recipe, as `ml.guard` does), at most
 --per-class cells a class:
@@ -20,7 +22,13 @@ On the model's own val split (rebuilt from its recipe, as `ml.guard` does), at m
    on what the model learnt).
 
 Every candidate layer (--layers, indices of `features`; -1 is `ml.explain`'s default, the last
-block) is measured in the same passes, so the layer can be chosen on these figures.
+block) is measured in the same passes, so the layer can be chosen on these figures. Options:
+--aligned also upsamples every map as the page does (`ml.explain.upsample`, each coarse cell
+over the centre of its receptive field; without it, `align_corners=False`, the first round's);
+--fuse adds LayerCAM's fusion of some layers; --scales 2 runs the model on the square upscaled
+(a finer last map; the model's accuracy there is reported, `right@x2`); --shift F measures
+every cell again moved off centre by F of the side (`shifted:` figures), where the centred blob
+no longer finds the cell for free.
 """
 
 from __future__ import annotations

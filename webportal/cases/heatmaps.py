@@ -22,9 +22,7 @@ HEATMAP_METHOD = 2
 
 
 def heatmap_name(*, cell_id: int, model_sha256: str, label: str) -> str:
-    return (
-        f"heatmaps/v{HEATMAP_METHOD}/{model_sha256[:16]}/{cell_id}-{label.replace(' ', '_')}.png"
-    )
+    return f"heatmaps/v{HEATMAP_METHOD}/{model_sha256[:16]}/{cell_id}-{label.replace(' ', '_')}.png"
 
 
 def heatmap_name_for(*, cell: Cell) -> str | None:
