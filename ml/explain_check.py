@@ -94,6 +94,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also each cell moved off centre by this fraction of the side (random direction; "
         "the mask moves with it; the edges mirrored): figures under shifted:",
     )
+    p.add_argument(
+        "--by-class",
+        action="store_true",
+        help="also the share in the cell box of every map and the blob per class "
+        "(class:<label>: figures)",
+    )
     p.add_argument("--json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -352,10 +358,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             maps, right = variant_maps(model, seen, clf, target, layers, args)
             rows[f"{place}box_area"].append(float(box.mean()))
             rows[f"{place}blob_in_box"].append(share_inside(blob, box))
+            by_class = f"class:{cell.label}:{place}" if args.by_class else None
+            if by_class:
+                rows[f"{by_class}blob_in_box"].append(share_inside(blob, box))
             for scale, ok in right.items():
                 rows[f"{place}right@x{scale}"].append(float(ok))
             for name, cam in maps.items():
                 rows[f"{place}{name}_in_box"].append(share_inside(cam, box))
+                if by_class:
+                    rows[f"{by_class}{name}_in_box"].append(share_inside(cam, box))
                 rows[f"{place}{name}_in_nucleus"].append(share_inside(cam, nucleus))
             if place:
                 continue
@@ -392,6 +403,8 @@ def command_args(args: argparse.Namespace) -> list[str]:
         out.append("--scales " + " ".join(map(str, args.scales)))
     if args.shift:
         out.append(f"--shift {args.shift}")
+    if args.by_class:
+        out.append("--by-class")
     for extra in args.extra_train or []:
         out.append(f"--extra-train {extra}")
     out.append(f"--seed {args.seed}")
