@@ -1,7 +1,10 @@
 """Grad-CAM: where the model looked for a class (Selvaraju et al., 2017), in pure PyTorch.
 
 The activations of the last convolutional block are weighted by the mean gradient of the
-class score over each channel; the positive part, upsampled to the input, is the heatmap.
+class score over each channel; the positive part, upsampled to the input with each coarse
+cell over the pixels it was computed from (`upsample`), is the heatmap. Its sanity checks
+(mass inside the white cell, centred and moved off centre; randomised weights) are
+`ml.explain_check`'s, figures in docs/MODELS.md.
 """
 
 from __future__ import annotations
@@ -31,10 +34,38 @@ def last_conv_block(model: nn.Module) -> nn.Module:
     return last
 
 
+def upsample(cam: torch.Tensor, size: int, *, aligned: bool = True) -> torch.Tensor:
+    """An n x n map on the `size` x `size` input square, bilinear.
+
+    aligned=True puts coarse cell j at input pixel s * j (s = size / n), where the receptive
+    field of a stack of stride-2 convolutions padded by kernel // 2 (MobileNetV2's, checked by
+    a test) is centred; beyond the last cell the map is held flat. aligned=False is
+    `interpolate(align_corners=False)`, which puts cell j at s * j + (s - 1) / 2: half a cell
+    (15.5 px at MobileNetV2's last block on a 192 square) down and to the right of where the
+    model looked.
+    """
+    n = cam.shape[-1]
+    if not aligned or size % n or n == 1:
+        return nn.functional.interpolate(
+            cam[None, None], size=(size, size), mode="bilinear", align_corners=False
+        )[0, 0]
+    stride = size // n
+    inner = nn.functional.interpolate(
+        cam[None, None], size=((n - 1) * stride + 1,) * 2, mode="bilinear", align_corners=True
+    )
+    return nn.functional.pad(inner, (0, stride - 1, 0, stride - 1), mode="replicate")[0, 0]
+
+
 def grad_cam(
-    model: nn.Module, x: torch.Tensor, class_index: int, layer: nn.Module | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    class_index: int,
+    layer: nn.Module | None = None,
+    *,
+    aligned: bool = True,
 ) -> torch.Tensor:
-    """The H x W heatmap in [0, 1] for class `class_index` of a 1 x 3 x H x W input."""
+    """The H x W heatmap in [0, 1] for class `class_index` of a 1 x 3 x H x W input (square),
+    upsampled by `upsample` (aligned: each coarse cell over the pixels it was computed from)."""
     layer = layer or last_conv_block(model)
     stored: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, output: stored.append(output))
@@ -49,9 +80,7 @@ def grad_cam(
     activation = stored[-1].detach()[0]
     weights = gradient[0].mean(dim=(1, 2))
     cam = torch.relu((weights[:, None, None] * activation).sum(dim=0))
-    cam = nn.functional.interpolate(
-        cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
-    )[0, 0]
+    cam = upsample(cam, x.shape[-1], aligned=aligned)
     cam -= cam.min()
     peak = cam.max()
     return cam / peak if peak > 0 else cam
@@ -70,12 +99,19 @@ def overlay(image: Image.Image, cam: torch.Tensor, *, alpha: float = 0.45) -> Im
     return Image.fromarray((mixed * 255).clip(0, 255).astype(np.uint8))
 
 
-def explain_png(classifier: Classifier, image: Image.Image, label: str) -> bytes:
-    """Grad-CAM of `label` for one cell image, drawn over the image as the model saw it."""
-    fitted = classifier.fit_to_input(image.convert("RGB"))
-    x = classifier.to_input(fitted)[None].to(classifier.device)
+def explain_png(
+    classifier: Classifier, image: Image.Image, label: str, *, fitted: bool = False
+) -> bytes:
+    """Grad-CAM of `label` for one cell image, drawn over the image as the model saw it.
+
+    `image` is what the classifier was given for the cell (`webportal.pipeline.pixels.open_cell`:
+    a located cell's square from `ml.locate.crop_cell`, not its bare box); fitted=True says it
+    is already the input square (the copy fitted at upload), which must not be fitted again."""
+    picture = image.convert("RGB")
+    square = picture if fitted else classifier.fit_to_input(picture)
+    x = classifier.to_input(square)[None].to(classifier.device)
     # The eager PyTorch model: a faster engine swapped in for inference may have no gradients.
     cam = grad_cam(classifier.eager, x.contiguous(), classifier.classes.index(label))
     buffer = io.BytesIO()
-    overlay(fitted, cam).save(buffer, format="PNG")
+    overlay(square, cam).save(buffer, format="PNG")
     return buffer.getvalue()

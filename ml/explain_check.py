@@ -1,7 +1,9 @@
 """Sanity checks of the Grad-CAM heatmaps (`ml.explain`) on labelled single-cell images.
 
     python -m ml.explain_check --model ml/weights/pbc8-mobilenetv2.pt \
-        --data ../shared/data/pbc/dev --per-class 25 --json ml/weights/pbc8-mobilenetv2.gradcam.json
+        --data ../shared/data/pbc/dev --per-class 25 --layers -1 -2 13 6 \
+        --randomise 1 3 6 19 --aligned --fuse 6 13 -1 --scales 1 2 --shift 0.25 \
+        --json ml/weights/pbc8-mobilenetv2.gradcam-2.json
 
 On the model's own val split (rebuilt from its recipe, as `ml.guard` does), at most
 --per-class cells a class:
@@ -20,7 +22,13 @@ On the model's own val split (rebuilt from its recipe, as `ml.guard` does), at m
    on what the model learnt).
 
 Every candidate layer (--layers, indices of `features`; -1 is `ml.explain`'s default, the last
-block) is measured in the same passes, so the layer can be chosen on these figures.
+block) is measured in the same passes, so the layer can be chosen on these figures. Options:
+--aligned also upsamples every map as the page does (`ml.explain.upsample`, each coarse cell
+over the centre of its receptive field; without it, `align_corners=False`, the first round's);
+--fuse adds LayerCAM's fusion of some layers; --scales 2 runs the model on the square upscaled
+(a finer last map; the model's accuracy there is reported, `right@x2`); --shift F measures
+every cell again moved off centre by F of the side (`shifted:` figures), where the centred blob
+no longer finds the cell for free.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import argparse
 import copy
 import json
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,8 @@ from PIL import Image
 from scipy import ndimage, stats
 from torch import nn
 
+from ml.explain import upsample
+from ml.geometry import shift_square
 from ml.guard import fit_subset, model_split
 from ml.inference import Classifier
 from ml.locate import DEFAULT_PARAMS, stain_score
@@ -57,6 +68,37 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[1, 3, 6],
         help="cascading randomisation: the classifier plus this many top blocks of features",
+    )
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="also every map upsampled with ml.explain.upsample(aligned=True) (name +aligned)",
+    )
+    p.add_argument(
+        "--fuse",
+        type=int,
+        nargs="+",
+        help="LayerCAM's fusion of these layers (some of --layers), name layercam@fuse",
+    )
+    p.add_argument(
+        "--scales",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="run the model on the input square upscaled this many times as well (name @x2)",
+    )
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=0.0,
+        help="also each cell moved off centre by this fraction of the side (random direction; "
+        "the mask moves with it; the edges mirrored): figures under shifted:",
+    )
+    p.add_argument(
+        "--by-class",
+        action="store_true",
+        help="also the share in the cell box of every map and the blob per class "
+        "(class:<label>: figures)",
     )
     p.add_argument("--json")
     p.add_argument("--seed", type=int, default=0)
@@ -95,17 +137,19 @@ def cell_masks(picture: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
     return nucleus, box
 
 
-METHODS = ("gradcam", "hirescam", "gradcampp", "gradcam_logp")
+METHODS = ("gradcam", "hirescam", "gradcampp", "gradcam_logp", "layercam")
 
 
-def grad_cams(
+def coarse_cams(
     model: nn.Module, x: torch.Tensor, class_index: int, layers: Sequence[nn.Module]
-) -> list[dict[str, np.ndarray]]:
-    """Unnormalised maps of each layer, in one pass: Grad-CAM (`ml.explain.grad_cam`: channel
-    weights = mean gradient), HiResCAM (Draelos & Carin 2020: gradient times activation,
-    element-wise, summed over channels) and Grad-CAM++ (Chattopadhay et al. 2018: weights
-    from the positive gradients), and Grad-CAM of the class's log-probability instead of its
-    logit (`gradcam_logp`: the evidence for this class against the others)."""
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Each layer's maps at its own resolution (ReLU'd, not upsampled), in one pass, and the
+    class the model predicts. Grad-CAM (`ml.explain.grad_cam`: channel weights = mean
+    gradient), HiResCAM (Draelos & Carin 2020: gradient times activation, element-wise,
+    summed over channels), Grad-CAM++ (Chattopadhay et al. 2018: weights from the positive
+    gradients), Grad-CAM of the class's log-probability instead of its logit (`gradcam_logp`:
+    the evidence for this class against the others) and LayerCAM (Jiang et al. 2021: the
+    positive gradient times the activation, element-wise: usable at early, finer layers)."""
     stored: dict[int, torch.Tensor] = {}
     handles = [
         layer.register_forward_hook(lambda _m, _i, out, k=k: stored.__setitem__(k, out))
@@ -134,19 +178,57 @@ def grad_cams(
             "gradcampp": ((alpha * torch.relu(g)).sum(dim=(1, 2))[:, None, None] * activation).sum(
                 dim=0
             ),
+            "layercam": (torch.relu(g) * activation).sum(dim=0),
         }
-        out.append(
-            {
-                name: nn.functional.interpolate(
-                    torch.relu(m)[None, None],
-                    size=x.shape[-2:],
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0].numpy()
-                for name, m in maps.items()
-            }
-        )
+        out.append({name: torch.relu(m) for name, m in maps.items()})
+    return out, int(logits[0].argmax())
+
+
+def grad_cams(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_index: int,
+    layers: Sequence[nn.Module],
+    *,
+    aligned: bool = False,
+    size: int | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Every method's map of each layer on the `size` square (default: the input's), by
+    `ml.explain.upsample` (aligned=False: the page's first upsampling, bilinear with
+    align_corners=False). An input larger than `size` (the model run on an upscaled picture)
+    is brought back by area averaging."""
+    coarse, _ = coarse_cams(model, x, class_index, layers)
+    return [to_square(by_method, x.shape[-1], size, aligned=aligned) for by_method in coarse]
+
+
+def to_square(
+    by_method: dict[str, torch.Tensor], input_size: int, size: int | None, *, aligned: bool
+) -> dict[str, np.ndarray]:
+    out = {}
+    for name, m in by_method.items():
+        full = upsample(m, input_size, aligned=aligned)
+        if size is not None and size != input_size:
+            full = nn.functional.adaptive_avg_pool2d(full[None, None], size)[0, 0]
+        out[name] = full.numpy()
     return out
+
+
+def fused(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """LayerCAM's fusion of layers (Jiang et al. 2021, section 3.3): each map scaled to
+    [0, 1] and through tanh(2 m) (which lifts the weak maps of early layers), then summed."""
+    total = np.zeros_like(maps[0])
+    for m in maps:
+        peak = float(m.max())
+        if peak > 0:
+            total += np.tanh(2 * m / peak)
+    return total
+
+
+def random_offset(size: int, fraction: float, rng: np.random.Generator) -> tuple[int, int]:
+    """(dy, dx) of length `fraction` of the side, in a random direction."""
+    angle = rng.uniform(0, 2 * np.pi)
+    radius = fraction * size
+    return round(radius * np.sin(angle)), round(radius * np.cos(angle))
 
 
 def share_inside(cam: np.ndarray, mask: np.ndarray) -> float | None:
@@ -209,6 +291,39 @@ def summary(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
+def variant_maps(
+    model: nn.Module,
+    picture: Image.Image,
+    clf: Classifier,
+    target: int,
+    layers: Sequence[nn.Module],
+    args: argparse.Namespace,
+) -> tuple[dict[str, np.ndarray], dict[int, bool]]:
+    """Every measured map of one picture by name (method@layer[+aligned][@xS]) on the input
+    square, and whether the model's class was right at each scale."""
+    size = clf.input_size
+    maps: dict[str, np.ndarray] = {}
+    right: dict[int, bool] = {}
+    for scale in args.scales:
+        seen = (
+            picture
+            if scale == 1
+            else picture.resize((size * scale,) * 2, Image.Resampling.BILINEAR)
+        )
+        coarse, predicted = coarse_cams(model, clf.to_input(seen)[None], target, layers)
+        right[scale] = predicted == target
+        suffix = "" if scale == 1 else f"@x{scale}"
+        for aligned in (False, True) if args.aligned else (False,):
+            upsampled = [to_square(c, size * scale, size, aligned=aligned) for c in coarse]
+            tag = ("+aligned" if aligned else "") + suffix
+            for i, by_method in zip(args.layers, upsampled, strict=True):
+                for m, cam in by_method.items():
+                    maps[f"{m}@{i}{tag}"] = cam
+            if args.fuse:
+                maps[f"layercam@fuse{tag}"] = fused([maps[f"layercam@{i}{tag}"] for i in args.fuse])
+    return maps, right
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     torch.set_num_threads(args.threads)
@@ -217,17 +332,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     _, val = model_split(args, dict(ckpt.get("recipe", {})))
     cells = fit_subset(val, args.per_class, args.seed)
     model = clf.eager
-    features = blocks_of(model)
-    layers = [features[i] for i in args.layers]
+    layers = [blocks_of(model)[i] for i in args.layers]
     shuffled = {b: randomised(model, b, args.seed) for b in args.randomise}
-    blob = centred_blob(clf.input_size)
-    rows: dict[str, list[float | None]] = {"box_area": [], "blob_in_box": []}
-    for i in args.layers:
-        for m in METHODS:
-            rows[f"{m}@{i}_in_box"] = []
-            rows[f"{m}@{i}_in_nucleus"] = []
-            for b in args.randomise:
-                rows[f"{m}@{i}_rand{b}_spearman"] = []
+    size = clf.input_size
+    blob = centred_blob(size)
+    rng = np.random.default_rng(args.seed)
+    placements = ["", "shifted:"] if args.shift else [""]
+    rows: dict[str, list[float | None]] = defaultdict(list)
     no_nucleus: dict[str, int] = {}
     for cell in cells:
         picture = clf.fit_to_input(cell.open())
@@ -235,23 +346,35 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if masks is None:
             no_nucleus[cell.label] = no_nucleus.get(cell.label, 0) + 1
             continue
-        nucleus, box = masks
-        x = clf.to_input(picture)[None]
         target = clf.classes.index(cell.label)
-        cams = grad_cams(model, x, target, layers)
-        rows["box_area"].append(float(box.mean()))
-        rows["blob_in_box"].append(share_inside(blob, box))
-        for i, by_method in zip(args.layers, cams, strict=True):
-            for m, cam in by_method.items():
-                rows[f"{m}@{i}_in_box"].append(share_inside(cam, box))
-                rows[f"{m}@{i}_in_nucleus"].append(share_inside(cam, nucleus))
-        for b, other in shuffled.items():
-            other_layers = [blocks_of(other)[i] for i in args.layers]
-            for i, by_method, rand in zip(
-                args.layers, cams, grad_cams(other, x, target, other_layers), strict=True
-            ):
-                for m, cam in by_method.items():
-                    rows[f"{m}@{i}_rand{b}_spearman"].append(spearman(cam, rand[m]))
+        dy, dx = random_offset(size, args.shift, rng)
+        for place in placements:
+            if place:
+                rgb = shift_square(np.asarray(picture), dy, dx, reflect=True)
+                seen = Image.fromarray(rgb)
+                nucleus, box = (shift_square(m, dy, dx, reflect=False) for m in masks)
+            else:
+                seen, (nucleus, box) = picture, masks
+            maps, right = variant_maps(model, seen, clf, target, layers, args)
+            rows[f"{place}box_area"].append(float(box.mean()))
+            rows[f"{place}blob_in_box"].append(share_inside(blob, box))
+            by_class = f"class:{cell.label}:{place}" if args.by_class else None
+            if by_class:
+                rows[f"{by_class}blob_in_box"].append(share_inside(blob, box))
+            for scale, ok in right.items():
+                rows[f"{place}right@x{scale}"].append(float(ok))
+            for name, cam in maps.items():
+                rows[f"{place}{name}_in_box"].append(share_inside(cam, box))
+                if by_class:
+                    rows[f"{by_class}{name}_in_box"].append(share_inside(cam, box))
+                rows[f"{place}{name}_in_nucleus"].append(share_inside(cam, nucleus))
+            if place:
+                continue
+            for b, other in shuffled.items():
+                other_layers = [blocks_of(other)[i] for i in args.layers]
+                rand, _ = variant_maps(other, seen, clf, target, other_layers, args)
+                for name, cam in maps.items():
+                    rows[f"{name}_rand{b}_spearman"].append(spearman(cam, rand[name]))
     report: dict[str, Any] = {
         "model": str(args.model),
         "cells": len(cells),
@@ -259,17 +382,33 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "no_nucleus_found": no_nucleus,
         "figures": {k: summary(v) for k, v in rows.items()},
         "seconds": round(time.time() - t0, 1),
-        "command": (
-            f"python -m ml.explain_check --model {args.model} --data {args.data} "
-            f"--per-class {args.per_class} --layers {' '.join(map(str, args.layers))} "
-            f"--randomise {' '.join(map(str, args.randomise))} --seed {args.seed}"
-        ),
+        "command": " ".join(["python -m ml.explain_check", *command_args(args)]),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     for k, v in report["figures"].items():
-        print(f"{k:<28} {v}")
+        print(f"{k:<40} {v}")
     return report
+
+
+def command_args(args: argparse.Namespace) -> list[str]:
+    out = [f"--model {args.model}", f"--data {args.data}", f"--per-class {args.per_class}"]
+    out.append("--layers " + " ".join(map(str, args.layers)))
+    out.append("--randomise " + " ".join(map(str, args.randomise)))
+    if args.aligned:
+        out.append("--aligned")
+    if args.fuse:
+        out.append("--fuse " + " ".join(map(str, args.fuse)))
+    if args.scales != [1]:
+        out.append("--scales " + " ".join(map(str, args.scales)))
+    if args.shift:
+        out.append(f"--shift {args.shift}")
+    if args.by_class:
+        out.append("--by-class")
+    for extra in args.extra_train or []:
+        out.append(f"--extra-train {extra}")
+    out.append(f"--seed {args.seed}")
+    return out
 
 
 if __name__ == "__main__":

@@ -167,3 +167,13 @@ def pad_to_square(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def shift_square(array: np.ndarray, dy: int, dx: int, *, reflect: bool) -> np.ndarray:
+    """A square's content moved down by dy and right by dx pixels (|dy|, |dx| < the side),
+    the same size. What comes in at the edges is the picture mirrored (reflect=True: slide
+    background of the same kind, no black bars for a model to read), or zeros (a mask)."""
+    size = array.shape[0]
+    width = [(size, size), (size, size)] + [(0, 0)] * (array.ndim - 2)
+    padded = np.pad(array, width, mode="reflect") if reflect else np.pad(array, width)
+    return np.asarray(padded[size - dy : 2 * size - dy, size - dx : 2 * size - dx])

@@ -156,6 +156,7 @@ def model_split(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[list[
             "extra_train": [],
             "group_by": "file",
             "stain_jitter": False,
+            "shift": 0.0,  # recipes older than ml.train --shift
             **recipe,
             "data": args.data,
         }

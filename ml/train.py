@@ -148,6 +148,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "so a class the folder lacks is not taught as absent",
     )
     p.add_argument("--stain-jitter", action="store_true", help="ml.transforms.StainJitter views")
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=0.0,
+        help="move the cell off the centre of the training views by up to this fraction of the "
+        "side (ml.transforms.RandomShift): the square's centre stops being evidence",
+    )
     return p
 
 
@@ -277,7 +284,7 @@ def load_data(args: argparse.Namespace, init_classes: list[str] | None = None) -
         extra_idx=extra_idx,
         train_set=ImageList(
             [samples[i] for i in train_idx],
-            train_transform(size, mean, std, resize=rz, stain=args.stain_jitter),
+            train_transform(size, mean, std, resize=rz, stain=args.stain_jitter, shift=args.shift),
         ),
         val_set=ImageList([samples[i] for i in val_idx], eval_transform(size, mean, std, rz)),
     )

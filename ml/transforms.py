@@ -25,6 +25,7 @@ from ml.geometry import (
     eval_geometry,
     geometry_key,
     pad_to_square,
+    shift_square,
     square_for,
     to_rgb,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "IMAGENET_STD",
     "RESIZE_MODES",
     "RandomRot90",
+    "RandomShift",
     "StainJitter",
     "crop_to_cell",
     "crop_to_stain",
@@ -69,10 +71,13 @@ def train_transform(
     scale: tuple[float, float] = (0.75, 1.0),
     resize: str = "crop",
     stain: bool = False,
+    shift: float = 0.0,
 ) -> T.Compose:
     """Augmented views for training. stain=True replaces the colour jitter by StainJitter
     (stain, illumination, focus, compression and background colour of other labs), applied to
-    the input-size image (cheap) after the geometry."""
+    the input-size image (cheap) after the geometry. shift > 0 moves the cell off the centre
+    by up to that fraction of the side (RandomShift), so the centre of the square is not
+    evidence in itself."""
     colour: T.ColorJitter | StainJitter = (
         StainJitter()
         if stain
@@ -84,6 +89,7 @@ def train_transform(
             T.Lambda(square_for(resize)),
             # Mild scale/aspect jitter only: the cell must stay in the crop.
             T.RandomResizedCrop(input_size, scale=scale, ratio=(0.9, 1.1), antialias=True),
+            *([RandomShift(shift)] if shift > 0 else []),
             # A cell on a slide has no up or left: the 8 rotations/flips of the square are all
             # valid views, and right-angle rotations add no black corners.
             RandomRot90(),
@@ -94,6 +100,20 @@ def train_transform(
             T.Normalize(list(mean), list(std)),
         ]
     )
+
+
+class RandomShift(torch.nn.Module):
+    """The square's content moved by a random offset of up to `fraction` of the side in each
+    direction, the edges filled by the picture mirrored (`ml.geometry.shift_square`)."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__()
+        self.fraction = fraction
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        reach = int(self.fraction * min(img.size))
+        dy, dx = (random.randint(-reach, reach) for _ in range(2))  # noqa: S311 - augmentation
+        return Image.fromarray(shift_square(np.asarray(img), dy, dx, reflect=True))
 
 
 class RandomRot90(torch.nn.Module):

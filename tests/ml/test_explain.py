@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
-from ml.explain import explain_png, grad_cam, last_conv_block
+from ml.explain import explain_png, grad_cam, last_conv_block, overlay, upsample
 from ml.inference import Classifier
 from ml.model import build_model
 from ml.testing import make_tiny_checkpoint
@@ -77,3 +78,64 @@ def test_explain_uses_the_eager_model_even_when_a_faster_engine_is_swapped_in(
     classifier.model = LogitsOnly()
     png = explain_png(classifier, Image.new("RGB", (40, 40), (150, 60, 160)), "a")
     assert png.startswith(b"\x89PNG")
+
+
+def test_aligned_upsampling_puts_each_coarse_cell_over_the_centre_of_its_receptive_field() -> None:
+    # Where MobileNetV2 computed feature (4, 4) of block 6 (stride 8) on a 64 square: the input
+    # pixels its gradient reaches. Their centre is 8 * 4 = 32, and the aligned upsampling must
+    # put that cell's value there; align_corners=False puts it half a cell lower and righter.
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", 3, pretrained=None).eval()
+    block = model.get_submodule("features.6")
+    stored: list[torch.Tensor] = []
+    handle = block.register_forward_hook(lambda _m, _i, out: stored.append(out))
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    model(x)
+    handle.remove()
+    assert stored[0].shape[-1] == 8
+    (gradient,) = torch.autograd.grad(stored[0][0, :, 4, 4].sum(), x)
+    reached = gradient[0].abs().sum(dim=0).nonzero()
+    rows, cols = reached[:, 0], reached[:, 1]
+    assert (int(rows.min()) + int(rows.max())) / 2 == 32
+    assert (int(cols.min()) + int(cols.max())) / 2 == 32
+
+    one_cell = torch.zeros(8, 8)
+    one_cell[4, 4] = 1.0
+    aligned = upsample(one_cell, 64, aligned=True)
+    assert aligned.shape == (64, 64)
+    assert divmod(int(aligned.argmax()), 64) == (32, 32)
+    assert float(aligned[32, 32]) == 1.0
+    shifted = upsample(one_cell, 64, aligned=False)
+    assert torch.equal(
+        shifted,
+        nn.functional.interpolate(one_cell[None, None], size=(64, 64), mode="bilinear")[0, 0],
+    )
+    peak_row, _ = divmod(int(shifted.argmax()), 64)
+    assert peak_row in (35, 36)  # 8 * 4 + 3.5: half a cell off
+
+
+def test_the_aligned_map_is_held_flat_beyond_the_last_coarse_cell() -> None:
+    ramp = torch.arange(16.0).reshape(4, 4)
+    full = upsample(ramp, 32, aligned=True)
+    assert float(full[0, 0]) == 0.0
+    assert float(full[24, 24]) == float(ramp[3, 3])
+    assert torch.equal(full[24:, 24:], torch.full((8, 8), float(ramp[3, 3])))
+
+
+def test_explain_png_of_a_picture_already_fitted_is_drawn_over_that_same_picture(
+    tmp_path: Path,
+) -> None:
+    # The portal hands the copy fitted at upload (fitted=True): it is the input square itself,
+    # and the PNG is the overlay of the Grad-CAM computed on it, pixel for pixel.
+    path = make_tiny_checkpoint(tmp_path / "tiny.pt", ["a", "b"], input_size=32, resize="stain")
+    classifier = Classifier.load(path, device="cpu")
+    # Pink with a violet nucleus in a corner: the "stain" geometry centres a square on it.
+    square = Image.new("RGB", (32, 32), (230, 200, 205))
+    ImageDraw.Draw(square).ellipse((2, 2, 12, 12), fill=(90, 40, 150))
+    png = explain_png(classifier, square, "b", fitted=True)
+    cam = grad_cam(classifier.eager, classifier.to_input(square)[None], 1)
+    with Image.open(io.BytesIO(png)) as drawn:
+        assert np.array_equal(np.asarray(drawn), np.asarray(overlay(square, cam)))
+    # Fitted again, the "stain" geometry would crop it anew: a different picture.
+    refitted = classifier.fit_to_input(square)
+    assert not np.array_equal(np.asarray(refitted), np.asarray(square))

@@ -8,7 +8,10 @@ from ml.explain_check import (
     blocks_of,
     cell_masks,
     centred_blob,
+    coarse_cams,
+    fused,
     grad_cams,
+    random_offset,
     randomised,
     share_inside,
     spearman,
@@ -52,7 +55,7 @@ def test_maps_of_every_method_have_the_input_size_and_randomising_changes_the_we
     model = build_model("mobilenet_v2", 3, pretrained=None).eval()
     x = torch.randn(1, 3, 64, 64)
     maps = grad_cams(model, x, 1, [blocks_of(model)[-1]])
-    assert set(maps[0]) == {"gradcam", "hirescam", "gradcampp", "gradcam_logp"}
+    assert set(maps[0]) == {"gradcam", "hirescam", "gradcampp", "gradcam_logp", "layercam"}
     assert all(m.shape == (64, 64) for m in maps[0].values())
     other = randomised(model, 2, seed=1)
     before = model.get_parameter("classifier.1.weight")
@@ -64,3 +67,28 @@ def test_maps_of_every_method_have_the_input_size_and_randomising_changes_the_we
     ramp = np.add.outer(np.arange(64.0), np.arange(64.0))
     assert spearman(ramp, ramp) == 1.0
     assert spearman(ramp, -ramp) == -1.0
+
+
+def test_layercam_keeps_only_positive_gradients_and_fusion_lifts_weak_layers() -> None:
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", 3, pretrained=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    features = blocks_of(model)
+    coarse, predicted = coarse_cams(model, x, 1, [features[6], features[-1]])
+    assert 0 <= predicted < 3
+    assert coarse[0]["layercam"].shape == (8, 8)  # block 6: stride 8, finer than the last
+    assert coarse[1]["layercam"].shape == (2, 2)
+    assert all(float(m.min()) >= 0 for by in coarse for m in by.values())
+    weak, strong = np.zeros((4, 4)), np.zeros((4, 4))
+    weak[0, 0], strong[3, 3] = 0.01, 100.0
+    both = fused([weak, strong])
+    # Each layer counts by its own peak: the weak map's spot weighs as much as the strong one's.
+    assert both[0, 0] == both[3, 3] == np.tanh(2.0)
+
+
+def test_an_offset_has_the_asked_length_in_a_random_direction() -> None:
+    rng = np.random.default_rng(0)
+    offsets = [random_offset(192, 0.25, rng) for _ in range(50)]
+    lengths = [np.hypot(dy, dx) for dy, dx in offsets]
+    assert all(abs(length - 48) <= 1 for length in lengths)
+    assert len(set(offsets)) > 40

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-from ml.geometry import eval_geometry, fit_to_square
+from ml.geometry import eval_geometry, fit_to_square, shift_square
 
 
 @pytest.mark.parametrize(
@@ -40,3 +40,20 @@ def test_every_geometry_gives_an_rgb_square_of_the_input_size(resize: str) -> No
 def test_an_unknown_geometry_is_refused() -> None:
     with pytest.raises(ValueError, match="resize must be one of"):
         eval_geometry(48, "stretch")
+
+
+def test_shifting_a_square_moves_its_content_and_mirrors_what_comes_in_at_the_edge() -> None:
+    picture = np.arange(36).reshape(6, 6)
+    moved = shift_square(picture, 2, -1, reflect=True)
+    assert moved.shape == (6, 6)
+    # Content: new[y, x] = old[y - 2, x + 1].
+    assert moved[2, 0] == picture[0, 1]
+    assert moved[5, 4] == picture[3, 5]
+    # Mirrored in at the top (row 1 is old row 1's mirror about row 0: old row 1) and right.
+    assert moved[1, 0] == picture[1, 1]
+    assert moved[2, 5] == picture[0, 4]
+    mask = np.zeros((6, 6), bool)
+    mask[0, 1] = True
+    moved_mask = shift_square(mask, 2, -1, reflect=False)
+    assert moved_mask[2, 0]
+    assert moved_mask.sum() == 1  # a mask gets nothing mirrored in

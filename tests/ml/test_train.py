@@ -185,3 +185,21 @@ def test_init_with_too_few_cells_writes_no_guard_and_says_why(tmp_path, image_fo
 
     assert load_ood(out) is None
     assert "too few cells" in read_metadata(out).metrics["guard"]["none_because"]
+
+
+def test_shift_moves_the_training_views_off_centre_and_leaves_validation_alone(image_folder):
+    from torchvision import transforms as T
+
+    from ml.transforms import RandomShift
+
+    def steps(transform: object) -> list[object]:
+        assert isinstance(transform, T.Compose)
+        return list(transform.transforms)
+
+    base = ["--data", str(image_folder), "--out", "unused.pt", "--input-size", "32"]
+    shifted = train.load_data(train.get_args_parser().parse_args([*base, "--shift", "0.25"]))
+    moves = [s for s in steps(shifted.train_set.transform) if isinstance(s, RandomShift)]
+    assert [m.fraction for m in moves] == [0.25]
+    assert not any(isinstance(s, RandomShift) for s in steps(shifted.val_set.transform))
+    plain = train.load_data(train.get_args_parser().parse_args(base))
+    assert not any(isinstance(s, RandomShift) for s in steps(plain.train_set.transform))

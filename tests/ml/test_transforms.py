@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ml.transforms import CELL_MARGIN, StainJitter, eval_geometry, train_transform
+from ml.transforms import (
+    CELL_MARGIN,
+    RandomShift,
+    StainJitter,
+    eval_geometry,
+    train_transform,
+)
 
 PINK, VIOLET = (225, 160, 175), (110, 50, 160)
 
@@ -90,3 +96,23 @@ def test_training_transform_with_stain_jitter_gives_tensors_of_the_input_size():
     x = t(smear(320, 240, (100, 120), 50))
 
     assert tuple(x.shape) == (3, 48, 48)
+
+
+def test_random_shift_moves_the_cell_within_its_reach_and_keeps_the_size() -> None:
+    random.seed(0)
+    picture = Image.new("RGB", (40, 40), (230, 200, 205))
+    ImageDraw.Draw(picture).ellipse((16, 16, 24, 24), fill=(90, 40, 150))
+    centres = []
+    for _ in range(30):
+        moved = np.asarray(RandomShift(0.25)(picture))
+        assert moved.shape == (40, 40, 3)
+        ys, xs = np.nonzero(moved[..., 2].astype(int) - moved[..., 1].astype(int) > 60)
+        centres.append((ys.mean() - 20, xs.mean() - 20))
+    offsets = np.abs(np.array(centres))
+    assert offsets.max() <= 10.5  # a quarter of the side, and the blob's half pixel
+    assert offsets.max() > 3  # it does move
+
+
+def test_training_views_with_a_shift_are_tensors_of_the_input_size() -> None:
+    aug = train_transform(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), shift=0.25)
+    assert tuple(aug(Image.new("RGB", (50, 48), (200, 90, 150))).shape) == (3, 32, 32)

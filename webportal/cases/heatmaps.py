@@ -15,8 +15,14 @@ from webportal.celery import EXPLAIN_CELL_TASK, app
 RESEND_AFTER_SECONDS = 60
 
 
+# Raised when the way heatmaps are made changes, so PNGs made the old way are not served:
+# 2 = drawn over the square the classifier read (a located cell's `crop_cell`, not its bare
+# box), the coarse map aligned with the pixels it came from (`ml.explain.upsample`).
+HEATMAP_METHOD = 2
+
+
 def heatmap_name(*, cell_id: int, model_sha256: str, label: str) -> str:
-    return f"heatmaps/{model_sha256[:16]}/{cell_id}-{label.replace(' ', '_')}.png"
+    return f"heatmaps/v{HEATMAP_METHOD}/{model_sha256[:16]}/{cell_id}-{label.replace(' ', '_')}.png"
 
 
 def heatmap_name_for(*, cell: Cell) -> str | None:

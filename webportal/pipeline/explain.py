@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from PIL import Image as PILImage
 
 from ml.explain import explain_png
 from webportal.cases.heatmaps import heatmap_name
 from webportal.cases.models import Cell, Prediction
 from webportal.pipeline.classifiers import load_classifier
+from webportal.pipeline.pixels import open_cell
 
 
 def compute_heatmap(*, cell_id: int) -> str | None:
@@ -29,12 +29,11 @@ def compute_heatmap(*, cell_id: int) -> str | None:
     )
     if default_storage.exists(name):
         return name
-    with cell.image.file.open("rb") as handle, PILImage.open(handle) as stored:
-        picture = stored.convert("RGB")
-    if cell.box is not None:
-        x, y, width, height = (int(v) for v in cell.box)
-        picture = picture.crop((x, y, x + width, y + height))
-    png = explain_png(load_classifier(model_version=model_version), picture, prediction.label)
+    classifier = load_classifier(model_version=model_version)
+    # The pixels the classifier read (a located cell: the locator's square around its box, as
+    # the cell page shows it), so the map lies over what the model saw and the page shows.
+    picture, fitted = open_cell(cell, geometry=classifier.geometry)
+    png = explain_png(classifier, picture, prediction.label, fitted=fitted)
     if not default_storage.exists(name):
         default_storage.save(name, ContentFile(png))
     return name
