@@ -162,7 +162,9 @@ def test_enough_reviewed_cells_earn_a_threshold_that_says_what_it_rests_on(
     meta = read_metadata(out)
     accept = meta.metrics["auto_accept"]
     assert accept["threshold"] is not None
-    assert meta.threshold == accept["threshold"] < 1.0
+    # An earned threshold is a probability, not the sentinel; it may be exactly 1.0 where the
+    # easy cells' confidences saturate in float32 (as they did after other tests in one run).
+    assert meta.threshold == accept["threshold"] <= 1.0 < NO_AUTO_ACCEPT
     assert accept["cells"] == 330
     assert 299 <= accept["above"] <= 330
     assert accept["lower_bound"] >= 0.99
