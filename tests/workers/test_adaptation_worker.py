@@ -26,35 +26,25 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 PER_CASE = ["lymphocyte"] * 3 + ["neutrophil"] * 3 + ["monocyte"]
 
 
-def test_a_fine_tuning_worker_on_the_adapt_queue_registers_an_inactive_adapted_model(
-    tiny_model: ModelVersion, tmp_path: Path, settings: LazySettings
-) -> None:
+def adapt_on_a_real_worker(
+    *, model: ModelVersion, cases: int, env: dict[str, str], tmp_path: Path
+) -> tuple[AdaptationJob, Path]:
+    """A lab with `cases` reviewed cases of PER_CASE; its admin starts an adaptation that a real
+    worker on the `adapt` queue (with `env`) runs to its end. The finished job and the log."""
     admin = MembershipFactory.create(role=Role.ADMIN)
     lab = admin.lab
     reviewer = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST).user
-    for _ in range(8):
+    for _ in range(cases):
         reviewed_batch(
             case=CaseFactory.create(lab=lab),
-            model_version=tiny_model,
+            model_version=model,
             labels=PER_CASE,
             reviewer=reviewer,
             with_files=True,
         )
     broker = tmp_path / "broker"
     use_broker("filesystem://", broker)
-    models_dir, work_dir = tmp_path / "models", tmp_path / "work"
-    env = {
-        "ADAPT_METHOD": "fine-tune",
-        # A recipe of seconds for a 32-pixel model on one thread; a third of the training
-        # cells are its val split, enough (12) to calibrate the refitted batch guard on.
-        "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16 "
-        "--val-fraction 0.34",
-        "ADAPT_THREADS": "1",
-        "ADAPTED_MODELS_DIR": str(models_dir),
-        "ADAPT_WORK_DIR": str(work_dir),
-    }
     log = tmp_path / "adapt-worker.log"
-
     with celery_worker(
         broker_url="filesystem://",
         broker_folder=broker,
@@ -68,8 +58,26 @@ def test_a_fine_tuning_worker_on_the_adapt_queue_registers_an_inactive_adapted_m
             timeout=300,
             what="the adaptation to finish",
         )
-
     job.refresh_from_db()
+    return job, log
+
+
+def test_a_fine_tuning_worker_on_the_adapt_queue_registers_an_inactive_adapted_model(
+    tiny_model: ModelVersion, tmp_path: Path, settings: LazySettings
+) -> None:
+    models_dir, work_dir = tmp_path / "models", tmp_path / "work"
+    env = {
+        "ADAPT_METHOD": "fine-tune",
+        # A recipe of seconds for a 32-pixel model on one thread; a third of the training
+        # cells are its val split, enough (12) to calibrate the refitted batch guard on.
+        "ADAPT_TRAIN_OPTIONS": "--epochs 2 --head-epochs 1 --views 1 --batch-size 16 "
+        "--val-fraction 0.34",
+        "ADAPT_THREADS": "1",
+        "ADAPTED_MODELS_DIR": str(models_dir),
+        "ADAPT_WORK_DIR": str(work_dir),
+    }
+    job, log = adapt_on_a_real_worker(model=tiny_model, cases=8, env=env, tmp_path=tmp_path)
+    lab = job.lab
     lab.refresh_from_db()
     assert job.status == AdaptationJob.Status.DONE, f"{job.error}\n{log.read_text()[-4000:]}"
     assert job.epochs_done == job.epochs_planned == 2
@@ -116,42 +124,14 @@ def test_a_fine_tuning_worker_on_the_adapt_queue_registers_an_inactive_adapted_m
 def test_by_default_the_worker_adapts_with_the_few_cell_method_and_auto_accepts_nothing(
     tiny_model: ModelVersion, tmp_path: Path
 ) -> None:
-    admin = MembershipFactory.create(role=Role.ADMIN)
-    lab = admin.lab
-    reviewer = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST).user
-    for _ in range(12):
-        reviewed_batch(
-            case=CaseFactory.create(lab=lab),
-            model_version=tiny_model,
-            labels=PER_CASE,
-            reviewer=reviewer,
-            with_files=True,
-        )
-    broker = tmp_path / "broker"
-    use_broker("filesystem://", broker)
     models_dir, work_dir = tmp_path / "models", tmp_path / "work"
     env = {  # no ADAPT_METHOD: the default
         "ADAPT_THREADS": "1",
         "ADAPTED_MODELS_DIR": str(models_dir),
         "ADAPT_WORK_DIR": str(work_dir),
     }
-    log = tmp_path / "adapt-worker.log"
-
-    with celery_worker(
-        broker_url="filesystem://",
-        broker_folder=broker,
-        log_path=log,
-        extra_env=env,
-        queues="adapt",
-    ):
-        job = services.start_adaptation(admin=admin.user, lab=lab)
-        wait_until(
-            lambda: not AdaptationJob.objects.get(pk=job.pk).is_active,
-            timeout=300,
-            what="the adaptation to finish",
-        )
-
-    job.refresh_from_db()
+    job, log = adapt_on_a_real_worker(model=tiny_model, cases=12, env=env, tmp_path=tmp_path)
+    lab = job.lab
     assert job.status == AdaptationJob.Status.DONE, f"{job.error}\n{log.read_text()[-4000:]}"
     adapted = job.result_model
     assert adapted is not None
