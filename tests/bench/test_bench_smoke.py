@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,19 +15,27 @@ from tests.bench.conftest import ROOT, TinyBench
 pytestmark = [pytest.mark.slow, pytest.mark.worker]
 
 
+def run_bench(bench: TinyBench, tmp_path: Path, *options: str) -> dict[str, Any]:
+    """`python -m bench OPTIONS` on the tiny checkpoint and images; the report it wrote."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--json", str(out), *options,
+         "--model", str(bench.model), "--data", str(bench.data),
+         "--workdir", str(tmp_path / "system")],
+        cwd=ROOT, env=bench.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
 def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
     tmp_path: Path, tiny_bench: TinyBench
 ) -> None:
-    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--json", str(out), "--only", "pipeline",
-         "--images", "4", "--repeats", "1", "--profile-images", "4",
-         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    report = run_bench(
+        tiny_bench, tmp_path, "--only", "pipeline", "--images", "4", "--repeats", "1",
+        "--profile-images", "4",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert report["worker_engine"] in {"ort-fp32", "fused-channels-last", "eager"}
     for key in ("pipeline_vs_model", "pipeline_vs_eager", "two_vs_one_worker"):
         assert (report[key] or 0) > 0, key
@@ -42,17 +51,10 @@ def test_the_pipeline_benchmark_runs_on_a_tiny_checkpoint_with_four_images(
 def test_the_upload_benchmark_times_an_api_upload_against_one_worker(
     tmp_path: Path, tiny_bench: TinyBench
 ) -> None:
-    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--json", str(out), "--only", "upload",
-         "--images", "4", "--upload-images", "4", "--report-images", "4", "--repeats", "1",
-         "--upload-threads", "2", "--profile-upload",
-         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    report = run_bench(
+        tiny_bench, tmp_path, "--only", "upload", "--images", "4", "--upload-images", "4",
+        "--report-images", "4", "--repeats", "1", "--upload-threads", "2", "--profile-upload",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert [run["workers"] for run in report["pipeline_runs"]] == [1]
     assert [run["upload_threads"] for run in report["upload_runs"]] == [1, 2]
     assert all(run["accepted"] == 4 and run["rejected"] == 0 for run in report["upload_runs"])
@@ -71,16 +73,10 @@ def test_the_upload_benchmark_times_an_api_upload_against_one_worker(
 def test_the_shards_benchmark_times_one_batch_with_one_worker_and_with_two(
     tmp_path: Path, tiny_bench: TinyBench
 ) -> None:
-    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--json", str(out), "--only", "shards",
-         "--shard-cells", "4", "--shard-size", "1", "--repeats", "1",
-         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    report = run_bench(
+        tiny_bench, tmp_path, "--only", "shards", "--shard-cells", "4", "--shard-size", "1",
+        "--repeats", "1",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert [run["workers"] for run in report["shard_runs"]] == [1, 2]
     assert all(run["shards"] == 4 and run["images"] == 4 for run in report["shard_runs"])
     seconds = report["shard_time_to_report_seconds"]
@@ -93,17 +89,11 @@ def test_the_shards_benchmark_times_one_batch_with_one_worker_and_with_two(
 def test_the_fair_share_benchmark_gives_each_small_batch_its_wait_and_stat_its_position(
     tmp_path: Path, tiny_bench: TinyBench
 ) -> None:
-    data, model, env = tiny_bench.data, tiny_bench.model, tiny_bench.env
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--json", str(out), "--only", "fair_share",
-         "--fair-big-cells", "12", "--fair-unique", "4", "--fair-small-cells", "2",
-         "--fair-labs", "3", "--fair-workers", "1", "--shard-size", "4",
-         "--model", str(model), "--data", str(data), "--workdir", str(tmp_path / "system")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    report = run_bench(
+        tiny_bench, tmp_path, "--only", "fair_share", "--fair-big-cells", "12", "--fair-unique",
+        "4", "--fair-small-cells", "2", "--fair-labs", "3", "--fair-workers", "1", "--shard-size",
+        "4",
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(out.read_text())
     assert report["fair_big_shards"] == 3
     assert [run["cells"] for run in report["fair_small_batches"]] == [2, 2]
     assert report["fair_shard_seconds"] > 0
