@@ -223,6 +223,15 @@ def work_shard(*, shard: Shard) -> Outcome:
         save(unsaved)
     if not complete_shard(shard_id=shard.pk, batch_id=batch_id):
         return Outcome(Batch.Status.PROCESSING, classified, 0)
+    return _check_and_finish(
+        batch_id=batch_id, model_version=model_version, classifier=classifier, classified=classified
+    )
+
+
+def _check_and_finish(
+    *, batch_id: int, model_version: ModelVersion, classifier: Classifier, classified: int
+) -> Outcome:
+    """The batch guard's verdict (if still pending), then the finish: every shard is done."""
     with _stage("batch_check"):
         check = check_if_pending(
             batch_id=batch_id, model_version=model_version, classifier=classifier
@@ -247,11 +256,12 @@ def _finish_if_complete(*, batch_id: int) -> Outcome:
     ):
         logger.info("batch %s is %s: nothing to claim", batch_id, batch.status)
         return Outcome(status=batch.status, classified=0, remaining=0)
-    classifier = load_classifier(model_version=batch.model_version)
-    check = check_if_pending(
-        batch_id=batch_id, model_version=batch.model_version, classifier=classifier
+    return _check_and_finish(
+        batch_id=batch_id,
+        model_version=batch.model_version,
+        classifier=load_classifier(model_version=batch.model_version),
+        classified=0,
     )
-    return _finish(batch_id=batch_id, classified=0, check=check)
 
 
 def _is_cancelled(batch_id: int) -> bool:
