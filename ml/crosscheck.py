@@ -132,6 +132,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-freq", type=int, default=20)
     p.add_argument("--stage", choices=["cache", "all"], default="all", help="cache: stop after 2")
     p.add_argument(
+        "--folds",
+        nargs="+",
+        help="run only these folds ('all' and left-out lab names; default: all, then every lab)",
+    )
+    p.add_argument(
         "--val-folder",
         help="link every single-image val cell here as SOURCE/CLASS/FILE (for ml.evaluate), "
         "then go on; boxed cells (voc) are left out",
@@ -538,7 +543,7 @@ def run(
     fold_thresholds: dict[str, float | None] = {}
     kept: dict[str, dict[str, Any]] = {}
     # The all-labs fold first: its provisional checkpoint exists early in a long run.
-    for left in ["all", *labs]:
+    for left in args.folds or ["all", *labs]:
         inside = cell_lab != left
         train, val = np.nonzero(inside & ~is_val)[0], np.nonzero(inside & is_val)[0]
         # Each fold its own copy: the adaptation curve starts from the fold that never saw
@@ -607,6 +612,8 @@ def run(
             # Provisional (its own val threshold only) until the left-out folds give the
             # cross-lab threshold; rewritten below.
             write_model(args, fold, {**report, "cross_threshold": None}, classes)
+        # A long run's folds are each on disk as soon as they are done.
+        write_report(args, report, t_start)
         print(f"fold {left} done at {time.time() - t_start:.0f}s", flush=True)
 
     # 4. One threshold that holds on every left-out lab.
@@ -626,7 +633,7 @@ def run(
         )
 
     # 6. The all-labs model, and the report so far (the adaptation curve is the slow part).
-    if args.out:
+    if args.out and "all" in folds:
         write_model(args, folds["all"], report, classes)
     write_report(args, report, t_start)
     print(format_table(report), flush=True)

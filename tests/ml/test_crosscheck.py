@@ -10,6 +10,7 @@ from PIL import Image
 from ml import crosscheck
 from ml.checkpoint import load_ood, read_metadata
 from ml.inference import Classifier
+from ml.sources import SourceSpec
 
 COLOURS = {"alpha": (200, 60, 60), "beta": (60, 200, 60), "gamma": (60, 60, 200)}
 
@@ -147,3 +148,47 @@ def test_the_markdown_report_has_a_row_per_left_out_lab_and_source():
     assert "| a | 20 | 0.9000 | 0.8000 | n/a |" in text
     assert "| 0 | 0.2000 | 0.3000 | 1 |" in text
     assert "no threshold reaches the target on: b" in text
+
+
+def test_folds_runs_only_the_folds_named_and_the_comparison_scores_the_same_val_cells(tmp_path):
+    from ml import source_compare
+
+    one = lab_folder(tmp_path / "one", ["alpha", "beta", "gamma"], tint=0)
+    two = lab_folder(tmp_path / "two", ["alpha", "beta"], tint=40)
+    out = tmp_path / "wbc.pt"
+    sources = ["--source", f"one:labone:folder:{one}", "--source", f"two:labtwo:folder:{two}"]
+    common = [*sources, "--cache-dir", str(tmp_path / "cache"), "--val-fraction", "0.25"]
+    argv = [*common, "--json", str(tmp_path / "r.json"), "--out", str(out), "--weights", "none"]
+    argv += ["--input-size", "32", "--resize", "crop", "--epochs", "2", "--head-epochs", "1"]
+    argv += ["--chunk", "10", "--adapt-lab", "labone", "--adapt-n", "0", "--batch-size", "8"]
+    argv += ["--threads", "1", "--guard-batches", "2", "--folds", "all"]
+
+    report = crosscheck.main(crosscheck.get_args_parser().parse_args(argv))
+
+    # Only the all-labs fold ran; the model and the report were written without the others.
+    assert set(report["folds"]) == {"all"}
+    assert set(json.loads((tmp_path / "r.json").read_text())["folds"]) == {"all"}
+    assert "adaptation" not in report
+    assert read_metadata(out).classes == ["alpha", "beta", "gamma"]
+
+    compared = source_compare.compare(
+        source_compare.get_args_parser().parse_args(
+            [*common, "--model", str(out), "--json", str(tmp_path / "c.json")]
+        )
+    )
+    rows = compared["models"]["wbc.pt"]["sources"]
+    # The comparison rebuilds the crosscheck's split: the same number of val cells per source,
+    # each scored end to end by the checkpoint as a worker loads it.
+    assert {name: row["cells"] for name, row in rows.items()} == {
+        name: source["val"] for name, source in report["sources"].items()
+    }
+    clf = Classifier.load(out, device="cpu")
+    args = crosscheck.get_args_parser().parse_args(argv)
+    cells = crosscheck.load_cells(args, [SourceSpec.parse(s) for s in args.source])
+    is_val = crosscheck.split_cells(cells, ["alpha", "beta", "gamma"], 0.25, 0)
+    for name, row in rows.items():
+        val = [c for c, v in zip(cells, is_val, strict=True) if v and c.source == name]
+        preds = clf.predict([c.open() for c in val])
+        right = [p.label == c.label for p, c in zip(preds, val, strict=True)]
+        assert row["accuracy"] == sum(right) / len(right)
+        assert row["threshold"] == clf.threshold
