@@ -200,7 +200,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in rs[0].get("study", {}):
             got = [r["study"][name] / r["test_cells"] for r in rs if r["study"].get(name)]
             by_method[name] = float(np.mean(got)) if len(got) == len(rs) else None
-        chosen = [r.get("chosen") for r in rs]
+        chosen = [str(r["chosen"]) for r in rs if r.get("chosen")]
         out.append(
             {
                 "lab": lab,
@@ -212,7 +212,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "accuracy_max": float(max(r["accuracy"] for r in rs)),
                 "study_accuracy": float(np.mean(study)) if len(study) == len(rs) else None,
                 "study_accuracy_by_method": by_method,
-                "chosen": {c: chosen.count(c) for c in sorted({str(c) for c in chosen})},
+                "chosen": {c: chosen.count(c) for c in sorted(set(chosen))},
                 "runs_with_threshold": sum(r["auto_accept"]["threshold"] is not None for r in rs),
                 "auto_accepted_test_cells": sum(r["auto_accepted_test_cells"] for r in rs),
                 "runs_with_guard": sum(r["has_guard"] for r in rs),

@@ -27,6 +27,7 @@ _LAB_FROM_LOGLMS = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)
 )
 _RGB_FROM_LMS = np.linalg.inv(_LMS_FROM_RGB)
 _LOGLMS_FROM_LAB = np.linalg.inv(_LAB_FROM_LOGLMS)
+LAB_LIMIT = 5.0
 # Statistics are taken on a thumbnail: colour statistics need no detail, and it is 50x cheaper.
 STATS_SIDE = 64
 
@@ -88,4 +89,7 @@ def reinhard(img: Image.Image, *, source: StainStats, target: StainStats) -> Ima
     lab = rgb_to_lab(np.asarray(img.convert("RGB")))
     src_m, src_s = np.array(source.mean), np.maximum(np.array(source.std), 1e-6)
     mapped = (lab - src_m) / src_s * np.array(target.std) + np.array(target.mean)
-    return Image.fromarray(lab_to_rgb(mapped))
+    # A lab whose pictures hardly vary (a flat source std) would send colours to infinity and
+    # NaN; no real colour is beyond +-5 in this space (10^5 times white), so the clip leaves
+    # every ordinary mapping as it is.
+    return Image.fromarray(lab_to_rgb(np.clip(mapped, -LAB_LIMIT, LAB_LIMIT)))
