@@ -6,7 +6,8 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   means and variances of every BatchNorm layer re-estimated on the lab's cells, the weights
   unchanged. Tsutsui et al. (2023) name BN statistics as a main cause of the accuracy drop of
   blood-cell classifiers across labs. Needs no labels: any of the lab's uploaded cells will do.
-- **Reinhard stain normalisation** (`StainStats.of`, `reinhard`): each pixel's colour moved in
+- **Reinhard stain normalisation** (`ml.stain`: `StainStats.of`, `reinhard`, re-exported
+  here; `ml.inference.Classifier` applies the same function): each pixel's colour moved in
   Reinhard et al.'s (2001) l-alpha-beta space so that the lab's pooled per-channel mean and
   standard deviation become the training stain's. The statistics are pooled over many of the
   lab's pictures, not taken per picture: a per-picture mapping would wash out the colour of an
@@ -15,8 +16,9 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   cosine similarity to each class's mean feature; Snell et al. 2017, Wang et al. 2019's
   SimpleShot) or `logistic_head` (the model's own classifier refitted on the reviewed cells,
   pulled towards its trained weights so a handful of cells cannot undo it).
-- **More views** (`VIEWS`, `view`): the dihedral flips/rotations of the input square; features
-  averaged over views at prediction, every view a training sample for a head.
+- **More views** (`ml.views`: `VIEWS`, `view`): the dihedral flips/rotations of the input
+  square; features averaged over views at prediction, every view a training sample for a
+  head.
 - **A deeper fine-tune** (`prefix`, `Tail`, `fine_tune_tail`): the last inverted-residual
   blocks and the classifier trained on the reviewed cells (every view a sample, the
   activations shifted by a position as augmentation, L2-SP towards the trained weights), the
@@ -29,10 +31,11 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   many does not make the bound optimistic. It says how many cells it rests on, and gives none
   when there are too few (a 95 % bound of 99 % needs at least 299 cells, all right).
 
-The portal's adaptation runs the best of them that the checkpoint format holds as it is
-(`adapt_to_cells`, `adapt_folder`: the lab's BatchNorm statistics and the logistic head, the
-temperature, the conservative threshold and a refitted batch guard written into an ordinary
-checkpoint).
+The portal's adaptation runs the best of them (`adapt_to_cells`, `adapt_folder`): the lab's
+BatchNorm statistics or Reinhard normalisation towards the training stain, whichever gets more
+reviewed cells right out of fold, the logistic head on 4 views, the temperature, the
+conservative threshold and a refitted batch guard, written into a checkpoint whose `views` and
+`stain_source`/`stain_target` `ml.inference.Classifier` applies.
 
 `python -m ml.adapt_study` measures every method on the leave-one-lab-out folds the shared
 data allows (docs/MODELS.md, "Adapting with few reviewed cells").

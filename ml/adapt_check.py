@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "has_guard": has_guard,
                         "temperature": metrics["temperature"],
                         "reviewed_oof": metrics["reviewed_oof"],
+                        "adapt_seconds": metrics["train_seconds"],
                         "predict_seconds": round(predict_seconds, 2),
                         "seconds": round(time.time() - t_run, 1),
                     }
