@@ -257,9 +257,65 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the model's training stain (ml.adapt.trained_stain's file) and stop",
     )
+    p.add_argument(
+        "--views-cost",
+        type=int,
+        metavar="CELLS",
+        help="time the inference of 1 against 4 views on CELLS of the model's val cells "
+        "(eager and ort-fp32 where installed; --json) and stop",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="with --views-cost: best of")
     p.add_argument("--json")
     p.add_argument("--threads", type=int, default=1)
     return p
+
+
+def views_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s of `Classifier.predict_logits` with the picture alone and with all of VIEWS,
+    on the same preprocessed val cells (batches of 32, the worker's chunk), per engine; the
+    two alternate, best of --repeats, after a warm-up."""
+    from ml.engine import available_engines, optimise_for_cpu
+
+    torch.set_num_threads(args.threads)
+    clf = Classifier.load(args.model, device="cpu", accelerate=False)
+    ckpt = torch.load(args.model, map_location="cpu", weights_only=True)
+    _, val = model_split(
+        argparse.Namespace(data=args.pbc, extra_train=None), dict(ckpt.get("recipe", {}))
+    )
+    cells = fit_subset(val, -(-args.views_cost // len(clf.classes)), 0)[: args.views_cost]
+    batch = clf.preprocess([c.open() for c in cells])
+    chunks = [batch[s : s + 32] for s in range(0, len(batch), 32)]
+    engines = ["eager"] + [e for e in ("ort-fp32",) if e in available_engines()]
+    report: dict[str, Any] = {
+        "command": "python -m ml.adapt_check " + " ".join(sys.argv[1:]),
+        "model": str(args.model),
+        "cells": len(batch),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "engines": {},
+    }
+    for engine in engines:
+        clf.model = optimise_for_cpu(clf.eager, input_size=clf.input_size, engine=engine)
+        best = {"1": float("inf"), str(len(VIEWS)): float("inf")}
+        for views in ((("identity",)), VIEWS):
+            clf.views = tuple(views)
+            clf.predict_logits(chunks[0])  # the first call of a shape allocates
+        for _ in range(args.repeats):
+            for views in ((("identity",)), VIEWS):
+                clf.views = tuple(views)
+                t0 = time.perf_counter()
+                for chunk in chunks:
+                    clf.predict_logits(chunk)
+                key = str(len(views))
+                best[key] = min(best[key], time.perf_counter() - t0)
+        rates = {k: len(batch) / v for k, v in best.items()}
+        report["engines"][engine] = {
+            "images_per_second": rates,
+            "four_views_cost": rates["1"] / rates[str(len(VIEWS))],
+        }
+        print(engine, json.dumps(report["engines"][engine]), flush=True)
+    _write(report, args.json)
+    return report
 
 
 def write_train_stain(args: argparse.Namespace) -> dict[str, Any]:
@@ -285,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.write_train_stain:
         print(json.dumps(write_train_stain(args)))
+        return
+    if args.views_cost:
+        views_cost(args)
         return
     report = run(args)
     for s in report["summary"]:
