@@ -70,7 +70,7 @@ from ml.stain import lab_to_rgb as lab_to_rgb
 from ml.stain import reinhard as reinhard
 from ml.stain import rgb_to_lab as rgb_to_lab
 from ml.views import VIEWS as VIEWS
-from ml.views import check_views
+from ml.views import check_views, view_batch
 from ml.views import view as view
 
 # Test-time BatchNorm statistics --------------------------------------------------------------
@@ -413,13 +413,20 @@ def _stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tens
     return fold
 
 
-def _features(clf: Classifier, pictures: Sequence[Image.Image], name: str) -> torch.Tensor:
-    """Pooled features of the pictures in one view, 64 at a time."""
-    out = []
+def _features(
+    clf: Classifier, pictures: Sequence[Image.Image], names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Pooled features of the pictures in each of the views `names`, 64 pictures at a time.
+    Each picture is fitted and stain-normalised once; the views are turned on its tensor
+    (`view_batch`: the same tensor as turning the picture, bit for bit, and the stain
+    mapping is per pixel, so it commutes with them)."""
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for s in range(0, len(pictures), 64):
         squares = [clf.fit_to_input(p.convert("RGB")) for p in pictures[s : s + 64]]
-        out.append(clf.embed(clf.to_input_batch([view(q, name) for q in squares])))
-    return torch.cat(out)
+        x = clf.to_input_batch(squares)
+        for name in names:
+            out[name].append(clf.embed(view_batch(x, name)))
+    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
 def trained_stain(init: str | os.PathLike[str]) -> StainStats | None:
@@ -467,10 +474,8 @@ def _fit_candidate(
     """The logistic head on every view of the reviewed cells through `clf` (its network and
     stain), with its out-of-fold logits (the mean over the views of each cell's features, as
     `Classifier.predict_logits` will average them) and their temperature."""
-    per_view = {v: _features(clf, pictures, v) for v in options.views}
-    identity = (
-        per_view["identity"] if "identity" in per_view else _features(clf, pictures, "identity")
-    )
+    per_view = _features(clf, pictures, (*options.views, *({"identity"} - set(options.views))))
+    identity = per_view["identity"]
     views = torch.stack([per_view[v] for v in options.views])
     mean = views.mean(0)
     linear = _linear_classifier(clf.eager)
