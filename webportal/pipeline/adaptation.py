@@ -13,8 +13,8 @@ brings in PyTorch. The steps, each reported on the job row with a heartbeat:
      stain, whichever gets more reviewed cells right out of fold, with a logistic head on 4
      views of the reviewed cells (averaged at prediction); the temperature and a
      conservative auto-accept threshold from the chosen one's out-of-fold predictions (none
-     with too few cells: the model then auto-accepts nothing), a batch guard refitted; a
-     minute at most;
+     with too few cells: the model then auto-accepts nothing), a batch guard refitted;
+     minutes on a CPU;
    - `fine-tune`: `ml.train.fine_tune` (`--init`: its classes kept, the loss masked to the
      lab's classes, temperature and threshold refitted on a val split), options from
      ADAPT_TRAIN_OPTIONS, progress per epoch;
