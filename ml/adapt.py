@@ -6,7 +6,8 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   means and variances of every BatchNorm layer re-estimated on the lab's cells, the weights
   unchanged. Tsutsui et al. (2023) name BN statistics as a main cause of the accuracy drop of
   blood-cell classifiers across labs. Needs no labels: any of the lab's uploaded cells will do.
-- **Reinhard stain normalisation** (`StainStats.of`, `reinhard`): each pixel's colour moved in
+- **Reinhard stain normalisation** (`ml.stain`: `StainStats.of`, `reinhard`, re-exported
+  here; `ml.inference.Classifier` applies the same function): each pixel's colour moved in
   Reinhard et al.'s (2001) l-alpha-beta space so that the lab's pooled per-channel mean and
   standard deviation become the training stain's. The statistics are pooled over many of the
   lab's pictures, not taken per picture: a per-picture mapping would wash out the colour of an
@@ -15,8 +16,9 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   cosine similarity to each class's mean feature; Snell et al. 2017, Wang et al. 2019's
   SimpleShot) or `logistic_head` (the model's own classifier refitted on the reviewed cells,
   pulled towards its trained weights so a handful of cells cannot undo it).
-- **More views** (`VIEWS`, `view`): the dihedral flips/rotations of the input square; features
-  averaged over views at prediction, every view a training sample for a head.
+- **More views** (`ml.views`: `VIEWS`, `view`): the dihedral flips/rotations of the input
+  square; features averaged over views at prediction, every view a training sample for a
+  head.
 - **A deeper fine-tune** (`prefix`, `Tail`, `fine_tune_tail`): the last inverted-residual
   blocks and the classifier trained on the reviewed cells (every view a sample, the
   activations shifted by a position as augmentation, L2-SP towards the trained weights), the
@@ -29,10 +31,11 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   many does not make the bound optimistic. It says how many cells it rests on, and gives none
   when there are too few (a 95 % bound of 99 % needs at least 299 cells, all right).
 
-The portal's adaptation runs the best of them that the checkpoint format holds as it is
-(`adapt_to_cells`, `adapt_folder`: the lab's BatchNorm statistics and the logistic head, the
-temperature, the conservative threshold and a refitted batch guard written into an ordinary
-checkpoint).
+The portal's adaptation runs the best of them (`adapt_to_cells`, `adapt_folder`): the lab's
+BatchNorm statistics or Reinhard normalisation towards the training stain, whichever gets more
+reviewed cells right out of fold, the logistic head on 4 views, the temperature, the
+conservative threshold and a refitted batch guard, written into a checkpoint whose `views` and
+`stain_source`/`stain_target` `ml.inference.Classifier` applies.
 
 `python -m ml.adapt_study` measures every method on the leave-one-lab-out folds the shared
 data allows (docs/MODELS.md, "Adapting with few reviewed cells").
@@ -41,11 +44,13 @@ data allows (docs/MODELS.md, "Adapting with few reviewed cells").
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -55,11 +60,18 @@ from PIL import Image
 from scipy.stats import beta
 from torch import nn
 
-from ml.checkpoint import read_metadata, save_checkpoint, sha256_of
+from ml.checkpoint import IDENTITY_ONLY, read_metadata, save_checkpoint, sha256_of
 from ml.data import list_samples
 from ml.fit import fit_temperature_over
 from ml.inference import Classifier, PooledFeatures
 from ml.ood import fit_guard
+from ml.stain import StainStats as StainStats
+from ml.stain import lab_to_rgb as lab_to_rgb
+from ml.stain import reinhard as reinhard
+from ml.stain import rgb_to_lab as rgb_to_lab
+from ml.views import VIEWS as VIEWS
+from ml.views import check_views, view_batch
+from ml.views import view as view
 
 # Test-time BatchNorm statistics --------------------------------------------------------------
 
@@ -119,93 +131,6 @@ def with_model(clf: Classifier, model: nn.Module) -> Classifier:
     out.feature_engine = "eager"
     out.ood = None
     return out
-
-
-# Reinhard stain normalisation ----------------------------------------------------------------
-
-# Reinhard et al. (2001): RGB -> LMS cone space, log10, then Ruderman's decorrelated l-alpha-beta.
-_LMS_FROM_RGB = np.array(
-    [[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]]
-)
-_LAB_FROM_LOGLMS = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array(
-    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]
-)
-_RGB_FROM_LMS = np.linalg.inv(_LMS_FROM_RGB)
-_LOGLMS_FROM_LAB = np.linalg.inv(_LAB_FROM_LOGLMS)
-# Statistics are taken on a thumbnail: colour statistics need no detail, and it is 50x cheaper.
-STATS_SIDE = 64
-
-
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """H x W x 3 uint8 (or float 0-255) RGB -> l-alpha-beta (float64)."""
-    a = np.clip(np.asarray(rgb, dtype=np.float64), 1.0, 255.0) / 255.0  # log of 0 is undefined
-    lms = np.clip(a @ _LMS_FROM_RGB.T, 1e-6, None)
-    lab: np.ndarray = np.log10(lms) @ _LAB_FROM_LOGLMS.T
-    return lab
-
-
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """l-alpha-beta -> H x W x 3 uint8 RGB (clipped)."""
-    lms = np.power(10.0, lab @ _LOGLMS_FROM_LAB.T)
-    rgb = lms @ _RGB_FROM_LMS.T * 255.0
-    out: np.ndarray = np.clip(rgb, 0, 255).round().astype(np.uint8)
-    return out
-
-
-@dataclass(frozen=True)
-class StainStats:
-    """Per-channel mean and standard deviation in l-alpha-beta of a set of pictures."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def of(cls, images: Iterable[Image.Image]) -> StainStats:
-        """Pooled over every pixel of every picture (each shrunk to a thumbnail first)."""
-        pixels = []
-        for img in images:
-            small = img.convert("RGB")
-            small.thumbnail((STATS_SIDE, STATS_SIDE), Image.Resampling.BILINEAR)
-            pixels.append(rgb_to_lab(np.asarray(small)).reshape(-1, 3))
-        if not pixels:
-            raise ValueError("no picture to take stain statistics of")
-        lab = np.concatenate(pixels)
-        m, s = lab.mean(0), lab.std(0)
-        return cls(
-            mean=(float(m[0]), float(m[1]), float(m[2])),
-            std=(float(s[0]), float(s[1]), float(s[2])),
-        )
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-
-def reinhard(img: Image.Image, *, source: StainStats, target: StainStats) -> Image.Image:
-    """img's colours moved so that pictures with `source` statistics get `target`'s."""
-    lab = rgb_to_lab(np.asarray(img.convert("RGB")))
-    src_m, src_s = np.array(source.mean), np.maximum(np.array(source.std), 1e-6)
-    mapped = (lab - src_m) / src_s * np.array(target.std) + np.array(target.mean)
-    return Image.fromarray(lab_to_rgb(mapped))
-
-
-# More views -----------------------------------------------------------------------------------
-
-# The dihedral views of a square: a cell on a slide has no up or left.
-VIEWS = ("identity", "flip", "rot90", "transpose")
-_TRANSPOSE = {
-    "flip": Image.Transpose.FLIP_LEFT_RIGHT,
-    "rot90": Image.Transpose.ROTATE_90,
-    "transpose": Image.Transpose.TRANSPOSE,
-}
-
-
-def view(img: Image.Image, name: str) -> Image.Image:
-    """One of VIEWS of a picture."""
-    if name == "identity":
-        return img
-    if name not in _TRANSPOSE:
-        raise ValueError(f"unknown view {name!r}; one of {VIEWS}")
-    return img.transpose(_TRANSPOSE[name])
 
 
 # Heads on the lab's reviewed cells' features -------------------------------------------------
@@ -422,19 +347,34 @@ NO_AUTO_ACCEPT = 2.0
 ABSENT_CLASS_BIAS = -1e4
 
 
+# The candidates `adapt_to_cells` chooses between by the reviewed cells' out-of-fold accuracy:
+# the lab's BatchNorm statistics on the pictures as they are (best on the real other lab,
+# bccd), or Reinhard normalisation towards the training stain with the trained statistics
+# (best on the synthetic stain and yellow labs). docs/MODELS.md, "Second study".
+LAB_BN, REINHARD = "lab-bn", "reinhard"
+CANDIDATES = (LAB_BN, REINHARD)
+CANDIDATE_TEXT = {
+    LAB_BN: "the lab's BatchNorm statistics, pictures as they are",
+    REINHARD: "Reinhard normalisation towards the training stain, the trained BatchNorm statistics",
+}
+
+
 @dataclass(frozen=True)
 class FewCellOptions:
-    """How `adapt_to_cells` adapts: the lab's BatchNorm statistics (blended with the trained
-    ones by bn_source_weight) and the anchored logistic head (`logistic_head`: anchor,
-    max_iter) fitted on the reviewed cells in `views`; the auto-accept threshold
-    (`conservative_threshold`: target, alpha) on their out-of-fold predictions (oof_folds);
-    the batch guard fitted on the reviewed cells less guard_calibration_share of each class
+    """How `adapt_to_cells` adapts: each of `candidates` (LAB_BN: the lab's BatchNorm
+    statistics, blended with the trained ones by bn_source_weight; REINHARD: the pictures
+    Reinhard-normalised towards the training stain, the trained statistics) gets the anchored
+    logistic head (`logistic_head`: anchor, max_iter) fitted on the reviewed cells in every
+    one of `views` (which the checkpoint then averages at prediction), and the one whose
+    out-of-fold predictions (oof_folds) are right most often is kept; the auto-accept
+    threshold (`conservative_threshold`: target, alpha) on its out-of-fold predictions; the
+    batch guard fitted on the reviewed cells less guard_calibration_share of each class
     (rounded up: 10 cells a class of 4 classes give 12 to calibrate on, at least the 10
     `ml.ood.fit_guard` needs), calibrated on those."""
 
-    lab_batchnorm: bool = True
+    candidates: tuple[str, ...] = CANDIDATES
     bn_source_weight: float = 0.0
-    views: tuple[str, ...] = ("identity",)
+    views: tuple[str, ...] = VIEWS
     anchor: float = 1e-2
     # L-BFGS iterations of the head: 30, as measured by ml.adapt_study (LOGISTIC_ITER).
     max_iter: int = 30
@@ -444,8 +384,14 @@ class FewCellOptions:
     guard_calibration_share: float = 0.25
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_views(self.views)
+        unknown = [c for c in self.candidates if c not in CANDIDATES]
+        if unknown or not self.candidates:
+            raise ValueError(f"candidates {list(self.candidates)}: want some of {CANDIDATES}")
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "views": list(self.views)}
+        return {**asdict(self), "candidates": list(self.candidates), "views": list(self.views)}
 
 
 def _linear_classifier(model: nn.Module) -> nn.Linear:
@@ -467,68 +413,72 @@ def _stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> torch.Tens
     return fold
 
 
-def _features(clf: Classifier, pictures: Sequence[Image.Image], name: str) -> torch.Tensor:
-    """Pooled features of the pictures in one view, 64 at a time."""
-    out = []
+def _features(
+    clf: Classifier, pictures: Sequence[Image.Image], names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Pooled features of the pictures in each of the views `names`, 64 pictures at a time.
+    Each picture is fitted and stain-normalised once; the views are turned on its tensor
+    (`view_batch`: the same tensor as turning the picture, bit for bit, and the stain
+    mapping is per pixel, so it commutes with them)."""
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for s in range(0, len(pictures), 64):
         squares = [clf.fit_to_input(p.convert("RGB")) for p in pictures[s : s + 64]]
-        out.append(clf.embed(clf.to_input_batch([view(q, name) for q in squares])))
-    return torch.cat(out)
+        x = clf.to_input_batch(squares)
+        for name in names:
+            out[name].append(clf.embed(view_batch(x, name)))
+    return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def adapt_to_cells(
-    *,
-    init: str | os.PathLike[str],
-    pictures: Sequence[Image.Image],
-    labels: Sequence[str],
-    out: str | os.PathLike[str],
-    options: FewCellOptions = FewCellOptions(),
-    bn_pictures: Sequence[Image.Image] | None = None,
-) -> dict[str, Any]:
-    """Adapt the checkpoint `init` to a lab's reviewed cells (pictures and their classes) with
-    the best few-cell method measured (docs/MODELS.md, "Adapting with few reviewed cells":
-    the lab's BatchNorm statistics and a logistic head), and write it to `out` in the
-    checkpoint format `ml.inference.Classifier` loads. Returns its metrics (also in the file).
-
-    - The BatchNorm running statistics are re-estimated on `bn_pictures` (default: the
-      reviewed pictures; no labels needed), every other trunk weight unchanged.
-    - The classifier layer is the logistic head fitted on the reviewed cells' features; a
-      class without a reviewed cell keeps its row but gets ABSENT_CLASS_BIAS (never predicted).
-      The classes, input size, normalisation and resize mode are `init`'s.
-    - The temperature is fitted on the reviewed cells' out-of-fold logits (each cell scored by
-      a head fitted without it), and the auto-accept threshold is `conservative_threshold` of
-      their out-of-fold confidences: with too few cells there is none, the checkpoint's
-      `threshold` is NO_AUTO_ACCEPT and `metrics["auto_accept"]` says why.
-    - The batch guard is refitted on the adapted network's features (`ml.ood.fit_guard`), as
-      `ml.train --init` does; with too few cells there is none and `metrics["guard"]` says why.
-    """
-    t_start = time.time()
-    if len(pictures) != len(labels):
-        raise ValueError(f"{len(pictures)} pictures but {len(labels)} labels")
+def trained_stain(init: str | os.PathLike[str]) -> StainStats | None:
+    """The stain the checkpoint `init` was trained on, if known: its `stain_target` (an adapted
+    checkpoint carries its base's), else the file beside it named like it with `.stain.json`
+    (`ml/weights/pbc8-mobilenetv2.stain.json`: `python -m ml.adapt_check --write-train-stain`),
+    else None."""
     meta = read_metadata(init)
-    clf = Classifier.load(init, device="cpu", accelerate=False)
-    index = {c.lower(): i for i, c in enumerate(clf.classes)}
-    unknown = sorted({c for c in labels if c.lower() not in index})
-    if unknown:
-        raise ValueError(f"classes {unknown} are not among the model's {clf.classes}")
-    y = torch.tensor([index[c.lower()] for c in labels], dtype=torch.long)
-    if len(set(y.tolist())) < 2:
-        raise ValueError("reviewed cells of at least two classes are needed")
+    if meta.stain_target is not None:
+        return meta.stain_target
+    beside = Path(init).with_suffix(".stain.json")
+    if beside.is_file():
+        return StainStats.from_dict(json.loads(beside.read_text()))
+    return None
 
-    network: nn.Module = copy.deepcopy(clf.eager).eval()
-    if options.lab_batchnorm:
-        stats = list(bn_pictures) if bn_pictures is not None else list(pictures)
-        batches = [clf.preprocess(stats[s : s + 32]) for s in range(0, len(stats), 32)]
-        network = recalibrate_batchnorm(clf.eager, batches, source_weight=options.bn_source_weight)
-    adapted = with_model(clf, network)
 
-    # Every view of every reviewed cell is a training sample; the eval view alone is what the
-    # checkpoint will see, so the out-of-fold scores and the guard use it.
-    eval_x = _features(adapted, pictures, "identity")
-    views = torch.stack(
-        [eval_x if v == "identity" else _features(adapted, pictures, v) for v in options.views]
-    )
-    linear = _linear_classifier(network)
+@dataclass
+class _Fitted:
+    """One candidate fitted on the reviewed cells: its network (the head written into its
+    classifier layer by the caller), stain, final head and out-of-fold scores."""
+
+    network: nn.Module
+    stain: tuple[StainStats, StainStats] | None
+    identity: torch.Tensor  # N x D features of the picture as is: the guard's
+    head: FeatureHead
+    oof_logits: torch.Tensor  # N x C, each cell scored by a head fitted without it
+    temperature: float
+    confidence: torch.Tensor
+    right: torch.Tensor
+    log_loss: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "oof_accuracy": float(self.right.float().mean()),
+            "oof_right": int(self.right.sum()),
+            "oof_cells": len(self.right),
+            "oof_log_loss": self.log_loss,
+            "temperature": self.temperature,
+        }
+
+
+def _fit_candidate(
+    clf: Classifier, pictures: Sequence[Image.Image], y: torch.Tensor, options: FewCellOptions
+) -> _Fitted:
+    """The logistic head on every view of the reviewed cells through `clf` (its network and
+    stain), with its out-of-fold logits (the mean over the views of each cell's features, as
+    `Classifier.predict_logits` will average them) and their temperature."""
+    per_view = _features(clf, pictures, (*options.views, *({"identity"} - set(options.views))))
+    identity = per_view["identity"]
+    views = torch.stack([per_view[v] for v in options.views])
+    mean = views.mean(0)
+    linear = _linear_classifier(clf.eager)
     w0, b0 = linear.weight.detach().float().clone(), linear.bias.detach().float().clone()
 
     def fit(selected: torch.Tensor) -> FeatureHead:
@@ -550,17 +500,136 @@ def adapt_to_cells(
         held = fold == f
         if held.any():
             oof = fit(~held)
-            oof_logits[held] = eval_x[held] @ oof.weight.T + oof.bias
+            oof_logits[held] = mean[held] @ oof.weight.T + oof.bias
     temperature = fit_temperature_over(oof_logits, y, known=allowed)
-    oof_probs = torch.softmax(
-        (oof_logits / temperature).masked_fill(~allowed, float("-inf")), dim=1
-    )
-    confidence, predicted = oof_probs.max(1)
-    right = predicted == y
-    accept = conservative_threshold(
-        confidence.tolist(), right.tolist(), target=options.target, alpha=options.alpha
+    scaled = (oof_logits / temperature).masked_fill(~allowed, float("-inf"))
+    confidence, predicted = torch.softmax(scaled, dim=1).max(1)
+    log_loss = float(nn.functional.cross_entropy(scaled, y))
+    return _Fitted(
+        network=clf.eager,
+        stain=clf.stain,
+        identity=identity,
+        head=head,
+        oof_logits=oof_logits,
+        temperature=temperature,
+        confidence=confidence,
+        right=predicted == y,
+        log_loss=log_loss,
     )
 
+
+def choice_reason(chosen: str, fitted: dict[str, dict[str, Any]]) -> str:
+    """Why `chosen` won, in the terms of `fitted` (each candidate's `_Fitted.summary`)."""
+    mine = fitted[chosen]
+    others = [(k, v) for k, v in fitted.items() if k != chosen]
+    if not others:
+        return f"{chosen} was the only candidate"
+    parts = [
+        f"{k}: {v['oof_right']}/{v['oof_cells']}, log-loss {v['oof_log_loss']:.3f}"
+        for k, v in others
+    ]
+    tie = all(v["oof_right"] == mine["oof_right"] for _, v in others)
+    return (
+        f"{chosen} had {mine['oof_right']}/{mine['oof_cells']} reviewed cells right out of "
+        f"fold (log-loss {mine['oof_log_loss']:.3f}) against "
+        + "; ".join(parts)
+        + (": a tie, broken by the lower log-loss" if tie else "")
+    )
+
+
+def adapt_to_cells(
+    *,
+    init: str | os.PathLike[str],
+    pictures: Sequence[Image.Image],
+    labels: Sequence[str],
+    out: str | os.PathLike[str],
+    options: FewCellOptions = FewCellOptions(),
+    bn_pictures: Sequence[Image.Image] | None = None,
+    train_stain: StainStats | None = None,
+) -> dict[str, Any]:
+    """Adapt the checkpoint `init` to a lab's reviewed cells (pictures and their classes) with
+    the best few-cell methods measured (docs/MODELS.md, "Adapting with few reviewed cells",
+    "Second study"), and write it to `out` in the checkpoint format `ml.inference.Classifier`
+    loads. Returns its metrics (also in the file).
+
+    - Two candidates (options.candidates): LAB_BN, the BatchNorm running statistics
+      re-estimated on `bn_pictures` (default: the reviewed pictures; no labels needed), the
+      pictures as they are; REINHARD, the pictures Reinhard-normalised from the lab's stain
+      (pooled over the same unlabelled pictures) towards `train_stain` (default:
+      `trained_stain(init)`; without one this candidate is skipped, and `metrics["skipped"]`
+      says why), the trained statistics. Every other trunk weight is unchanged.
+    - For each, the classifier layer is the logistic head fitted on every one of
+      options.views of the reviewed cells; each cell is also scored by a head fitted without
+      it (5 folds) on its features averaged over the views. The candidate with the most
+      reviewed cells right out of fold is kept (a tie: the lower out-of-fold log-loss at its
+      temperature, then the order of options.candidates); `metrics["candidates"]`,
+      `["chosen"]` and `["chosen_because"]` record it. The checkpoint gets its network, its
+      stain (`stain_source`, `stain_target`) and `views`, which `Classifier` averages.
+    - A class without a reviewed cell keeps its row but gets ABSENT_CLASS_BIAS (never
+      predicted). The classes, input size, normalisation and resize mode are `init`'s.
+    - The chosen candidate's temperature is fitted on its out-of-fold logits, and the
+      auto-accept threshold is `conservative_threshold` of their out-of-fold confidences:
+      with too few cells there is none, the checkpoint's `threshold` is NO_AUTO_ACCEPT and
+      `metrics["auto_accept"]` says why.
+    - The batch guard is refitted on the chosen network's features of the reviewed cells as
+      `Classifier.embed` sees them (stain-normalised if REINHARD, the identity view;
+      `ml.ood.fit_guard`), as `ml.train --init` does; with too few cells there is none and
+      `metrics["guard"]` says why.
+    """
+    t_start = time.time()
+    if len(pictures) != len(labels):
+        raise ValueError(f"{len(pictures)} pictures but {len(labels)} labels")
+    meta = read_metadata(init)
+    base = Classifier.load(init, device="cpu", accelerate=False)
+    # The candidates set their own stain; what `init` has (if adapted before) is not reused.
+    base.stain, base.views = None, IDENTITY_ONLY
+    index = {c.lower(): i for i, c in enumerate(base.classes)}
+    unknown = sorted({c for c in labels if c.lower() not in index})
+    if unknown:
+        raise ValueError(f"classes {unknown} are not among the model's {base.classes}")
+    y = torch.tensor([index[c.lower()] for c in labels], dtype=torch.long)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("reviewed cells of at least two classes are needed")
+
+    unlabelled = list(bn_pictures) if bn_pictures is not None else list(pictures)
+    target = train_stain if train_stain is not None else trained_stain(init)
+    fitted: dict[str, _Fitted] = {}
+    skipped: dict[str, str] = {}
+    lab_stain: StainStats | None = None
+    for name in options.candidates:
+        if name == LAB_BN:
+            batches = [
+                base.preprocess(unlabelled[s : s + 32]) for s in range(0, len(unlabelled), 32)
+            ]
+            network = recalibrate_batchnorm(
+                base.eager, batches, source_weight=options.bn_source_weight
+            )
+            clf = with_model(base, network)
+        else:
+            if target is None:
+                skipped[name] = (
+                    "the base model's training stain is not known (no stain_target in it and "
+                    "no .stain.json beside it)"
+                )
+                continue
+            lab_stain = StainStats.of(unlabelled)
+            clf = with_model(base, copy.deepcopy(base.eager))
+            clf.stain = (lab_stain, target)
+        fitted[name] = _fit_candidate(clf, pictures, y, options)
+    # Most right out of fold; then the lower log-loss; then the order of the options.
+    order = {name: k for k, name in enumerate(options.candidates)}
+    chosen = min(
+        fitted,
+        key=lambda k: (-int(fitted[k].right.sum()), fitted[k].log_loss, order[k]),
+    )
+    best = fitted[chosen]
+    network, head, temperature = best.network, best.head, best.temperature
+    allowed = head.allowed
+    accept = conservative_threshold(
+        best.confidence.tolist(), best.right.tolist(), target=options.target, alpha=options.alpha
+    )
+
+    linear = _linear_classifier(network)
     with torch.no_grad():
         linear.weight.copy_(head.weight)
         linear.bias.copy_(torch.where(allowed, head.bias, torch.tensor(ABSENT_CLASS_BIAS)))
@@ -571,28 +640,38 @@ def adapt_to_cells(
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
         calibrate[idx[: math.ceil(options.guard_calibration_share * len(idx))]] = True
+    eval_x = best.identity
     guard, guard_info = fit_guard(
         eval_x[~calibrate], y[~calibrate], eval_x[calibrate], seed=options.seed
     )
 
-    per_class = {clf.classes[c]: int((y == c).sum()) for c in sorted(set(y.tolist()))}
+    per_class = {base.classes[c]: int((y == c).sum()) for c in sorted(set(y.tolist()))}
     auto_accept = {
         **accept.to_dict(),
         "cells_needed": cells_needed(options.target, alpha=options.alpha),
         "rule": "lowest confidence whose out-of-fold reviewed cells above it have a "
         f"{1 - options.alpha:.0%} lower Clopper-Pearson bound of at least {options.target:.0%}",
     }
+    summaries = {k: {**v.summary(), "method": CANDIDATE_TEXT[k]} for k, v in fitted.items()}
     metrics: dict[str, Any] = {
         "method": FEW_CELL_METHOD,
         "options": options.to_dict(),
         "n_train": len(y),
         "reviewed_per_class": per_class,
-        "bn_cells": (len(bn_pictures) if bn_pictures is not None else len(pictures))
-        if options.lab_batchnorm
-        else 0,
+        "chosen": chosen,
+        "chosen_because": choice_reason(chosen, summaries),
+        "candidates": summaries,
+        "skipped": skipped,
+        "views": list(options.views),
+        # The unlabelled pictures the lab's BatchNorm or stain statistics were taken on.
+        "statistics_cells": len(unlabelled),
+        "bn_cells": len(unlabelled) if chosen == LAB_BN else 0,
+        "stain": None
+        if best.stain is None
+        else {"source": best.stain[0].to_dict(), "target": best.stain[1].to_dict()},
         "reviewed_oof": {
             "n": len(y),
-            "accuracy": float(right.float().mean()),
+            "accuracy": float(best.right.float().mean()),
             "folds": options.oof_folds,
         },
         "temperature": temperature,
@@ -620,6 +699,8 @@ def adapt_to_cells(
         threshold=NO_AUTO_ACCEPT if accept.threshold is None else accept.threshold,
         resize=meta.resize,
         ood=None if guard is None else guard.to_dict(),
+        views=options.views,
+        stain=best.stain,
     )
     return metrics
 

@@ -2,6 +2,16 @@
 
 Only plain Python types and tensors are stored, so `torch.load(weights_only=True)` can read
 checkpoints without executing pickled code.
+
+Optional fields of format 1, written only when they differ from what their absence means (so
+a checkpoint without them, like every trained one, is read and run exactly as before):
+
+- `views`: the test-time views (`ml.views.VIEWS` names) whose logits `ml.inference.Classifier`
+  averages; absent = ["identity"], the picture as is.
+- `stain_source` and `stain_target` (together or neither): Reinhard statistics
+  (`ml.stain.StainStats.to_dict`) of the lab's pictures and of the stain the model was
+  trained on; `Classifier` moves every picture's colours from the one to the other before
+  the network sees it. Absent = no stain normalisation.
 """
 
 from __future__ import annotations
@@ -19,6 +29,11 @@ from torch import nn
 
 from ml.model import build_model
 from ml.ood import OODGuard
+from ml.stain import StainStats
+from ml.views import check_views
+
+# What an absent `views` means: the picture as is, one forward pass.
+IDENTITY_ONLY = ("identity",)
 
 FORMAT_VERSION = 1
 
@@ -36,6 +51,9 @@ class CheckpointMeta:
     resize: str = "crop"  # ml.transforms.eval_transform mode; absent in older files = "crop"
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    views: tuple[str, ...] = IDENTITY_ONLY
+    stain_source: StainStats | None = None  # with stain_target: Reinhard from this ...
+    stain_target: StainStats | None = None  # ... to this (the training stain)
 
 
 def save_checkpoint(
@@ -53,8 +71,13 @@ def save_checkpoint(
     threshold: float | None = None,
     resize: str = "crop",
     ood: dict[str, Any] | None = None,
+    views: Sequence[str] = IDENTITY_ONLY,
+    stain: tuple[StainStats, StainStats] | None = None,
 ) -> None:
-    """ood: a batch guard's `ml.ood.OODGuard.to_dict()` (tensors and floats), stored as `ood`."""
+    """ood: a batch guard's `ml.ood.OODGuard.to_dict()` (tensors and floats), stored as `ood`.
+    views: test-time views (stored only when not the picture alone); stain: (source, target)
+    Reinhard statistics, stored as `stain_source` and `stain_target`."""
+    views = check_views(views)
     ckpt = {
         "format_version": FORMAT_VERSION,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -71,6 +94,10 @@ def save_checkpoint(
     }
     if ood is not None:
         ckpt["ood"] = dict(ood)
+    if views != IDENTITY_ONLY:
+        ckpt["views"] = list(views)
+    if stain is not None:
+        ckpt["stain_source"], ckpt["stain_target"] = stain[0].to_dict(), stain[1].to_dict()
     atomic_save(ckpt, path)
 
 
@@ -93,6 +120,9 @@ def _meta(ckpt: dict[str, Any]) -> CheckpointMeta:
     version = ckpt.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"unsupported checkpoint format_version {version!r}")
+    if (ckpt.get("stain_source") is None) != (ckpt.get("stain_target") is None):
+        raise ValueError("a checkpoint has both stain_source and stain_target, or neither")
+    source, target = ckpt.get("stain_source"), ckpt.get("stain_target")
     return CheckpointMeta(
         format_version=version,
         arch=ckpt["arch"],
@@ -105,6 +135,9 @@ def _meta(ckpt: dict[str, Any]) -> CheckpointMeta:
         resize=str(ckpt.get("resize", "crop")),
         recipe=dict(ckpt.get("recipe", {})),
         metrics=dict(ckpt.get("metrics", {})),
+        views=check_views(ckpt.get("views", IDENTITY_ONLY)),
+        stain_source=None if source is None else StainStats.from_dict(source),
+        stain_target=None if target is None else StainStats.from_dict(target),
     )
 
 

@@ -109,6 +109,9 @@ def explain_png(
     is already the input square (the copy fitted at upload), which must not be fitted again."""
     picture = image.convert("RGB")
     square = picture if fitted else classifier.fit_to_input(picture)
+    # to_input applies the checkpoint's stain normalisation, as prediction does. The map is of
+    # the picture as is (the identity view): a checkpoint with test-time views averages the
+    # logits of turned copies too, but a map of one view is what a person can read over it.
     x = classifier.to_input(square)[None].to(classifier.device)
     # The eager PyTorch model: a faster engine swapped in for inference may have no gradients.
     cam = grad_cam(classifier.eager, x.contiguous(), classifier.classes.index(label))

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms import Compose
 
-from ml.checkpoint import load_checkpoint, load_ood
+from ml.checkpoint import IDENTITY_ONLY, load_checkpoint, load_ood
 from ml.ood import OODGuard, odd_cells
+from ml.stain import StainStats, reinhard
 from ml.transforms import eval_geometry, eval_transform, geometry_key, to_input_tensor
+from ml.views import check_views, view_batch
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,17 @@ class BatchCheck:
 # scores move by more than this (relative to the score, or absolute below 1) on the check
 # cells is not used for the guard.
 MAX_GUARD_SCORE_CHANGE = 1e-3
+
+
+class StainNormalise:
+    """A picture's colours moved from a lab's stain to the training stain (`ml.stain.reinhard`),
+    as a transform step before ToTensor."""
+
+    def __init__(self, source: StainStats, target: StainStats) -> None:
+        self.source, self.target = source, target
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return reinhard(img, source=self.source, target=self.target)
 
 
 class PooledFeatures(nn.Module):
@@ -95,7 +109,12 @@ class Classifier:
         resize: str = "crop",
         accelerate: bool | None = None,
         ood: OODGuard | None = None,
+        views: Sequence[str] = IDENTITY_ONLY,
+        stain: tuple[StainStats, StainStats] | None = None,
     ) -> None:
+        """views: the test-time views whose logits `predict_logits` averages (`ml.views`);
+        stain: (source, target) Reinhard statistics every picture is normalised by before the
+        network sees it (None: the picture as is)."""
         self.classes = list(classes)
         self._ood = ood
         self.arch = arch
@@ -104,9 +123,10 @@ class Classifier:
         self.threshold = threshold
         self.device = device or torch.device("cpu")
         self.resize = resize
-        self.transform = eval_transform(input_size, mean, std, resize)
+        self._mean_std = (list(mean), list(std))
         self.fit_to_input = eval_geometry(input_size, resize)
-        self.to_input = to_input_tensor(mean, std)
+        self.views = check_views(views)
+        self.stain = stain  # sets transform and to_input
         # Normalize's operands as torchvision makes them (float32), shaped for a batch.
         self._mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -129,6 +149,24 @@ class Classifier:
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         if self.accelerate:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def stain(self) -> tuple[StainStats, StainStats] | None:
+        """(source, target) Reinhard statistics applied to every picture, or None."""
+        return self._stain
+
+    @stain.setter
+    def stain(self, stain: tuple[StainStats, StainStats] | None) -> None:
+        # Every way into the network goes through these two (and to_input_batch, which reads
+        # the stain itself): per picture (explain, evaluate's DataLoader) and per batch.
+        self._stain = stain
+        mean, std = self._mean_std
+        if stain is None:
+            self.to_input = to_input_tensor(mean, std)
+            self.transform = eval_transform(self.input_size, mean, std, self.resize)
+        else:
+            self.to_input = Compose([StainNormalise(*stain), to_input_tensor(mean, std)])
+            self.transform = Compose([self.fit_to_input, self.to_input])
 
     @property
     def ood(self) -> OODGuard | None:
@@ -168,25 +206,42 @@ class Classifier:
             resize=meta.resize,
             accelerate=accelerate,
             ood=load_ood(path),
+            views=meta.views,
+            stain=None
+            if meta.stain_source is None or meta.stain_target is None
+            else (meta.stain_source, meta.stain_target),
         )
 
     @torch.inference_mode()
     def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated logits (divided by the temperature) for a normalised N x 3 x S x S batch."""
+        """Calibrated logits (divided by the temperature) for a normalised N x 3 x S x S batch,
+        averaged over the checkpoint's views (`ml.views.view_batch`). The views are turned
+        here, on the batch, so every engine swapped into `model` runs them (one call on the
+        V x N stacked batch); the classifier is linear on the pooled features, so the mean of
+        the logits is the logit of the mean features that `ml.adapt` fitted the head for."""
         x = batch.to(self.device, non_blocking=True)
+        n, views = len(x), len(self.views)
+        if self.views != IDENTITY_ONLY:
+            x = torch.cat([view_batch(x, name) for name in self.views])
         if self.accelerate:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.accelerate):
             logits = self.model(x)
-        out: torch.Tensor = logits.float() / self.temperature
-        return out
+        out: torch.Tensor = logits.float()
+        if self.views != IDENTITY_ONLY:
+            out = out.view(views, n, -1).mean(0)
+        return out / self.temperature
 
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """The guard's features of a normalised batch: pooled penultimate features (the
         classifier's input), then those of the guard's tapped blocks if it has any, from the
         model as built (`features` then `classifier`: mobilenet_v2, efficientnet_lite0), or
-        the faster engine of use_feature_engine."""
+        the faster engine of use_feature_engine.
+
+        The picture as given, one view: the guard is fitted on the identity view of the
+        preprocessed (so, with a checkpoint's stain, stain-normalised) cells (`ml.adapt`,
+        `ml.train`), whatever views the classifier averages."""
         out: torch.Tensor = self.feature_model(batch.to(self.device).float())
         return out.float().cpu()
 
@@ -262,7 +317,8 @@ class Classifier:
     def to_input_batch(self, squares: Sequence[Image.Image]) -> torch.Tensor:
         """The N x 3 x S x S batch of RGB images already fitted to the input square.
 
-        The same values as `to_input` (torchvision's ToTensor then Normalize) image by image,
+        The same values as `to_input` (the checkpoint's stain normalisation, if any, then
+        torchvision's ToTensor then Normalize) image by image,
         bit for bit (the same float32 operations, element by element), in four vectorised
         passes over the whole batch instead of several small ones per image.
         """
@@ -272,6 +328,9 @@ class Classifier:
         for img in squares:
             if img.size != size or img.mode != "RGB":
                 raise ValueError(f"not fitted to the input: {img.mode} {img.size}, want RGB {size}")
+        if self._stain is not None:
+            source, target = self._stain
+            squares = [reinhard(img, source=source, target=target) for img in squares]
         pixels = torch.from_numpy(np.stack([np.asarray(img) for img in squares]))
         batch = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         return batch.div_(255).sub_(self._mean).div_(self._std)

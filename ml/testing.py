@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml.checkpoint import save_checkpoint
+from ml.checkpoint import IDENTITY_ONLY, save_checkpoint
 from ml.model import build_model
 from ml.ood import OODGuard
+from ml.stain import StainStats
 from ml.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -29,9 +30,11 @@ def make_tiny_checkpoint(
     threshold: float | None = None,
     ood: dict[str, Any] | None = None,
     model: nn.Module | None = None,
+    views: Sequence[str] = IDENTITY_ONLY,
+    stain: tuple[StainStats, StainStats] | None = None,
 ) -> Path:
     """Save a randomly initialised mobilenet_v2 checkpoint for `classes` (or `model`, built
-    so); returns its path."""
+    so), with test-time `views` and a (source, target) `stain` if given; returns its path."""
     if model is None:
         torch.manual_seed(seed)
         model = build_model("mobilenet_v2", len(classes), pretrained=None)
@@ -49,6 +52,8 @@ def make_tiny_checkpoint(
         temperature=temperature,
         threshold=threshold,
         ood=ood,
+        views=views,
+        stain=stain,
     )
     return Path(path)
 

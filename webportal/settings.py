@@ -404,8 +404,10 @@ ADAPT_MIN_TRAIN_CELLS = env_int("ADAPT_MIN_TRAIN_CELLS", 10, minimum=4)
 ADAPT_MIN_HELDOUT_CELLS = env_int("ADAPT_MIN_HELDOUT_CELLS", 5)
 ADAPT_HELDOUT_PERCENT = env_int("ADAPT_HELDOUT_PERCENT", 25, maximum=90)
 # How the `adapt` worker adapts (docs/MODELS.md, "From the portal"): "few-cell" (ml.adapt: the
-# lab's BatchNorm statistics and a logistic head on the reviewed cells, a conservative
-# auto-accept threshold; seconds) or "fine-tune" (ml.train --init with ADAPT_TRAIN_OPTIONS).
+# lab's BatchNorm statistics or Reinhard normalisation towards the training stain, whichever
+# gets more reviewed cells right out of fold, and a logistic head on 4 views of them, a
+# conservative auto-accept threshold; ml.adapt.FewCellOptions) or "fine-tune" (ml.train
+# --init with ADAPT_TRAIN_OPTIONS).
 ADAPT_METHOD = env_choice("ADAPT_METHOD", "few-cell", ("few-cell", "fine-tune"))
 # With ADAPT_METHOD=fine-tune: `python -m ml.train` options after --init/--data/--out
 # (docs/MODELS.md, "Adapting a model").

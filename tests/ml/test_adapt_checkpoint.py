@@ -4,6 +4,7 @@ auto-accept threshold) that `ml.inference.Classifier` loads unchanged."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,22 @@ from torch import nn
 from ml.adapt import (
     ABSENT_CLASS_BIAS,
     FEW_CELL_METHOD,
+    LAB_BN,
     NO_AUTO_ACCEPT,
+    REINHARD,
     FewCellOptions,
     adapt_folder,
     adapt_to_cells,
     cells_needed,
+    recalibrate_batchnorm,
+    trained_stain,
 )
 from ml.adapt_check import study_figure, summarise
 from ml.checkpoint import load_checkpoint, load_ood, read_metadata
 from ml.inference import Classifier
+from ml.stain import StainStats
 from ml.testing import make_tiny_checkpoint
+from ml.views import VIEWS
 
 CLASSES = ["lymphocyte", "monocyte", "neutrophil", "eosinophil"]
 # Each reviewed class has its own cell colour, so even a random network tells them apart.
@@ -228,3 +235,98 @@ def test_the_portal_check_sets_each_run_beside_the_studys_figure_for_the_same_dr
     assert summary["study_accuracy"] == pytest.approx(149 / 176)
     assert summary["runs"] == summary["runs_with_guard"] == 2
     assert summary["runs_with_threshold"] == 0
+
+
+# Choosing between the lab's BatchNorm statistics and Reinhard normalisation ---------------
+
+
+@pytest.fixture
+def trained_base(tmp_path: Path) -> tuple[Path, StainStats]:
+    """A tiny checkpoint whose BatchNorm statistics are those of cells in the training stain
+    (a pink background), as training would leave them, and that stain's statistics."""
+    random_base = make_tiny_checkpoint(tmp_path / "random.pt", CLASSES)
+    clf = Classifier.load(random_base, device="cpu")
+    training, _ = cells(10, seed=5)
+    network = recalibrate_batchnorm(clf.eager, [clf.preprocess(training)])
+    path = make_tiny_checkpoint(tmp_path / "trained.pt", CLASSES, model=network)
+    return path, StainStats.of(training)
+
+
+def test_the_lab_statistics_are_kept_when_they_get_more_reviewed_cells_right_out_of_fold(
+    trained_base: tuple[Path, StainStats], tmp_path: Path
+) -> None:
+    base, trained = trained_base
+    pictures, labels = cells(10, seed=0, background=(200, 200, 120))
+    # A training stain with no spread: normalised towards it, every picture is one colour.
+    flat = StainStats(mean=trained.mean, std=(0.0, 0.0, 0.0))
+    out = tmp_path / "adapted.pt"
+
+    metrics = adapt_to_cells(init=base, pictures=pictures, labels=labels, out=out, train_stain=flat)
+
+    lab, reinhard = metrics["candidates"][LAB_BN], metrics["candidates"][REINHARD]
+    assert lab["oof_right"] > reinhard["oof_right"]
+    assert metrics["chosen"] == LAB_BN
+    assert metrics["reviewed_oof"]["accuracy"] == lab["oof_accuracy"]
+    assert metrics["temperature"] == lab["temperature"]
+    meta = read_metadata(out)
+    assert meta.stain_source is None
+    assert meta.stain_target is None
+    assert meta.views == VIEWS == Classifier.load(out, device="cpu").views
+    adapted_model, _ = load_checkpoint(out)
+    base_model, _ = load_checkpoint(base)
+    assert not torch.allclose(batchnorm_means(adapted_model), batchnorm_means(base_model))
+
+
+def test_stain_normalisation_is_kept_when_it_gets_more_reviewed_cells_right_out_of_fold(
+    trained_base: tuple[Path, StainStats], tmp_path: Path
+) -> None:
+    base, trained = trained_base
+    pictures, labels = cells(10, seed=0, background=(200, 200, 120))
+    # The lab's BatchNorm statistics from one picture: poor statistics for the others.
+    one_picture = [pictures[0]] * 4
+    out = tmp_path / "adapted.pt"
+
+    metrics = adapt_to_cells(
+        init=base,
+        pictures=pictures,
+        labels=labels,
+        out=out,
+        train_stain=trained,
+        bn_pictures=one_picture,
+    )
+
+    lab, reinhard = metrics["candidates"][LAB_BN], metrics["candidates"][REINHARD]
+    assert reinhard["oof_right"] > lab["oof_right"]
+    assert metrics["chosen"] == REINHARD
+    assert "reinhard had" in metrics["chosen_because"]
+    assert metrics["temperature"] == reinhard["temperature"]
+    assert metrics["auto_accept"]["cells"] == len(labels)
+    meta = read_metadata(out)
+    assert (meta.stain_source, meta.stain_target) == (StainStats.of(one_picture), trained)
+    assert meta.temperature == pytest.approx(reinhard["temperature"])
+    # The trained BatchNorm statistics, not the lab's.
+    adapted_model, _ = load_checkpoint(out)
+    base_model, _ = load_checkpoint(base)
+    assert torch.equal(batchnorm_means(adapted_model), batchnorm_means(base_model))
+    clf = Classifier.load(out, device="cpu")
+    assert clf.stain == (StainStats.of(one_picture), trained)
+    right = sum(p.label == y for p, y in zip(clf.predict(pictures), labels, strict=True))
+    assert right / len(labels) > 0.9
+
+
+def test_the_training_stain_is_read_beside_the_base_and_without_it_only_lab_statistics_are_tried(
+    trained_base: tuple[Path, StainStats], tmp_path: Path
+) -> None:
+    base, trained = trained_base
+    pictures, labels = cells(6, seed=0)
+
+    without = adapt_to_cells(init=base, pictures=pictures, labels=labels, out=tmp_path / "a.pt")
+    base.with_suffix(".stain.json").write_text(json.dumps(trained.to_dict()))
+    beside = adapt_to_cells(init=base, pictures=pictures, labels=labels, out=tmp_path / "b.pt")
+
+    assert list(without["candidates"]) == [LAB_BN]
+    assert without["chosen"] == LAB_BN
+    assert "training stain is not known" in without["skipped"][REINHARD]
+    assert set(beside["candidates"]) == {LAB_BN, REINHARD}
+    assert beside["skipped"] == {}
+    assert trained_stain(base) == trained

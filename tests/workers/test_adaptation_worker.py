@@ -142,6 +142,12 @@ def test_by_default_the_worker_adapts_with_the_few_cell_method_and_auto_accepts_
     assert meta.recipe["init_sha256"] == tiny_model.checkpoint_sha256
     train = sum(job.plan["train"].values())
     assert meta.metrics["reviewed_per_class"] == job.plan["train"]
+    # The tiny base model has no record of its training stain: only the lab's BatchNorm
+    # statistics could be tried, and the job says so; the model averages four views.
+    assert job.figures["chosen"] == meta.metrics["chosen"] == "lab-bn"
+    assert "training stain is not known" in job.figures["skipped"]["reinhard"]
+    assert list(job.figures["candidates"]) == ["lab-bn"]
+    assert meta.views == ("identity", "flip", "rot90", "transpose")
     # Far fewer reviewed cells than a bounded threshold needs: the model auto-accepts nothing,
     # and the job says on how many cells that rests.
     accept = job.figures["auto_accept"]

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from webportal.accounts.models import Lab
 from webportal.adaptation.models import AdaptationJob
-from webportal.cases.models import Cell, Image, ModelVersion, Review
+from webportal.cases.models import Cell, Image, ModelVersion, Review, adaptation_choice_text
 from webportal.cases.selectors import latest_review
 
 TRAIN, HELDOUT = "train", "heldout"
@@ -338,8 +338,11 @@ def why_not_activatable(job: AdaptationJob) -> str:
 # How each ADAPT_METHOD adapts, in a lab admin's words (docs/MODELS.md, "From the portal").
 METHODS = {
     "few-cell": (
-        "few-cell: the lab's own BatchNorm statistics and the model's last layer refitted on "
-        "its reviewed cells (the method that did best with 10-25 reviewed cells a class)"
+        "few-cell: the model's last layer refitted on the lab's reviewed cells, after either "
+        "the lab's own BatchNorm statistics or colour normalisation towards the training "
+        "stain, whichever named more reviewed cells right; each cell is classified as is, "
+        "mirrored, turned and transposed, and the answers averaged (the methods that did best "
+        "with 10-25 reviewed cells a class)"
     ),
     "fine-tune": "fine-tune: the model's last blocks retrained on the reviewed cells",
 }
@@ -352,6 +355,11 @@ def method_text(job: AdaptationJob) -> str:
         return ""
     method = str(job.figures.get("method", "fine-tune"))
     return METHODS.get(method, method)
+
+
+def choice_text(job: AdaptationJob) -> str:
+    """Which way a few-cell adaptation adapted the model and why ("" for other jobs)."""
+    return adaptation_choice_text(job.figures or {})
 
 
 def auto_accept_text(job: AdaptationJob) -> str:

@@ -8,6 +8,43 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 
+# The few-cell adaptation's candidates (ml.adapt.CANDIDATES), in a lab admin's words.
+ADAPTATION_CANDIDATES = {
+    "lab-bn": "the lab's own picture statistics (the network's BatchNorm statistics "
+    "re-estimated on the lab's pictures, colours left as they are)",
+    "reinhard": "colour normalisation (each picture's colours moved to those of the stain the "
+    "model was trained on, the network's trained statistics kept)",
+}
+
+
+def adaptation_choice_text(metrics: dict[str, Any]) -> str:
+    """Which of the few-cell adaptation's candidates (ml.adapt.adapt_to_cells) was kept and
+    why, in a sentence a lab admin can follow; "" for a model without the record (a shared
+    model, a fine-tune, an adaptation from before there was a choice)."""
+    chosen, candidates = metrics.get("chosen"), metrics.get("candidates") or {}
+    if chosen not in candidates:
+        return ""
+    mine = candidates[chosen]
+    said = ADAPTATION_CANDIDATES.get(str(chosen), str(chosen))
+    text = f"Adapted with {said}"
+    others = [(k, v) for k, v in candidates.items() if k != chosen]
+    if not others:
+        skipped = metrics.get("skipped") or {}
+        why = "; ".join(f"{ADAPTATION_CANDIDATES.get(k, k)}: {v}" for k, v in skipped.items())
+        return text + (f", the only one that could be tried ({why})." if why else ".")
+    right, cells = mine["oof_right"], mine["oof_cells"]
+    comparisons = "; ".join(
+        f"{v['oof_right']} of {v['oof_cells']} with {ADAPTATION_CANDIDATES.get(k, k)}"
+        for k, v in others
+    )
+    text += (
+        f": with each reviewed cell classified by a model adapted without it, this way named "
+        f"{right} of {cells} right, against {comparisons}"
+    )
+    if all(v["oof_right"] == right for _, v in others):
+        text += " (a tie: it was kept for being more confident on the cells it got right)"
+    return text + "."
+
 
 class ModelVersion(models.Model):
     """A registered classifier checkpoint; classes come from the checkpoint, never from code."""
@@ -53,6 +90,11 @@ class ModelVersion(models.Model):
         to bound the accuracy of the cells it would accept. None is the opposite: no cell is
         held for its confidence."""
         return self.threshold is not None and self.threshold > 1.0
+
+    @property
+    def adaptation_choice(self) -> str:
+        """How a few-cell adaptation adapted this model and why (`adaptation_choice_text`)."""
+        return adaptation_choice_text(self.metrics)
 
     @property
     def guard_design(self) -> str:

@@ -7,11 +7,14 @@ brings in PyTorch. The steps, each reported on the job row with a heartbeat:
 2. export the plan's cells (kept on the job since the start) to a work folder
    (`webportal.adaptation.export`): train/ and heldout/, one sub-folder per class;
 3. adapt the base checkpoint to train/ by ADAPT_METHOD:
-   - `few-cell` (the default): `ml.adapt.adapt_folder`, the best method measured with 10-25
-     reviewed cells a class (docs/MODELS.md, "Adapting with few reviewed cells"): the lab's
-     BatchNorm statistics and a logistic head on the reviewed cells, the temperature and a
-     conservative auto-accept threshold from their out-of-fold predictions (none with too few
-     cells: the model then auto-accepts nothing), a batch guard refitted; seconds;
+   - `few-cell` (the default): `ml.adapt.adapt_folder`, the best methods measured with 10-25
+     reviewed cells a class (docs/MODELS.md, "Adapting with few reviewed cells", "Second
+     study"): the lab's BatchNorm statistics, or Reinhard normalisation towards the training
+     stain, whichever gets more reviewed cells right out of fold, with a logistic head on 4
+     views of the reviewed cells (averaged at prediction); the temperature and a
+     conservative auto-accept threshold from the chosen one's out-of-fold predictions (none
+     with too few cells: the model then auto-accepts nothing), a batch guard refitted;
+     minutes on a CPU;
    - `fine-tune`: `ml.train.fine_tune` (`--init`: its classes kept, the loss masked to the
      lab's classes, temperature and threshold refitted on a val split), options from
      ADAPT_TRAIN_OPTIONS, progress per epoch;
@@ -108,6 +111,11 @@ def _few_cell(job: AdaptationJob, base: Path, train: Path, out: Path) -> dict[st
         "options": options.to_dict(),
         "guard": metrics["guard"],
         "auto_accept": metrics["auto_accept"],
+        # Which candidate was kept, both candidates' out-of-fold figures, and any not tried.
+        "chosen": metrics["chosen"],
+        "chosen_because": metrics["chosen_because"],
+        "candidates": metrics["candidates"],
+        "skipped": metrics["skipped"],
         # Each reviewed training cell scored by a head fitted without it.
         "training_val": {**metrics["reviewed_oof"], "out_of_fold": True},
         "epochs": None,

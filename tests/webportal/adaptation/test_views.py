@@ -21,6 +21,7 @@ from webportal.accounts.models import Role
 from webportal.adaptation import services
 from webportal.adaptation.models import AdaptationJob
 from webportal.audit.models import AuditEvent
+from webportal.cases.models import adaptation_choice_text
 
 pytestmark = pytest.mark.django_db
 
@@ -293,3 +294,41 @@ def test_the_adaptation_page_says_how_the_configured_method_adapts(
     page = client_for(admin).get(reverse("adaptation:adaptation", args=[lab.pk])).content.decode()
 
     assert says in page
+
+
+# What a few-cell adaptation chose (ml.adapt.adapt_to_cells: metrics["chosen"], ["candidates"]).
+CANDIDATES = {
+    "lab-bn": {"oof_right": 70, "oof_cells": 80, "oof_log_loss": 0.41},
+    "reinhard": {"oof_right": 76, "oof_cells": 80, "oof_log_loss": 0.22},
+}
+
+
+def test_the_job_page_says_which_way_the_model_was_adapted_and_why(lab, base_model) -> None:
+    admin = MembershipFactory.create(lab=lab, role=Role.ADMIN).user
+    accept = {"threshold": None, "cells": 80, "cells_needed": 299}
+    job = few_cell_job(lab, base_model, auto_accept=accept, threshold=2.0)
+    job.figures = {**job.figures, "chosen": "reinhard", "candidates": CANDIDATES, "skipped": {}}
+    job.save()
+
+    page = client_for(admin).get(reverse("adaptation:job", args=[lab.pk, job.pk])).content.decode()
+
+    choice = page[page.index('id="choice"') :]
+    choice = choice[: choice.index("</p>")]
+    assert "Adapted with colour normalisation" in choice
+    assert "named 76 of 80 right, against 70 of 80 with the lab&#x27;s own picture" in choice
+    assert "tie" not in choice
+
+
+def test_the_choice_says_a_tie_was_broken_and_a_candidate_that_could_not_be_tried() -> None:
+    tie = {**CANDIDATES, "lab-bn": {**CANDIDATES["lab-bn"], "oof_right": 76}}
+    alone = {"lab-bn": CANDIDATES["lab-bn"]}
+    unknown = {"reinhard": "the base model's training stain is not known"}
+
+    assert "(a tie: it was kept for being more confident" in adaptation_choice_text(
+        {"chosen": "reinhard", "candidates": tie}
+    )
+    text = adaptation_choice_text({"chosen": "lab-bn", "candidates": alone, "skipped": unknown})
+    assert text.startswith("Adapted with the lab's own picture statistics")
+    assert "the only one that could be tried" in text
+    assert "training stain is not known" in text
+    assert adaptation_choice_text({"method": "fine-tune"}) == ""

@@ -67,6 +67,7 @@ def job(request: HttpRequest, lab_id: int, adaptation_job_id: int) -> HttpRespon
             "summary": selectors.summary_rows(found),
             "refused": selectors.why_not_activatable(found),
             "method": selectors.method_text(found),
+            "choice": selectors.choice_text(found),
             "auto_accept": selectors.auto_accept_text(found),
             "stale": selectors.stale_reason(found) if selectors.is_stale(found) else "",
             "in_use": found.result_model_id is not None

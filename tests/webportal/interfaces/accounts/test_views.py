@@ -184,6 +184,40 @@ def test_the_model_page_names_the_guards_design_and_a_model_that_auto_accepts_no
     assert "2.000" not in html
 
 
+def test_the_model_page_says_which_way_an_adapted_model_was_adapted_and_why() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    adapted = ModelVersionFactory.create(
+        name="pbc8 adapted",
+        lab=admin.lab,
+        threshold=2.0,
+        metrics={
+            "chosen": "lab-bn",
+            "candidates": {
+                "lab-bn": {"oof_right": 31, "oof_cells": 40, "oof_log_loss": 0.7},
+                "reinhard": {"oof_right": 27, "oof_cells": 40, "oof_log_loss": 0.9},
+            },
+        },
+    )
+    admin.lab.active_model = adapted
+    admin.lab.save()
+
+    html = _client(admin).get(reverse("accounts:lab_model", args=[admin.lab.pk])).content.decode()
+
+    said = html[html.index('id="current-adaptation"') :]
+    said = said[: said.index("</p>")]
+    assert "Adapted with the lab&#x27;s own picture statistics" in said
+    assert "named 31 of 40 right, against 27 of 40 with colour normalisation" in said
+
+
+def test_the_model_page_of_a_shared_model_says_nothing_of_an_adaptation() -> None:
+    admin = MembershipFactory.create(role=Role.ADMIN)
+    ModelVersionFactory.create(name="pbc8")
+
+    html = _client(admin).get(reverse("accounts:lab_model", args=[admin.lab.pk])).content.decode()
+
+    assert 'id="current-adaptation"' not in html
+
+
 def test_choosing_a_model_without_a_guard_on_the_page_asks_why_and_changes_nothing() -> None:
     admin = MembershipFactory.create(role=Role.ADMIN)
     unguarded = ModelVersionFactory.create(name="no-guard", guard={})
