@@ -57,8 +57,17 @@ def _save(page: Page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=False)
 
 
+# A long lab name, as real ones are: the pages must wrap it, not widen.
+LAB_NAME = "St Elsewhere and Royal Infirmary Joint Haematology and Blood Transfusion Laboratory"
+
+
+def _no_wider_than_the_window(page: Page) -> None:
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{page.url} is {overflow} px wider than the window"
+
+
 def _lab() -> tuple[Membership, ModelVersion]:
-    lab = LabFactory.create(name="St Elsewhere Haematology")
+    lab = LabFactory.create(name=LAB_NAME)
     admin = MembershipFactory.create(lab=lab, role=Role.ADMIN, user__username="qm.kim")
     pathologist = MembershipFactory.create(lab=lab, role=Role.PATHOLOGIST, user__username="dr.ng")
     model = ModelVersionFactory.create(name="pbc8-mobilenetv2", classes=CLASSES)
@@ -82,12 +91,21 @@ def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
     # The default method (few-cell) on fewer reviewed cells than a bounded threshold needs:
     # the model auto-accepts nothing (its threshold is ml.adapt.NO_AUTO_ACCEPT).
     auto_accept = {"threshold": None, "cells": train, "cells_needed": 299}
+    # Which of the few-cell candidates was kept, as the adaptation worker records it.
+    choice = {
+        "chosen": "reinhard",
+        "candidates": {
+            "lab-bn": {"oof_right": train - 14, "oof_cells": train},
+            "reinhard": {"oof_right": train - 6, "oof_cells": train},
+        },
+        "skipped": {},
+    }
     adapted = ModelVersionFactory.create(
         name=f"pbc8-mobilenetv2 adapted to {job.lab.slug} (#{job.pk})",
         classes=CLASSES,
         lab=job.lab,
         threshold=2.0,
-        metrics={"auto_accept": auto_accept},
+        metrics={"auto_accept": auto_accept, **choice},
         guard={"thresholds": {"1": 5.1, "20": 2.95, "100": 2.41}, "design": "pooled", "taps": []},
     )
     heldout = job.plan["heldout"]
@@ -117,6 +135,7 @@ def _finished(job: AdaptationJob, lab_model: ModelVersion) -> AdaptationJob:
             "adapted": figures(1, 0.0, 0.87, None),
             "method": "few-cell",
             "auto_accept": auto_accept,
+            **choice,
             "heldout_cases": job.plan["heldout_cases"],
             "group_by": job.plan["group_by"],
             "base_guard": True,
@@ -146,6 +165,7 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     page.goto(f"{base}/lab/{lab.pk}/adaptation/")
     expect(page.locator("#plan tbody tr")).to_have_count(6)
     expect(page.locator("#plan")).to_contain_text("no: ")  # basophil, ig: too few
+    _no_wider_than_the_window(page)
     _save(page, "adaptation")
     page.click("text=Start adaptation")
 
@@ -167,9 +187,16 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     expect(page.locator("#auto-accept")).to_contain_text(
         f"No auto-accepting: too few reviewed cells ({train}; 299 needed"
     )
+    expect(page.locator("#choice")).to_contain_text(
+        f"Adapted with colour normalisation (each picture's colours moved to those of the stain "
+        f"the model was trained on, the network's trained statistics kept): with each reviewed "
+        f"cell classified by a model adapted without it, this way named {train - 6} of {train} "
+        f"right, against {train - 14} of {train} with the lab's own picture statistics"
+    )
+    _no_wider_than_the_window(page)
     _save(page, "adaptation-job")
 
-    page.click("text=Activate for St Elsewhere Haematology")
+    page.click(f"text=Activate for {LAB_NAME}")
     expect(page.locator(".message")).to_contain_text("now classifies the lab's new batches")
     expect(page.locator("#decision")).to_contain_text("in use")
     lab.refresh_from_db()
@@ -183,5 +210,7 @@ def test_a_lab_admin_starts_an_adaptation_reads_its_figures_and_activates_it(
     expect(page.locator("#current-threshold")).to_contain_text(
         f"{train} reviewed cells; a threshold needs at least 299"
     )
+    expect(page.locator("#current-adaptation")).to_contain_text("Adapted with colour normalisation")
+    _no_wider_than_the_window(page)
     _save(page, "lab-model-adapted")
     assert console_errors == []
