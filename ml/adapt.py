@@ -6,8 +6,8 @@ Each method costs seconds on a CPU, so a worker can run it on a lab's reviewed c
   means and variances of every BatchNorm layer re-estimated on the lab's cells, the weights
   unchanged. Tsutsui et al. (2023) name BN statistics as a main cause of the accuracy drop of
   blood-cell classifiers across labs. Needs no labels: any of the lab's uploaded cells will do.
-- **Reinhard stain normalisation** (`ml.stain`: `StainStats.of`, `reinhard`, re-exported
-  here; `ml.inference.Classifier` applies the same function): each pixel's colour moved in
+- **Reinhard stain normalisation** (`ml.stain`: `StainStats.of`, `reinhard`;
+  `ml.inference.Classifier` applies the same function): each pixel's colour moved in
   Reinhard et al.'s (2001) l-alpha-beta space so that the lab's pooled per-channel mean and
   standard deviation become the training stain's. The statistics are pooled over many of the
   lab's pictures, not taken per picture: a per-picture mapping would wash out the colour of an
@@ -65,13 +65,8 @@ from ml.data import list_samples
 from ml.fit import fit_temperature_over
 from ml.inference import Classifier, PooledFeatures
 from ml.ood import fit_guard
-from ml.stain import StainStats as StainStats
-from ml.stain import lab_to_rgb as lab_to_rgb
-from ml.stain import reinhard as reinhard
-from ml.stain import rgb_to_lab as rgb_to_lab
-from ml.views import VIEWS as VIEWS
-from ml.views import check_views, view_batch
-from ml.views import view as view
+from ml.stain import StainStats
+from ml.views import VIEWS, check_views, view_batch
 
 # Test-time BatchNorm statistics --------------------------------------------------------------
 

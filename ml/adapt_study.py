@@ -68,9 +68,7 @@ from PIL import Image
 from torch import nn
 
 from ml.adapt import (
-    VIEWS,
     FeatureHead,
-    StainStats,
     Tail,
     cells_needed,
     conservative_threshold,
@@ -80,8 +78,6 @@ from ml.adapt import (
     prefix,
     prototype_head,
     recalibrate_batchnorm,
-    reinhard,
-    view,
     with_model,
 )
 from ml.checkpoint import sha256_of
@@ -89,6 +85,8 @@ from ml.data import list_samples
 from ml.guard import SHIFTS, fit_subset, model_split
 from ml.inference import Classifier
 from ml.sources import Cell
+from ml.stain import StainStats, reinhard
+from ml.views import VIEWS, view
 
 VARIANTS = ("plain", "bn", "reinhard", "reinhard+bn")
 HEADS = ("base", "proto", "logistic", "multilayer", "deep")

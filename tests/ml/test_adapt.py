@@ -10,7 +10,6 @@ from PIL import Image
 from torch import nn
 
 from ml.adapt import (
-    StainStats,
     Tail,
     cells_needed,
     clopper_pearson_lower,
@@ -21,9 +20,7 @@ from ml.adapt import (
     prefix,
     prototype_head,
     recalibrate_batchnorm,
-    reinhard,
     shift_activations,
-    view,
 )
 from ml.adapt_study import (
     cross_lab_thresholds,
@@ -33,6 +30,8 @@ from ml.adapt_study import (
     split_lab,
 )
 from ml.sources import Cell
+from ml.stain import StainStats, reinhard
+from ml.views import view
 
 
 def tiny_network() -> nn.Sequential:
